@@ -1,0 +1,21 @@
+# Thin wrappers: each target is one command. `make boot` and `make test` set up
+# everything themselves (Debian packages, .venv) on a fresh machine.
+IMAGE ?= images/hello.yaml
+VENV := .venv/bin
+
+.PHONY: setup boot test bench lint clean
+
+setup:
+	./bootstrap.sh
+
+boot: setup
+	$(VENV)/l4emu boot $(IMAGE)
+
+test: setup
+	$(VENV)/python -m pytest
+
+bench: setup
+	$(VENV)/python -m tests.bench
+
+clean:
+	rm -rf .venv .pytest_cache var

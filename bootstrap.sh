@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Sets up everything l4emu needs on a fresh Debian machine (run as root) and is
+# cheap to re-run: Debian packages first (only the missing ones), then a venv in
+# .venv with the project installed editable. Called by `make boot` / `make test`.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(python3 python3-venv python3-dev gcc curl openssl libseccomp2 graphviz)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "bootstrap: installing Debian packages: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "bootstrap: missing Debian packages (${missing[*]}); run as root to install them" >&2
+    fi
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.l4emu-installed
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch "$stamp"
+fi
