@@ -1,0 +1,201 @@
+"""The mapping database: who holds what, and what was derived from what.
+
+Every capability slot and every memory mapping is a ``Mapping`` node. A node
+made by ``map`` is a *child* of the node it was mapped from; ``grant`` moves a
+node (the receiver's node takes the sender's place in the tree, l4re.md §3);
+``unmap`` revokes recursively. Fiasco keeps object caps flat and only memory
+hierarchical; this model keeps a derivation tree for both, so revoking a cap
+you handed out also revokes what the receiver handed on (capability-systems.md
+V8, the seL4 CDT semantics the project asks for). ``MappingDb`` is pure: it
+knows nothing about processes or fds.
+
+Invariants:
+- a ``(space, kind, index)`` key names at most one live node;
+- a child's rights are a subset of its parent's at the time it was made, and
+  rights reductions (``reduce``) propagate to the whole subtree;
+- a removed node is detached from its parent and has no children.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+from typing import Any, Iterator
+
+
+class Kind(enum.Enum):
+    OBJECT = "obj"
+    MEMORY = "mem"
+
+
+Key = tuple[int, Kind, int]  # (space id, kind, slot index or virtual address)
+
+_ids = itertools.count(1)
+
+
+@dataclasses.dataclass(eq=False)
+class Mapping:
+    """One node: ``obj`` held by ``space`` at ``index`` with ``rights``.
+
+    For memory, ``obj`` is the memory object and ``offset``/``size`` select the
+    byte range of it that this mapping covers.
+    """
+
+    space: int
+    kind: Kind
+    index: int
+    obj: Any
+    rights: int
+    offset: int = 0
+    size: int = 0
+    parent: "Mapping | None" = None
+    children: list["Mapping"] = dataclasses.field(default_factory=list)
+    live: bool = True
+    id: int = dataclasses.field(default_factory=lambda: next(_ids))
+
+    @property
+    def key(self) -> Key:
+        return (self.space, self.kind, self.index)
+
+    def subtree(self) -> Iterator["Mapping"]:
+        """This node and every node derived from it, parents before children."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children))
+
+
+class MappingDb:
+    def __init__(self) -> None:
+        self._nodes: dict[Key, Mapping] = {}
+        self._spaces: dict[int, dict[Key, Mapping]] = {}
+
+    # -- lookup ---------------------------------------------------------------
+    def get(self, space: int, kind: Kind, index: int) -> Mapping | None:
+        return self._nodes.get((space, kind, index))
+
+    def in_space(self, space: int, kind: Kind | None = None) -> list[Mapping]:
+        return sorted(
+            (n for n in self._spaces.get(space, {}).values() if kind is None or n.kind == kind),
+            key=lambda n: (n.kind.value, n.index),
+        )
+
+    def holders(self, obj: Any) -> list[Mapping]:
+        return [n for n in self._nodes.values() if n.obj is obj]
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    # -- mutation -------------------------------------------------------------
+    def insert_root(self, space: int, kind: Kind, index: int, obj: Any, rights: int,
+                    *, offset: int = 0, size: int = 0) -> tuple[Mapping, list[Mapping]]:
+        """A node with no parent (what the kernel creates: new objects, boot memory).
+
+        Returns the new node and the nodes removed because the slot was occupied.
+        """
+        removed = self._clear_slot(space, kind, index)
+        node = Mapping(space, kind, index, obj, rights, offset, size)
+        self._add(node)
+        return node, removed
+
+    def map(self, src: Mapping, space: int, index: int, rights: int,
+            *, offset: int = 0, size: int = 0) -> tuple[Mapping, list[Mapping]]:
+        """Derive a child of ``src`` at ``(space, index)`` with ``rights`` (already intersected).
+
+        A slot that is occupied is emptied first (with its subtree), as Fiasco
+        drops the old cap. Mapping a node onto itself is a no-op.
+        """
+        if not src.live:
+            raise ValueError("map from a removed node")
+        if src.space == space and src.index == index:
+            return src, []
+        removed = self._clear_slot(space, src.kind, index)
+        node = Mapping(space, src.kind, index, src.obj, rights, offset or src.offset,
+                       size or src.size, parent=src)
+        src.children.append(node)
+        self._add(node)
+        return node, removed
+
+    def grant(self, src: Mapping, space: int, index: int, rights: int) -> tuple[Mapping, list[Mapping]]:
+        """Move ``src`` to ``(space, index)``; the new node inherits parent and children."""
+        if not src.live:
+            raise ValueError("grant from a removed node")
+        if src.space == space and src.index == index:
+            return src, []
+        removed = self._clear_slot(space, src.kind, index)
+        node = Mapping(space, src.kind, index, src.obj, rights, src.offset, src.size, parent=src.parent)
+        node.children = src.children
+        for child in node.children:
+            child.parent = node
+        if src.parent is not None:
+            siblings = src.parent.children
+            siblings[siblings.index(src)] = node
+        self._drop(src)
+        src.children, src.parent, src.live = [], None, False
+        self._add(node)
+        if rights != src.rights:
+            self.reduce(node, src.rights & ~rights, include_self=False)
+        return node, removed
+
+    def unmap(self, node: Mapping, *, include_self: bool) -> list[Mapping]:
+        """Remove everything derived from ``node`` (and ``node`` itself if asked).
+
+        Returns the removed nodes, parents before children.
+        """
+        if not node.live:
+            return []
+        if include_self:
+            removed = list(node.subtree())
+            if node.parent is not None:
+                node.parent.children.remove(node)
+        else:
+            removed = [n for child in node.children for n in child.subtree()]
+            node.children = []
+        for n in removed:
+            self._drop(n)
+            n.live = False
+        for n in removed:
+            n.children = []
+            n.parent = None
+        return removed
+
+    def reduce(self, node: Mapping, strip: int, *, include_self: bool) -> list[Mapping]:
+        """Strip the ``strip`` bits from the subtree (L4 unmap without the R/RO bit)."""
+        changed = []
+        for n in node.subtree():
+            if n is node and not include_self:
+                continue
+            if n.rights & strip:
+                n.rights &= ~strip
+                changed.append(n)
+        return changed
+
+    def delete_object(self, obj: Any) -> list[Mapping]:
+        """Empty every slot that refers to ``obj`` (unmap with L4_FP_DELETE_OBJ + D)."""
+        removed: list[Mapping] = []
+        for node in [n for n in self._nodes.values() if n.obj is obj and n.live]:
+            if node.live:
+                removed.extend(self.unmap(node, include_self=True))
+        return removed
+
+    def remove_space(self, space: int) -> list[Mapping]:
+        """Task destruction: unmap everything in ``space`` with a full mask, recursively."""
+        removed: list[Mapping] = []
+        for node in list(self._spaces.get(space, {}).values()):
+            if node.live:
+                removed.extend(self.unmap(node, include_self=True))
+        return removed
+
+    def _add(self, node: Mapping) -> None:
+        self._nodes[node.key] = node
+        self._spaces.setdefault(node.space, {})[node.key] = node
+
+    def _drop(self, node: Mapping) -> None:
+        if self._nodes.get(node.key) is node:
+            del self._nodes[node.key]
+            del self._spaces[node.space][node.key]
+
+    def _clear_slot(self, space: int, kind: Kind, index: int) -> list[Mapping]:
+        old = self._nodes.get((space, kind, index))
+        return self.unmap(old, include_self=True) if old is not None else []

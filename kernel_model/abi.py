@@ -1,0 +1,268 @@
+"""The kernel ABI shared by the kernel and every task: numbers with L4's real values.
+
+Sources: l4sys/include/{consts.h,types.h,err.h,ipc.h,__timeout.h} as summarised in
+shared/reference/l4re.md (§2, §4 and the quick reference card). Where this
+model adds an operation L4 does not have, the number says so in its docstring.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+L4_CAP_SHIFT = 12
+INVALID_CAP = (~0 << 11) & 0xFFFF_FFFF_FFFF_FFFF  #: L4_INVALID_CAP on 64-bit
+MR_WORDS = 63  #: L4_UTCB_GENERIC_DATA_SIZE
+MR_BYTES = MR_WORDS * 8
+PAGE_SIZE = 4096
+
+
+def sel(index: int) -> int:
+    """Capability selector of slot ``index`` (``index << L4_CAP_SHIFT``)."""
+    return index << L4_CAP_SHIFT
+
+
+def slot(selector: int) -> int:
+    return selector >> L4_CAP_SHIFT
+
+
+class IpcFlags(enum.IntFlag):
+    """Low bits of the selector passed to l4_ipc(): the phases of one IPC."""
+
+    NONE = 0
+    SEND = 0x1
+    RECV = 0x2
+    OPEN_WAIT = 0x4
+    REPLY = 0x8
+    CALL = SEND | RECV
+    WAIT = RECV | OPEN_WAIT
+    SEND_AND_WAIT = SEND | RECV | OPEN_WAIT
+    REPLY_AND_WAIT = REPLY | SEND | RECV | OPEN_WAIT
+
+
+class IpcError(enum.IntEnum):
+    """TCR error codes; odd = receive phase. errno = -(2000 + code)."""
+
+    OK = 0
+    SETIMEOUT = 0x02
+    RETIMEOUT = 0x03
+    ENOT_EXISTENT = 0x04
+    SECANCELED = 0x06
+    RECANCELED = 0x07
+    SEMSGCUT = 0x08
+    REMSGCUT = 0x09
+    SESNDPFTO = 0x0A
+    RESNDPFTO = 0x0B
+    SERCVPFTO = 0x0C
+    RERCVPFTO = 0x0D
+    SEABORTED = 0x0E
+    REABORTED = 0x0F
+    SEMAPFAILED = 0x10
+    REMAPFAILED = 0x11
+
+    @property
+    def errno(self) -> int:
+        return -(2000 + self.value) if self else 0
+
+
+class Err(enum.IntEnum):
+    """l4_error_code_t (err.h); servers return them negated in the reply tag label."""
+
+    EOK = 0
+    EPERM = 1
+    ENOENT = 2
+    EIO = 5
+    ENXIO = 6
+    E2BIG = 7
+    EAGAIN = 11
+    ENOMEM = 12
+    EACCESS = 13
+    EFAULT = 14
+    EBUSY = 16
+    EEXIST = 17
+    ENODEV = 19
+    EINVAL = 22
+    ENOSPC = 28
+    ERANGE = 34
+    ENAMETOOLONG = 36
+    ENOSYS = 38
+    EBADPROTO = 39
+    ENOREPLY = 1000
+    EMSGTOOSHORT = 1001
+    EMSGTOOLONG = 1002
+
+
+class Proto(enum.IntEnum):
+    """Message-tag protocol labels (types.h) and L4Re user-level protocols (protocols.h)."""
+
+    NONE = 0
+    IRQ = -1
+    PAGE_FAULT = -2
+    EXCEPTION = -5
+    SIGMA0 = -6
+    KOBJECT = -10
+    TASK = -11
+    THREAD = -12
+    LOG = -13
+    SCHEDULER = -14
+    FACTORY = -15
+    IRQ_SENDER = -18
+    SEMAPHORE = -20
+    DEBUGGER = -23
+    DATASPACE = 0x4000
+    NAMESPACE = 0x4001
+    PARENT = 0x4002
+
+
+# -- opcodes (MR[0]) of the kernel objects -----------------------------------------------
+
+class FactoryOp(enum.IntEnum):
+    """Factory::create: MR[0] is the protocol of the object to make (l4sys factory.h)."""
+
+    TASK = Proto.TASK
+    THREAD = Proto.THREAD
+    FACTORY = Proto.FACTORY
+    GATE = 0  # L4_PROTO_KOBJECT creation of an IPC gate uses protocol 0
+    IRQ = Proto.IRQ_SENDER
+
+
+class TaskOp(enum.IntEnum):
+    MAP = 0  #: L4_TASK_MAP_OP: typed item in the message, needs W on the destination task cap
+    UNMAP = 1  #: L4_TASK_UNMAP_OP: MR[1] = map mask, MR[2..] = fpage (kind, index, size, rights)
+    CAP_INFO = 2  #: L4_TASK_CAP_INFO_OP: label 1 if MR[1]'s selector is a live cap
+    RELEASE_CAP = 4  #: L4_TASK_RELEASE_CAP_OP: drop one own cap
+
+
+class UnmapMask(enum.IntEnum):
+    OTHER_SPACES = 0x0
+    ALL_SPACES = 0x80000000
+    DELETE_OBJ = 0xC0000000
+
+
+class ThreadOp(enum.IntEnum):
+    CONTROL = 0
+    EX_REGS = 1  #: here: start the thread; the message data is the task's boot record (see wire.BootRecord)
+
+
+class GateOp(enum.IntEnum):
+    BIND_THREAD = 0x10  #: MR[1] = label (low 2 bits must be 0), MR[2] = thread selector
+    GET_INFOS = 0x11  #: reply label = the gate's label
+
+
+class IrqOp(enum.IntEnum):
+    TRIGGER = 2  #: L4_IRQ_OP_TRIGGER (send-only)
+    BIND = 0  #: Irq_sender attach: MR[1] = label, MR[2] = thread selector; S on both caps
+    DETACH = 1
+    UNMASK = 4  #: EOI; a no-op for software IRQs
+
+
+class LogOp(enum.IntEnum):
+    WRITE = 0  #: MR[1] = byte count, then the UTF-8 bytes (at most MR_BYTES - 16)
+
+
+class DebuggerOp(enum.IntEnum):
+    SET_OBJECT_NAME = 0  #: jdb's l4_debugger_set_object_name: MR[1] = selector, data = name
+
+
+# -- message tag, timeouts -----------------------------------------------------------------
+
+class TagFlags(enum.IntFlag):
+    NONE = 0
+    TRANSFER_FPU = 0x1000
+    SCHEDULE = 0x2000
+    PROPAGATE = 0x4000
+    ERROR = 0x8000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MsgTag:
+    """l4_msgtag_t: ``label << 16 | flags | items << 6 | words``; the label is signed."""
+
+    label: int = 0
+    words: int = 0
+    items: int = 0
+    flags: int = 0
+
+    def raw(self) -> int:
+        if not 0 <= self.words < 64 or not 0 <= self.items < 64 or self.words + 2 * self.items > MR_WORDS:
+            raise ValueError("words + 2*items must fit in 63 message registers")
+        return ((self.label << 16) | (self.flags & 0xF000) | (self.items << 6) | self.words) & 0xFFFF_FFFF_FFFF_FFFF
+
+    @classmethod
+    def from_raw(cls, raw: int) -> "MsgTag":
+        label = raw >> 16
+        if label >= 1 << 47:
+            label -= 1 << 48
+        return cls(label, raw & 0x3F, (raw >> 6) & 0x3F, raw & 0xF000)
+
+
+TIMEOUT_NEVER = 0  #: L4_IPC_TIMEOUT_NEVER (one 16-bit half)
+TIMEOUT_ZERO = 0x0400  #: L4_IPC_TIMEOUT_0
+
+
+def timeout_from_us(us: int | None) -> int:
+    """Encode a relative timeout half: ``mantissa(10 bits) * 2**exponent(5 bits)`` µs.
+
+    ``None`` = never, ``0`` = zero. Rounded up so a timeout never fires early.
+    """
+    if us is None:
+        return TIMEOUT_NEVER
+    if us <= 0:
+        return TIMEOUT_ZERO
+    exp = 0
+    while us > 0x3FF:
+        us = (us + 1) >> 1
+        exp += 1
+    if exp > 31:
+        raise ValueError("timeout too long for l4_timeout_t")
+    return (exp << 10) | us
+
+
+def timeout_to_us(half: int) -> int | None:
+    """Decode one 16-bit half; ``None`` means never. Absolute timeouts (bit 15) are not modelled."""
+    if half == TIMEOUT_NEVER:
+        return None
+    if half & 0x8000:
+        raise ValueError("absolute timeouts are not supported by this model")
+    return (half & 0x3FF) << ((half >> 10) & 0x1F)
+
+
+def timeouts(send_us: int | None = None, recv_us: int | None = None) -> int:
+    """l4_timeout_t pair: send half in the high 16 bits, receive half in the low 16 bits."""
+    return (timeout_from_us(send_us) << 16) | timeout_from_us(recv_us)
+
+
+# Fixed slots every task started by Moe finds (an L4Re env); slots 1..7 follow the base caps.
+class EnvSlot(enum.IntEnum):
+    TASK = 1  #: L4RE_THIS_TASK_CAP
+    FACTORY = 2  #: kernel factory (root tasks only)
+    THREAD = 3  #: own main thread
+    PAGER = 4  #: Moe: gate to Sigma0
+    LOG = 5  #: own log object (root tasks: the kernel console)
+    PARENT = 8  #: parent (Moe's app object for this task)
+    MEM_ALLOC = 9  #: Moe's allocator, charged to this task's quota
+    DEBUGGER = 10  #: jdb object (root tasks only)
+    FIRST_NAMED = 16  #: named caps from the image start here
+
+
+# -- L4Re user-level protocols served by Moe (l4re/include/{dataspace,namespace,parent}) -----
+
+class DataspaceOp(enum.IntEnum):
+    MAP = 0  #: MR[1] offset, MR[2] size, MR[3] flags (1 = writable); a memory item comes back
+    SIZE = 1  #: reply MR[0] = size in bytes
+    CLEAR = 2  #: zero the dataspace; needs W
+
+
+class NamespaceOp(enum.IntEnum):
+    QUERY = 0  #: data after MR[0] = the name; a capability item comes back
+
+
+class ParentOp(enum.IntEnum):
+    SIGNAL = 0  #: MR[1] = signal (0 = exited), MR[2] = value (exit code)
+
+
+class Sigma0Op(enum.IntEnum):
+    """MR[0] of the L4_PROTO_SIGMA0 protocol (sigma0.dox: ~0xFF + id)."""
+
+    RAM = 0x60  #: MR[1] = size; a memory item (RWX) comes back, or -L4_ENOMEM
+    KIP = 0xA0
+    DEBUG_DUMP = 0xC0

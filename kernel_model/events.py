@@ -1,0 +1,90 @@
+"""What the kernel core asks its I/O shell to do (effects), and the violation record.
+
+The kernel core never touches a process, socket or fd: it returns these values
+and the host (``kernel_model.host``) carries them out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from kernel_model.objects import Memory, Task
+from kernel_model.wire import Result
+
+
+class Rule(enum.Enum):
+    """Which rule a denied operation broke; named in every violation record."""
+
+    NO_CAPABILITY = "no-capability"  # invoked selector is empty in the caller's table
+    WRONG_OBJECT_TYPE = "wrong-object-type"  # protocol not spoken by that kind of object
+    MISSING_RIGHT = "missing-right"  # the cap lacks a right the operation needs
+    MAP_SOURCE_EMPTY = "map-source-empty"  # typed item names a cap/page the sender does not hold
+    NO_RECEIVE_WINDOW = "no-receive-window"  # receiver opened no buffer for a typed item
+    REPLY_WITHOUT_CALLER = "reply-without-caller"  # no (or an already used) reply capability
+    FACTORY_QUOTA = "factory-quota"  # factory has no quota left
+    MALFORMED_FRAME = "malformed-frame"  # the task's frame did not parse
+    BAD_ARGUMENT = "bad-argument"  # a kernel operation's arguments are invalid
+
+
+@dataclasses.dataclass(frozen=True)
+class Violation:
+    """A denied operation: who, with which selector, doing what, against which rule."""
+
+    task: str
+    selector: int
+    operation: str
+    rule: Rule
+    error: str  # e.g. "L4_IPC_ENOT_EXISTENT" or "-L4_EPERM"
+    detail: str = ""
+    time_us: int = 0
+
+    def __str__(self) -> str:
+        extra = f" ({self.detail})" if self.detail else ""
+        return f"DENIED {self.task} sel={self.selector:#x} op={self.operation} rule={self.rule.value} -> {self.error}{extra}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Deliver:
+    """Send ``result`` to the task's channel; ``memory`` lists the fds to pass, in item order."""
+
+    task: Task
+    result: Result
+    memory: tuple[tuple[Memory, bool], ...] = ()  # (memory object, writable)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    """Start the task's process; its first frame is the boot record."""
+
+    task: Task
+    record: dict
+    memory: tuple[Memory, ...] = ()  # boot memory (read-only), passed with the boot frame in record order
+
+
+@dataclasses.dataclass(frozen=True)
+class Kill:
+    task: Task
+
+
+@dataclasses.dataclass(frozen=True)
+class Console:
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryCreated:
+    memory: Memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Revoked:
+    task: Task
+    addresses: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Denied:
+    violation: Violation
+
+
+Effect = Deliver | Spawn | Kill | Console | MemoryCreated | Revoked | Denied

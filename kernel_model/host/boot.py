@@ -1,0 +1,48 @@
+"""``l4emu boot``: validate, boot, run, summarise. The CLI's one library call."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from kernel_model.host.console import RichConsole
+from kernel_model.host.images import load_image
+from kernel_model.host.supervisor import Supervisor, now_us
+from kernel_model.objects import ThreadState
+
+
+def boot_complete(sup: Supervisor) -> bool:
+    """Every task of the image has been started and Moe sits in its open wait."""
+    k = sup.kernel
+    if k.moe is None or not k.moe.alive:
+        return False
+    names = {t.name for t in sup.loaded.image.tasks}
+    started = {t.name for t in k.tasks.values() if t.started and t.name in names}
+    moe_thread = k.moe.threads[0]
+    return started == names and moe_thread.state is ThreadState.RECEIVING and moe_thread.recv_from is None
+
+
+def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, timeout_s: float | None = None,
+               console: Console | None = None) -> int:
+    loaded = load_image(path)  # raises ImageError before anything starts
+    out = console or Console(highlight=False, soft_wrap=True)
+    sink = RichConsole(out)
+    from kernel_model.host.confinement import policy_for
+    with Supervisor(loaded, sink, confinement=policy_for if confine else None) as sup:
+        sup.handle_signals()
+        sup.start()
+        code = None
+        if dump_caps:
+            code = sup.run(timeout_s=timeout_s, until=lambda: boot_complete(sup))
+            if code is None and boot_complete(sup):
+                from kernel_model.cli import render_dump
+                sink.kernel(f"boot complete after {(now_us() - sup.boot_started_us) / 1000:.0f} ms")
+                render_dump(sup.kernel.dump(), out)
+        if code is None:
+            code = sup.run(timeout_s=timeout_s)
+        if code is None:
+            sink.kernel(f"timeout after {timeout_s} s: stopping the system")
+            code = 124
+        denied = len(sup.kernel.violations)
+        sink.kernel(f"system stopped with status {code}; {sup.kernel.ipc_count} IPCs, {denied} denied operation(s)")
+        return code

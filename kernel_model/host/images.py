@@ -1,0 +1,46 @@
+"""Reading an image from disk: the file, its boot modules, and its programs (the I/O half of capabilities.image)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from capabilities.image import Image, ImageError, Problem, parse_image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MAX_MODULE = 16 << 20
+
+
+def program_exists(program: str) -> bool:
+    base = PROJECT_ROOT / "tasks" / Path(*program.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__main__.py").is_file()
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedImage:
+    image: Image
+    path: Path
+    modules: tuple[tuple[str, bytes], ...]  # what bootstrap copies into memory; "image" first
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Validate the image file and read its modules; ``ImageError`` names file, line and field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImageError([Problem(str(path), 1, 1, "<file>", f"cannot read the image: {exc}")]) from None
+    image = parse_image(text, str(path), program_exists)
+    modules: list[tuple[str, bytes]] = [("image", text.encode())]
+    problems = []
+    for mod in image.modules:
+        file = (path.parent / mod.path)
+        try:
+            if file.stat().st_size > MAX_MODULE:
+                raise OSError(f"larger than {MAX_MODULE >> 20} MiB")
+            modules.append((mod.name, file.read_bytes()))
+        except OSError as exc:
+            problems.append(Problem(str(path), mod.line, 1, f"modules.{mod.name}",
+                                    f"cannot read boot module {str(file)!r}: {exc.strerror or exc}"))
+    if problems:
+        raise ImageError(problems)
+    return LoadedImage(image, path, tuple(modules))

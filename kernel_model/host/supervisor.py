@@ -1,0 +1,368 @@
+"""The kernel's I/O shell: task processes, their channels, memfds, the event loop.
+
+Every task is an OS process started with exactly: fd 3 = its SOCK_SEQPACKET
+channel to this process, fd 2 = a write-only pipe into the kernel console,
+fds 0/1 = /dev/null, an empty environment and no secrets in argv. It gets a
+new session, so terminal signals reach only the kernel, which shuts the system
+down. Memory reaches a task only as memfds passed with the IPC result that
+mapped them (read-only mappings get an O_RDONLY fd, so the OS refuses a
+writable mmap). All decisions are the kernel core's (``kernel_model.kernel``);
+this module only carries out its effects.
+"""
+from __future__ import annotations
+
+import array
+import errno
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from kernel_model.events import Console, Deliver, Denied, Kill, MemoryCreated, Revoked, Spawn
+from kernel_model.host.console import ConsoleSink
+from kernel_model.host.images import PROJECT_ROOT, LoadedImage
+from kernel_model.kernel import Kernel
+from kernel_model.objects import Memory, Task
+from kernel_model.wire import Boot, Revoke
+
+MAX_FRAME = 64 * 1024
+EOF_GRACE_S = 1.0  #: a task that closed its channel but lives on is killed after this
+EXIT_SIGMA0_DIED = 70
+
+
+def now_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+class TaskProcess:
+    def __init__(self, task: Task, pid: int, pidfd: int, sock: socket.socket, err_fd: int):
+        self.task = task
+        self.pid = pid
+        self.pidfd = pidfd
+        self.sock = sock
+        self.err_fd = err_fd
+        self.err_buf = b""
+        self.status: int | None = None
+
+
+class Supervisor:
+    """Boots one image and runs it. Use as a context manager so every process is reaped."""
+
+    def __init__(self, loaded: LoadedImage, console: ConsoleSink, *,
+                 confinement: Callable[[Task, int], dict | None] | None = None,
+                 moe_args: list[str] | None = None, run_dir: Path | None = None):
+        self.loaded = loaded
+        self.console = console
+        self.kernel = Kernel()
+        self.confinement = confinement
+        self.moe_args = moe_args or []
+        self.run_dir = run_dir or PROJECT_ROOT / "var" / "run" / loaded.image.name
+        self.sel = selectors.DefaultSelector()
+        self.procs: dict[int, TaskProcess] = {}
+        self.memfds: dict[int, int] = {}
+        self.ro_fds: dict[int, int] = {}
+        self.exit_code: int | None = None
+        self.exited: list[tuple[str, int]] = []  # (task name, status) in order of death
+        self._log_buf = ""
+        self._spawned = 0
+        self._wake_r: int | None = None
+        self._stop_signal: int | None = None
+        self.boot_started_us = 0
+        self.on_exit: Callable[[Task, int], None] | None = None
+        self._kill_after: dict[int, float] = {}
+
+    # ------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "Supervisor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def start(self) -> None:
+        self.boot_started_us = now_us()
+        image = self.loaded.image
+        self.console.kernel(f"booting image {image.name!r}: {len(image.tasks)} task(s), RAM {image.ram >> 20} MiB")
+        self._apply(self.kernel.boot(ram=image.ram, modules=list(self.loaded.modules), moe_args=self.moe_args))
+
+    def handle_signals(self) -> None:
+        """Route SIGINT/SIGTERM into the event loop (the CLI calls this; tests do not)."""
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        os.set_blocking(r, False)
+        signal.set_wakeup_fd(w)
+        self._wake_r = r
+        self.sel.register(r, selectors.EVENT_READ, ("signal", None))
+
+        def _handler(signum, _frame):
+            self._stop_signal = signum
+
+        signal.signal(signal.SIGINT, _handler)
+        signal.signal(signal.SIGTERM, _handler)
+
+    def run(self, timeout_s: float | None = None, until: Callable[[], bool] | None = None) -> int | None:
+        """Run until Moe exits (the system is done), ``until()`` is true, a signal, or the timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.exit_code is None:
+            if until is not None and until():
+                return None
+            if self._stop_signal is not None:
+                self.console.kernel(f"{signal.Signals(self._stop_signal).name}: shutting down")
+                self.exit_code = 128 + self._stop_signal
+                break
+            wait = None
+            next_deadline = self.kernel.next_deadline()
+            if next_deadline is not None:
+                wait = max(0.0, (next_deadline - now_us()) / 1e6)
+            if self._kill_after:
+                grace = max(0.0, min(self._kill_after.values()) - time.monotonic())
+                wait = grace if wait is None else min(wait, grace)
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                wait = left if wait is None else min(wait, left)
+            self.poll(wait)
+        return self.exit_code
+
+    def poll(self, timeout_s: float | None) -> None:
+        for key, _mask in self.sel.select(timeout_s):
+            kind, proc = key.data
+            if kind == "chan":
+                self._on_channel(proc)
+            elif kind == "exit":
+                self._on_exit(proc)
+            elif kind == "err":
+                self._on_stderr(proc)
+            elif kind == "signal":
+                try:
+                    os.read(key.fd, 64)
+                except BlockingIOError:
+                    pass
+        self._apply(self.kernel.expire(now_us()))
+        for task_id, when in list(self._kill_after.items()):
+            proc = self.procs.get(task_id)
+            if proc is None or proc.status is not None:
+                del self._kill_after[task_id]
+            elif when <= time.monotonic():
+                del self._kill_after[task_id]
+                signal.pidfd_send_signal(proc.pidfd, signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        """Kill every task process and reap it; close every fd. Safe to call twice."""
+        for proc in list(self.procs.values()):
+            if proc.status is None:
+                try:
+                    signal.pidfd_send_signal(proc.pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in list(self.procs.values()):
+            if proc.status is None:
+                try:
+                    os.waitpid(proc.pid, 0)
+                except ChildProcessError:
+                    pass
+                proc.status = -1
+            self._close_proc(proc)
+        self.procs.clear()
+        for fd in list(self.memfds.values()) + list(self.ro_fds.values()):
+            os.close(fd)
+        self.memfds.clear()
+        self.ro_fds.clear()
+        if self._wake_r is not None:
+            signal.set_wakeup_fd(-1)
+            self._close_fd(self._wake_r)
+            self._wake_r = None
+
+    # ------------------------------------------------------------- events in
+    def _on_channel(self, proc: TaskProcess) -> None:
+        try:
+            frame = proc.sock.recv(MAX_FRAME)
+        except BlockingIOError:
+            return
+        except OSError:
+            frame = b""
+        if not frame:  # channel closed: the process is exiting, or it broke its channel
+            self._unregister(proc.sock)
+            self._kill_after[proc.task.id] = time.monotonic() + EOF_GRACE_S
+            return
+        self._apply(self.kernel.syscall(proc.task, frame, now_us()))
+
+    def _on_exit(self, proc: TaskProcess) -> None:
+        try:
+            _, status = os.waitpid(proc.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = -1
+        if code < 0:
+            code = 128 - code
+        proc.status = code
+        self._drain_stderr(proc, final=True)
+        self._close_proc(proc)
+        del self.procs[proc.task.id]
+        task = proc.task
+        self.exited.append((task.describe(), code))
+        if self.on_exit is not None:
+            self.on_exit(task, code)
+        self._apply(self.kernel.task_exited(task, code, now_us()))
+        if task is self.kernel.moe:
+            self.exit_code = code
+        elif task is self.kernel.sigma0:
+            self.console.kernel(f"sigma0 exited with {code}: the root pager is gone, halting")
+            self.exit_code = EXIT_SIGMA0_DIED
+
+    def _on_stderr(self, proc: TaskProcess) -> None:
+        self._drain_stderr(proc, final=False)
+
+    def _drain_stderr(self, proc: TaskProcess, *, final: bool) -> None:
+        while True:
+            try:
+                chunk = os.read(proc.err_fd, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                final = True
+                break
+            proc.err_buf += chunk
+            if len(chunk) < 65536:
+                break
+        *lines, proc.err_buf = proc.err_buf.split(b"\n")
+        if final and proc.err_buf:
+            lines.append(proc.err_buf)
+            proc.err_buf = b""
+        for line in lines:
+            self.console.task_stderr(proc.task.describe(), line.decode("utf-8", "replace"))
+
+    # ---------------------------------------------------------- effects out
+    def _apply(self, effects) -> None:
+        for eff in effects:
+            if isinstance(eff, Deliver):
+                self._deliver(eff)
+            elif isinstance(eff, Spawn):
+                self._spawn(eff.task, eff.record, [self._fd_for(m, False) for m in eff.memory])
+            elif isinstance(eff, Kill):
+                proc = self.procs.get(eff.task.id)
+                if proc is not None and proc.status is None:
+                    try:
+                        signal.pidfd_send_signal(proc.pidfd, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            elif isinstance(eff, Console):
+                self._console_text(eff.text)
+            elif isinstance(eff, MemoryCreated):
+                self._create_memory(eff.memory)
+            elif isinstance(eff, Revoked):
+                self._send(eff.task, Revoke(eff.addresses).encode(), [])
+            elif isinstance(eff, Denied):
+                self.console.violation(eff.violation)
+
+    def _deliver(self, eff: Deliver) -> None:
+        fds = [self._fd_for(mem, writable) for mem, writable in eff.memory]
+        self._send(eff.task, eff.result.encode(), fds)
+
+    def _send(self, task: Task, frame: bytes, fds: list[int]) -> None:
+        proc = self.procs.get(task.id)
+        if proc is None or proc.status is not None:
+            return
+        try:
+            if fds:
+                proc.sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            else:
+                proc.sock.send(frame)
+        except BlockingIOError:
+            # The task does not read its channel (only possible with a flood of notices): it is faulted.
+            self.console.kernel(f"{task.describe()} does not read its channel; killing it")
+            self.kernel.kill_task(task, status=None)
+            signal.pidfd_send_signal(proc.pidfd, signal.SIGKILL)
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                raise
+
+    def _console_text(self, text: str) -> None:
+        self._log_buf += text
+        *lines, self._log_buf = self._log_buf.split("\n")
+        for line in lines:
+            self.console.log_line(line)
+
+    def _create_memory(self, mem: Memory) -> None:
+        fd = os.memfd_create(mem.describe(), os.MFD_CLOEXEC)
+        os.ftruncate(fd, mem.size)
+        if mem.content:
+            os.pwrite(fd, mem.content, 0)
+        os.fchmod(fd, 0o600)  # a task running under another uid cannot reopen it via /proc
+        self.memfds[mem.id] = fd
+
+    def _fd_for(self, mem: Memory, writable: bool) -> int:
+        fd = self.memfds[mem.id]
+        if writable:
+            return fd
+        ro = self.ro_fds.get(mem.id)
+        if ro is None:
+            ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+            self.ro_fds[mem.id] = ro
+        return ro
+
+    def _spawn(self, task: Task, record: dict, boot_fds: list[int]) -> None:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        err_r, err_w = os.pipe()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        self._spawned += 1
+        record = dict(record)
+        record.pop("confine", None)
+        if self.confinement is not None:
+            policy = self.confinement(task, self._spawned)
+            if policy is not None:
+                record["confine"] = policy
+        actions = [
+            (os.POSIX_SPAWN_DUP2, devnull, 0),
+            (os.POSIX_SPAWN_DUP2, devnull, 1),
+            (os.POSIX_SPAWN_DUP2, err_w, 2),
+            (os.POSIX_SPAWN_DUP2, child_sock.fileno(), 3),
+        ]
+        env = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        try:
+            pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "tasks.runtime.bootstrap"], env,
+                                 file_actions=actions, setsid=True)
+        finally:
+            child_sock.close()
+            os.close(err_w)
+            os.close(devnull)
+        pidfd = os.pidfd_open(pid)
+        parent_sock.setblocking(False)
+        os.set_blocking(err_r, False)
+        proc = TaskProcess(task, pid, pidfd, parent_sock, err_r)
+        self.procs[task.id] = proc
+        self.sel.register(parent_sock, selectors.EVENT_READ, ("chan", proc))
+        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", proc))
+        self.sel.register(err_r, selectors.EVENT_READ, ("err", proc))
+        self._send(task, Boot(record).encode(), boot_fds)
+
+    # --------------------------------------------------------------- helpers
+    def _unregister(self, fileobj) -> None:
+        try:
+            self.sel.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    def _close_fd(self, fd: int) -> None:
+        self._unregister(fd)
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+    def _close_proc(self, proc: TaskProcess) -> None:
+        self._unregister(proc.sock)
+        proc.sock.close()
+        self._close_fd(proc.pidfd)
+        self._close_fd(proc.err_fd)
+
+    def process(self, name: str) -> TaskProcess:
+        """The live process of the task called ``name`` (tests use it to kill a task)."""
+        for proc in self.procs.values():
+            if proc.task.name == name and proc.status is None:
+                return proc
+        raise KeyError(name)

@@ -1,0 +1,328 @@
+"""Operations the kernel itself performs when a kernel object is invoked.
+
+One function per object type, each ``(kernel, thread, cap, inv) -> Reply | None``
+(``None``: the operation already completed or blocked the thread). Arguments
+are decoded and checked first; state changes only after every check passed
+(seL4 cnode.c: decode, then invoke). A failed check answers with a negative
+``Err`` in the reply label and, when the caller lacked authority, records a
+violation naming the rule.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from typing import TYPE_CHECKING
+
+from capabilities.mapdb import Kind, Mapping
+from capabilities.rights import CapRights, MemRights
+from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, Err, FactoryOp, GateOp, IrqOp, LogOp, DebuggerOp, MsgTag,
+                              Proto, TaskOp, ThreadOp, UnmapMask, sel)
+from kernel_model.events import Console, Rule, Spawn
+from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, Log, Task, Thread, ThreadState)
+from kernel_model.wire import Invocation, ItemKind, RecvItem
+
+if TYPE_CHECKING:
+    from kernel_model.kernel import Kernel
+
+FULL = CapRights.parse("svr")
+MAX_BOOT_RECORD = 16 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    label: int = 0
+    data: bytes = b""
+    items: tuple[RecvItem, ...] = ()
+    memory: tuple = ()
+
+
+def err(code: Err) -> Reply:
+    return Reply(-int(code))
+
+
+def words(inv: Invocation, n: int) -> tuple[int, ...] | None:
+    """The first ``n`` message registers as unsigned words, or None if the message is shorter."""
+    if len(inv.data) < 8 * n:
+        return None
+    return struct.unpack_from(f"<{n}Q", inv.data)
+
+
+PROTOCOLS = {
+    Task: (Proto.TASK,),
+    Thread: (Proto.THREAD,),
+    IpcGate: (Proto.KOBJECT,),
+    Irq: (Proto.IRQ, Proto.IRQ_SENDER),
+    Factory: (Proto.FACTORY,),
+    Log: (Proto.LOG,),
+    Debugger: (Proto.DEBUGGER,),
+}
+
+
+def kernel_object(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply | None:
+    obj = cap.obj
+    proto = inv.tag.label
+    if proto not in PROTOCOLS[type(obj)]:
+        k._deny(thread, inv.dest, f"proto {proto}", Rule.WRONG_OBJECT_TYPE, "-L4_EBADPROTO",
+                f"a {obj.type.value} does not speak protocol {proto}")
+        return err(Err.EBADPROTO)
+    handler = HANDLERS[type(obj)]
+    return handler(k, thread, cap, inv)
+
+
+def _need(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation, right: CapRights, op: str) -> Reply | None:
+    if right in CapRights(cap.rights):
+        return None
+    k._deny(thread, inv.dest, op, Rule.MISSING_RIGHT, "-L4_EPERM",
+            f"needs {right.letters() if right != CapRights.SVR else 'c'} on {cap.obj.describe()}, "
+            f"holds {CapRights(cap.rights).letters()}")
+    return err(Err.EPERM)
+
+
+def _own_cap(k: "Kernel", thread: Thread, selector: int, kind: type) -> Mapping | None:
+    node = k.lookup(thread.task, selector)
+    if node is None or not isinstance(node.obj, kind) or not node.obj.alive:
+        return None
+    return node
+
+
+# ------------------------------------------------------------------- factory
+def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+    fab: Factory = cap.obj
+    if (denied := _need(k, thread, cap, inv, CapRights.S, "factory.create")):
+        return denied
+    args = words(inv, 1)
+    if args is None:
+        return err(Err.EMSGTOOSHORT)
+    what = _signed(args[0])
+    if inv.rcv_obj == INVALID_CAP or inv.rcv_obj & 0x800:
+        return err(Err.EINVAL)
+    dest = inv.rcv_obj >> L4_CAP_SHIFT
+    extra = (words(inv, len(inv.data) // 8) or ()) + (0, 0)
+    if what == FactoryOp.FACTORY:
+        cost = 1 + extra[1]
+    else:
+        cost = 1
+    if fab.used + cost > fab.quota:
+        k._deny(thread, inv.dest, "factory.create", Rule.FACTORY_QUOTA, "-L4_ENOMEM",
+                f"{fab.describe()} has {fab.quota - fab.used} of {fab.quota} objects left")
+        return err(Err.ENOMEM)
+    if what == FactoryOp.TASK:
+        obj = Task()
+        k.tasks[obj.id] = obj
+    elif what == FactoryOp.THREAD:
+        bind = _own_cap(k, thread, extra[1], Task)
+        if bind is None or bind.obj.threads:
+            return err(Err.EINVAL)
+        obj = Thread(task=bind.obj)
+        bind.obj.threads.append(obj)
+    elif what == FactoryOp.GATE:
+        obj = IpcGate()
+    elif what == FactoryOp.IRQ:
+        obj = Irq()
+        k.irqs.append(obj)
+    elif what == FactoryOp.FACTORY:
+        obj = Factory(quota=extra[1], parent=fab)
+    else:
+        return err(Err.ENOSYS)
+    fab.used += cost
+    _, removed = k.db.insert_root(thread.task.space, Kind.OBJECT, dest, obj, int(FULL))
+    k._revoked(removed)
+    return Reply(0, items=(RecvItem(ItemKind.OBJECT, sel(dest), int(FULL)),))
+
+
+# ---------------------------------------------------------------------- task
+def task(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+    target: Task = cap.obj
+    args = words(inv, 1)
+    if args is None:
+        return err(Err.EMSGTOOSHORT)
+    op = args[0]
+    if op == TaskOp.MAP:
+        if (denied := _need(k, thread, cap, inv, CapRights.W, "task.map")):
+            return denied
+        if any(item.kind is not ItemKind.OBJECT for item in inv.items):
+            # Memory reaches a task only through IPC it receives itself (dataspace map),
+            # so the receiving process always gets the fd with the result.
+            return err(Err.EINVAL)
+        tr = k._transfer(thread.task, inv.items, target, None, CapRights.S in CapRights(cap.rights), window=False)
+        if tr.error is not None:
+            return err(Err.EINVAL)
+        return Reply(0)
+    if op == TaskOp.UNMAP:
+        a = words(inv, 6)
+        if a is None:
+            return err(Err.EMSGTOOSHORT)
+        _, mask, kind, index, size, rights = a
+        return _unmap(k, target, mask, kind, index, size, rights)
+    if op == TaskOp.CAP_INFO:
+        a = words(inv, 2)
+        if a is None:
+            return err(Err.EMSGTOOSHORT)
+        node = k.lookup(target, a[1])
+        return Reply(1 if node is not None and node.obj.alive else 0)
+    if op == TaskOp.RELEASE_CAP:
+        a = words(inv, 2)
+        if a is None:
+            return err(Err.EMSGTOOSHORT)
+        node = k.lookup(target, a[1])
+        if node is not None:
+            k._revoked(k.db.unmap(node, include_self=True))
+        return Reply(0)
+    return err(Err.ENOSYS)
+
+
+def _unmap(k: "Kernel", target: Task, mask: int, kind: int, index: int, size: int, rights: int) -> Reply:
+    include_self = mask & UnmapMask.ALL_SPACES == UnmapMask.ALL_SPACES
+    if kind == ItemKind.OBJECT:
+        node = k.lookup(target, index)
+        if node is None:
+            return Reply(0)
+        if mask & 0xC0000000 == UnmapMask.DELETE_OBJ and CapRights.D in CapRights(node.rights):
+            k.delete_object(node.obj)
+            return Reply(0)
+        if CapRights.R in CapRights(rights):
+            k._revoked(k.db.unmap(node, include_self=include_self))
+        else:
+            k.db.reduce(node, rights & int(CapRights.W | CapRights.S), include_self=include_self)
+        return Reply(0)
+    if kind == ItemKind.MEMORY:
+        hits = [n for n in k.db.in_space(target.space, Kind.MEMORY)
+                if index < n.index + n.size and n.index < index + max(size, 1)]
+        for node in hits:
+            if not node.live:
+                continue
+            if MemRights.R in MemRights(rights):
+                k._revoked(k.db.unmap(node, include_self=include_self))
+            else:
+                k.db.reduce(node, rights & int(MemRights.W | MemRights.X), include_self=include_self)
+        return Reply(0)
+    return err(Err.EINVAL)
+
+
+# -------------------------------------------------------------------- thread
+def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Reply:
+    target: Thread = cap.obj
+    args = words(inv, 1)
+    if args is None:
+        return err(Err.EMSGTOOSHORT)
+    if args[0] == ThreadOp.CONTROL:
+        return Reply(0)
+    if args[0] == ThreadOp.EX_REGS:
+        if (denied := _need(k, caller, cap, inv, CapRights.S, "thread.ex_regs")):
+            return denied
+        task_ = target.task
+        if task_ is None or task_.started or not task_.alive:
+            return err(Err.EBUSY)
+        try:
+            record = json.loads(inv.data[8:].rstrip(b"\0").decode())
+        except (UnicodeDecodeError, ValueError):
+            return err(Err.EINVAL)
+        if not isinstance(record, dict) or not isinstance(record.get("program"), str):
+            return err(Err.EINVAL)
+        record["root"] = False  # only the kernel starts root tasks (Sigma0, Moe)
+        record.pop("confine", None)  # confinement is the kernel host's decision, never the loader's
+        task_.name = str(record.get("name") or task_.name)
+        k._start(task_, record)
+        return Reply(0)
+    return err(Err.ENOSYS)
+
+
+# ---------------------------------------------------------------------- gate
+def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+    g: IpcGate = cap.obj  # only reached with the SVR right (else the message goes to the server)
+    args = words(inv, 1)
+    if args is None:
+        return err(Err.EMSGTOOSHORT)
+    if args[0] == GateOp.GET_INFOS:
+        return Reply(g.label)
+    if args[0] == GateOp.BIND_THREAD:
+        a = words(inv, 3)
+        if a is None:
+            return err(Err.EMSGTOOSHORT)
+        label, tsel = a[1], a[2]
+        if label & 3:
+            return err(Err.EINVAL)
+        tcap = _own_cap(k, thread, tsel, Thread)
+        if tcap is None:
+            return err(Err.EINVAL)
+        if (denied := _need(k, thread, cap, inv, CapRights.S, "gate.bind")) or \
+                (denied := _need(k, thread, tcap, inv, CapRights.S, "gate.bind(thread)")):
+            return denied
+        g.label = label
+        g.thread = tcap.obj
+        waiting = list(g.waiters)
+        g.waiters.clear()
+        for sender in waiting:
+            sender.send_target = None
+            k._send_to(sender, g.thread, g, sender.send_label, sender.send_via_s)
+        return Reply(0)
+    return err(Err.ENOSYS)
+
+
+# ----------------------------------------------------------------------- irq
+def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+    q: Irq = cap.obj
+    args = words(inv, 1)
+    if args is None:
+        return err(Err.EMSGTOOSHORT)
+    op = args[0]
+    if inv.tag.label == Proto.IRQ and op == IrqOp.TRIGGER:
+        q.triggers += 1
+        if q.thread is None or q.thread.state is ThreadState.DEAD:
+            return Reply(0)
+        if q.pending:
+            q.coalesced += 1
+            return Reply(0)
+        q.pending = True
+        k._post_async(q.thread, AsyncMessage(q.label, MsgTag(0), irq=q))
+        return Reply(0)
+    if inv.tag.label == Proto.IRQ and op == IrqOp.UNMASK:
+        return Reply(0)
+    if inv.tag.label == Proto.IRQ_SENDER and op == IrqOp.BIND:
+        a = words(inv, 3)
+        if a is None:
+            return err(Err.EMSGTOOSHORT)
+        tcap = _own_cap(k, thread, a[2], Thread)
+        if tcap is None:
+            return err(Err.EINVAL)
+        if (denied := _need(k, thread, cap, inv, CapRights.S, "irq.bind")) or \
+                (denied := _need(k, thread, tcap, inv, CapRights.S, "irq.bind(thread)")):
+            return denied
+        q.thread, q.label = tcap.obj, a[1]
+        return Reply(0)
+    if inv.tag.label == Proto.IRQ_SENDER and op == IrqOp.DETACH:
+        if (denied := _need(k, thread, cap, inv, CapRights.S, "irq.detach")):
+            return denied
+        q.thread = None
+        return Reply(0)
+    return err(Err.ENOSYS)
+
+
+# ------------------------------------------------------------- log, debugger
+def log(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+    args = words(inv, 2)
+    if args is None or args[0] != LogOp.WRITE:
+        return err(Err.ENOSYS)
+    k._effects.append(Console(inv.data[16:16 + args[1]].decode("utf-8", "replace")))
+    return Reply(0)
+
+
+def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+    a = words(inv, 2)
+    if a is None:
+        return err(Err.EMSGTOOSHORT)
+    if a[0] == DebuggerOp.SET_OBJECT_NAME:
+        node = k.lookup(thread.task, a[1])
+        if node is None:
+            return err(Err.EINVAL)
+        node.obj.name = inv.data[16:].decode("utf-8", "replace")[:32]
+        return Reply(0)
+    return err(Err.ENOSYS)
+
+
+def _signed(word: int) -> int:
+    return word - (1 << 64) if word >= 1 << 63 else word
+
+
+HANDLERS = {Factory: factory, Task: task, Thread: thread_op, IpcGate: gate, Irq: irq, Log: log, Debugger: debugger}

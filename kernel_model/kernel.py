@@ -1,0 +1,561 @@
+"""The microkernel core: capability lookup and synchronous IPC. Pure and deterministic.
+
+``Kernel.syscall(task, frame, now)`` takes one frame a task sent on its channel
+and returns the effects (``events``) the host must carry out: results to
+deliver, processes to start or kill, console output. Time is passed in (µs);
+``expire(now)`` fires timeouts. Nothing here does I/O.
+
+IPC follows L4 (shared/reference/l4re.md §4): a rendezvous with no kernel
+buffering, an optional send phase and an optional receive phase, each with its
+own timeout; a call's receive phase waits only for the callee's reply; the
+callee holds an implicit single-use reply capability. A message sent through
+an IPC gate arrives with ``gate.label | (W,S bits of the sender's cap)``, which
+the sender cannot forge. Typed items map or grant capabilities and memory;
+rights only shrink (``capabilities.rights``).
+
+Errors:
+- empty selector -> ``L4_IPC_ENOT_EXISTENT`` (+ violation ``no-capability``);
+- partner dead or deleted -> ``L4_IPC_ENOT_EXISTENT``;
+- partner not ready and send timeout 0 -> ``L4_IPC_SETIMEOUT``; receive timeout -> ``RETIMEOUT``;
+- typed item without a receive buffer -> ``SEMSGCUT`` / ``REMSGCUT`` on both sides;
+- kernel object invoked with a foreign protocol -> reply label ``-L4_EBADPROTO``;
+  lacking a right -> ``-L4_EPERM`` (both + violation); factory quota -> ``-L4_ENOMEM``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from capabilities.mapdb import Kind, Mapping, MappingDb
+from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_rights, derive_mem_rights
+from kernel_model import invoke
+from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, PAGE_SIZE, EnvSlot, IpcError, IpcFlags, MsgTag, Proto,
+                              sel, timeout_to_us)
+from kernel_model.events import (Console, Deliver, Denied, Effect, Kill, MemoryCreated, Revoked, Rule, Spawn,
+                                 Violation)
+from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, ObjType, Task,
+                                  Thread, ThreadState)
+from kernel_model.wire import Invocation, ItemKind, RecvItem, Result, WireError, decode_invocation
+
+RAM_BASE = 0x0010_0000  #: physical address of the first RAM byte Sigma0 owns
+MODULE_BASE = 0x8000_0000_0000  #: where bootstrap places boot modules (outside RAM)
+SIGMA0_PAGER_LABEL = 0x40  #: label of Moe's pager gate to Sigma0 (fiasco init_std_workload)
+FULL = CapRights.parse("svr")
+
+
+@dataclasses.dataclass
+class Transfer:
+    items: tuple[RecvItem, ...] = ()
+    memory: tuple[tuple[Memory, bool], ...] = ()
+    error: tuple[IpcError, IpcError] | None = None  # (sender's, receiver's) error
+
+
+class Kernel:
+    """All kernel state. Only the kernel ever holds capability tables (in ``db``)."""
+
+    def __init__(self, *, object_quota: int = 100_000):
+        self.db = MappingDb()
+        self.tasks: dict[int, Task] = {}
+        self.root_factory = Factory(name="factory", quota=object_quota)
+        self.console = Log(name="kernel-log")
+        self.debugger = Debugger(name="jdb")
+        self.violations: list[Violation] = []
+        self.ram_size = 0
+        self.now = 0
+        self._effects: list[Effect] = []
+        self._blocked: set[Thread] = set()
+        self.ipc_count = 0
+        self.irqs: list[Irq] = []
+        self.sigma0: Task | None = None
+        self.moe: Task | None = None
+
+    # ------------------------------------------------------------------ boot
+    def boot(self, *, ram: int, modules: list[tuple[str, bytes]], moe_args: list[str] | None = None) -> list[Effect]:
+        """Create Sigma0 and Moe the way fiasco's init_std_workload does, and start them."""
+        self.ram_size = ram
+        sigma0, s0_thread = self._new_root_task("sigma0")
+        moe, moe_thread = self._new_root_task("moe")
+        self.sigma0, self.moe = sigma0, moe
+        pager = IpcGate(name="sigma0-pager", label=SIGMA0_PAGER_LABEL, thread=s0_thread)
+        self.db.insert_root(moe.space, Kind.OBJECT, EnvSlot.PAGER, pager, CapRights.R | CapRights.W)
+        self.db.insert_root(moe.space, Kind.OBJECT, EnvSlot.DEBUGGER, self.debugger, FULL)
+        addr = MODULE_BASE
+        mods = []
+        boot_memory = []
+        for name, content in modules:
+            size = max(PAGE_SIZE, -(-len(content) // PAGE_SIZE) * PAGE_SIZE)
+            mem = Memory(name=f"rom/{name}", size=size, phys=addr, content=content)
+            self.db.insert_root(moe.space, Kind.MEMORY, addr, mem, MemRights.R | MemRights.X, size=size)
+            self._effects.append(MemoryCreated(mem))
+            boot_memory.append(mem)
+            mods.append({"name": name, "address": addr, "size": len(content), "mapped": size})
+            addr += size + PAGE_SIZE
+        self._start(sigma0, {"program": "kernel_model.sigma0", "name": "sigma0", "args": [],
+                             "ram": {"base": RAM_BASE, "size": ram}, "root": True})
+        self._start(moe, {"program": "kernel_model.moe", "name": "moe", "args": list(moe_args or []),
+                          "modules": mods, "root": True}, tuple(boot_memory))
+        return self._take()
+
+    def _new_root_task(self, name: str) -> tuple[Task, Thread]:
+        task = Task(name=name)
+        thread = Thread(name=f"{name}.main", task=task)
+        task.threads.append(thread)
+        self.tasks[task.id] = task
+        for slot, obj in ((EnvSlot.TASK, task), (EnvSlot.FACTORY, self.root_factory), (EnvSlot.THREAD, thread),
+                          (EnvSlot.LOG, self.console)):
+            self.db.insert_root(task.space, Kind.OBJECT, slot, obj, FULL if slot != EnvSlot.TASK else
+                                CapRights.R | CapRights.W | CapRights.S | CapRights.D)
+        return task, thread
+
+    def _start(self, task: Task, record: dict, memory: tuple[Memory, ...] = ()) -> None:
+        task.started = True
+        self._effects.append(Spawn(task, record, memory))
+
+    # ------------------------------------------------------------ entry points
+    def syscall(self, task: Task, frame: bytes, now: int) -> list[Effect]:
+        """One frame from ``task``'s channel. Never raises on task input."""
+        self.now = now
+        thread = task.threads[0] if task.threads else None
+        if thread is None or not task.alive or thread.state is ThreadState.DEAD:
+            return self._take()
+        if thread.state is not ThreadState.RUNNING:
+            # The runtime is synchronous; a second frame while blocked breaks the protocol.
+            self._deny(thread, 0, "ipc", Rule.MALFORMED_FRAME, "L4_IPC_SEABORTED", "frame while blocked in IPC")
+            self.kill_task(task, status=None)
+            return self._take()
+        try:
+            inv = decode_invocation(frame)
+        except WireError as exc:
+            self._deny(thread, 0, "ipc", Rule.MALFORMED_FRAME, "L4_IPC_SEABORTED", str(exc))
+            self._complete(thread, Result(error=IpcError.SEABORTED))
+            return self._take()
+        self.ipc_count += 1
+        self._ipc(thread, inv)
+        return self._take()
+
+    def expire(self, now: int) -> list[Effect]:
+        self.now = now
+        for thread in sorted((t for t in self._blocked if t.deadline is not None and t.deadline <= now),
+                             key=lambda t: (t.deadline, t.id)):
+            if thread.state is ThreadState.SENDING:
+                self._unqueue(thread)
+                self._complete(thread, Result(error=IpcError.SETIMEOUT))
+            elif thread.state is ThreadState.RECEIVING:
+                self._complete(thread, Result(error=IpcError.RETIMEOUT))
+        return self._take()
+
+    def next_deadline(self) -> int | None:
+        deadlines = [t.deadline for t in self._blocked if t.deadline is not None]
+        return min(deadlines) if deadlines else None
+
+    def task_exited(self, task: Task, status: int, now: int) -> list[Effect]:
+        """The task's process is gone (exit or crash): revoke everything, tell its parent."""
+        self.now = now
+        if task.alive:
+            task.exit_status = status
+            parent = self.db.get(task.space, Kind.OBJECT, EnvSlot.PARENT)
+            self._destroy_task(task)
+            if parent is not None and isinstance(parent.obj, IpcGate) and parent.obj.alive:
+                gate = parent.obj
+                msg = AsyncMessage(gate.label | (parent.rights & LABEL_RIGHTS), MsgTag(Proto.PARENT, 2),
+                                   struct.pack("<qq", 0, status))
+                if gate.thread is not None and gate.thread.state is not ThreadState.DEAD:
+                    self._post_async(gate.thread, msg)
+        return self._take()
+
+    def kill_task(self, task: Task, status: int | None = None) -> None:
+        if task.alive:
+            task.exit_status = status
+            self._destroy_task(task)
+            self._effects.append(Kill(task))
+
+    # --------------------------------------------------------------- IPC paths
+    def _ipc(self, thread: Thread, inv: Invocation) -> None:
+        thread.inv = inv
+        flags = inv.flags
+        if IpcFlags.REPLY in flags:
+            err = self._reply(thread, inv)
+            if err is not IpcError.OK:
+                self._complete(thread, Result(error=err))
+            elif IpcFlags.RECV in flags:
+                self._receive(thread, inv)
+            else:
+                self._complete(thread, Result(tag=inv.tag))
+        elif IpcFlags.SEND in flags:
+            self._send(thread, inv)
+        elif IpcFlags.RECV in flags:
+            self._receive(thread, inv)
+        else:
+            self._complete(thread, Result(tag=inv.tag))
+
+    def lookup(self, task: Task, selector: int) -> Mapping | None:
+        if selector & 0x800:  # L4_INVALID_CAP_BIT
+            return None
+        return self.db.get(task.space, Kind.OBJECT, selector >> L4_CAP_SHIFT)
+
+    def _send(self, thread: Thread, inv: Invocation) -> None:
+        cap = self.lookup(thread.task, inv.dest)
+        if cap is None:
+            self._deny(thread, inv.dest, _op_name(inv), Rule.NO_CAPABILITY, "L4_IPC_ENOT_EXISTENT",
+                       "selector is empty in the caller's capability table")
+            self._complete(thread, Result(error=IpcError.ENOT_EXISTENT))
+            return
+        obj = cap.obj
+        if not obj.alive:
+            self._complete(thread, Result(error=IpcError.ENOT_EXISTENT))
+            return
+        label = inv.tag.label
+        if isinstance(obj, IpcGate) and not (label == Proto.KOBJECT and CapRights.SVR in CapRights(cap.rights)):
+            self._send_to(thread, obj.thread, obj, cap.rights & LABEL_RIGHTS,
+                          CapRights.S in CapRights(cap.rights))
+            return
+        if isinstance(obj, Thread) and label != Proto.THREAD:
+            self._send_to(thread, obj, None, inv.label, CapRights.S in CapRights(cap.rights))
+            return
+        reply = invoke.kernel_object(self, thread, cap, inv)
+        if reply is None:  # the operation blocked or completed the thread itself
+            return
+        if IpcFlags.RECV in inv.flags:
+            self._complete(thread, Result(tag=MsgTag(reply.label, -(-len(reply.data) // 8), len(reply.items)),
+                                          data=reply.data, items=reply.items), reply.memory)
+        else:
+            self._complete(thread, Result(tag=inv.tag))
+
+    def _send_to(self, sender: Thread, target: Thread | None, gate: IpcGate | None, label: int, via_s: bool) -> None:
+        inv = sender.inv
+        send_to = timeout_to_us(inv.timeout >> 16)
+        sender.send_label = label
+        sender.send_via_s = via_s
+        if target is None:  # unbound gate: wait until bound or the send timeout expires
+            if send_to == 0:
+                self._complete(sender, Result(error=IpcError.SETIMEOUT))
+                return
+            assert gate is not None
+            gate.waiters.append(sender)
+            self._block(sender, ThreadState.SENDING, gate, send_to)
+            return
+        if gate is not None:
+            sender.send_label = gate.label | label
+        if target.state is ThreadState.DEAD or target.task is None or not target.task.alive:
+            self._complete(sender, Result(error=IpcError.ENOT_EXISTENT))
+            return
+        if target.state is ThreadState.RECEIVING and target.recv_from is None:
+            self._rendezvous(sender, target)
+            return
+        if send_to == 0:
+            self._complete(sender, Result(error=IpcError.SETIMEOUT))
+            return
+        target.senders.append(sender)
+        self._block(sender, ThreadState.SENDING, target, send_to)
+
+    def _rendezvous(self, sender: Thread, receiver: Thread) -> None:
+        inv, rinv = sender.inv, receiver.inv
+        self._unblock(sender)
+        tr = self._transfer(sender.task, inv.items, receiver.task, rinv, sender.send_via_s, window=True)
+        if tr.error is not None:
+            self._complete(sender, Result(error=tr.error[0]))
+            self._complete(receiver, Result(error=tr.error[1]))
+            return
+        result = Result(tag=MsgTag(inv.tag.label, inv.tag.words, len(tr.items), inv.tag.flags & 0x3000),
+                        label=sender.send_label, data=inv.data, items=tr.items)
+        if IpcFlags.RECV in inv.flags:  # a call: wait for the reply from this partner only
+            receiver.reply_to = sender
+            sender.generation += 1
+            self._block(sender, ThreadState.RECEIVING, receiver, timeout_to_us(inv.timeout & 0xFFFF))
+            if sender.deadline is not None and sender.deadline <= self.now:
+                self._complete(sender, Result(error=IpcError.RETIMEOUT))
+                receiver.reply_to = None
+        else:
+            self._complete(sender, Result(tag=inv.tag))
+        self._complete(receiver, result, tr.memory)
+
+    def _reply(self, thread: Thread, inv: Invocation) -> IpcError:
+        partner, thread.reply_to = thread.reply_to, None  # single use, consumed even if the reply fails
+        if partner is None:
+            self._deny(thread, INVALID_CAP, "reply", Rule.REPLY_WITHOUT_CALLER, "L4_IPC_ENOT_EXISTENT",
+                       "no caller is waiting for a reply from this thread")
+            return IpcError.ENOT_EXISTENT
+        if partner.state is not ThreadState.RECEIVING or partner.recv_from is not thread:
+            return IpcError.ENOT_EXISTENT  # caller gone or timed out
+        tr = self._transfer(thread.task, inv.items, partner.task, partner.inv, True, window=True)
+        if tr.error is not None:
+            self._complete(partner, Result(error=tr.error[1]))
+            return tr.error[0]
+        self._complete(partner, Result(tag=MsgTag(inv.tag.label, inv.tag.words, len(tr.items)), data=inv.data,
+                                       items=tr.items), tr.memory)
+        return IpcError.OK
+
+    def _receive(self, thread: Thread, inv: Invocation) -> None:
+        recv_to = timeout_to_us(inv.timeout & 0xFFFF)
+        if IpcFlags.OPEN_WAIT in inv.flags or IpcFlags.REPLY in inv.flags:
+            if thread.asyncs:
+                self._deliver_async(thread, thread.asyncs.popleft())
+                return
+            while thread.senders:
+                sender = thread.senders.popleft()
+                if sender.state is ThreadState.SENDING:
+                    sender.send_target = None
+                    thread.inv = inv
+                    thread.state = ThreadState.RECEIVING
+                    thread.recv_from = None
+                    self._rendezvous(sender, thread)
+                    return
+            source = None
+        else:
+            cap = self.lookup(thread.task, inv.dest) if inv.dest != INVALID_CAP else None
+            if inv.dest != INVALID_CAP and (cap is None or not isinstance(cap.obj, Irq)):
+                if cap is None:
+                    self._deny(thread, inv.dest, "receive", Rule.NO_CAPABILITY, "L4_IPC_ENOT_EXISTENT",
+                               "closed wait on an empty selector")
+                self._complete(thread, Result(error=IpcError.ENOT_EXISTENT))
+                return
+            source = cap.obj if cap is not None else thread  # INVALID_CAP: sleep (wait on oneself)
+            if isinstance(source, Irq):
+                for msg in list(thread.asyncs):
+                    if msg.irq is source:
+                        thread.asyncs.remove(msg)
+                        self._deliver_async(thread, msg)
+                        return
+        if recv_to == 0:
+            self._complete(thread, Result(error=IpcError.RETIMEOUT))
+            return
+        self._block(thread, ThreadState.RECEIVING, source, recv_to)
+
+    def _post_async(self, thread: Thread, msg: AsyncMessage) -> None:
+        if thread.state is ThreadState.RECEIVING and (thread.recv_from is None or thread.recv_from is msg.irq) \
+                and thread.recv_from is not thread:
+            self._deliver_async(thread, msg)
+        else:
+            thread.asyncs.append(msg)
+
+    def _deliver_async(self, thread: Thread, msg: AsyncMessage) -> None:
+        if msg.irq is not None:
+            msg.irq.pending = False
+        self._complete(thread, Result(tag=msg.tag, label=msg.label, data=msg.data))
+
+    # ------------------------------------------------------------ typed items
+    def _transfer(self, src: Task, items, dst: Task, rinv: Invocation | None, via_s: bool, *,
+                  window: bool) -> Transfer:
+        """Map/grant typed items from ``src`` into ``dst``. Checks everything before changing anything.
+
+        ``window=True``: ordinary IPC; the receiver's buffers (one object slot, one
+        memory window) bound where items may land. ``window=False``: Task::map, the
+        whole destination space is the window and ``item.dest`` is the address.
+        """
+        plan = []
+        obj_slot_used = False
+        for item in items:
+            if item.kind is ItemKind.OBJECT:
+                node = self.lookup(src, item.index)
+                if window:
+                    if rinv is None or rinv.rcv_obj == INVALID_CAP or rinv.rcv_obj & 0x800 or obj_slot_used:
+                        return Transfer(error=(IpcError.SEMSGCUT, IpcError.REMSGCUT))
+                    dest = rinv.rcv_obj >> L4_CAP_SHIFT
+                    obj_slot_used = True
+                else:
+                    dest = item.dest >> L4_CAP_SHIFT
+                plan.append((item, node, dest))
+            else:
+                node = self._mem_source(src, item.index, item.size)
+                if item.size <= 0 or item.size % PAGE_SIZE or item.index % PAGE_SIZE:
+                    node = None
+                if window:
+                    if rinv is None or rinv.rcv_mem_size == 0 or item.dest + item.size > rinv.rcv_mem_size:
+                        return Transfer(error=(IpcError.SEMSGCUT, IpcError.REMSGCUT))
+                    dest = rinv.rcv_mem_base + item.dest
+                else:
+                    dest = item.dest
+                if dest % PAGE_SIZE:
+                    return Transfer(error=(IpcError.SEMAPFAILED, IpcError.REMAPFAILED))
+                plan.append((item, node, dest))
+        received: list[RecvItem] = []
+        memory: list[tuple[Memory, bool]] = []
+        for item, node, dest in plan:
+            if node is None:
+                self._deny_task(src, item.index, "map", Rule.MAP_SOURCE_EMPTY, "nothing mapped",
+                                f"typed item names {item.kind.name.lower()} {item.index:#x} the sender does not hold")
+                continue
+            if item.kind is ItemKind.OBJECT:
+                rights = derive_cap_rights(CapRights(node.rights), CapRights(item.rights), partner_has_s=via_s)
+                if not rights:
+                    continue
+                if item.grant:
+                    new, removed = self.db.grant(node, dst.space, dest, int(rights))
+                else:
+                    new, removed = self.db.map(node, dst.space, dest, int(rights))
+                self._revoked(removed)
+                received.append(RecvItem(ItemKind.OBJECT, sel(dest), int(rights)))
+            else:
+                rights = derive_mem_rights(MemRights(node.rights), MemRights(item.rights))
+                if not rights:
+                    continue
+                offset = node.offset + (item.index - node.index)
+                self._revoked(self._clear_memory(dst, dest, item.size))
+                if item.grant and node.size == item.size:
+                    new, removed = self.db.grant(node, dst.space, dest, int(rights))
+                else:
+                    new, removed = self.db.map(node, dst.space, dest, int(rights), offset=offset, size=item.size)
+                self._revoked(removed)
+                received.append(RecvItem(ItemKind.MEMORY, dest, int(rights), item.size, offset))
+                memory.append((node.obj, MemRights.W in rights))
+        return Transfer(tuple(received), tuple(memory))
+
+    def _mem_source(self, task: Task, addr: int, size: int) -> Mapping | None:
+        best = None
+        for node in self.db.in_space(task.space, Kind.MEMORY):
+            if node.index <= addr and addr + size <= node.index + node.size:
+                if best is None or node.size < best.size:
+                    best = node
+        if best is None and task is self.sigma0:
+            return self._carve(task, addr, size)
+        return best
+
+    def _carve(self, sigma0: Task, addr: int, size: int) -> Mapping | None:
+        """Sigma0 maps out RAM it has not handed out yet: materialise the frames as one memory object."""
+        if size <= 0 or size % PAGE_SIZE or addr % PAGE_SIZE:
+            return None
+        if addr < RAM_BASE or addr + size > RAM_BASE + self.ram_size:
+            return None
+        for node in self.db.in_space(sigma0.space, Kind.MEMORY):
+            if addr < node.index + node.size and node.index < addr + size:
+                return None  # overlaps frames already materialised with another size
+        mem = Memory(name=f"ram@{addr:#x}", size=size, phys=addr)
+        node, _ = self.db.insert_root(sigma0.space, Kind.MEMORY, addr, mem,
+                                      MemRights.R | MemRights.W | MemRights.X, size=size)
+        self._effects.append(MemoryCreated(mem))
+        return node
+
+    def _clear_memory(self, task: Task, addr: int, size: int) -> list[Mapping]:
+        removed: list[Mapping] = []
+        for node in self.db.in_space(task.space, Kind.MEMORY):
+            if addr < node.index + node.size and node.index < addr + size and node.live:
+                removed.extend(self.db.unmap(node, include_self=True))
+        return removed
+
+    def _revoked(self, removed: list[Mapping]) -> None:
+        by_task: dict[int, list[int]] = {}
+        for node in removed:
+            if node.kind is Kind.MEMORY:
+                by_task.setdefault(node.space, []).append(node.index)
+        for space, addrs in by_task.items():
+            task = self.tasks.get(space)
+            if task is not None and task.alive and task.started:
+                self._effects.append(Revoked(task, tuple(addrs)))
+
+    # ------------------------------------------------------- thread bookkeeping
+    def _block(self, thread: Thread, state: ThreadState, source, timeout_us: int | None) -> None:
+        thread.state = state
+        if state is ThreadState.RECEIVING:
+            thread.recv_from = source
+        else:
+            thread.send_target = source
+        thread.deadline = None if timeout_us is None else self.now + timeout_us
+        self._blocked.add(thread)
+
+    def _unblock(self, thread: Thread) -> None:
+        self._blocked.discard(thread)
+        thread.deadline = None
+
+    def _unqueue(self, thread: Thread) -> None:
+        target = thread.send_target
+        queue = target.waiters if isinstance(target, IpcGate) else getattr(target, "senders", None)
+        if queue is not None and thread in queue:
+            queue.remove(thread)
+        thread.send_target = None
+
+    def _complete(self, thread: Thread, result: Result, memory=()) -> None:
+        self._unblock(thread)
+        thread.state = ThreadState.RUNNING
+        thread.inv = None
+        thread.recv_from = None
+        thread.send_target = None
+        if thread.task is not None and thread.task.alive:
+            self._effects.append(Deliver(thread.task, result, tuple(memory)))
+
+    def _destroy_task(self, task: Task) -> None:
+        task.alive = False
+        dead = set(task.threads)
+        for thread in task.threads:
+            if thread.state is ThreadState.SENDING:
+                self._unqueue(thread)
+            self._unblock(thread)
+            thread.state = ThreadState.DEAD
+            thread.alive = False
+            for sender in list(thread.senders):
+                self._complete(sender, Result(error=IpcError.ENOT_EXISTENT))
+            thread.senders.clear()
+            thread.asyncs.clear()
+        for other in list(self._blocked):
+            if other.state is ThreadState.RECEIVING and other.recv_from in dead:
+                self._complete(other, Result(error=IpcError.ENOT_EXISTENT))
+        for irq in self.irqs:
+            if irq.thread in dead:
+                irq.thread = None
+        self._revoked(self.db.remove_space(task.space))
+
+    def delete_object(self, obj: KObject) -> None:
+        """Delete ``obj`` (unmap with L4_FP_DELETE_OBJ by a holder of D): every cap to it empties."""
+        if isinstance(obj, Task):
+            self.kill_task(obj)
+        elif isinstance(obj, IpcGate):
+            for waiter in list(obj.waiters):
+                self._complete(waiter, Result(error=IpcError.ENOT_EXISTENT))
+            obj.waiters.clear()
+            for thread in list(self._blocked):
+                if thread.state is ThreadState.SENDING and thread.send_target is obj.thread and obj.thread is not None \
+                        and thread in obj.thread.senders:
+                    pass  # already routed to the thread; L4 lets such in-flight sends complete
+        obj.alive = False
+        self._revoked(self.db.delete_object(obj))
+
+    # --------------------------------------------------------------- violations
+    def _deny(self, thread: Thread, selector: int, operation: str, rule: Rule, error: str, detail: str = "") -> None:
+        self._deny_task(thread.task, selector, operation, rule, error, detail)
+
+    def _deny_task(self, task: Task | None, selector: int, operation: str, rule: Rule, error: str,
+                   detail: str = "") -> None:
+        v = Violation(task.describe() if task else "?", selector, operation, rule, error, detail, self.now)
+        self.violations.append(v)
+        self._effects.append(Denied(v))
+
+    def _take(self) -> list[Effect]:
+        out, self._effects = self._effects, []
+        return out
+
+    # ------------------------------------------------------------ introspection
+    def task_by_name(self, name: str) -> Task:
+        matches = [t for t in self.tasks.values() if t.name == name and t.alive]
+        if not matches:
+            raise KeyError(name)
+        return matches[-1]
+
+    def dump(self) -> dict[str, list[dict]]:
+        """Every live task's capabilities: selector, object, type, rights, label, derived-from."""
+        out: dict[str, list[dict]] = {}
+        for task in self.tasks.values():
+            if not task.alive:
+                continue
+            rows = []
+            for node in self.db.in_space(task.space, Kind.OBJECT):
+                obj = node.obj
+                parent = node.parent
+                rows.append({
+                    "selector": sel(node.index),
+                    "object": obj.describe(),
+                    "type": obj.type.value,
+                    "rights": CapRights(node.rights).letters(),
+                    "label": obj.label if isinstance(obj, IpcGate) else None,
+                    "derived_from": (f"{self.tasks[parent.space].describe()}:{sel(parent.index):#x}"
+                                     if parent is not None and parent.space in self.tasks else None),
+                })
+            for node in self.db.in_space(task.space, Kind.MEMORY):
+                rows.append({"address": node.index, "object": node.obj.describe(), "type": "memory",
+                             "rights": MemRights(node.rights).letters(), "size": node.size, "offset": node.offset})
+            out[task.describe()] = rows
+        return out
+
+
+def _op_name(inv: Invocation) -> str:
+    if IpcFlags.RECV in inv.flags:
+        return "call"
+    return "send"

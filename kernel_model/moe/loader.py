@@ -1,0 +1,116 @@
+"""Moe's loader: create the image's objects and start its tasks with exactly the declared caps.
+
+What Ned does with ``ld:start({caps = {...}, log = {...}}, "rom/prog")``: create a
+task and a thread with the kernel factory, ``Task::map`` each named cap into the
+new task with the declared rights (rights only shrink), then start the thread
+with its initial stack (the boot record: program, args, cap names -> selectors).
+"""
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+from capabilities.image import ObjectDecl, ObjectType, TaskDecl
+from capabilities.rights import CapRights
+from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
+from kernel_model.moe.objects import AllocatorObject, DataspaceObject, LogObject, ParentObject
+from kernel_model.wire import Item
+
+if TYPE_CHECKING:
+    from kernel_model.moe.server import Moe
+
+CLIENT = CapRights.R | CapRights.W  # what a task gets for its own log, parent and allocator
+
+
+class TaskRecord:
+    def __init__(self, decl: TaskDecl):
+        self.decl = decl
+        self.name = decl.name
+        self.task = 0  # Moe's selectors of the current incarnation
+        self.thread = 0
+        self.log = self.parent = self.alloc = 0
+        self.allocator: AllocatorObject | None = None
+        self.running = False
+        self.finished = False
+        self.exit_code: int | None = None
+        self.restarts = 0
+
+
+def create_object(moe: "Moe", obj: ObjectDecl) -> int:
+    if obj.type == ObjectType.GATE:
+        return moe.create(FactoryOp.GATE, name=obj.name)
+    if obj.type == ObjectType.IRQ:
+        return moe.create(FactoryOp.IRQ, name=obj.name)
+    if obj.type == ObjectType.FACTORY:
+        return moe.create(FactoryOp.FACTORY, obj.quota, name=obj.name)
+    if obj.type == ObjectType.DATASPACE:
+        ds = moe.new_dataspace(-(-obj.size // 4096) * 4096, name=obj.name)
+        if ds is None:
+            raise RuntimeError(f"out of memory for dataspace {obj.name}")
+        ds.size = obj.size
+        return ds.gate
+    raise ValueError(obj.type)
+
+
+def start(moe: "Moe", rec: TaskRecord) -> None:
+    decl = rec.decl
+    if not rec.log:  # Moe's per-task objects survive restarts
+        rec.log = moe.serve(LogObject(moe, decl.log.tag, decl.log.color), f"{decl.name}.log")
+        rec.parent = moe.serve(ParentObject(moe, rec), f"{decl.name}.parent")
+        rec.allocator = AllocatorObject(moe, rec, decl.memory)
+        rec.alloc = moe.serve(rec.allocator, f"{decl.name}.mem_alloc")
+    rec.task = moe.create(FactoryOp.TASK, name=decl.name)
+    rec.thread = moe.create(FactoryOp.THREAD, rec.task, name=f"{decl.name}.main")
+    mapping = [
+        (EnvSlot.TASK, rec.task, CapRights.R),
+        (EnvSlot.THREAD, rec.thread, CapRights.R | CapRights.W | CapRights.S),
+        (EnvSlot.LOG, rec.log, CLIENT),
+        (EnvSlot.PARENT, rec.parent, CLIENT),
+        (EnvSlot.MEM_ALLOC, rec.alloc, CLIENT),
+    ]
+    names = {}
+    for i, cap in enumerate(decl.caps):
+        source, _type = moe.named[cap.object]
+        slot = EnvSlot.FIRST_NAMED + i
+        mapping.append((slot, source, cap.rights))
+        names[cap.name] = sel(slot)
+    for slot, source, rights in mapping:
+        moe.env.call(rec.task, Proto.TASK, TaskOp.MAP, items=[Item.obj(source, rights, dest=sel(slot))]).check(
+            f"map into {decl.name}")
+    record = {
+        "program": decl.program,
+        "name": decl.name,
+        "args": list(decl.args),
+        "caps": names,
+        "first_free": EnvSlot.FIRST_NAMED + len(decl.caps) + 16,
+    }
+    status = moe.env.call(rec.thread, Proto.THREAD, ThreadOp.EX_REGS,
+                          blob=json.dumps(record, separators=(",", ":")).encode()).status
+    if status < 0:
+        raise RuntimeError(f"cannot start {decl.name}: {status}")
+    rec.running = True
+    rec.finished = False
+
+
+def child_exited(moe: "Moe", rec: TaskRecord, code: int) -> None:
+    if not rec.running:
+        return
+    rec.running = False
+    rec.exit_code = code
+    moe.release(rec.thread)
+    moe.release(rec.task)
+    rec.task = rec.thread = 0
+    if rec.allocator is not None:  # the task's own dataspaces go with it
+        for obj in [o for o in moe.objects.values() if isinstance(o, DataspaceObject) and o.owner is rec.allocator]:
+            moe.free_dataspace(obj)
+        rec.allocator.used = 0
+    policy, limit = rec.decl.restart, rec.decl.restart_limit
+    again = (policy == "always" or (policy == "on-failure" and code != 0)) and rec.restarts < limit
+    how = "exited" if code < 128 else f"was killed by signal {code - 128}"
+    if again:
+        rec.restarts += 1
+        moe.say(f"{rec.name} {how} ({code}); restart {rec.restarts} of {limit}")
+        start(moe, rec)
+    else:
+        moe.say(f"{rec.name} {how} with status {code}")
+        rec.finished = True

@@ -1,0 +1,192 @@
+"""Frames on a task's one channel to the kernel (a SOCK_SEQPACKET socket). Pure.
+
+A task sends ``Invocation`` frames (the only system call is IPC, as in L4)
+and receives ``Result`` frames, plus two kernel-initiated frames: ``Boot``
+(first frame a new task reads: its initial stack, i.e. env and args) and
+``Revoke`` (memory taken away; the runtime unmaps it). Memory mapped into a
+task arrives as fds in SCM_RIGHTS of the ``Result`` frame, one per memory
+item, in item order.
+
+Layouts (little-endian)::
+
+  Invocation  B kind=1 | B flags | H n_items | I timeout | Q dest | Q tag | q label
+              | Q rcv_obj | Q rcv_mem_base | Q rcv_mem_size | H data_len   (58 bytes)
+              then n_items x Item, then data
+  Item        B kind(1 obj, 2 mem) | B grant | H rights | I 0 | Q index | Q size | Q dest
+  Result      B kind=2 | B error | H n_items | I 0 | Q tag | q label | H data_len
+              then n_items x RecvItem (same layout as Item: index = where it landed,
+              dest = offset into the memory object), then data
+  Boot        B kind=3 | 7x pad | data = JSON boot record
+  Revoke      B kind=4 | B 0 | H n | I 0 | n x Q virtual address
+
+A frame that does not parse raises ``WireError``; the kernel answers it by
+treating the task as faulted, never by crashing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import struct
+
+from kernel_model.abi import INVALID_CAP, IpcError, IpcFlags, MsgTag
+
+
+class FrameKind(enum.IntEnum):
+    INVOCATION = 1
+    RESULT = 2
+    BOOT = 3
+    REVOKE = 4
+
+
+class ItemKind(enum.IntEnum):
+    OBJECT = 1
+    MEMORY = 2
+
+
+class WireError(ValueError):
+    pass
+
+
+_INV = struct.Struct("<BBHIQQqQQQH")
+_ITEM = struct.Struct("<BBHIQQQ")
+_RES = struct.Struct("<BBHIQqH")
+_REV = struct.Struct("<BBHI")
+MAX_DATA = 16 * 1024  #: only Thread EX_REGS (the initial stack) may use more than 63 MRs
+MAX_ITEMS = 31
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Item:
+    """A typed send item (a flexpage plus map/grant). ``index`` = selector or virtual address.
+
+    ``dest`` is the hot spot: for Task::map the destination selector/address in the
+    target space; in ordinary IPC the offset into the receiver's window (ignored
+    for objects, whose window is one slot).
+    """
+
+    kind: ItemKind
+    index: int
+    rights: int
+    size: int = 0
+    grant: bool = False
+    dest: int = 0
+
+    @classmethod
+    def obj(cls, selector: int, rights: int, *, grant: bool = False, dest: int = 0) -> "Item":
+        return cls(ItemKind.OBJECT, selector, int(rights), 1, grant, dest)
+
+    @classmethod
+    def mem(cls, address: int, size: int, rights: int, *, grant: bool = False, dest: int = 0) -> "Item":
+        return cls(ItemKind.MEMORY, address, int(rights), size, grant, dest)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Invocation:
+    flags: IpcFlags
+    dest: int = INVALID_CAP
+    tag: MsgTag = MsgTag()
+    data: bytes = b""
+    items: tuple[Item, ...] = ()
+    timeout: int = 0
+    label: int = 0
+    rcv_obj: int = INVALID_CAP  #: selector of the slot that receives one cap, or INVALID_CAP
+    rcv_mem_base: int = 0
+    rcv_mem_size: int = 0  #: 0 = no memory receive window
+
+    def encode(self) -> bytes:
+        head = _INV.pack(FrameKind.INVOCATION, int(self.flags), len(self.items), self.timeout, self.dest,
+                         self.tag.raw(), self.label, self.rcv_obj, self.rcv_mem_base, self.rcv_mem_size, len(self.data))
+        return head + b"".join(_pack_item(i) for i in self.items) + self.data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RecvItem:
+    kind: ItemKind
+    index: int  #: selector or virtual address where it landed
+    rights: int
+    size: int = 0
+    offset: int = 0  #: memory: offset into the passed memory object (the fd)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Result:
+    error: IpcError = IpcError.OK
+    tag: MsgTag = MsgTag()
+    label: int = 0
+    data: bytes = b""
+    items: tuple[RecvItem, ...] = ()
+
+    def encode(self) -> bytes:
+        head = _RES.pack(FrameKind.RESULT, int(self.error), len(self.items), 0, self.tag.raw(), self.label, len(self.data))
+        return head + b"".join(_ITEM.pack(i.kind, 0, i.rights, 0, i.index, i.size, i.offset) for i in self.items) + self.data
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Boot:
+    record: dict
+
+    def encode(self) -> bytes:
+        return bytes([FrameKind.BOOT]) + bytes(7) + json.dumps(self.record, separators=(",", ":")).encode()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Revoke:
+    addresses: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        return _REV.pack(FrameKind.REVOKE, 0, len(self.addresses), 0) + struct.pack(f"<{len(self.addresses)}Q", *self.addresses)
+
+
+def _pack_item(item: Item) -> bytes:
+    return _ITEM.pack(item.kind, 1 if item.grant else 0, item.rights & 0xFFFF, 0, item.index, item.size, item.dest)
+
+
+def decode_invocation(frame: bytes) -> Invocation:
+    """Parse a task's frame; every malformation is a ``WireError`` with a reason."""
+    if len(frame) < _INV.size:
+        raise WireError(f"frame of {len(frame)} bytes is shorter than the {_INV.size}-byte header")
+    (kind, flags, n_items, timeout, dest, tag, label, rcv_obj, mem_base, mem_size, data_len) = _INV.unpack_from(frame)
+    if kind != FrameKind.INVOCATION:
+        raise WireError(f"expected an invocation frame, got kind {kind}")
+    if flags & ~0xF:
+        raise WireError(f"unknown IPC flags {flags:#x}")
+    if n_items > MAX_ITEMS:
+        raise WireError(f"{n_items} typed items (at most {MAX_ITEMS})")
+    if data_len > MAX_DATA:
+        raise WireError(f"{data_len} data bytes (at most {MAX_DATA})")
+    expected = _INV.size + n_items * _ITEM.size + data_len
+    if len(frame) != expected:
+        raise WireError(f"frame is {len(frame)} bytes, header says {expected}")
+    items = []
+    off = _INV.size
+    for _ in range(n_items):
+        ikind, grant, rights, _pad, index, size, dst = _ITEM.unpack_from(frame, off)
+        off += _ITEM.size
+        if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
+            raise WireError(f"unknown typed item kind {ikind}")
+        items.append(Item(ItemKind(ikind), index, rights, size, bool(grant), dst))
+    return Invocation(IpcFlags(flags), dest, MsgTag.from_raw(tag), bytes(frame[off:off + data_len]), tuple(items),
+                      timeout, label, rcv_obj, mem_base, mem_size)
+
+
+def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke:
+    """Parse a frame from the kernel (task side)."""
+    if not frame:
+        raise WireError("empty frame")
+    kind = frame[0]
+    if kind == FrameKind.RESULT:
+        _k, error, n_items, _p, tag, label, data_len = _RES.unpack_from(frame)
+        off = _RES.size
+        items = []
+        for _ in range(n_items):
+            ikind, _g, rights, _pad, index, size, offset = _ITEM.unpack_from(frame, off)
+            off += _ITEM.size
+            items.append(RecvItem(ItemKind(ikind), index, rights, size, offset))
+        return Result(IpcError(error), MsgTag.from_raw(tag), label, bytes(frame[off:off + data_len]), tuple(items))
+    if kind == FrameKind.BOOT:
+        return Boot(json.loads(frame[8:].decode()))
+    if kind == FrameKind.REVOKE:
+        _k, _z, n, _p = _REV.unpack_from(frame)
+        return Revoke(struct.unpack_from(f"<{n}Q", frame, _REV.size))
+    raise WireError(f"unknown kernel frame kind {kind}")

@@ -1,0 +1,40 @@
+"""hello's server: answers pings on its gate, and requests that arrive through shared memory + IRQ."""
+from __future__ import annotations
+
+import struct
+
+from kernel_model.abi import Err
+from tasks.hello.protocol import DONE_LABEL, KICK_LABEL, PING_PROTO, RESPONSE_OFFSET, SERVER_LABEL, PingOp
+
+
+def main(env) -> int:
+    shm = env.map_dataspace(env.cap("shm"), writable=True)
+    if env.bind_irq(env.cap("kick"), KICK_LABEL) < 0:
+        env.log("cannot bind the kick IRQ")
+        return 1
+    if env.bind_gate(env.cap("ping"), SERVER_LABEL) < 0:
+        env.log("cannot bind the ping gate")
+        return 1
+    env.log("ready: serving pings and shared-memory requests")
+    served = 0
+    msg = env.wait()
+    while True:
+        if not msg.ok:
+            msg = env.wait()
+        elif msg.label & ~3 == SERVER_LABEL:
+            if msg.proto == PING_PROTO and msg.has_words(2) and msg.word(0) == PingOp.PING:
+                served += 1
+                msg = env.reply_and_wait(0, msg.word(1) + 1, blob=b"pong")
+            else:
+                msg = env.reply_and_wait(-Err.EBADPROTO)
+        elif msg.label == KICK_LABEL:  # request -> shared memory -> signal -> process -> response -> signal
+            (length,) = struct.unpack("<I", shm.read(0, 4))
+            request = shm.read(8, min(length, RESPONSE_OFFSET - 8))
+            answer = request.upper()
+            shm.write(RESPONSE_OFFSET, struct.pack("<I", len(answer)) + bytes(4) + answer)
+            shm.write(0, bytes(8 + len(request)))  # done with the request area
+            env.log(f"shared-memory request of {len(request)} bytes answered (after {served} pings)")
+            env.trigger(env.cap("done"))
+            msg = env.wait()
+        else:
+            msg = env.wait()

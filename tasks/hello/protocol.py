@@ -1,0 +1,12 @@
+"""The ping protocol of the hello demo (a user-level protocol: label 0x100, MR[0] = opcode)."""
+import enum
+
+PING_PROTO = 0x100
+SERVER_LABEL = 0x10  # label the server binds its gate with
+KICK_LABEL = 0x20  # label of the client -> server IRQ
+DONE_LABEL = 0x30  # label of the server -> client IRQ
+RESPONSE_OFFSET = 2048  # where the server writes its answer in the shared dataspace
+
+
+class PingOp(enum.IntEnum):
+    PING = 1  #: MR[1] = n; reply MR[0] = n + 1, data "pong"

@@ -1,0 +1,56 @@
+"""First code in every task process: read the boot record, confine, run the program.
+
+Started by the kernel host as ``python -I -m tasks.runtime.bootstrap`` with the
+channel on fd 3, stderr a write-only pipe to the kernel console, and nothing
+else. The program is ``tasks.<program>`` (``kernel_model.<x>`` only for the
+root tasks Sigma0 and Moe, which the kernel itself starts).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+
+def run() -> int:
+    from tasks.runtime.channel import ChannelClosed, KernelChannel
+
+    channel = KernelChannel.inherited()
+    try:
+        boot, boot_fds = channel.boot()
+    except ChannelClosed:
+        return 111
+    record = boot.record
+    confine = record.get("confine")
+    if confine:
+        from tasks.runtime import confine as confinement
+        policy = confinement.policy_from_record(confine)
+        report = confinement.apply(policy)
+        if confine.get("report"):
+            print(report.summary(), file=sys.stderr, flush=True)
+    from tasks.runtime.env import Env
+
+    program = str(record.get("program", ""))
+    module_name = program if record.get("root") else f"tasks.{program}"
+    env = Env(channel, record, boot_fds)
+    try:
+        module = importlib.import_module(module_name)
+        code = module.main(env)
+    except ChannelClosed:
+        return 112
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001 - the task's own crash; report it, exit non-zero
+        traceback.print_exc()
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    code = run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Exit without interpreter teardown: the channel closes as the process ends,
+    # so the kernel sees the exit status, not a half-torn-down task.
+    os._exit(code if 0 <= code < 256 else 1)

@@ -1,0 +1,73 @@
+"""The task's one way out: its SOCK_SEQPACKET channel to the kernel (fd 3).
+
+``KernelChannel.ipc(inv)`` sends one invocation and blocks until the kernel's
+result arrives, passing memory fds to the region manager and applying any
+``Revoke`` notices that arrive meanwhile. It is the only code in a task that
+touches the channel.
+"""
+from __future__ import annotations
+
+import array
+import os
+import socket
+from typing import Callable
+
+from kernel_model.wire import Boot, Invocation, Result, Revoke, decode_kernel_frame
+
+CHANNEL_FD = 3
+MAX_FRAME = 64 * 1024
+MAX_FDS = 32
+
+
+class ChannelClosed(Exception):
+    """The kernel is gone: nothing a task can do but exit."""
+
+
+class KernelChannel:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.on_revoke: Callable[[Revoke], None] | None = None
+
+    @classmethod
+    def inherited(cls, fd: int = CHANNEL_FD) -> "KernelChannel":
+        return cls(socket.socket(fileno=fd))
+
+    def _recv(self) -> tuple[object, list[int]]:
+        fds = array.array("i")
+        try:
+            data, anc, _flags, _addr = self.sock.recvmsg(MAX_FRAME, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+        except (ConnectionError, OSError) as exc:
+            raise ChannelClosed(str(exc)) from None
+        if not data:
+            raise ChannelClosed("kernel closed the channel")
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+        return decode_kernel_frame(data), list(fds)
+
+    def boot(self) -> tuple[Boot, list[int]]:
+        """The boot record and the fds of the boot memory it describes (root tasks only)."""
+        frame, fds = self._recv()
+        if not isinstance(frame, Boot):
+            for fd in fds:
+                os.close(fd)
+            raise ChannelClosed("first frame from the kernel was not the boot record")
+        return frame, fds
+
+    def ipc(self, inv: Invocation) -> tuple[Result, list[int]]:
+        try:
+            self.sock.send(inv.encode())
+        except (ConnectionError, OSError) as exc:
+            raise ChannelClosed(str(exc)) from None
+        while True:
+            frame, fds = self._recv()
+            if isinstance(frame, Revoke):
+                for fd in fds:
+                    os.close(fd)
+                if self.on_revoke is not None:
+                    self.on_revoke(frame)
+                continue
+            if isinstance(frame, Result):
+                return frame, fds
+            for fd in fds:
+                os.close(fd)

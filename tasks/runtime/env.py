@@ -1,0 +1,233 @@
+"""What a task program sees: its name, args, capabilities by name, and IPC.
+
+A program is a module with ``main(env) -> int``. ``env`` wraps the one
+kernel channel; everything the task can do goes through ``env.ipc``, which
+names capabilities by selector and lets the kernel decide. Results are values
+(``Msg`` with an ``IpcError``); nothing raises on an IPC failure unless the
+program asks (``Msg.check()``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import struct
+from typing import Iterable
+
+from kernel_model.abi import (INVALID_CAP, MR_BYTES, DataspaceOp, EnvSlot, Err, FactoryOp, GateOp, IpcError,
+                              IpcFlags, IrqOp, LogOp, MsgTag, NamespaceOp, Proto, sel, timeouts)
+from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke
+from tasks.runtime.channel import KernelChannel
+from tasks.runtime.memory import Region, RegionManager
+
+
+class MissingCapability(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class IpcFailed(Exception):
+    def __init__(self, error: IpcError | int, what: str = ""):
+        self.error = error
+        super().__init__(f"{what}: {error!r}" if what else repr(error))
+
+
+def pack(*words: int, blob: bytes = b"") -> bytes:
+    """Message registers: unsigned/signed words, then a byte blob padded to whole words."""
+    data = b"".join(struct.pack("<q" if w < 0 else "<Q", w) for w in words) + blob
+    return data + bytes(-len(data) % 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Msg:
+    error: IpcError
+    tag: MsgTag
+    label: int
+    data: bytes = b""
+    items: tuple[RecvItem, ...] = ()
+    regions: tuple[Region, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is IpcError.OK
+
+    @property
+    def proto(self) -> int:
+        return self.tag.label
+
+    @property
+    def status(self) -> int:
+        """The reply tag label: >= 0 success (a server's return value), < 0 = -L4_E*."""
+        return self.tag.label
+
+    def word(self, i: int, signed: bool = False) -> int:
+        if len(self.data) < 8 * (i + 1):
+            raise ValueError(f"message has {len(self.data) // 8} words, wanted word {i}")
+        return struct.unpack_from("<q" if signed else "<Q", self.data, 8 * i)[0]
+
+    def has_words(self, n: int) -> bool:
+        return len(self.data) >= 8 * n
+
+    def blob(self, start_word: int) -> bytes:
+        return self.data[8 * start_word:]
+
+    def cap(self) -> int:
+        """Selector of the capability this message delivered (INVALID_CAP if none)."""
+        return next((i.index for i in self.items if i.kind is ItemKind.OBJECT), INVALID_CAP)
+
+    def check(self, what: str = "ipc") -> "Msg":
+        if not self.ok:
+            raise IpcFailed(self.error, what)
+        if self.tag.label < 0:
+            raise IpcFailed(self.tag.label, what)
+        return self
+
+
+class Log:
+    def __init__(self, env: "Env"):
+        self.env = env
+
+    def __call__(self, text: str) -> None:
+        self.write(text)
+
+    def write(self, text: str) -> None:
+        if not text.endswith("\n"):
+            text += "\n"
+        raw = text.encode()
+        step = MR_BYTES - 16
+        for i in range(0, len(raw), step):
+            chunk = raw[i:i + step]
+            self.env.send(EnvSlot.LOG << 12, Proto.LOG, LogOp.WRITE, len(chunk), blob=chunk)
+
+
+class Env:
+    def __init__(self, channel: KernelChannel, record: dict, boot_fds: list[int] | None = None):
+        self.channel = channel
+        self.record = record
+        self.name: str = record.get("name", "?")
+        self.args: list[str] = list(record.get("args", []))
+        self.caps: dict[str, int] = {k: int(v) for k, v in record.get("caps", {}).items()}
+        self.config: dict = dict(record.get("config", {}))
+        self.memory = RegionManager()
+        self._next_slot = int(record.get("first_free", 64))
+        self.log = Log(self)
+        channel.on_revoke = self._on_revoke
+        # Root tasks start with boot modules mapped (read-only), described in the record.
+        self.modules: dict[str, Region] = {}
+        for mod, fd in zip(record.get("modules", []), boot_fds or []):
+            item = RecvItem(ItemKind.MEMORY, int(mod["address"]), 0x5, int(mod["mapped"]), 0)
+            self.modules[mod["name"]] = self.memory.attach(item, fd)
+
+    # -- names and slots -----------------------------------------------------
+    def cap(self, name: str) -> int:
+        try:
+            return self.caps[name]
+        except KeyError:
+            raise MissingCapability(
+                f"task {self.name!r} has no capability named {name!r} (it has: {', '.join(sorted(self.caps)) or 'none'})"
+            ) from None
+
+    def has(self, name: str) -> bool:
+        return name in self.caps
+
+    def alloc_slot(self) -> int:
+        selector = sel(self._next_slot)
+        self._next_slot += 1
+        return selector
+
+    # -- the one system call -------------------------------------------------
+    def ipc(self, flags: IpcFlags, dest: int = INVALID_CAP, proto: int = 0, data: bytes = b"", *,
+            items: Iterable[Item] = (), send_timeout_us: int | None = None, recv_timeout_us: int | None = None,
+            label: int = 0, rcv_cap: int = INVALID_CAP, rcv_mem: int = 0) -> Msg:
+        items = tuple(items)
+        mem_base = self.memory.reserve(rcv_mem) if rcv_mem else 0
+        inv = Invocation(flags, dest, MsgTag(proto, len(data) // 8 if len(data) <= MR_BYTES else 63, len(items)),
+                         data, items, timeouts(send_timeout_us, recv_timeout_us), label, rcv_cap, mem_base,
+                         -(-rcv_mem // 4096) * 4096 if rcv_mem else 0)
+        result, fds = self.channel.ipc(inv)
+        regions = []
+        mem_items = [i for i in result.items if i.kind is ItemKind.MEMORY]
+        for item, fd in zip(mem_items, fds):
+            regions.append(self.memory.attach(item, fd))
+        return Msg(result.error, result.tag, result.label, result.data, result.items, tuple(regions))
+
+    def call(self, dest: int, proto: int, *words: int, blob: bytes = b"", items: Iterable[Item] = (),
+             timeout_us: int | None = None, rcv_cap: int = INVALID_CAP, rcv_mem: int = 0) -> Msg:
+        return self.ipc(IpcFlags.CALL, dest, proto, pack(*words, blob=blob), items=items,
+                        send_timeout_us=timeout_us, recv_timeout_us=timeout_us, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+
+    def send(self, dest: int, proto: int, *words: int, blob: bytes = b"", items: Iterable[Item] = (),
+             timeout_us: int | None = None, label: int = 0) -> Msg:
+        return self.ipc(IpcFlags.SEND, dest, proto, pack(*words, blob=blob), items=items,
+                        send_timeout_us=timeout_us, label=label)
+
+    def wait(self, timeout_us: int | None = None, *, rcv_cap: int = INVALID_CAP, rcv_mem: int = 0) -> Msg:
+        return self.ipc(IpcFlags.WAIT, recv_timeout_us=timeout_us, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+
+    def receive(self, irq: int, timeout_us: int | None = None) -> Msg:
+        """Closed wait on one IRQ (l4_irq_receive)."""
+        return self.ipc(IpcFlags.RECV, irq, recv_timeout_us=timeout_us)
+
+    def sleep(self, us: int) -> None:
+        self.ipc(IpcFlags.RECV, INVALID_CAP, recv_timeout_us=us)
+
+    def reply(self, status: int, *words: int, blob: bytes = b"", items: Iterable[Item] = ()) -> Msg:
+        return self.ipc(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, status, pack(*words, blob=blob), items=items,
+                        send_timeout_us=0)
+
+    def reply_and_wait(self, status: int, *words: int, blob: bytes = b"", items: Iterable[Item] = (),
+                       timeout_us: int | None = None, rcv_cap: int = INVALID_CAP, rcv_mem: int = 0) -> Msg:
+        return self.ipc(IpcFlags.REPLY_AND_WAIT, INVALID_CAP, status, pack(*words, blob=blob), items=items,
+                        send_timeout_us=0, recv_timeout_us=timeout_us, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+
+    # -- kernel objects --------------------------------------------------------
+    def thread(self) -> int:
+        return sel(EnvSlot.THREAD)
+
+    def bind_gate(self, gate: int, label: int) -> int:
+        return self.call(gate, Proto.KOBJECT, GateOp.BIND_THREAD, label, self.thread()).status
+
+    def bind_irq(self, irq: int, label: int) -> int:
+        return self.call(irq, Proto.IRQ_SENDER, IrqOp.BIND, label, self.thread()).status
+
+    def trigger(self, irq: int) -> Msg:
+        return self.send(irq, Proto.IRQ, IrqOp.TRIGGER)
+
+    # -- Moe's services ----------------------------------------------------------
+    def alloc_dataspace(self, size: int) -> int:
+        """A new dataspace from Moe, charged to this task's memory quota. Raises IpcFailed(-L4_ENOMEM)."""
+        slot = self.alloc_slot()
+        self.call(sel(EnvSlot.MEM_ALLOC), Proto.FACTORY, Proto.DATASPACE, size, rcv_cap=slot).check("alloc_dataspace")
+        return slot
+
+    def dataspace_size(self, ds: int) -> int:
+        return self.call(ds, Proto.DATASPACE, DataspaceOp.SIZE).check("dataspace size").word(0)
+
+    def map_dataspace(self, ds: int, *, writable: bool = False, offset: int = 0, size: int | None = None) -> Region:
+        if size is None:
+            size = self.dataspace_size(ds) - offset
+        msg = self.call(ds, Proto.DATASPACE, DataspaceOp.MAP, offset, size, 1 if writable else 0, rcv_mem=size)
+        msg.check("map dataspace")
+        if not msg.regions:
+            raise IpcFailed(-Err.EPERM, "map dataspace: nothing was mapped")
+        return msg.regions[0]
+
+    def unmap(self, region: Region) -> None:
+        from kernel_model.abi import TaskOp, UnmapMask
+        from capabilities.rights import MemRights
+        self.call(sel(EnvSlot.TASK), Proto.TASK, TaskOp.UNMAP, UnmapMask.ALL_SPACES, ItemKind.MEMORY,
+                  region.address, region.size, int(MemRights.R | MemRights.W | MemRights.X))
+        self.memory.revoke(region.address)
+
+    def rom(self, name: str, namespace: str = "rom") -> int:
+        """Look a boot module up in Moe's rom namespace; returns a read-only dataspace cap."""
+        slot = self.alloc_slot()
+        self.call(self.cap(namespace), Proto.NAMESPACE, NamespaceOp.QUERY, blob=name.encode(),
+                  rcv_cap=slot).check(f"rom/{name}")
+        return slot
+
+    def create(self, factory: int, what: FactoryOp, *args: int) -> Msg:
+        slot = self.alloc_slot()
+        return self.call(factory, Proto.FACTORY, int(what), *args, rcv_cap=slot)
+
+    def _on_revoke(self, notice: Revoke) -> None:
+        for addr in notice.addresses:
+            self.memory.revoke(addr)
