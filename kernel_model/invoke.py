@@ -316,7 +316,7 @@ def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Repl
         node = k.lookup(thread.task, a[1])
         if node is None:
             return err(Err.EINVAL)
-        node.obj.name = inv.data[16:].decode("utf-8", "replace")[:32]
+        node.obj.name = inv.data[16:].rstrip(b"\0").decode("utf-8", "replace")[:32]
         return Reply(0)
     return err(Err.ENOSYS)
 

@@ -1,0 +1,126 @@
+"""A task that misbehaves on command, so tests control the attacker.
+
+Each argument is one command, ``verb:arg,arg``; each command logs one line
+``RESULT {json}`` with what the kernel answered. Caps are named as in the
+image or given as selectors (``0x50000``). Nothing here is trusted: it only
+has the capabilities its image gives it.
+
+Verbs:
+  call:CAP[,PROTO[,WORD...]]   call with zero send timeout and 1 s receive timeout
+  send:CAP[,PROTO]             send with zero timeout
+  sweep:FIRST,LAST             call every slot FIRST..LAST (protocol 0x100) -> which exist
+  trigger:CAP                  trigger an IRQ
+  bind_irq:CAP / bind_gate:CAP,LABEL
+  map:CAP[,w]                  map a dataspace (w = ask for write access)
+  write:CAP                    map read-only, then store into it with ctypes, under the runtime's feet
+  mmap_rw:CAP                  map read-only, then try mmap(PROT_WRITE) on the fd the kernel passed
+  alloc:SIZE                   allocate a dataspace from Moe (memory quota)
+  reply                        reply although nobody called
+  exit:CODE / crash            leave
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import sys
+
+from kernel_model.abi import INVALID_CAP, DataspaceOp, IpcError, IpcFlags, MsgTag, Proto, timeouts
+from kernel_model.wire import Invocation
+from tasks.runtime.env import pack
+
+
+def _sel(env, text: str) -> int:
+    return int(text, 0) if text.startswith("0x") or text.isdigit() else env.cap(text)
+
+
+def _msg(msg) -> dict:
+    return {"error": msg.error.name, "status": msg.status, "label": msg.label}
+
+
+def run(env, verb: str, args: list[str]) -> dict:
+    if verb == "call":
+        words = [int(a, 0) for a in args[2:]]
+        proto = int(args[1], 0) if len(args) > 1 else 0x100
+        return _msg(env.ipc_call(_sel(env, args[0]), proto, *words))
+    if verb == "send":
+        proto = int(args[1], 0) if len(args) > 1 else 0x100
+        return _msg(env.send(_sel(env, args[0]), proto, 0, timeout_us=0))
+    if verb == "sweep":
+        found = []
+        for slot in range(int(args[0], 0), int(args[1], 0) + 1):
+            msg = env.call(slot << 12, 0x100, 0, timeout_us=0)
+            if msg.error is not IpcError.ENOT_EXISTENT:
+                found.append(slot << 12)
+        return {"found": found}
+    if verb == "trigger":
+        return _msg(env.trigger(_sel(env, args[0])))
+    if verb == "bind_irq":
+        return {"status": env.bind_irq(_sel(env, args[0]), 0x40)}
+    if verb == "bind_gate":
+        return {"status": env.bind_gate(_sel(env, args[0]), int(args[1], 0))}
+    if verb == "map":
+        writable = len(args) > 1 and args[1] == "w"
+        try:
+            region = env.map_dataspace(_sel(env, args[0]), writable=writable)
+        except Exception as exc:  # noqa: BLE001 - report, do not die
+            return {"mapped": False, "error": str(exc)}
+        return {"mapped": True, "writable": region.writable, "first": region.read(0, 16).hex()}
+    if verb == "write":
+        region = env.map_dataspace(_sel(env, args[0]))
+        # CPython's mmap object starts with PyObject_HEAD, then ``char *data``: the mapping's address.
+        addr = ctypes.c_void_p.from_address(id(region.map) + object.__basicsize__).value
+        env.log("RESULT " + json.dumps({"command": command_text(verb, args), "about_to_write": addr is not None}))
+        ctypes.memset(addr, 0x41, 16)  # a read-only mapping: the OS faults this store (SIGSEGV)
+        return {"wrote": True}
+    if verb == "mmap_rw":
+        return _mmap_rw(env, _sel(env, args[0]))
+    if verb == "alloc":
+        msg = env.call(0x9000, -15, 0x4000, int(args[0], 0), rcv_cap=env.alloc_slot())
+        return _msg(msg)
+    if verb == "reply":
+        return _msg(env.reply(0))
+    if verb == "exit":
+        sys.stdout.flush()
+        os._exit(int(args[0]))
+    if verb == "crash":
+        ctypes.string_at(0)
+    return {"unknown": verb}
+
+
+def command_text(verb: str, args: list[str]) -> str:
+    return f"{verb}:{','.join(args)}" if args else verb
+
+
+def _mmap_rw(env, ds: int) -> dict:
+    """Bypass the runtime: take the fd the kernel passes with the mapping and ask for PROT_WRITE."""
+    size = env.dataspace_size(ds)
+    size = -(-size // 4096) * 4096
+    base = env.memory.reserve(size)
+    inv = Invocation(IpcFlags.CALL, ds, MsgTag(Proto.DATASPACE, 4), pack(DataspaceOp.MAP, 0, size, 0),
+                     (), timeouts(None, None), 0, INVALID_CAP, base, size)
+    result, fds = env.channel.ipc(inv)
+    if not fds:
+        return {"error": result.error.name, "status": result.tag.label, "fds": 0}
+    fd = fds[0]
+    try:
+        mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        return {"writable_mmap": True}
+    except PermissionError as exc:
+        return {"writable_mmap": False, "errno": exc.errno}
+    finally:
+        os.close(fd)
+
+
+def main(env) -> int:
+    env.ipc_call = lambda dest, proto, *words: env.call(dest, proto, *words, timeout_us=1_000_000)
+    for command in env.args:
+        verb, _, rest = command.partition(":")
+        args = [a for a in rest.split(",") if a]
+        try:
+            result = run(env, verb, args)
+        except Exception as exc:  # noqa: BLE001 - the result is the report
+            result = {"exception": type(exc).__name__, "message": str(exc)}
+        env.log("RESULT " + json.dumps({"command": command, **result}))
+    return 0

@@ -1,0 +1,101 @@
+"""Booting images/hello.yaml end to end: output, exit status, live capability tables."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from capabilities.rights import CapRights
+
+from systemlib import ROOT
+
+
+def test_hello_boots_runs_and_exits_zero(boot):
+    system = boot(ROOT / "images" / "hello.yaml")
+    assert system.run(timeout=60) == 0
+    client = system.lines("client")
+    assert "5 calls answered" in client
+    assert "rom/greeting says: Hello from rom/greeting, a boot module." in client
+    assert "server answered through shared memory: HELLO THROUGH SHARED MEMORY" in client
+    assert any(line.startswith("shared-memory request of 27 bytes") for line in system.lines("pingsrv"))
+    assert "all of client finished; system exit status 0" in system.lines("moe")
+    assert system.kernel.violations == []
+
+
+def test_live_capability_tables_equal_the_image(boot):
+    system = boot(ROOT / "images" / "hello.yaml")
+    from kernel_model.host.boot import boot_complete
+    system.run(timeout=60, until=lambda: boot_complete(system.sup))
+    dump = system.kernel.dump()
+    image = system.sup.loaded.image
+    for task in image.tasks:
+        named = {(row["object"], row["rights"]) for row in dump[task.name]
+                 if row["type"] != "memory" and row["selector"] >= 0x10000}
+        declared = {(cap.object, cap.rights.letters()) for cap in task.caps}
+        assert named == declared, task.name
+        env = {row["object"]: row["rights"] for row in dump[task.name] if row.get("selector", 0) < 0x10000}
+        assert env == {task.name: "r", f"{task.name}.main": "rws", f"{task.name}.log": "rw",
+                       f"{task.name}.parent": "rw", f"{task.name}.mem_alloc": "rw"}
+    # Only the server may bind the ping gate; the client's copy is reduced.
+    assert ("ping", CapRights.parse("svr").letters()) in {(r["object"], r["rights"]) for r in dump["server"]}
+    assert ("ping", "rw") in {(r["object"], r["rights"]) for r in dump["client"]}
+
+
+def test_cli_boot_exit_status_and_help():
+    l4emu = [sys.executable, "-m", "kernel_model.cli"]
+    out = subprocess.run(l4emu + ["boot", str(ROOT / "images" / "hello.yaml"), "--timeout", "60"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "server answered through shared memory" in out.stdout
+    for args in (["--help"], ["boot", "--help"]):
+        help_ = subprocess.run(l4emu + args, capture_output=True, text=True, timeout=60)
+        assert help_.returncode == 0
+        assert "boot" in help_.stdout
+
+
+def test_sigterm_shuts_every_task_down(tmp_path):
+    image = tmp_path / "forever.yaml"
+    image.write_text("""
+name: forever
+objects:
+  svc: {type: gate}
+tasks:
+  server:
+    program: testing.stall_server
+    caps: {svc: "svc:svr"}
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "kernel_model.cli", "boot", str(image)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # wait until the task is up: its log line is the signal
+        if "waiting for a call" in line:
+            break
+    children = _children(proc.pid)
+    assert len(children) >= 3  # sigma0, moe, server
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, rest
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid), f"task process {pid} still running"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _zombie_or_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

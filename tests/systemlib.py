@@ -1,0 +1,40 @@
+"""Booting images in-process for tests, and reading what their tasks said."""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from kernel_model.host.console import RecordingConsole
+from kernel_model.host.images import load_image
+from kernel_model.host.supervisor import Supervisor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class System:
+    """A booted image: the supervisor (kernel + processes) and everything printed."""
+
+    def __init__(self, sup: Supervisor, console: RecordingConsole):
+        self.sup = sup
+        self.console = console
+        self.kernel = sup.kernel
+
+    def run(self, timeout: float = 60, until=None) -> int | None:
+        return self.sup.run(timeout_s=timeout, until=until)
+
+    def run_until_logged(self, text: str, timeout: float = 60) -> None:
+        self.sup.run(timeout_s=timeout, until=lambda: text in self.console.text())
+        assert text in self.console.text(), f"never logged {text!r}:\n{self.console.text()}"
+
+    def lines(self, tag: str) -> list[str]:
+        prefix = f"{tag:<8}| "
+        return [line[len(prefix):] for line in self.console.lines if line.startswith(prefix)]
+
+    def results(self, tag: str) -> list[dict]:
+        return [json.loads(line[len("RESULT "):]) for line in self.lines(tag) if line.startswith("RESULT ")]
+
+    def exited(self, name: str) -> int | None:
+        return next((code for task, code in self.sup.exited if task == name), None)
+
+
