@@ -15,7 +15,7 @@ test: setup
 	$(VENV)/python -m pytest
 
 bench: setup
-	$(VENV)/python -m tests.bench
+	$(VENV)/python tests/bench/run.py
 
 clean:
 	rm -rf .venv .pytest_cache var

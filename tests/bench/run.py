@@ -1,0 +1,164 @@
+"""``make bench``: every benchmark, each next to the baseline it competes with, measured in one run.
+
+Ratios matter, absolute numbers drift (shared, noisy 2-core machines): each
+comparison is measured side by side, interleaved, in this one process run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from kernel_model.host.boot import boot_complete  # noqa: E402
+from kernel_model.host.console import RecordingConsole  # noqa: E402
+from kernel_model.host.confinement import policy_for  # noqa: E402
+from kernel_model.host.images import load_image  # noqa: E402
+from kernel_model.host.supervisor import Supervisor, now_us  # noqa: E402
+
+PAYLOAD = 64
+
+
+def _echo(sock: socket.socket) -> None:
+    while True:
+        data = sock.recv(4096)
+        if not data:
+            return
+        sock.send(data)
+
+
+def _relay(a: socket.socket, b: socket.socket) -> None:
+    """A third process that forwards both ways: the least a user-space kernel must do."""
+    while True:
+        data = a.recv(4096)
+        if not data:
+            return
+        b.send(data)
+        a.send(b.recv(4096))
+
+
+def socketpair_rtt(rounds: int, relay: bool) -> float:
+    ctx = mp.get_context("fork")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    procs = []
+    if relay:
+        c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        procs.append(ctx.Process(target=_relay, args=(b, c)))
+        procs.append(ctx.Process(target=_echo, args=(d,)))
+    else:
+        procs.append(ctx.Process(target=_echo, args=(b,)))
+    for p in procs:
+        p.start()
+    msg = bytes(PAYLOAD)
+    for _ in range(200):
+        a.send(msg)
+        a.recv(4096)
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter_ns()
+        for _ in range(rounds):
+            a.send(msg)
+            a.recv(4096)
+        samples.append((time.perf_counter_ns() - start) / rounds / 1000)
+    a.close()
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    return statistics.median(samples)
+
+
+def kernel_rtt(rounds: int, confine: bool) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.yaml"
+        path.write_text(textwrap.dedent(f"""
+            name: bench
+            run: {{until: [client]}}
+            objects:
+              svc: {{type: gate}}
+            tasks:
+              server:
+                program: testing.echo_server
+                caps: {{svc: "svc:svr"}}
+              client:
+                program: testing.bench_client
+                args: ["{rounds}"]
+                caps: {{svc: "svc:rw"}}
+        """))
+        console = RecordingConsole()
+        with Supervisor(load_image(path), console, confinement=policy_for if confine else None,
+                        run_dir=Path(tmp) / "run") as sup:
+            sup.start()
+            code = sup.run(timeout_s=600)
+            line = next((l for l in console.lines if "BENCH " in l), None)
+            if code != 0 or line is None:
+                raise RuntimeError("benchmark image failed:\n" + console.text())
+            return json.loads(line.split("BENCH ", 1)[1])["rtt_us"]
+
+
+def boot_time(runs: int, confine: bool) -> tuple[float, float]:
+    """Median ms from start to 'every task started, Moe idle', and to the end of hello."""
+    to_ready, to_done = [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            console = RecordingConsole()
+            with Supervisor(load_image(ROOT / "images" / "hello.yaml"), console,
+                            confinement=policy_for if confine else None, run_dir=Path(tmp)) as sup:
+                start = now_us()
+                sup.start()
+                sup.run(timeout_s=120, until=lambda: boot_complete(sup))
+                to_ready.append((now_us() - start) / 1000)
+                if sup.run(timeout_s=120) != 0:
+                    raise RuntimeError(console.text())
+                to_done.append((now_us() - start) / 1000)
+    return statistics.median(to_ready), statistics.median(to_done)
+
+
+def bench_ipc(args) -> list[tuple[str, str, str]]:
+    rows = []
+    ours, direct, relay = [], [], []
+    for _ in range(args.repeats):  # interleaved, so drift hits all three alike
+        direct.append(socketpair_rtt(args.rounds, relay=False))
+        relay.append(socketpair_rtt(args.rounds, relay=True))
+        ours.append(kernel_rtt(args.rounds, confine=not args.no_confine))
+    o, d, r = statistics.median(ours), statistics.median(direct), statistics.median(relay)
+    rows.append(("IPC call round trip (64 B), kernel-mediated", f"{o:.1f} µs", ""))
+    rows.append(("  direct socketpair round trip, 2 Python processes", f"{d:.1f} µs", f"ours/direct = {o / d:.2f}x"))
+    rows.append(("  relayed through a 3rd Python process", f"{r:.1f} µs", f"ours/relay = {o / r:.2f}x"))
+    ready, done = boot_time(args.boot_runs, confine=not args.no_confine)
+    rows.append(("boot hello: all tasks started", f"{ready:.0f} ms", ""))
+    rows.append(("boot hello: run to completion", f"{done:.0f} ms", ""))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--boot-runs", type=int, default=5)
+    parser.add_argument("--no-confine", action="store_true")
+    args = parser.parse_args(argv)
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"l4emu benchmarks ({os.cpu_count()} CPUs; reproduce: make bench)")
+    table.add_column("what")
+    table.add_column("measured", justify="right")
+    table.add_column("ratio")
+    for row in bench_ipc(args):
+        table.add_row(*row)
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
