@@ -12,8 +12,13 @@ import os
 import sys
 import traceback
 
+CHANNEL_FD = 3
+
 
 def run() -> int:
+    # Nothing but stdio and the channel may survive from whoever started the kernel
+    # (a shell's stray inheritable fds would otherwise leak into every task).
+    os.closerange(CHANNEL_FD + 1, os.sysconf("SC_OPEN_MAX"))
     from tasks.runtime.channel import ChannelClosed, KernelChannel
 
     channel = KernelChannel.inherited()

@@ -15,6 +15,7 @@ Verbs:
   write:CAP                    map read-only, then store into it with ctypes, under the runtime's feet
   mmap_rw:CAP                  map read-only, then try mmap(PROT_WRITE) on the fd the kernel passed
   alloc:SIZE                   allocate a dataspace from Moe (memory quota)
+  fds                          report open fds, environment and argv
   reply                        reply although nobody called
   exit:CODE / crash            leave
 """
@@ -79,6 +80,17 @@ def run(env, verb: str, args: list[str]) -> dict:
     if verb == "alloc":
         msg = env.call(0x9000, -15, 0x4000, int(args[0], 0), rcv_cap=env.alloc_slot())
         return _msg(msg)
+    if verb == "fds":
+        fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+        targets = {}
+        for fd in fds:
+            try:
+                targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        with open("/proc/self/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")[:-1]
+        return {"fds": fds, "targets": targets, "env": dict(os.environ), "argv": [a.decode() for a in cmdline]}
     if verb == "reply":
         return _msg(env.reply(0))
     if verb == "exit":

@@ -76,3 +76,37 @@ def test_memory_quota_is_per_task(boot):
     first, second = system.results("evil")
     assert (first["error"], first["status"]) == ("OK", 0)
     assert (second["error"], second["status"]) == ("OK", -12)  # -L4_ENOMEM, for this task only
+
+
+def test_a_task_inherits_only_its_channel_and_no_secrets(boot, monkeypatch):
+    monkeypatch.setenv("L4EMU_TEST_SECRET", "hunter2")  # the kernel's environment must not leak
+    system = boot(image("fds"))
+    assert system.run(timeout=60) == 0
+    (report,) = system.results("evil")
+    # 3 = the kernel channel; 0/1 = /dev/null; 2 = write-only pipe into the kernel console;
+    # anything else is the listing's own directory fd.
+    assert report["targets"]["3"].startswith("socket:")
+    assert report["targets"]["0"] == "/dev/null" and report["targets"]["1"] == "/dev/null"
+    assert report["targets"]["2"].startswith("pipe:")
+    others = [fd for fd in report["fds"] if fd > 3 and "/proc" not in report["targets"].get(str(fd), "/proc")]
+    assert others == []
+    assert "hunter2" not in str(report["env"]) and "hunter2" not in str(report["argv"])
+    assert report["argv"][1:] == ["-I", "-m", "tasks.runtime.bootstrap"]  # no secrets, no names
+
+
+def test_restart_policy_on_failure_then_gives_up(boot):
+    system = boot("""
+        name: restarts
+        run: {until: [flaky]}
+        tasks:
+          flaky:
+            program: testing.adversary
+            args: ["exit:3"]
+            restart: on-failure
+            restart_limit: 2
+    """)
+    assert system.run(timeout=60) == 1
+    moe = system.lines("moe")
+    assert "flaky exited (3); restart 1 of 2" in moe and "flaky exited (3); restart 2 of 2" in moe
+    assert "flaky exited with status 3" in moe
+    assert [code for name, code in system.sup.exited if name == "flaky"] == [3, 3, 3]
