@@ -27,6 +27,9 @@ Schema (every key not listed here is an error)::
         memory: 1MiB                  # Moe quota for the task's own dataspaces
         restart: never                # never | on-failure | always
         restart_limit: 3
+        config: {any: json}           # handed to the task in its boot record (env.config)
+        network:                      # only for driver tasks: host endpoints it may connect to
+          connect: ["127.0.0.1:8443"]
         caps:
           ping: ping:svr              # object:rights, or {object: ping, rights: svr}
           rom: rom:r                  # `rom` is Moe's namespace of the modules
@@ -79,7 +82,8 @@ OBJECT_KEYS = {
     ObjectType.FACTORY: {"type", "quota"},
 }
 TOP_KEYS = {"name", "description", "ram", "modules", "run", "objects", "tasks"}
-TASK_KEYS = {"program", "args", "log", "memory", "restart", "restart_limit", "caps"}
+TASK_KEYS = {"program", "args", "log", "memory", "restart", "restart_limit", "caps", "config", "network"}
+ENDPOINT_RE = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 RESTART_POLICIES = ("never", "on-failure", "always")
 
 
@@ -134,6 +138,8 @@ class TaskDecl:
     restart: str
     restart_limit: int
     caps: tuple[CapDecl, ...]
+    config: Any = None  # JSON-able data for the task (its boot record's "config")
+    connect: tuple[str, ...] = ()  # network endpoints (host:port) this driver task may reach
 
     def cap(self, name: str) -> CapDecl | None:
         return next((c for c in self.caps if c.name == name), None)
@@ -426,9 +432,27 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
             if cap is not None:
                 caps.append(cap)
                 used.add(cap.object)
+    config = _plain(body["config"][1]) if "config" in body else None
+    connect: list[str] = []
+    if "network" in body:
+        net = ck.mapping(body["network"][1], f"{field}.network", {"connect"})
+        if "connect" in net:
+            for item in ck.sequence(net["connect"][1], f"{field}.network.connect"):
+                text = ck.scalar(item, f"{field}.network.connect", "an endpoint host:port")
+                m = ENDPOINT_RE.match(text or "")
+                if text is not None and (not m or not 0 < int(m.group("port")) < 65536):
+                    ck.problem(item, f"{field}.network.connect", f"expected host:port such as 127.0.0.1:8443, got {text!r}")
+                elif text is not None:
+                    connect.append(text)
     if program is None or memory is None or limit is None:
         return None
-    return TaskDecl(tname, program, tuple(args), LogDecl(tag, color), memory, restart, limit, tuple(caps))
+    return TaskDecl(tname, program, tuple(args), LogDecl(tag, color), memory, restart, limit, tuple(caps),
+                    config, tuple(connect))
+
+
+def _plain(node: yaml.Node) -> Any:
+    """A YAML subtree as plain Python data (for ``config``)."""
+    return yaml.safe_load(yaml.serialize(node))
 
 
 def _cap(ck: _Checker, field: str, cname: str, node: yaml.Node, objects: dict[str, ObjectDecl]) -> CapDecl | None:

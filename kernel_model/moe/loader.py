@@ -83,6 +83,8 @@ def start(moe: "Moe", rec: TaskRecord) -> None:
         "args": list(decl.args),
         "caps": names,
         "first_free": EnvSlot.FIRST_NAMED + len(decl.caps) + 16,
+        "config": decl.config if decl.config is not None else {},
+        "network": list(decl.connect),
     }
     status = moe.env.call(rec.thread, Proto.THREAD, ThreadOp.EX_REGS,
                           blob=json.dumps(record, separators=(",", ":")).encode()).status
