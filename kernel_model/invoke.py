@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from kernel_model.kernel import Kernel
 
 FULL = CapRights.parse("svr")
+HOST_KEYS = ("confine", "workdir")
 MAX_BOOT_RECORD = 16 * 1024
 
 
@@ -221,7 +222,8 @@ def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Rep
         if not isinstance(record, dict) or not isinstance(record.get("program"), str):
             return err(Err.EINVAL)
         record["root"] = False  # only the kernel starts root tasks (Sigma0, Moe)
-        record.pop("confine", None)  # confinement is the kernel host's decision, never the loader's
+        for key in HOST_KEYS:  # confinement and the work directory are the kernel host's decision
+            record.pop(key, None)
         task_.name = str(record.get("name") or task_.name)
         k._start(task_, record)
         return Reply(0)

@@ -311,7 +311,9 @@ class Supervisor:
         devnull = os.open(os.devnull, os.O_RDWR)
         self._spawned += 1
         record = dict(record)
-        record.pop("confine", None)
+        workdir = self.run_dir / (task.name or f"task{task.id}")
+        workdir.mkdir(parents=True, exist_ok=True)
+        record["workdir"] = str(workdir)
         if self.confinement is not None:
             policy = self.confinement(task, self._spawned)
             if policy is not None:

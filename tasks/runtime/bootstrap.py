@@ -36,6 +36,9 @@ def run() -> int:
             print(report.summary(), file=sys.stderr, flush=True)
     from tasks.runtime.env import Env
 
+    if record.get("workdir"):
+        os.chdir(record["workdir"])  # the task's one writable place (its files live here)
+
     program = str(record.get("program", ""))
     module_name = program if record.get("root") else f"tasks.{program}"
     env = Env(channel, record, boot_fds)
