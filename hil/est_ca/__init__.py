@@ -1,0 +1,18 @@
+"""A development EST certificate authority (RFC 7030 server side) for loopback tests.
+
+    ca = EstCa("var/est-ca")                    # creates or reloads the CA
+    with serve(ca, port=0) as running:          # HTTPS on 127.0.0.1, a free port
+        print(running.url, ca.ca_cert_path)
+
+Modules: `store` (state directory), `authority` (CA and issuance), `identity` (who is
+asking), `server` (HTTP handler, faults), `serving` (start/stop), `cli` (`l4emu est-ca`).
+"""
+
+from .authority import CURVES, EstCa, EstCaError, Refused
+from .server import DEFAULT_CSRATTRS, Fault, RequestRecord, ServerOptions
+from .serving import RunningServer, serve
+
+__all__ = [
+    "CURVES", "DEFAULT_CSRATTRS", "EstCa", "EstCaError", "Fault", "Refused", "RequestRecord",
+    "RunningServer", "ServerOptions", "serve",
+]

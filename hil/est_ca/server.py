@@ -1,0 +1,393 @@
+"""The EST server side (RFC 7030) over HTTPS on loopback, backed by an `EstCa`.
+
+Endpoints, each also under one additional path segment (CA label)::
+
+    GET  /.well-known/est/[label/]cacerts         no client authentication (§4.1)
+    GET  /.well-known/est/[label/]csrattrs        204 unless attributes are configured (§4.5)
+    POST /.well-known/est/[label/]simpleenroll    HTTP Basic, or a client cert from this CA
+    POST /.well-known/est/[label/]simplereenroll  TLS client certificate from this CA, and the
+                                                  CSR must keep its Subject and SAN (§4.2.2)
+
+Status codes: 400 bad CSR / identity change / PEM armour, 401 + WWW-Authenticate for missing
+or wrong Basic credentials, 403 re-enrollment without a valid client certificate, 404 unknown
+path or label, 405 wrong method, 411/413 body length, 415 wrong Content-Type, 202 +
+Retry-After in deferred mode. Errors carry a one-line text/plain explanation.
+
+Every request produces exactly one log line on the ``l4emu.est_ca`` logger, and the same
+record in `RunningServer.records`: method, path, client identity, status, outcome.
+
+Faults (`Fault`) make the server misbehave on purpose, so clients can be tested against
+hangs, truncated answers, garbage and certificates that do not chain.
+
+TLS: the server presents a certificate issued by the CA; it *asks* for a client certificate
+(CERT_OPTIONAL) and OpenSSL verifies any that is offered against the CA. Handshakes run in the
+per-connection thread, so a stalled client cannot block the accept loop.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import datetime as dt
+import email.utils
+import hashlib
+import hmac
+import logging
+import socket
+import ssl
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from enum import IntEnum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
+
+from tasks.est_service.csrattrs import (
+    OID_EC_PUBLIC_KEY, OID_ECDSA_WITH_SHA256, OID_SECP256R1, CsrAttribute, CsrAttrs,
+    encode_csrattrs, encode_oid,
+)
+
+from .authority import EstCa, Refused
+from .identity import ClientIdentity, identity_matches, parse_basic
+
+__all__ = ["DEFAULT_CSRATTRS", "Fault", "RequestRecord", "ServerOptions", "make_server"]
+
+log = logging.getLogger("l4emu.est_ca")
+
+PREFIX = "/.well-known/est/"
+# Ask for a P-256 key signed with ECDSA-SHA256. challengePassword (tls-unique proof of
+# possession, §3.5) is deliberately not requested: curl cannot do it, TLS 1.3 has no tls-unique.
+DEFAULT_CSRATTRS = CsrAttrs((
+    CsrAttribute(OID_EC_PUBLIC_KEY, (encode_oid(OID_SECP256R1),)),
+    OID_ECDSA_WITH_SHA256,
+))
+
+
+class Fault(IntEnum):
+    """Deliberate misbehaviour, switchable at run time (`RunningServer.update`)."""
+
+    NONE = 0
+    HANG = 1
+    """Read the request, then never answer (until the server stops or ``hang_limit``)."""
+    CLOSE_MID_RESPONSE = 2
+    """Announce the full Content-Length, send half the body, close the connection."""
+    MALFORMED_PKCS7 = 3
+    """200 with valid base64 that is not PKCS#7 (cacerts and enroll)."""
+    WRONG_CONTENT_TYPE = 4
+    """200 labelled text/html (cacerts and enroll)."""
+    PEM_ARMOUR = 5
+    """200 whose body is PEM-armoured PKCS#7 (cacerts and enroll)."""
+    ROGUE_ISSUER = 6
+    """Enroll answers carry a certificate signed by a throwaway CA (does not chain)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """How the EST server behaves. ``basic_auth=None`` lets anyone enroll (first time)."""
+
+    basic_auth: tuple[str, str] | None = ("estuser", "estpwd")
+    defer: int = 0
+    retry_after: int = 1
+    retry_after_http_date: bool = False
+    labels: frozenset[str] | None = None
+    csrattrs: CsrAttrs | None = DEFAULT_CSRATTRS
+    validity: dt.timedelta | None = None
+    fault: Fault = Fault.NONE
+    request_timeout: float = 10.0
+    max_request_bytes: int = 64 * 1024
+    hang_limit: float = 60.0
+    realm: str = "l4emu EST"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One handled request, as logged."""
+
+    method: str
+    path: str
+    peer: str
+    client: str
+    status: int
+    outcome: str
+
+    def line(self) -> str:
+        """The log line; client-controlled text is escaped so it cannot forge lines."""
+        return (f"{_safe(self.method)} {_safe(self.path)} peer={self.peer} "
+                f"client={_safe(self.client)} -> {self.status} {_safe(self.outcome)}")
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+@dataclass(slots=True)
+class _Reply:
+    status: int
+    outcome: str
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    pkcs7: bool = False  # a certs-only answer (faults may rewrite it)
+
+
+def _b64(der: bytes) -> bytes:
+    flat = base64.b64encode(der)
+    return b"".join(flat[i:i + 64] + b"\n" for i in range(0, len(flat), 64))
+
+
+def _text(status: int, message: str, outcome: str | None = None) -> _Reply:
+    return _Reply(status, outcome or message, (message + "\n").encode("utf-8"))
+
+
+def _certs_reply(certs: list[x509.Certificate], outcome: str) -> _Reply:
+    body = _b64(pkcs7.serialize_certificates(certs, Encoding.DER))
+    return _Reply(200, outcome, body, "application/pkcs7-mime; smime-type=certs-only",
+                  [("Content-Transfer-Encoding", "base64")], pkcs7=True)
+
+
+class _EstHttpServer(ThreadingHTTPServer):
+    daemon_threads = False
+    block_on_close = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, ca: EstCa,
+                 options: ServerOptions, context: ssl.SSLContext) -> None:
+        self.address_family = family
+        self.ca = ca
+        self.options = options
+        self.tls = context
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.deferrals: dict[bytes, int] = {}
+        self.records: deque[RequestRecord] = deque(maxlen=10_000)
+        super().__init__(address, _Handler)
+
+    def finish_request(self, request, client_address) -> None:  # type: ignore[override]
+        """Runs in the connection's thread: TLS handshake first, then HTTP."""
+        tls = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.settimeout(self.options.request_timeout)
+            try:
+                tls.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                log.info("TLS handshake with %s:%s failed: %s", *client_address[:2], exc)
+                return
+            _Handler(tls, client_address, self)
+        finally:
+            tls.close()
+
+    def record(self, record: RequestRecord) -> None:
+        self.records.append(record)
+        log.info("%s", record.line())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _EstHttpServer
+    connection: ssl.SSLSocket
+    options: ServerOptions
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        """Silence http.server's own access log: `_EstHttpServer.record` replaces it."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET  # noqa: N815
+
+    def _dispatch(self) -> None:
+        self.close_connection = True
+        self.options = self.server.options  # one consistent snapshot per request
+        identity = self._identity()
+        fault = self.options.fault
+        try:
+            reply = self._route(identity)
+            if fault is Fault.HANG:
+                self.server.stopping.wait(self.options.hang_limit)
+                reply = _Reply(0, "hung up without answering (fault HANG)")
+            elif reply.pkcs7:
+                reply = self._rewrite(reply, fault)
+            if reply.status:
+                self._send(reply, truncate=fault is Fault.CLOSE_MID_RESPONSE)
+        except OSError as exc:  # the client went away (or timed out) mid-request
+            reply = _Reply(0, f"connection lost: {exc}")
+        except Exception as exc:  # a bug here must still produce a log line and an answer
+            log.exception("internal error handling %s %s", self.command, self.path)
+            reply = _text(500, f"internal error: {type(exc).__name__}")
+            with contextlib.suppress(OSError):
+                self._send(reply, truncate=False)
+        peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        self.server.record(RequestRecord(self.command, self.path, peer, identity.describe(),
+                                         reply.status, reply.outcome))
+
+    def _send(self, reply: _Reply, *, truncate: bool) -> None:
+        self.send_response(reply.status)
+        if reply.status != 204:
+            self.send_header("Content-Type", reply.content_type)
+        for key, value in reply.headers:
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if truncate:
+            self.wfile.write(reply.body[: len(reply.body) // 2])
+            self.wfile.flush()
+            reply.outcome += " (fault CLOSE_MID_RESPONSE: body cut in half)"
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if self.command != "HEAD":
+            self.wfile.write(reply.body)
+
+    def _rewrite(self, reply: _Reply, fault: Fault) -> _Reply:
+        if fault is Fault.MALFORMED_PKCS7:
+            return _Reply(200, reply.outcome + " (fault MALFORMED_PKCS7)",
+                          _b64(b"\x30\x03\x02\x01\x07 this is not PKCS#7"),
+                          reply.content_type, reply.headers)
+        if fault is Fault.WRONG_CONTENT_TYPE:
+            return _Reply(200, reply.outcome + " (fault WRONG_CONTENT_TYPE)", reply.body,
+                          "text/html", reply.headers)
+        if fault is Fault.PEM_ARMOUR:
+            body = b"-----BEGIN PKCS7-----\n" + reply.body + b"-----END PKCS7-----\n"
+            return _Reply(200, reply.outcome + " (fault PEM_ARMOUR)", body, reply.content_type,
+                          reply.headers)
+        return reply
+
+    def _identity(self) -> ClientIdentity:
+        der = self.connection.getpeercert(binary_form=True)
+        cert = x509.load_der_x509_certificate(der) if der else None
+        if cert is not None and not self.server.ca.issued_by_us(cert):
+            cert = None  # OpenSSL already verified it; this is belt and braces
+        return ClientIdentity(cert, parse_basic(self.headers.get("Authorization")))
+
+    def _route(self, identity: ClientIdentity) -> _Reply:
+        path = urlsplit(self.path).path
+        if not path.startswith(PREFIX):
+            return _text(404, f"not an EST path (expected {PREFIX}...)")
+        segments = path[len(PREFIX):].split("/")
+        if len(segments) not in (1, 2) or not all(segments):
+            return _text(404, "unknown EST path")
+        label, operation = (None, segments[0]) if len(segments) == 1 else segments
+        labels = self.options.labels
+        if label is not None and labels is not None and label not in labels:
+            return _text(404, f"unknown CA label {label!r}")
+        routes = {
+            "cacerts": ("GET", self._cacerts),
+            "csrattrs": ("GET", self._csrattrs),
+            "simpleenroll": ("POST", self._simpleenroll),
+            "simplereenroll": ("POST", self._simplereenroll),
+        }
+        if operation not in routes:
+            return _text(404, f"unknown EST operation {operation!r}")
+        method, handler = routes[operation]
+        if self.command != method and not (method == "GET" and self.command == "HEAD"):
+            reply = _text(405, f"{operation} takes {method}")
+            reply.headers.append(("Allow", method))
+            return reply
+        return handler(identity)
+
+    def _cacerts(self, identity: ClientIdentity) -> _Reply:
+        return _certs_reply([self.server.ca.certificate], "sent CA certificate")
+
+    def _csrattrs(self, identity: ClientIdentity) -> _Reply:
+        attrs = self.options.csrattrs
+        if attrs is None:
+            return _Reply(204, "no CSR attributes")
+        return _Reply(200, "sent CSR attributes", _b64(encode_csrattrs(attrs)),
+                      "application/csrattrs", [("Content-Transfer-Encoding", "base64")])
+
+    def _simpleenroll(self, identity: ClientIdentity) -> _Reply:
+        creds = self.options.basic_auth
+        if identity.certificate is None and creds is not None:
+            if identity.basic is None or not _same_credentials(identity.basic, creds):
+                reply = _text(401, "authentication required: HTTP Basic or a client certificate",
+                              "wrong credentials" if identity.basic else "no credentials")
+                reply.headers.append(("WWW-Authenticate",
+                                      f'Basic realm="{self.options.realm}"'))
+                return reply
+        csr = self._read_csr()
+        return csr if isinstance(csr, _Reply) else self._enroll(csr)
+
+    def _simplereenroll(self, identity: ClientIdentity) -> _Reply:
+        current = identity.certificate
+        if current is None:
+            return _text(403, "re-enrollment requires a TLS client certificate issued by this "
+                              "CA (RFC 7030 §3.3.2)")
+        csr = self._read_csr()
+        if isinstance(csr, _Reply):
+            return csr
+        if not identity_matches(csr, current):
+            return _text(400, "re-enrollment must keep the Subject and SubjectAltName of the "
+                              "current certificate (RFC 7030 §4.2.2)", "identity changed")
+        return self._enroll(csr)
+
+    def _read_csr(self) -> x509.CertificateSigningRequest | _Reply:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            return _text(411, "Content-Length required")
+        if int(length) > self.options.max_request_bytes:
+            return _text(413, f"request body over {self.options.max_request_bytes} bytes")
+        body = self.rfile.read(int(length))
+        media = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if media != "application/pkcs10":
+            return _text(415, f"expected Content-Type application/pkcs10, got {media or 'none'}")
+        if b"-----BEGIN" in body:
+            return _text(400, "PEM armour is not allowed: send base64 of the DER CSR "
+                              "(RFC 7030 §3.2.4)", "PEM-armoured CSR")
+        try:
+            der = base64.b64decode(b"".join(body.split()), validate=True)
+            return x509.load_der_x509_csr(der)
+        except (binascii.Error, ValueError) as exc:
+            return _text(400, f"body is not a base64 DER PKCS#10 request: {exc}", "bad CSR")
+
+    def _enroll(self, csr: x509.CertificateSigningRequest) -> _Reply:
+        server, options = self.server, self.options
+        spki = csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        key_id = hashlib.sha256(spki).digest()
+        with server.lock:
+            seen = server.deferrals.get(key_id, 0)
+            if seen < options.defer:
+                server.deferrals[key_id] = seen + 1
+                return self._deferred(seen + 1)
+            server.deferrals.pop(key_id, None)
+        if options.fault is Fault.ROGUE_ISSUER:
+            issued = server.ca.issue_from_rogue_ca(csr)
+        else:
+            issued = server.ca.issue(csr, validity=options.validity)
+        if isinstance(issued, Refused):
+            return _text(400, f"CSR refused: {issued.reason}")
+        return _certs_reply([issued], f"issued serial={issued.serial_number:x} "
+                                      f"subject={issued.subject.rfc4514_string()}")
+
+    def _deferred(self, count: int) -> _Reply:
+        options = self.options
+        if options.retry_after_http_date:
+            when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=options.retry_after)
+            value = email.utils.format_datetime(when, usegmt=True)
+        else:
+            value = str(options.retry_after)
+        reply = _text(202, f"request accepted, try again after {value}",
+                      f"deferred {count}/{options.defer}")
+        reply.headers.append(("Retry-After", value))
+        return reply
+
+
+def _same_credentials(given: tuple[str, str], expected: tuple[str, str]) -> bool:
+    user_ok = hmac.compare_digest(given[0].encode(), expected[0].encode())
+    password_ok = hmac.compare_digest(given[1].encode(), expected[1].encode())
+    return user_ok and password_ok
+
+
+def make_server(ca: EstCa, address: tuple[str, int], family: socket.AddressFamily,
+                options: ServerOptions) -> _EstHttpServer:
+    """Bind (not yet serve) an EST server; `serving.serve` is the public entry point."""
+    cert_path, key_path = ca.server_credentials(extra_hosts=[address[0]])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_path, key_path)
+    context.load_verify_locations(cadata=ca.certificate_pem.decode("ascii"))
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return _EstHttpServer(address, family, ca, options, context)

@@ -1,0 +1,69 @@
+"""The EST CA's state directory: private, written atomically, locked while it changes.
+
+Layout (all PEM)::
+
+    <state_dir>/            mode 0700
+        ca.key              CA private key, PKCS#8, mode 0600
+        ca.crt              CA certificate: the trust anchor clients bootstrap with
+        server.key          TLS server key (re-issued on every start), mode 0600
+        server.crt          TLS server certificate, issued by the CA
+        .lock               flock(2) target, so two CAs starting at once cannot mix files
+
+Every file is written to a temporary name in the same directory, fsync'ed, then renamed over
+the target, and the directory is fsync'ed: a crash leaves the old file or the new one, never
+half of one. Keys are created with their final mode (no window where they are world-readable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_write", "ensure_private_dir", "locked"]
+
+KEY_MODE = 0o600
+PUBLIC_MODE = 0o644
+DIR_MODE = 0o700
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if missing; a new directory gets mode 0700."""
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    return path
+
+
+def atomic_write(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` atomically; the file has ``mode`` from its first byte."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed it; make it exact
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def locked(state_dir: Path) -> Iterator[None]:
+    """Hold an exclusive flock on ``state_dir/.lock`` (blocks until it is free)."""
+    fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT, KEY_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
