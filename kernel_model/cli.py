@@ -42,6 +42,12 @@ def cmd_boot(args: argparse.Namespace) -> int:
                       timeout_s=args.timeout)
 
 
+def cmd_est_ca(args: argparse.Namespace) -> int:
+    from hil.est_ca.cli import main as est_main
+
+    return est_main(args.est_args or ["--help"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l4emu",
@@ -65,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                       help="stop the system after this many seconds (exit status 124)")
     boot.set_defaults(func=cmd_boot)
+    est = sub.add_parser(
+        "est-ca", help="run the development EST certificate authority (the device's environment)",
+        description="The development EST (RFC 7030) CA on loopback: `l4emu est-ca serve --port 8443`, "
+                    "`l4emu est-ca ca-cert` (the trust anchor as PEM). `l4emu est-ca serve --help` lists its options.",
+        add_help=False)
+    est.add_argument("est_args", nargs=argparse.REMAINDER)
+    est.set_defaults(func=cmd_est_ca)
     return parser
 
 
