@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from capabilities.image import TaskDecl
 from kernel_model.events import Console, Deliver, Denied, Kill, MemoryCreated, Revoked, Spawn
 from kernel_model.host.console import ConsoleSink
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
@@ -53,7 +54,7 @@ class Supervisor:
     """Boots one image and runs it. Use as a context manager so every process is reaped."""
 
     def __init__(self, loaded: LoadedImage, console: ConsoleSink, *,
-                 confinement: Callable[[Task, int], dict | None] | None = None,
+                 confinement: Callable[[Task, int, Path, TaskDecl | None], dict | None] | None = None,
                  moe_args: list[str] | None = None, run_dir: Path | None = None):
         self.loaded = loaded
         self.console = console
@@ -315,7 +316,9 @@ class Supervisor:
         workdir.mkdir(parents=True, exist_ok=True)
         record["workdir"] = str(workdir)
         if self.confinement is not None:
-            policy = self.confinement(task, self._spawned)
+            decl = next((t for t in self.loaded.image.tasks if t.name == task.name), None) \
+                if not record.get("root") else None
+            policy = self.confinement(task, self._spawned, workdir, decl)
             if policy is not None:
                 record["confine"] = policy
         actions = [

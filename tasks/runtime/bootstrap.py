@@ -30,10 +30,18 @@ def run() -> int:
     confine = record.get("confine")
     if confine:
         from tasks.runtime import confine as confinement
-        policy = confinement.policy_from_record(confine)
-        report = confinement.apply(policy)
+        try:
+            report = confinement.apply(confinement.policy_from_record(confine, boot_fds))
+        except confinement.ConfinementError as exc:
+            print("confinement failed, not starting:\n" + exc.report.summary(), file=sys.stderr, flush=True)
+            return 113
+        weak = [s for s in report.steps if s.status in (confinement.UNAVAILABLE, confinement.FAILED)]
         if confine.get("report"):
-            print(report.summary(), file=sys.stderr, flush=True)
+            done = [s.name for s in report.steps if s.status == confinement.ENFORCED]
+            print(f"confinement: enforced {', '.join(done)} ({report.elapsed_s * 1000:.0f} ms)",
+                  file=sys.stderr, flush=True)
+        for step in weak:
+            print(f"confinement: NOT enforced {step.name}: {step.detail}", file=sys.stderr, flush=True)
     from tasks.runtime.env import Env
 
     if record.get("workdir"):
