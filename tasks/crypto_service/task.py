@@ -37,6 +37,6 @@ def main(env) -> int:
         env.log(f"cannot start: {exc}")
         return 2
     peers = bind_peers(env, env.config.get("clients", {}))
-    env.log(f"serving {', '.join(p.name for p in peers.values())} ({len(service._keys)} key(s) loaded)")
+    env.log(f"serving {', '.join(p.name for p in peers.values())} ({service.key_count} key(s) loaded)")
     serve_shm(env, peers, lambda peer, request: service.handle(request, client=peer.name))
     return 0

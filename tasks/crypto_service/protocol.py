@@ -1,0 +1,588 @@
+"""WvdS crypto-service wire protocol: a sans-I/O codec.
+
+Bytes in, frozen dataclasses out, and back: no I/O, no crypto, no state.
+The byte-level reference (every request and response, the status codes, the
+validation order, and which layouts are WvdS facts vs. l4emu definitions) is
+``docs/crypto_protocol.md``. Golden-byte tests pin this module to that page.
+
+Every payload class declares its layout once, as a ``LAYOUT`` table of
+``_F`` fields (the idol-file idea from hubris). One shared codec derives
+``to_payload()``, ``from_payload()`` and the construction-time checks from it,
+so a layout cannot be encoded one way and decoded another. Request classes
+also have ``encode()`` for the whole frame (header included).
+
+``parse_request`` runs the header-and-layout part of the validation order and
+returns a request object or the ``Status`` to answer with. It never raises.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, fields
+from enum import IntEnum, IntFlag
+from typing import Any, ClassVar, Union
+
+REQUEST_MAGIC = 0xC7
+RESPONSE_MAGIC = 0xC8
+VERSION = 0x01
+HEADER_SIZE = 8
+MAX_PAYLOAD = 65536  # WvdS: "payload > 64 KB (65536)" -> PAYLOAD_TOO_LARGE
+NONCE_SIZE = 12
+TAG_SIZE = 16
+SHARED_SECRET_SIZE = 32
+MAX_AAD = 0xFFFF  # WvdS AES_ENCRYPT: AAD_Length is a u16
+MAX_CONTEXT = 255  # FIPS 204: ctx is at most 255 bytes
+#: The AES_ENCRYPT *response* (nonce || ct || tag) must fit in 64 KiB as well.
+MAX_PLAINTEXT = MAX_PAYLOAD - NONCE_SIZE - TAG_SIZE
+ALLOCATE_KEY_ID = 0  # in create requests: "the service picks the id"
+KEY_LIST_PAGE = 4096  # 6 + 4096 * 14 = 57350 bytes, fits in one response
+
+_HEADER = struct.Struct("<BBBBI")
+
+
+class RequestType(IntEnum):
+    """Request byte 2. 0x01-0x22 are WvdS; 0x40-0x4F are l4emu extensions."""
+
+    AES_ENCRYPT = 0x01  #: WvdS (layout published)
+    AES_DECRYPT = 0x02  #: WvdS (layout ours)
+    MLDSA_SIGN = 0x10  #: WvdS (layout ours)
+    MLDSA_VERIFY = 0x11  #: WvdS (layout ours)
+    MLKEM_KEYGEN = 0x20  #: WvdS (layout ours)
+    MLKEM_ENCAPS = 0x21  #: WvdS (layout ours)
+    MLKEM_DECAPS = 0x22  #: WvdS (layout ours)
+    KEY_GENERATE = 0x40  #: extension: new key of any type
+    KEY_IMPORT = 0x41  #: extension: secret (raw AES key / seed) or public key
+    KEY_EXPORT_PUBLIC = 0x42  #: extension: the public half, never a secret
+    KEY_DESTROY = 0x43  #: extension: forget and zeroize
+    KEY_ROTATE = 0x44  #: extension: new material, same id, version + 1
+    KEY_LIST = 0x45  #: extension: paged key metadata
+
+
+class Status(IntEnum):
+    """Response byte 2. 0x00-0x09 are WvdS; 0x40-0x46 are l4emu extensions."""
+
+    SUCCESS = 0x00
+    INVALID_HEADER = 0x01  #: short header, magic != 0xC7, version != 1, flags != 0
+    INVALID_TYPE = 0x02  #: unknown request type
+    INVALID_PAYLOAD = 0x03  #: payload layout or length wrong
+    KEY_NOT_FOUND = 0x04  #: key id does not exist
+    CRYPTO_ERROR = 0x05  #: generic cryptographic error (incl. nonce space exhausted)
+    DECRYPTION_FAILED = 0x06  #: GCM tag verification failed
+    RATE_LIMITED = 0x07  #: too many requests; no crypto was done
+    NONCE_REUSE = 0x08  #: nonce already seen in a decrypt for this key
+    PAYLOAD_TOO_LARGE = 0x09  #: request (or the response it implies) > 65536 bytes
+    POLICY_DENIED = 0x40  #: the key's usage policy does not allow the operation
+    IMPORT_DISABLED = 0x41  #: this image's config forbids this import
+    INVALID_SIGNATURE = 0x42  #: ML-DSA signature did not verify
+    WRONG_KEY_TYPE = 0x43  #: the key's type cannot do this operation
+    KEY_EXISTS = 0x44  #: the explicit key id of a create request is taken
+    STORAGE_ERROR = 0x45  #: key store full or persisting failed; nothing changed
+    INTERNAL_ERROR = 0x46  #: a service bug, caught at the boundary
+
+
+class KeyType(IntEnum):
+    AES_256 = 0x01
+    MLDSA_44 = 0x10
+    MLDSA_65 = 0x11
+    MLDSA_87 = 0x12
+    MLKEM_512 = 0x20
+    MLKEM_768 = 0x21
+    MLKEM_1024 = 0x22
+
+
+class Usage(IntFlag):
+    """PSA-style usage policy bits (u32 LE). 0 in a create request = type default."""
+
+    ENCRYPT = 0x0001
+    DECRYPT = 0x0002
+    SIGN = 0x0004
+    VERIFY = 0x0008
+    ENCAPS = 0x0010
+    DECAPS = 0x0020
+    EXPORT_PUBLIC = 0x0040
+    DESTROY = 0x0080
+    ROTATE = 0x0100
+
+
+ALL_USAGE = Usage(0x01FF)
+
+
+class KeyFormat(IntEnum):
+    SECRET = 0x01  #: AES: raw 32-byte key; ML-DSA: 32-byte seed xi; ML-KEM: 64-byte seed d||z
+    PUBLIC = 0x02  #: raw public key (FIPS 204 pk / FIPS 203 ek)
+
+
+class KeyFlags(IntFlag):
+    HAS_SECRET = 0x01  #: the service holds secret material for this key
+
+
+class ResponseError(ValueError):
+    """A response frame is malformed (raised on the client side only)."""
+
+
+def _usage(value: int) -> Usage:
+    if int(value) & ~int(ALL_USAGE):  # (~ on an IntFlag only flips known bits)
+        raise ValueError("unknown usage bits")
+    return Usage(value)
+
+
+# --------------------------------------------------------------------------- layout codec
+
+
+@dataclass(frozen=True)
+class _F:
+    """One field of a payload layout.
+
+    kind: ``u8``/``u16``/``u32`` (LE integers, optionally coerced by ``conv``),
+    ``var8``/``var16`` (bytes with a u8/u16 LE length prefix), ``fixed``
+    (exactly ``size`` bytes) or ``rest`` (everything up to the trailing
+    ``fixed`` fields). At most one ``rest``; only ``fixed`` may follow it.
+    """
+
+    kind: str
+    size: int = 0
+    conv: Any = None
+
+
+U32 = _F("u32")
+KEY_TYPE = _F("u8", conv=KeyType)
+USAGE = _F("u32", conv=_usage)
+_INT_SIZE = {"u8": 1, "u16": 2, "u32": 4}
+_VAR_SIZE = {"var8": 1, "var16": 2}
+
+
+class _Codec:
+    """Derives encode/decode/validation from the subclass's ``LAYOUT``."""
+
+    __slots__ = ()
+    LAYOUT: ClassVar[tuple[_F, ...]]
+
+    def __post_init__(self) -> None:
+        for f, spec in zip(fields(self), self.LAYOUT):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if spec.kind in _INT_SIZE:
+                if spec.conv is not None:
+                    value = spec.conv(value)  # ValueError for unknown enum values
+                    object.__setattr__(self, f.name, value)
+                if not 0 <= value < 1 << (8 * _INT_SIZE[spec.kind]):
+                    raise ValueError(f"{f.name} out of range")
+            else:
+                if not isinstance(value, (bytes, bytearray, memoryview)):
+                    raise TypeError(f"{f.name} must be bytes")
+                value = bytes(value)
+                object.__setattr__(self, f.name, value)
+                if spec.kind == "fixed" and len(value) != spec.size:
+                    raise ValueError(f"{f.name} must be {spec.size} bytes")
+                if spec.kind in _VAR_SIZE and len(value) >= 1 << (8 * _VAR_SIZE[spec.kind]):
+                    raise ValueError(f"{f.name} too long for its length prefix")
+
+    def to_payload(self) -> bytes:
+        out = bytearray()
+        for f, spec in zip(fields(self), self.LAYOUT):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if spec.kind in _INT_SIZE:
+                out += int(value).to_bytes(_INT_SIZE[spec.kind], "little")
+            elif spec.kind in _VAR_SIZE:
+                out += len(value).to_bytes(_VAR_SIZE[spec.kind], "little") + value
+            else:
+                out += value
+        return bytes(out)
+
+    @classmethod
+    def from_payload(cls, data: bytes | bytearray | memoryview) -> Any:
+        """Decode; ValueError on any layout violation (-> INVALID_PAYLOAD)."""
+        view = memoryview(data).cast("B")
+        pos, values = 0, []
+
+        def take(n: int) -> memoryview:
+            nonlocal pos
+            if pos + n > len(view):
+                raise ValueError("payload too short")
+            pos += n
+            return view[pos - n : pos]
+
+        for i, spec in enumerate(cls.LAYOUT):
+            if spec.kind in _INT_SIZE:
+                values.append(int.from_bytes(take(_INT_SIZE[spec.kind]), "little"))
+            elif spec.kind in _VAR_SIZE:
+                n = int.from_bytes(take(_VAR_SIZE[spec.kind]), "little")
+                values.append(bytes(take(n)))
+            elif spec.kind == "fixed":
+                values.append(bytes(take(spec.size)))
+            else:  # rest
+                tail = sum(s.size for s in cls.LAYOUT[i + 1 :])
+                if len(view) - pos < tail:
+                    raise ValueError("payload too short")
+                values.append(bytes(take(len(view) - pos - tail)))
+        if pos != len(view):
+            raise ValueError("trailing bytes after payload")
+        return cls(*values)
+
+
+class _Request(_Codec):
+    __slots__ = ()
+    TYPE: ClassVar[RequestType]
+
+    def encode(self) -> bytes:
+        """The whole request frame: header + payload."""
+        payload = self.to_payload()
+        return _HEADER.pack(REQUEST_MAGIC, VERSION, self.TYPE, 0, len(payload)) + payload
+
+
+def _request(rtype: RequestType, *layout: _F):  # type: ignore[no-untyped-def]
+    """Class decorator: frozen slotted dataclass with TYPE and LAYOUT set."""
+
+    def wrap(cls):  # type: ignore[no-untyped-def]
+        cls.TYPE, cls.LAYOUT = rtype, layout
+        return dataclass(frozen=True, slots=True)(cls)
+
+    return wrap
+
+
+def _response(*layout: _F):  # type: ignore[no-untyped-def]
+    def wrap(cls):  # type: ignore[no-untyped-def]
+        cls.LAYOUT = layout
+        return dataclass(frozen=True, slots=True)(cls)
+
+    return wrap
+
+
+# --------------------------------------------------------------------------- requests
+
+
+@_request(RequestType.AES_ENCRYPT, U32, _F("var16"), _F("rest"))
+class AesEncryptRequest(_Request):
+    """WvdS: KeyID u32 | AAD_Length u16 | AAD | Plaintext."""
+
+    key_id: int
+    aad: bytes
+    plaintext: bytes
+
+
+@_request(RequestType.AES_DECRYPT, U32, _F("var16"), _F("fixed", NONCE_SIZE), _F("rest"), _F("fixed", TAG_SIZE))
+class AesDecryptRequest(_Request):
+    """KeyID u32 | AAD_Length u16 | AAD | Nonce(12) | Ciphertext | Tag(16)."""
+
+    key_id: int
+    aad: bytes
+    nonce: bytes
+    ciphertext: bytes
+    tag: bytes
+
+
+@_request(RequestType.MLDSA_SIGN, U32, _F("var8"), _F("rest"))
+class MldsaSignRequest(_Request):
+    """KeyID u32 | CtxLen u8 | Context | Message."""
+
+    key_id: int
+    context: bytes
+    message: bytes
+
+
+@_request(RequestType.MLDSA_VERIFY, U32, _F("var8"), _F("var16"), _F("rest"))
+class MldsaVerifyRequest(_Request):
+    """KeyID u32 | CtxLen u8 | Context | SigLen u16 | Signature | Message."""
+
+    key_id: int
+    context: bytes
+    signature: bytes
+    message: bytes
+
+
+@_request(RequestType.MLKEM_KEYGEN, U32, KEY_TYPE)
+class MlkemKeygenRequest(_Request):
+    """KeyID u32 (0 = allocate) | KeyType u8 (an ML-KEM type)."""
+
+    key_id: int
+    key_type: KeyType
+
+
+@_request(RequestType.MLKEM_ENCAPS, U32)
+class MlkemEncapsRequest(_Request):
+    """KeyID u32."""
+
+    key_id: int
+
+
+@_request(RequestType.MLKEM_DECAPS, U32, _F("rest"))
+class MlkemDecapsRequest(_Request):
+    """KeyID u32 | Ciphertext."""
+
+    key_id: int
+    ciphertext: bytes
+
+
+@_request(RequestType.KEY_GENERATE, U32, KEY_TYPE, USAGE)
+class KeyGenerateRequest(_Request):
+    """KeyID u32 (0 = allocate) | KeyType u8 | Usage u32 (0 = type default)."""
+
+    key_id: int
+    key_type: KeyType
+    usage: Usage = Usage(0)
+
+
+@_request(RequestType.KEY_IMPORT, U32, KEY_TYPE, USAGE, _F("u8", conv=KeyFormat), _F("rest"))
+class KeyImportRequest(_Request):
+    """KeyID u32 (0 = allocate) | KeyType u8 | Usage u32 | Format u8 | Material."""
+
+    key_id: int
+    key_type: KeyType
+    usage: Usage
+    format: KeyFormat
+    material: bytes
+
+
+@_request(RequestType.KEY_EXPORT_PUBLIC, U32)
+class KeyExportPublicRequest(_Request):
+    """KeyID u32."""
+
+    key_id: int
+
+
+@_request(RequestType.KEY_DESTROY, U32)
+class KeyDestroyRequest(_Request):
+    """KeyID u32."""
+
+    key_id: int
+
+
+@_request(RequestType.KEY_ROTATE, U32)
+class KeyRotateRequest(_Request):
+    """KeyID u32."""
+
+    key_id: int
+
+
+@_request(RequestType.KEY_LIST, U32)
+class KeyListRequest(_Request):
+    """Cursor u32: list keys whose id >= cursor."""
+
+    cursor: int = 0
+
+
+Request = Union[
+    AesEncryptRequest,
+    AesDecryptRequest,
+    MldsaSignRequest,
+    MldsaVerifyRequest,
+    MlkemKeygenRequest,
+    MlkemEncapsRequest,
+    MlkemDecapsRequest,
+    KeyGenerateRequest,
+    KeyImportRequest,
+    KeyExportPublicRequest,
+    KeyDestroyRequest,
+    KeyRotateRequest,
+    KeyListRequest,
+]
+
+REQUEST_CLASSES: dict[int, type] = {cls.TYPE: cls for cls in Request.__args__}  # type: ignore[attr-defined]
+
+
+def parse_request(frame: bytes | bytearray | memoryview) -> Request | Status:
+    """Decode one request frame, or return the status that rejects it.
+
+    In order (docs/crypto_protocol.md, "Validation order"):
+
+    1. INVALID_HEADER: under 8 bytes, magic != 0xC7, version != 0x01, flags != 0.
+    2. INVALID_TYPE: unknown request type.
+    3. PAYLOAD_TOO_LARGE: the header's *declared* length > 65536. Decided from
+       the 8 header bytes alone, before the payload is touched, so a huge
+       request costs O(1) to refuse and the transport can stop copying.
+    4. INVALID_PAYLOAD: declared length != bytes present, or the payload does
+       not fit its layout (fixed-size payloads must match exactly).
+
+    KEY_NOT_FOUND and everything after it need the key table: see service.py.
+    """
+    try:
+        view = memoryview(frame).cast("B")
+    except TypeError:  # not a flat byte buffer
+        return Status.INVALID_HEADER
+    if len(view) < HEADER_SIZE:
+        return Status.INVALID_HEADER
+    magic, version, rtype, flags, length = _HEADER.unpack_from(view)
+    if magic != REQUEST_MAGIC or version != VERSION or flags != 0:
+        return Status.INVALID_HEADER
+    cls = REQUEST_CLASSES.get(rtype)
+    if cls is None:
+        return Status.INVALID_TYPE
+    if length > MAX_PAYLOAD:
+        return Status.PAYLOAD_TOO_LARGE
+    if len(view) - HEADER_SIZE != length:
+        return Status.INVALID_PAYLOAD
+    try:
+        return cls.from_payload(view[HEADER_SIZE:])  # type: ignore[no-any-return]
+    except ValueError:
+        return Status.INVALID_PAYLOAD
+
+
+# --------------------------------------------------------------------------- responses
+
+
+@_response(_F("fixed", NONCE_SIZE), _F("rest"), _F("fixed", TAG_SIZE))
+class AesEncryptResponse(_Codec):
+    """Nonce(12) | Ciphertext | Tag(16)."""
+
+    nonce: bytes
+    ciphertext: bytes
+    tag: bytes
+
+
+@_response(_F("rest"))
+class AesDecryptResponse(_Codec):
+    """Plaintext."""
+
+    plaintext: bytes
+
+
+@_response(_F("rest"))
+class MldsaSignResponse(_Codec):
+    """Signature."""
+
+    signature: bytes
+
+
+@_response()
+class EmptyResponse(_Codec):
+    """No payload (MLDSA_VERIFY and KEY_DESTROY success)."""
+
+
+@_response(_F("fixed", SHARED_SECRET_SIZE), _F("rest"))
+class MlkemEncapsResponse(_Codec):
+    """SharedSecret(32) | Ciphertext."""
+
+    shared_secret: bytes
+    ciphertext: bytes
+
+
+@_response(_F("fixed", SHARED_SECRET_SIZE))
+class MlkemDecapsResponse(_Codec):
+    """SharedSecret(32)."""
+
+    shared_secret: bytes
+
+
+@_response(U32, KEY_TYPE, _F("u8", conv=KeyFlags), USAGE, U32)
+class KeyInfo(_Codec):
+    """KeyID u32 | KeyType u8 | Flags u8 | Usage u32 | Version u32 (14 bytes)."""
+
+    SIZE: ClassVar[int] = 14
+    key_id: int
+    key_type: KeyType
+    flags: KeyFlags
+    usage: Usage
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyResponse:
+    """KeyInfo(14) | PublicKey (empty for AES).
+
+    Answers MLKEM_KEYGEN, KEY_GENERATE, KEY_IMPORT, KEY_EXPORT_PUBLIC, KEY_ROTATE.
+    """
+
+    info: KeyInfo
+    public_key: bytes
+
+    def to_payload(self) -> bytes:
+        return self.info.to_payload() + self.public_key
+
+    @classmethod
+    def from_payload(cls, data: bytes | bytearray | memoryview) -> KeyResponse:
+        data = bytes(data)
+        return cls(KeyInfo.from_payload(data[: KeyInfo.SIZE]), data[KeyInfo.SIZE :])
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListResponse:
+    """Count u16 | NextCursor u32 (0 = no more) | Count x KeyInfo(14)."""
+
+    next_cursor: int
+    keys: tuple[KeyInfo, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.keys) > KEY_LIST_PAGE:
+            raise ValueError("too many keys for one page")
+
+    def to_payload(self) -> bytes:
+        head = len(self.keys).to_bytes(2, "little") + self.next_cursor.to_bytes(4, "little")
+        return head + b"".join(k.to_payload() for k in self.keys)
+
+    @classmethod
+    def from_payload(cls, data: bytes | bytearray | memoryview) -> KeyListResponse:
+        data = bytes(data)
+        if len(data) < 6:
+            raise ValueError("short KEY_LIST response")
+        count = int.from_bytes(data[:2], "little")
+        if len(data) != 6 + count * KeyInfo.SIZE:
+            raise ValueError("KEY_LIST count does not match the payload length")
+        keys = tuple(
+            KeyInfo.from_payload(data[6 + i * KeyInfo.SIZE : 6 + (i + 1) * KeyInfo.SIZE])
+            for i in range(count)
+        )
+        return cls(int.from_bytes(data[2:6], "little"), keys)
+
+
+Response = Union[
+    AesEncryptResponse,
+    AesDecryptResponse,
+    MldsaSignResponse,
+    EmptyResponse,
+    MlkemEncapsResponse,
+    MlkemDecapsResponse,
+    KeyResponse,
+    KeyListResponse,
+]
+
+RESPONSE_CLASSES: dict[RequestType, type] = {
+    RequestType.AES_ENCRYPT: AesEncryptResponse,
+    RequestType.AES_DECRYPT: AesDecryptResponse,
+    RequestType.MLDSA_SIGN: MldsaSignResponse,
+    RequestType.MLDSA_VERIFY: EmptyResponse,
+    RequestType.MLKEM_KEYGEN: KeyResponse,
+    RequestType.MLKEM_ENCAPS: MlkemEncapsResponse,
+    RequestType.MLKEM_DECAPS: MlkemDecapsResponse,
+    RequestType.KEY_GENERATE: KeyResponse,
+    RequestType.KEY_IMPORT: KeyResponse,
+    RequestType.KEY_EXPORT_PUBLIC: KeyResponse,
+    RequestType.KEY_DESTROY: EmptyResponse,
+    RequestType.KEY_ROTATE: KeyResponse,
+    RequestType.KEY_LIST: KeyListResponse,
+}
+
+
+def encode_response(status: Status, body: Response | None = None) -> bytes:
+    """Response frame: C8 | 01 | Status | 00 | u32 LE length | payload.
+
+    An error status always goes out with an empty payload.
+    """
+    payload = body.to_payload() if (body is not None and status == Status.SUCCESS) else b""
+    return _HEADER.pack(RESPONSE_MAGIC, VERSION, status, 0, len(payload)) + payload
+
+
+def parse_response(
+    frame: bytes | bytearray | memoryview, request_type: RequestType
+) -> tuple[Status | int, Response | None]:
+    """Client side: (status, decoded body or None) from a response frame.
+
+    The status comes back as a plain ``int`` if it is not a known ``Status``.
+    Raises ResponseError for anything that is not a well-formed response.
+    """
+    view = memoryview(frame).cast("B")
+    if len(view) < HEADER_SIZE:
+        raise ResponseError("response shorter than its header")
+    magic, version, raw_status, flags, length = _HEADER.unpack_from(view)
+    if magic != RESPONSE_MAGIC or version != VERSION or flags != 0:
+        raise ResponseError("bad response magic, version or flags")
+    if len(view) - HEADER_SIZE != length:
+        raise ResponseError("response length field does not match the frame")
+    status: Status | int = Status(raw_status) if raw_status in Status._value2member_map_ else raw_status
+    if status != Status.SUCCESS:
+        if length:
+            raise ResponseError("error response with a payload")
+        return status, None
+    try:
+        body = RESPONSE_CLASSES[request_type].from_payload(view[HEADER_SIZE:])
+    except ValueError as exc:
+        raise ResponseError(f"malformed {request_type.name} response: {exc}") from exc
+    return status, body
