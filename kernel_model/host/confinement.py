@@ -25,8 +25,10 @@ def policy_for(task: Task, index: int, workdir: Path, decl: TaskDecl | None) -> 
     slot = (os.getpid() % 1000) * TASKS_PER_KERNEL + index % TASKS_PER_KERNEL
     policy = ConfinementPolicy.for_task(3, slot, writable_dir=str(workdir), parent_pid=os.getpid(),
                                         network=bool(decl and decl.connect))
-    if policy.uid is not None:
-        os.chown(workdir, policy.uid, policy.gid if policy.gid is not None else policy.uid)
+    if policy.uid is not None:  # the work dir (and what earlier runs left in it) belongs to this incarnation
+        gid = policy.gid if policy.gid is not None else policy.uid
+        for path in [workdir, *workdir.rglob("*")]:
+            os.chown(path, policy.uid, gid, follow_symlinks=False)
     record = policy.to_record()
     record["report"] = index == 1  # the first task reports what is enforced, for the boot log
     return record

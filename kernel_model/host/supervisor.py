@@ -314,6 +314,7 @@ class Supervisor:
         record = dict(record)
         workdir = self.run_dir / (task.name or f"task{task.id}")
         workdir.mkdir(parents=True, exist_ok=True)
+        workdir.chmod(0o700)  # private to the task (its uid owns it once confined)
         record["workdir"] = str(workdir)
         if self.confinement is not None:
             decl = next((t for t in self.loaded.image.tasks if t.name == task.name), None) \
