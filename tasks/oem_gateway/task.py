@@ -1,0 +1,68 @@
+"""The OEM gateway: the integrator's own code, using the WvdS crypto service and est_service.
+
+This is the part a real integrator replaces with their gateway; it shows the
+calls they make. It holds no key: every operation goes through its one
+capability to the crypto service (a gate plus a shared dataspace), and its
+device certificate comes from est_service. Config::
+
+    config:
+      crypto: {gate: crypto, shm: crypto_shm}
+      est: {gate: est, shm: est_shm}      # optional
+      enrollment_wait_s: 60               # how long to wait for est_service's first certificate
+      payload_kib: 200                     # size of the chunked-encryption demo
+"""
+from __future__ import annotations
+
+import hashlib
+
+from tasks.crypto_service.client import CryptoClient
+from tasks.crypto_service.protocol import KeyType
+from tasks.runtime.shm import ShmClient
+
+
+def crypto_client(env) -> CryptoClient:
+    caps = env.config.get("crypto", {"gate": "crypto", "shm": "crypto_shm"})
+    shm = ShmClient(env, env.cap(caps["gate"]), env.cap(caps["shm"]), timeout_us=60_000_000)
+    # backoff on RATE_LIMITED sleeps in the kernel (a receive timeout), not in Python
+    return CryptoClient(shm.transact, sleep=lambda s: env.sleep(int(s * 1_000_000)))
+
+
+def run_crypto_demo(env, crypto: CryptoClient) -> None:
+    aes = crypto.generate_key(KeyType.AES_256).info.key_id
+    sealed = crypto.encrypt(aes, b"temperature=21.5C", aad=b"device-42")
+    assert crypto.decrypt(aes, sealed.nonce, sealed.ciphertext, sealed.tag, aad=b"device-42") == b"temperature=21.5C"
+    env.log(f"AES-256-GCM: key {aes}, service-chosen nonce {sealed.nonce.hex()}, round trip ok")
+
+    size = int(env.config.get("payload_kib", 200)) * 1024
+    blob = hashlib.shake_256(b"firmware").digest(size)
+    chunked = crypto.encrypt_chunked(aes, blob, aad=b"fw-1.2.3")
+    assert crypto.decrypt_chunked(aes, chunked, aad=b"fw-1.2.3") == blob
+    env.log(f"chunked AES-256-GCM: {size // 1024} KiB in {len(chunked.chunks)} chunks, round trip ok")
+
+    signer = crypto.generate_key(KeyType.MLDSA_65).info.key_id
+    signature = crypto.sign(signer, b"telemetry batch 7", context=b"oem")
+    assert crypto.verify(signer, b"telemetry batch 7", signature, context=b"oem")
+    assert not crypto.verify(signer, b"telemetry batch 8", signature, context=b"oem")
+    public = crypto.export_public(signer)
+    env.log(f"ML-DSA-65: {len(signature)}-byte signature verified; public key {len(public.public_key)} bytes exported")
+
+    kem = crypto.kem_keygen(KeyType.MLKEM_768).info.key_id
+    encaps = crypto.kem_encaps(kem)
+    assert crypto.kem_decaps(kem, encaps.ciphertext) == encaps.shared_secret
+    env.log(f"ML-KEM-768: encapsulated and decapsulated, shared secrets match ({len(encaps.shared_secret)} bytes)")
+    env.log(f"keys in the service: {len(crypto.list_keys())} (secret material never left it)")
+
+
+def main(env) -> int:
+    crypto = crypto_client(env)
+    try:
+        run_crypto_demo(env, crypto)
+    except AssertionError as exc:
+        env.log(f"crypto demo FAILED: {exc!r}")
+        return 1
+    if "est" in env.config:
+        from tasks.oem_gateway.enrollment import show_certificate
+        if not show_certificate(env, env.config["est"], float(env.config.get("enrollment_wait_s", 60))):
+            return 1
+    env.log("gateway done")
+    return 0
