@@ -59,6 +59,7 @@ class ShmPeer:
     name: str
     label: int
     region: Region
+    last_response: int = 0  # bytes of the previous response still in the response area
 
     @property
     def half(self) -> int:
@@ -94,13 +95,14 @@ def serve_shm(env, peers: dict[int, ShmPeer], handle: Callable[[ShmPeer, bytes],
             msg = env.reply_and_wait(-int(Err.EMSGTOOLONG))
             continue
         request = peer.region.read(0, length)
-        peer.region.write(peer.half, bytes(peer.half))  # the previous response is gone
+        peer.region.write(peer.half, bytes(peer.last_response))  # the previous response is gone
         peer.region.write(0, bytes(length))  # done with the request area
         response = handle(peer, request)
         if len(response) > peer.half:
             msg = env.reply_and_wait(-int(Err.EMSGTOOLONG))
             continue
         peer.region.write(peer.half, response)
+        peer.last_response = len(response)
         msg = env.reply_and_wait(0, len(response))
 
 
