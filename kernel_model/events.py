@@ -83,8 +83,28 @@ class Revoked:
 
 
 @dataclasses.dataclass(frozen=True)
+class MemoryRetired:
+    """Copy ``old``'s bytes into the new object ``new`` (a fresh memfd); ``old`` is never mapped again."""
+
+    old: Memory
+    new: Memory
+
+
+@dataclasses.dataclass(frozen=True)
+class Remapped:
+    """The mapping at ``address`` in ``task`` now has ``memory`` as its backing (send the new fd)."""
+
+    task: Task
+    address: int
+    memory: Memory
+    offset: int
+    size: int
+    rights: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Denied:
     violation: Violation
 
 
-Effect = Deliver | Spawn | Kill | Console | MemoryCreated | Revoked | Denied
+Effect = Deliver | Spawn | Kill | Console | MemoryCreated | Revoked | MemoryRetired | Remapped | Denied

@@ -31,8 +31,8 @@ from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_r
 from kernel_model import invoke
 from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, PAGE_SIZE, EnvSlot, IpcError, IpcFlags, MsgTag, Proto,
                               sel, timeout_to_us)
-from kernel_model.events import (Console, Deliver, Denied, Effect, Kill, MemoryCreated, Revoked, Rule, Spawn,
-                                 Violation)
+from kernel_model.events import (Console, Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
+                                 Revoked, Rule, Spawn, Violation)
 from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, ObjType, Task,
                                   Thread, ThreadState)
 from kernel_model.wire import Invocation, ItemKind, RecvItem, Result, WireError, decode_invocation
@@ -66,6 +66,9 @@ class Kernel:
         self._blocked: set[Thread] = set()
         self.ipc_count = 0
         self.irqs: list[Irq] = []
+        self._retiring: dict[int, Memory] = {}  # memory a live task lost but still has mapped
+        self._current: Thread | None = None  # the thread whose syscall is being handled
+        self._held: list[Deliver] = []  # results held back from holders of memory being retired
         self.sigma0: Task | None = None
         self.moe: Task | None = None
 
@@ -130,7 +133,11 @@ class Kernel:
             self._complete(thread, Result(error=IpcError.SEABORTED))
             return self._take()
         self.ipc_count += 1
-        self._ipc(thread, inv)
+        self._current = thread
+        try:
+            self._ipc(thread, inv)
+        finally:
+            self._current = None
         return self._take()
 
     def expire(self, now: int) -> list[Effect]:
@@ -441,6 +448,11 @@ class Kernel:
             task = self.tasks.get(space)
             if task is not None and task.alive and task.started:
                 self._effects.append(Revoked(task, tuple(addrs)))
+                # The task's process still has the old backing mapped, whatever it does with the
+                # notice: retire the backing and move the remaining holders to a copy.
+                for node in removed:
+                    if node.kind is Kind.MEMORY and node.space == space and self.db.holders(node.obj):
+                        self._retiring[node.obj.id] = node.obj
 
     # ------------------------------------------------------- thread bookkeeping
     def _block(self, thread: Thread, state: ThreadState, source, timeout_us: int | None) -> None:
@@ -519,8 +531,50 @@ class Kernel:
         self._effects.append(Denied(v))
 
     def _take(self) -> list[Effect]:
-        out, self._effects = self._effects, []
-        return out
+        pending, self._effects, self._held = self._held + self._effects, [], []
+        waiting = {eff.task.id for eff in pending if isinstance(eff, Deliver)}  # blocked until we deliver
+        retired = self._retire_ready(waiting)
+        busy = {n.space for mem in self._retiring.values() for n in self.db.holders(mem)}
+        out: list[Effect] = []
+        for eff in pending:
+            if isinstance(eff, Deliver) and eff.task.id in busy and eff.task.alive:
+                self._held.append(eff)  # a holder stays in the kernel until the retirement is done
+            else:
+                out.append(eff)
+        return retired + out
+
+    def _retire_ready(self, waiting: set[int]) -> list[Effect]:
+        """Retire-and-replace memory whose remaining holders are all inside the kernel right now.
+
+        A holder blocked in IPC (or in the syscall being handled, or with its result
+        still held back) cannot touch memory until it returns, and its runtime applies
+        the ``Remapped`` notice before the result: so the copy is consistent and no
+        holder loses a write. A holder running user code delays the retirement until
+        it enters the kernel; until then results for holders are held back (``_take``),
+        so revocation has completed when the revoker's unmap returns (l4re.md §3).
+        Ordered before the other effects, so notices reach tasks before their results.
+        """
+        effects: list[Effect] = []
+        for mem_id, old in list(self._retiring.items()):
+            holders = [n for n in self.db.holders(old) if n.live]
+            if not holders:
+                del self._retiring[mem_id]
+                continue
+            threads = [t for n in holders for t in self.tasks[n.space].threads] if all(
+                n.space in self.tasks for n in holders) else []
+            if any(t.state is ThreadState.RUNNING and t is not self._current and t.task.id not in waiting
+                   for t in threads):
+                continue
+            del self._retiring[mem_id]
+            new = Memory(name=old.name, size=old.size, phys=old.phys)
+            old.alive = False
+            effects.append(MemoryRetired(old, new))
+            for node in holders:
+                node.obj = new
+                task = self.tasks[node.space]
+                if task.alive and task.started:
+                    effects.append(Remapped(task, node.index, new, node.offset, node.size, node.rights))
+        return effects
 
     # ------------------------------------------------------------ introspection
     def task_by_name(self, name: str) -> Task:

@@ -18,6 +18,7 @@ Layouts (little-endian)::
               dest = offset into the memory object), then data
   Boot        B kind=3 | 7x pad | data = JSON boot record
   Revoke      B kind=4 | B 0 | H n | I 0 | n x Q virtual address
+  Remap       B kind=5 | B 0 | H rights | I 0 | Q address | Q size | Q offset  (+ the new fd)
 
 A frame that does not parse raises ``WireError``; the kernel answers it by
 treating the task as faulted, never by crashing.
@@ -37,6 +38,7 @@ class FrameKind(enum.IntEnum):
     RESULT = 2
     BOOT = 3
     REVOKE = 4
+    REMAP = 5
 
 
 class ItemKind(enum.IntEnum):
@@ -138,6 +140,22 @@ class Revoke:
         return _REV.pack(FrameKind.REVOKE, 0, len(self.addresses), 0) + struct.pack(f"<{len(self.addresses)}Q", *self.addresses)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Remap:
+    """The mapping at ``address`` has a new backing object: the fd that comes with this frame."""
+
+    address: int
+    size: int
+    offset: int
+    rights: int
+
+    def encode(self) -> bytes:
+        return _REMAP.pack(FrameKind.REMAP, 0, self.rights, 0, self.address, self.size, self.offset)
+
+
+_REMAP = struct.Struct("<BBHIQQQ")
+
+
 def _pack_item(item: Item) -> bytes:
     return _ITEM.pack(item.kind, 1 if item.grant else 0, item.rights & 0xFFFF, 0, item.index, item.size, item.dest)
 
@@ -170,7 +188,7 @@ def decode_invocation(frame: bytes) -> Invocation:
                       timeout, label, rcv_obj, mem_base, mem_size)
 
 
-def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke:
+def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke | Remap:
     """Parse a frame from the kernel (task side)."""
     if not frame:
         raise WireError("empty frame")
@@ -189,4 +207,7 @@ def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke:
     if kind == FrameKind.REVOKE:
         _k, _z, n, _p = _REV.unpack_from(frame)
         return Revoke(struct.unpack_from(f"<{n}Q", frame, _REV.size))
+    if kind == FrameKind.REMAP:
+        _k, _z, rights, _p, address, size, offset = _REMAP.unpack_from(frame)
+        return Remap(address, size, offset, rights)
     raise WireError(f"unknown kernel frame kind {kind}")

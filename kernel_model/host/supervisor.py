@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Callable
 
 from capabilities.image import TaskDecl
-from kernel_model.events import Console, Deliver, Denied, Kill, MemoryCreated, Revoked, Spawn
+from kernel_model.events import (Console, Deliver, Denied, Kill, MemoryCreated, MemoryRetired, Remapped, Revoked,
+                                 Spawn)
 from kernel_model.host.console import ConsoleSink
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
-from kernel_model.wire import Boot, Revoke
+from kernel_model.wire import Boot, Remap, Revoke
 
 MAX_FRAME = 64 * 1024
 EOF_GRACE_S = 1.0  #: a task that closed its channel but lives on is killed after this
@@ -257,6 +258,11 @@ class Supervisor:
                 self._create_memory(eff.memory)
             elif isinstance(eff, Revoked):
                 self._send(eff.task, Revoke(eff.addresses).encode(), [])
+            elif isinstance(eff, MemoryRetired):
+                self._retire_memory(eff.old, eff.new)
+            elif isinstance(eff, Remapped):
+                fd = self._fd_for(eff.memory, bool(eff.rights & 0x2))
+                self._send(eff.task, Remap(eff.address, eff.size, eff.offset, eff.rights).encode(), [fd])
             elif isinstance(eff, Denied):
                 self.console.violation(eff.violation)
 
@@ -295,6 +301,23 @@ class Supervisor:
             os.pwrite(fd, mem.content, 0)
         os.fchmod(fd, 0o600)  # a task running under another uid cannot reopen it via /proc
         self.memfds[mem.id] = fd
+
+    def _retire_memory(self, old: Memory, new: Memory) -> None:
+        """Copy the old backing into a fresh memfd; the old one is closed here (holders' mmaps keep it alive
+        only in the processes that were told to let go)."""
+        self._create_memory(new)
+        src, dst = self.memfds.pop(old.id), self.memfds[new.id]
+        offset = 0
+        while offset < old.size:
+            chunk = os.pread(src, min(1 << 20, old.size - offset), offset)
+            if not chunk:
+                break
+            os.pwrite(dst, chunk, offset)
+            offset += len(chunk)
+        os.close(src)
+        ro = self.ro_fds.pop(old.id, None)
+        if ro is not None:
+            os.close(ro)
 
     def _fd_for(self, mem: Memory, writable: bool) -> int:
         fd = self.memfds[mem.id]

@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Callable
 
-from kernel_model.wire import Boot, Invocation, Result, Revoke, decode_kernel_frame
+from kernel_model.wire import Boot, Invocation, Remap, Result, Revoke, decode_kernel_frame
 
 CHANNEL_FD = 3
 MAX_FRAME = 64 * 1024
@@ -27,6 +27,7 @@ class KernelChannel:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.on_revoke: Callable[[Revoke], None] | None = None
+        self.on_remap: Callable[[Remap, int], None] | None = None
 
     @classmethod
     def inherited(cls, fd: int = CHANNEL_FD) -> "KernelChannel":
@@ -66,6 +67,12 @@ class KernelChannel:
                     os.close(fd)
                 if self.on_revoke is not None:
                     self.on_revoke(frame)
+                continue
+            if isinstance(frame, Remap):
+                if self.on_remap is not None and fds:
+                    self.on_remap(frame, fds.pop(0))
+                for fd in fds:
+                    os.close(fd)
                 continue
             if isinstance(frame, Result):
                 return frame, fds

@@ -12,8 +12,9 @@ import dataclasses
 import struct
 from typing import Iterable
 
+from capabilities.rights import MemRights
 from kernel_model.abi import (INVALID_CAP, MR_BYTES, DataspaceOp, EnvSlot, Err, FactoryOp, GateOp, IpcError,
-                              IpcFlags, IrqOp, LogOp, MsgTag, NamespaceOp, Proto, sel, timeouts)
+                              IpcFlags, IrqOp, LogOp, MsgTag, NamespaceOp, Proto, TaskOp, UnmapMask, sel, timeouts)
 from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke
 from tasks.runtime.channel import KernelChannel
 from tasks.runtime.memory import Region, RegionManager
@@ -110,6 +111,8 @@ class Env:
         self._next_slot = int(record.get("first_free", 64))
         self.log = Log(self)
         channel.on_revoke = self._on_revoke
+        channel.on_remap = lambda notice, fd: self.memory.remap(notice.address, fd, notice.size, notice.offset,
+                                                                notice.rights)
         # Root tasks start with boot modules mapped (read-only), described in the record.
         self.modules: dict[str, Region] = {}
         for mod, fd in zip(record.get("modules", []), boot_fds or []):
@@ -210,12 +213,15 @@ class Env:
             raise IpcFailed(-Err.EPERM, "map dataspace: nothing was mapped")
         return msg.regions[0]
 
-    def unmap(self, region: Region) -> None:
-        from kernel_model.abi import TaskOp, UnmapMask
-        from capabilities.rights import MemRights
-        self.call(sel(EnvSlot.TASK), Proto.TASK, TaskOp.UNMAP, UnmapMask.ALL_SPACES, ItemKind.MEMORY,
-                  region.address, region.size, int(MemRights.R | MemRights.W | MemRights.X))
-        self.memory.revoke(region.address)
+    def unmap(self, region: Region, *, only_others: bool = False) -> int:
+        """Unmap ``region`` (and everything mapped from it). ``only_others``: revoke only what this
+        task handed out (L4_FP_OTHER_SPACES) and keep its own mapping."""
+        mask = UnmapMask.OTHER_SPACES if only_others else UnmapMask.ALL_SPACES
+        status = self.call(sel(EnvSlot.TASK), Proto.TASK, TaskOp.UNMAP, mask, ItemKind.MEMORY, region.address,
+                           region.size, int(MemRights.R | MemRights.W | MemRights.X)).status
+        if not only_others:
+            self.memory.revoke(region.address)
+        return status
 
     def rom(self, name: str, namespace: str = "rom") -> int:
         """Look a boot module up in Moe's rom namespace; returns a read-only dataspace cap."""

@@ -68,6 +68,24 @@ class RegionManager:
         self.regions[item.index] = region
         return region
 
+    def remap(self, address: int, fd: int, size: int, offset: int, rights: int) -> None:
+        """The kernel moved this mapping to a new backing object (another holder lost access)."""
+        region = self.regions.get(address)
+        if region is None:
+            os.close(fd)
+            return
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if rights & MemRights.W else 0)
+        try:
+            new = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=prot, offset=offset)
+        finally:
+            os.close(fd)
+        old, region.map = region.map, new
+        if old is not None:
+            try:
+                old.close()
+            except BufferError:
+                pass
+
     def revoke(self, address: int) -> None:
         region = self.regions.pop(address, None)
         if region is not None and region.map is not None:

@@ -16,6 +16,10 @@ Verbs:
   mmap_rw:CAP                  map read-only, then try mmap(PROT_WRITE) on the fd the kernel passed
   alloc:SIZE                   allocate a dataspace from Moe (memory quota)
   fds                          report open fds, environment and argv
+  recvmem:CAP                  call a server that maps memory back; keep our own reference to it
+  ignore_revoke                ignore the kernel's unmap notices from now on
+  peek / poke:TEXT             read / write that memory through our own reference
+  callblob:CAP                 call and report the reply's data
   reply                        reply although nobody called
   exit:CODE / crash            leave
 """
@@ -30,6 +34,9 @@ import sys
 from kernel_model.abi import INVALID_CAP, DataspaceOp, IpcError, IpcFlags, MsgTag, Proto, timeouts
 from kernel_model.wire import Invocation
 from tasks.runtime.env import pack
+
+
+STATE: dict = {}
 
 
 def _sel(env, text: str) -> int:
@@ -80,6 +87,24 @@ def run(env, verb: str, args: list[str]) -> dict:
     if verb == "alloc":
         msg = env.call(0x9000, -15, 0x4000, int(args[0], 0), rcv_cap=env.alloc_slot())
         return _msg(msg)
+    if verb == "recvmem":  # ask a server to map memory to us
+        msg = env.call(_sel(env, args[0]), 0x100, 1, rcv_mem=4096, timeout_us=5_000_000)
+        if msg.regions:
+            STATE["region"] = msg.regions[0]
+            STATE["raw"] = msg.regions[0].map  # our own reference: what a task that ignores unmap keeps
+        return {**_msg(msg), "mapped": bool(msg.regions),
+                "first": msg.regions[0].read(0, 8).decode(errors="replace") if msg.regions else ""}
+    if verb == "ignore_revoke":  # our code ignores the kernel's unmap notices
+        env.channel.on_revoke = None
+        return {"ignoring": True}
+    if verb == "peek":
+        return {"data": STATE["raw"][0:8].decode(errors="replace")}
+    if verb == "poke":
+        STATE["raw"][0:len(args[0])] = args[0].encode()
+        return {"poked": args[0]}
+    if verb == "callblob":
+        msg = env.call(_sel(env, args[0]), 0x100, 3, timeout_us=5_000_000)
+        return {**_msg(msg), "blob": msg.data.rstrip(b"\0").decode(errors="replace")}
     if verb == "fds":
         fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
         targets = {}
