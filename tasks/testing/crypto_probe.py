@@ -3,7 +3,8 @@
 The frames come from a boot module (``args[0]`` names it): a JSON list of
 ``{"hex": "...", "repeat": n}``. Each entry logs ``RESULT {"i", "status",
 "statuses" (for repeats), "response" (hex, when short)}``. ``args[1]`` (optional)
-names the gate/shm caps prefix (default ``crypto``).
+names the gate/shm caps prefix (default ``crypto``); an entry's ``via`` picks another one
+(one task holding two gates is two clients to the service).
 """
 import collections
 import json
@@ -16,8 +17,12 @@ def main(env) -> int:
     size = env.dataspace_size(rom)
     script = json.loads(env.map_dataspace(rom).read(0, size).decode())
     prefix = env.args[1] if len(env.args) > 1 else "crypto"
-    client = ShmClient(env, env.cap(prefix), env.cap(f"{prefix}_shm"), timeout_us=30_000_000)
+    clients: dict[str, ShmClient] = {}
     for i, entry in enumerate(script):
+        via = entry.get("via", prefix)  # which of our crypto capabilities (gates) to use
+        if via not in clients:
+            clients[via] = ShmClient(env, env.cap(via), env.cap(f"{via}_shm"), timeout_us=30_000_000)
+        client = clients[via]
         frame = bytes.fromhex(entry["hex"])
         statuses = collections.Counter()
         response = b""

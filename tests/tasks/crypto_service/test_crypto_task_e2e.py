@@ -93,7 +93,7 @@ def test_crypto_error_from_exhausted_nonce_counters_in_the_store(boot, tmp_path)
     key.nonce_lease = COUNTER_LIMIT
     store_dir = tmp_path / "run" / "crypto"
     store_dir.mkdir(parents=True)
-    FileKeyStore(store_dir / "keys.store", bytearray(kek)).save([key], 6)
+    FileKeyStore(store_dir / "keys.store.client", bytearray(kek)).save([key], 6)
     system = boot(IMAGE, files={"script.json": json.dumps([{"hex": p.AesEncryptRequest(5, b"", b"x").encode().hex()}])})
     assert system.run(timeout=120) == 0, system.console.text()
     assert [r["status"] for r in system.results("client")] == [Status.CRYPTO_ERROR]
@@ -102,8 +102,56 @@ def test_crypto_error_from_exhausted_nonce_counters_in_the_store(boot, tmp_path)
 def test_keys_survive_a_restart_and_stay_encrypted_at_rest(boot, tmp_path):
     frames = [p.KeyImportRequest(9, KeyType.AES_256, ALL, KeyFormat.SECRET, KEY).encode()]
     boot_script(boot, tmp_path, [{"hex": f.hex()} for f in frames])
-    stored = (tmp_path / "run" / "crypto" / "keys.store").read_bytes()
+    stored = (tmp_path / "run" / "crypto" / "keys.store.client").read_bytes()
     assert KEY not in stored and stored[:4] == b"L4KS"
     enc = p.AesEncryptRequest(9, b"", b"after restart").encode()
     _, results = boot_script(boot, tmp_path, [{"hex": enc.hex()}])  # same work dir: the store is reloaded
     assert results[0]["status"] == Status.SUCCESS
+
+
+TWO_CLIENTS = """
+name: crypto-clients
+run: {until: [client]}
+modules:
+  script: script.json
+objects:
+  crypto: {type: gate}
+  crypto_shm: {type: dataspace, size: 160KiB}
+  crypto_b: {type: gate}
+  crypto_b_shm: {type: dataspace, size: 160KiB}
+tasks:
+  crypto:
+    program: crypto_service.task
+    config:
+      clients:
+        a: {gate: crypto, shm: crypto_shm}
+        b: {gate: crypto_b, shm: crypto_b_shm, allow: [KEY_LIST, KEY_IMPORT, AES_DECRYPT]}
+    caps: {crypto: "crypto:svr", crypto_shm: "crypto_shm:rw", crypto_b: "crypto_b:svr",
+           crypto_b_shm: "crypto_b_shm:rw"}
+  client:
+    program: testing.crypto_probe
+    args: [script]
+    caps: {crypto: "crypto:rw", crypto_shm: "crypto_shm:rw", crypto_b: "crypto_b:rw",
+           crypto_b_shm: "crypto_b_shm:rw", rom: "rom:r"}
+"""
+
+
+def test_clients_have_separate_key_namespaces_and_per_operation_allowlists(boot):
+    entries = [
+        {"via": "crypto", "hex": p.KeyImportRequest(7, KeyType.AES_256, ALL, KeyFormat.SECRET, KEY).encode().hex()},
+        {"via": "crypto", "hex": p.AesEncryptRequest(7, b"", b"a's data").encode().hex()},
+        {"via": "crypto_b", "hex": p.AesEncryptRequest(7, b"", b"x").encode().hex()},  # not in b's allowlist
+        {"via": "crypto_b", "hex": p.KeyListRequest(0).encode().hex()},
+        {"via": "crypto_b", "hex": (b"\xc6" + p.AesEncryptRequest(7, b"", b"x").encode()[1:]).hex()},
+        # key 7 exists for a; through b the same id names nothing (shared ids would give DECRYPTION_FAILED)
+        {"via": "crypto_b", "hex": p.AesDecryptRequest(7, b"", bytes(12), b"zz", bytes(16)).encode().hex()},
+        {"via": "crypto", "hex": p.AesDecryptRequest(7, b"", bytes(12), b"zz", bytes(16)).encode().hex()},
+    ]
+    system = boot(TWO_CLIENTS, files={"script.json": json.dumps(entries)})
+    assert system.run(timeout=120) == 0, system.console.text()
+    imported, encrypted, denied, listing, bad_magic, via_b, via_a = system.results("client")
+    assert (imported["status"], encrypted["status"]) == (Status.SUCCESS, Status.SUCCESS)
+    assert denied["status"] == Status.POLICY_DENIED
+    assert p.parse_response(bytes.fromhex(listing["response"]), p.RequestType.KEY_LIST)[1].keys == ()  # b sees none
+    assert bad_magic["status"] == Status.INVALID_HEADER  # header checks still come first
+    assert via_b["status"] == Status.KEY_NOT_FOUND and via_a["status"] == Status.DECRYPTION_FAILED
