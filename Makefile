@@ -1,6 +1,7 @@
 # Thin wrappers: each target is one command. `make boot` and `make test` set up
 # everything themselves (Debian packages, .venv) on a fresh machine.
-IMAGE ?= images/hello.yaml
+IMAGE ?= images/wvds.yaml
+BOOT_ARGS ?= --est-ca 127.0.0.1:8443
 VENV := .venv/bin
 
 .PHONY: setup boot test bench lint clean
@@ -9,7 +10,7 @@ setup:
 	./bootstrap.sh
 
 boot: setup
-	$(VENV)/l4emu boot $(IMAGE)
+	$(VENV)/l4emu boot $(IMAGE) $(BOOT_ARGS)
 
 test: setup
 	$(VENV)/python -m pytest

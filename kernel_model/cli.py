@@ -9,7 +9,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from rich.markup import escape
+
 from capabilities.image import ImageError
+from kernel_model.host.boot import BootError
 
 
 class Exit(enum.IntEnum):
@@ -39,7 +42,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from kernel_model.host.boot import boot_image
 
     return boot_image(Path(args.image), dump_caps=args.dump_caps, confine=not args.no_confine,
-                      timeout_s=args.timeout)
+                      timeout_s=args.timeout, est_ca=args.est_ca)
 
 
 def cmd_est_ca(args: argparse.Namespace) -> int:
@@ -70,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not confine task processes by the OS (namespaces, uid, seccomp); for debugging")
     boot.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                       help="stop the system after this many seconds (exit status 124)")
+    boot.add_argument("--est-ca", metavar="HOST:PORT", default=None,
+                      help="first start the development EST CA on this loopback address (state in var/est-ca; "
+                           "its trust anchor var/est-ca/ca.crt is what images/wvds.yaml boots with)")
     boot.set_defaults(func=cmd_boot)
     est = sub.add_parser(
         "est-ca", help="run the development EST certificate authority (the device's environment)",
@@ -89,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except ImageError as exc:
         for problem in exc.problems:
-            err.print(f"[bold red]error[/]: {problem}", markup=True, highlight=False)
+            err.print(f"[bold red]error[/]: {escape(str(problem))}", markup=True, highlight=False)
+        return Exit.BAD_INPUT
+    except BootError as exc:
+        err.print(f"[bold red]error[/]: {escape(str(exc))}")
         return Exit.BAD_INPUT
     except KeyboardInterrupt:
         return 130

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import contextlib
+
 from rich.console import Console
 
 from kernel_model.host.console import RichConsole
-from kernel_model.host.images import load_image
+from kernel_model.host.images import PROJECT_ROOT, load_image
 from kernel_model.host.supervisor import Supervisor, now_us
 from kernel_model.objects import ThreadState
 
@@ -23,10 +25,41 @@ def boot_complete(sup: Supervisor) -> bool:
 
 
 def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, timeout_s: float | None = None,
-               console: Console | None = None) -> int:
-    loaded = load_image(path)  # raises ImageError before anything starts
+               console: Console | None = None, est_ca: str | None = None) -> int:
     out = console or Console(highlight=False, soft_wrap=True)
     sink = RichConsole(out)
+    with contextlib.ExitStack() as stack:
+        if est_ca:  # the device's environment: started first, its trust anchor is a boot module
+            stack.enter_context(start_est_ca(est_ca, sink))
+        return _boot(path, sink, out, dump_caps=dump_caps, confine=confine, timeout_s=timeout_s)
+
+
+@contextlib.contextmanager
+def start_est_ca(address: str, sink: RichConsole):
+    from hil.est_ca import EstCa, serve
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise BootError(f"--est-ca expects HOST:PORT, got {address!r}")
+    ca = EstCa(PROJECT_ROOT / "var" / "est-ca")
+    try:
+        server = serve(ca, host, int(port))
+    except Exception as exc:  # noqa: BLE001 - e.g. the port is taken: say so, start nothing
+        raise BootError(f"cannot start the development EST CA on {address}: {exc}") from None
+    sink.kernel(f"development EST CA at {server.url} (trust anchor {ca.ca_cert_path})")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class BootError(Exception):
+    """Something around the boot (not the image) is wrong; nothing was started."""
+
+
+def _boot(path: Path, sink: RichConsole, out: Console, *, dump_caps: bool, confine: bool,
+          timeout_s: float | None) -> int:
+    loaded = load_image(path)  # raises ImageError before anything starts
     from kernel_model.host.confinement import policy_for
     with Supervisor(loaded, sink, confinement=policy_for if confine else None) as sup:
         sup.handle_signals()
