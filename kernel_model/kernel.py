@@ -576,6 +576,18 @@ class Kernel:
                     effects.append(Remapped(task, node.index, new, node.offset, node.size, node.rights))
         return effects
 
+    def inject_irq(self, name: str) -> list[Effect]:
+        """Trigger the IRQ object called ``name`` from outside (as a debugger or a device would)."""
+        irq = next(q for q in self.irqs if q.name == name and q.alive)
+        irq.triggers += 1
+        if irq.thread is not None and irq.thread.state is not ThreadState.DEAD:
+            if irq.pending:
+                irq.coalesced += 1
+            else:
+                irq.pending = True
+                self._post_async(irq.thread, AsyncMessage(irq.label, MsgTag(0), irq=irq))
+        return self._take()
+
     # ------------------------------------------------------------ introspection
     def task_by_name(self, name: str) -> Task:
         matches = [t for t in self.tasks.values() if t.name == name and t.alive]

@@ -389,6 +389,10 @@ class Supervisor:
         self._close_fd(proc.pidfd)
         self._close_fd(proc.err_fd)
 
+    def inject_irq(self, name: str) -> None:
+        """Trigger a named IRQ object from outside the system (tests, a simulated device)."""
+        self._apply(self.kernel.inject_irq(name))
+
     def process(self, name: str) -> TaskProcess:
         """The live process of the task called ``name`` (tests use it to kill a task)."""
         for proc in self.procs.values():

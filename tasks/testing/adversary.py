@@ -20,6 +20,10 @@ Verbs:
   ignore_revoke                ignore the kernel's unmap notices from now on
   peek / poke:TEXT             read / write that memory through our own reference
   callblob:CAP                 call and report the reply's data
+  await:IRQ                    bind IRQ and wait until it fires (the test's "go")
+  net:HOST:PORT                connect a TCP socket ourselves
+  kill_parent / read_mem:parent|PID / write_file:PATH   host-level escapes
+  raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
   reply                        reply although nobody called
   exit:CODE / crash            leave
 """
@@ -105,6 +109,55 @@ def run(env, verb: str, args: list[str]) -> dict:
     if verb == "callblob":
         msg = env.call(_sel(env, args[0]), 0x100, 3, timeout_us=5_000_000)
         return {**_msg(msg), "blob": msg.data.rstrip(b"\0").decode(errors="replace")}
+    if verb == "await":  # bind an IRQ and wait for it: the test says "go"
+        env.bind_irq(_sel(env, args[0]), 0x50)
+        return _msg(env.receive(_sel(env, args[0])))
+    if verb == "net":  # open a connection ourselves, bypassing every capability
+        import socket
+        host, _, port = args[0].rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                return {"connected": True}
+        except OSError as exc:
+            return {"connected": False, "errno": exc.errno, "error": type(exc).__name__}
+    if verb == "kill_parent":
+        import signal
+        try:
+            os.kill(os.getppid(), signal.SIGTERM)
+            return {"killed": True}
+        except OSError as exc:
+            return {"killed": False, "errno": exc.errno}
+    if verb == "read_mem":  # another process's memory: the kernel's (parent) or a pid
+        pid = os.getppid() if args[0] == "parent" else int(args[0])
+        try:
+            with open(f"/proc/{pid}/mem", "rb") as f:
+                f.read(16)
+            return {"read": True}
+        except OSError as exc:
+            return {"read": False, "errno": exc.errno}
+    if verb == "write_file":
+        try:
+            with open(args[0], "w") as f:
+                f.write("x")
+            return {"written": True}
+        except OSError as exc:
+            return {"written": False, "errno": exc.errno}
+    if verb == "raw":  # an arbitrary invocation: dest, protocol, words (a kernel-object attack)
+        words = [int(a, 0) for a in args[2:]]
+        msg = env.call(_sel(env, args[0]), int(args[1], 0), *words, timeout_us=1_000_000,
+                       rcv_cap=env.alloc_slot())
+        return {**_msg(msg), "got_cap": bool(msg.items)}
+    if verb in ("crypto_import", "crypto_destroy"):  # through the gateway's crypto capability
+        from tasks.crypto_service import protocol as cp
+        from tasks.runtime.shm import ShmClient
+        client = STATE.setdefault("crypto", ShmClient(env, env.cap("crypto"), env.cap("crypto_shm"),
+                                                      timeout_us=5_000_000))
+        if verb == "crypto_import":
+            frame = cp.KeyImportRequest(0, cp.KeyType.AES_256, cp.Usage(0), cp.KeyFormat.SECRET, bytes(32)).encode()
+        else:
+            frame = cp.KeyDestroyRequest(1).encode()
+        response = client.transact(frame)
+        return {"status": response[2]}
     if verb == "fds":
         fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
         targets = {}
