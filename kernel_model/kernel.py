@@ -284,7 +284,9 @@ class Kernel:
             return IpcError.ENOT_EXISTENT
         if partner.state is not ThreadState.RECEIVING or partner.recv_from is not thread:
             return IpcError.ENOT_EXISTENT  # caller gone or timed out
-        tr = self._transfer(thread.task, inv.items, partner.task, partner.inv, True, window=True)
+        # The reply capability carries the caller's W/S rights (fiasco Reply_cap::caller_rights):
+        # S survives a reply only if the cap the caller called through had S.
+        tr = self._transfer(thread.task, inv.items, partner.task, partner.inv, partner.send_via_s, window=True)
         if tr.error is not None:
             self._complete(partner, Result(error=tr.error[1]))
             return tr.error[0]

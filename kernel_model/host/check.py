@@ -38,15 +38,20 @@ def render_report(a: Analysis, console: Console) -> None:
     console.print(f"[bold]{escape(image.name)}[/] ({escape(image.file)}): {len(image.tasks)} tasks, "
                   f"{len(image.objects)} objects, {ncaps} declared caps")
 
-    console.print("\n[bold]reachability[/]: who can invoke, notify or write to whom (directly)")
+    console.print("\n[bold]reachability[/]: who can invoke, notify or write to whom (directly, declared caps)")
     table = Table(show_edge=False)
-    for col in ("from", "kind", "to", "through", "caps (source -> target)", "how"):
+    for col in ("from", "kind", "to", "through", "caps (source -> target)"):
         table.add_column(col)
-    for e in a.edges + a.derived_edges:
+    for e in a.edges:
         caps = f"{e.source_cap} -> {e.target_cap}" if e.source_cap else str(e.target_cap)
         table.add_row(escape(e.source), e.kind.value, escape(e.target), f"{e.object_type} {escape(e.object)}",
-                      escape(caps), "declared" if e.declared else "[yellow]with an obtainable cap[/]")
+                      escape(caps))
     console.print(table)
+    direct = {(e.source, e.target) for e in a.edges}
+    gained = list(dict.fromkeys((e.source, e.target) for e in a.derived_edges if (e.source, e.target) not in direct))
+    if gained:
+        console.print("[yellow]reach gained with obtainable caps[/] (--why FROM TO shows how): "
+                      + escape(", ".join(f"{src} -> {dst}" for src, dst in gained)))
 
     rows = [(t, obj, rights, w) for t in a.tasks for (obj, rights), w in a.obtainable(t).items()]
     if rows:
@@ -98,6 +103,9 @@ def explain(path: str | Path, a: str, b: str, console: Console) -> int:
     if b not in analysis.tasks and b not in analysis.objects:
         console.print(f"[bold red]error[/]: no task or object {escape(b)!r} (tasks: "
                       f"{escape(', '.join(analysis.tasks))}; objects: {escape(', '.join(analysis.objects))})")
+        return 2
+    if source == ROM_NODE and b not in analysis.tasks:
+        console.print(f"[bold red]error[/]: from rom, ask about a task (tasks: {escape(', '.join(analysis.tasks))})")
         return 2
     found = False
     if b in analysis.objects and source in analysis.tasks:

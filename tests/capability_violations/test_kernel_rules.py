@@ -232,3 +232,19 @@ def test_v21_factory_quota_is_per_factory():
     assert results == [0, 0, 0, -Err.ENOMEM, -Err.ENOMEM]
     assert [v.rule for v in w.k.violations] == [Rule.FACTORY_QUOTA, Rule.FACTORY_QUOTA]
     assert w.do(est, call(sel(16), Proto.FACTORY, words(FactoryOp.GATE), rcv_obj=sel(20))).tag.label == 0
+
+
+def test_v13_a_reply_keeps_s_only_if_the_caller_called_with_s():
+    """Fiasco's reply capability carries the caller's rights: a client without S cannot be handed S."""
+    w = World()
+    server, client = w.task("crypto"), w.task("gw")
+    gate, thing = IpcGate(name="crypto"), IpcGate(name="thing")
+    w.give(server, 16, gate, SVR)
+    w.give(server, 17, thing, RWS)
+    w.give(client, 16, gate, R | W)
+    w.do(server, call(sel(16), Proto.KOBJECT, words(GateOp.BIND_THREAD, 0x10, sel(EnvSlot.THREAD))))
+    w.do(server, Invocation(IpcFlags.WAIT))
+    w.do(client, call(sel(16), rcv_obj=sel(30)))
+    w.do(server, Invocation(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, MsgTag(0, 0, 1),
+                            items=(Item.obj(sel(17), int(RWS)),)))
+    assert CapRights(w.k.lookup(client, sel(30)).rights) == R | W

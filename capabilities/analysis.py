@@ -1,0 +1,456 @@
+"""Static analysis of a system image before boot: reach, authority closure, information flow, lint.
+
+capDL-tool's ``--analysis`` (capability-systems.md §1b "STCC") done for the L4Re model of
+l4re.md §8: direct edges from the declared caps, a take-grant saturation of what every task
+could ever obtain (catalogue case V24), the transitive information-flow closure, and lint
+findings for fail-open declarations (V23). Pure: an ``Image`` in, values out.
+
+Rules (what kernel_model/kernel.py and invoke.py enforce; the analysis must agree):
+
+1. **Gate.** A task whose cap to gate G has c (SVR) *and* s can bind G: c routes its
+   Kobject protocol to the gate, and ``gate.bind`` needs S. It is a *server* of G and receives
+   every call through G. Every holder (servers too) is a *client*: its calls go to the bound
+   server. c without s only reads the label (l4re.md §8.3).
+2. **Typed items.** A call carries caps client -> server, the reply server -> client. A cap is
+   sent only by a task holding it; the receiver gets ``held ∩ requested``
+   (``derive_cap_rights``; rights only shrink). S survives a call only if the client's gate cap
+   has S (l4re.md §3). On a reply S survives only if the *caller's* cap had S, as in Fiasco
+   (``set_caller(this, rights)`` stores the W/S bits of the cap the caller used, and
+   ``Obj_cap::deref`` of the reply cap returns ``caller_rights()``; fiasco thread-ipc.cpp,
+   thread_object.cpp, receiver.cpp) and in ``Kernel._reply``. ``reply_s_from_caller=False``
+   analyses the looser rule (replies always keep S).
+3. **IRQ.** A holder with s binds (receives); any holder triggers (no right is checked):
+   flow trigger-holder -> binder.
+4. **Dataspace.** Holders map its memory, writable only with w (Moe's dataspace MAP): flow
+   w-holder -> every other holder. Memory items sent over IPC give no more than the cap does.
+5. **rom** (Moe's namespace): read-only boot modules; flow ``moe:rom`` -> every holder.
+6. **Factory.** s creates objects for the holder only: no edge, no flow.
+
+Assumptions (the take-grant worst case; program code is not read): every task sends any cap
+it holds over every channel it has and always opens a receive window. Not modelled: the env
+caps (log, parent, mem_alloc, task, thread) -- Moe is a trusted hub that never passes caps
+between tasks, and tasks are assumed not to hand out their own thread -- and fresh objects
+from factories or mem_alloc. Those add no information flow beyond the closure (their creator
+is on a flow path to every receiver) but can add direct reach edges that ``can_reach`` misses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections import deque
+
+from capabilities.image import BUILTIN_OBJECTS, Image, ObjectType
+from capabilities.rights import CapRights, derive_cap_rights
+
+ROM_NODE = "moe:rom"  #: the flow source of the boot modules (not a task name: it has a colon)
+FULL = CapRights.parse("svr")
+BIND = CapRights.SVR | CapRights.S  #: what a gate server needs
+
+
+class EdgeKind(enum.Enum):
+    CALL = "call"  #: client -> server through a gate (carries call items)
+    REPLY = "reply"  #: server -> client (carries reply items; a flow, never an invocation)
+    IRQ = "irq"  #: trigger holder -> binder
+    MEMORY = "memory"  #: dataspace writer -> other holder
+    ROM = "rom"  #: Moe's boot modules -> reader
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One hop of a witness: ``source --kind--> target`` through object ``via``."""
+
+    kind: EdgeKind
+    source: str
+    target: str
+    via: str
+    via_type: str
+    rights: CapRights | None = None  #: for a cap transfer: the rights the target receives
+    needs: tuple["Witness", ...] = ()  #: obtained caps this hop relies on
+
+
+@dataclasses.dataclass(frozen=True)
+class Witness:
+    """Why a claim holds: a path from ``origin`` (declared holder, or flow source) to the subject."""
+
+    claim: str
+    origin: str
+    steps: tuple[Step, ...] = ()
+    origin_rights: CapRights | None = None  #: for a transfer: what the origin holds
+    declared: str | None = None  #: no steps: the claim holds through this declared cap
+    cost: int = dataclasses.field(default=0, compare=False)  #: hops, counting those of the needed witnesses
+
+    def path(self) -> str:
+        if not self.steps:
+            return f"declared as cap {self.declared!r} of {self.origin}"
+        out, rights = [self.origin], self.origin_rights
+        for s in self.steps:
+            note = f", now {s.rights.letters()}" if s.rights is not None and s.rights != rights else ""
+            out.append(f" --{s.kind.value}--> {s.target} ({s.via_type} {s.via}{note})")
+            rights = s.rights
+        return "".join(out)
+
+    def requirements(self) -> tuple["Witness", ...]:
+        """The witnesses of every obtained cap the path uses, depth first, each once."""
+        seen: dict[str, Witness] = {}
+
+        def walk(w: Witness) -> None:
+            for s in w.steps:
+                for need in s.needs:
+                    walk(need)
+                    seen.setdefault(need.claim, need)
+        walk(self)
+        return tuple(seen.values())
+
+    def __str__(self) -> str:
+        lines = [f"{self.claim} via: {self.path()}" if self.steps else f"{self.claim}: {self.path()}"]
+        lines += [f"  where {need.claim} via: {need.path()}" for need in self.requirements()]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Holding:
+    """A cap a task holds: declared (``cap`` is its name) or obtainable (``witness`` says how)."""
+
+    task: str
+    object: str
+    rights: CapRights
+    cap: str | None = None
+    witness: Witness | None = None
+
+    def __str__(self) -> str:
+        if self.cap is not None:
+            return f"{self.cap}={self.object}:{self.rights.letters()}"
+        return f"{self.object}:{self.rights.letters()} (obtainable)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Edge:
+    """A direct edge: ``source`` can invoke, notify or write to ``target`` through ``object``."""
+
+    kind: EdgeKind
+    source: str
+    target: str
+    object: str
+    object_type: str
+    source_cap: Holding | None  #: None for ROM (the source is Moe)
+    target_cap: Holding
+
+    @property
+    def key(self) -> tuple[EdgeKind, str, str, str]:
+        return (self.kind, self.source, self.target, self.object)
+
+    @property
+    def declared(self) -> bool:
+        return all(h.cap is not None for h in (self.source_cap, self.target_cap) if h is not None)
+
+    def needs(self) -> tuple[Witness, ...]:
+        return tuple(h.witness for h in (self.source_cap, self.target_cap) if h is not None and h.witness)
+
+    def step(self, kind: EdgeKind | None = None, *, reverse: bool = False) -> Step:
+        src, dst = (self.target, self.source) if reverse else (self.source, self.target)
+        return Step(kind or self.kind, src, dst, self.object, self.object_type, None, self.needs())
+
+
+class Analysis:
+    """Everything the analysis knows about one image; computed once, queried many times.
+
+    ``edges``: direct edges from declared caps only. ``derived_edges``: edges that appear only
+    once tasks use caps they can obtain. ``findings``: ``lint(image)``.
+    """
+
+    def __init__(self, image: Image, *, reply_s_from_caller: bool = True):
+        self.image = image
+        self.reply_s_from_caller = reply_s_from_caller
+        self.tasks = tuple(t.name for t in image.tasks)
+        self.objects = tuple(o.name for o in image.objects) + tuple(BUILTIN_OBJECTS)
+        self.types = {o.name: o.type for o in image.objects} | dict(BUILTIN_OBJECTS)
+        self._declared = {t.name: tuple(Holding(t.name, c.object, c.rights, c.name) for c in t.caps)
+                          for t in image.tasks}
+        self._held = self._saturate()
+        self.edges = tuple(self._edges(self._declared))
+        known = {e.key for e in self.edges}
+        self.derived_edges = tuple(e for e in self._edges(self._held) if e.key not in known)
+        self.findings = tuple(lint(image))
+        self._flows: dict[str, dict[str, Witness]] = {}
+
+    # ----------------------------------------------------------------- queries
+    def holdings(self, task: str) -> tuple[Holding, ...]:
+        """Declared caps first, then every maximal obtainable one."""
+        return tuple(self._held[task])
+
+    def obtainable(self, task: str) -> dict[tuple[str, CapRights], Witness]:
+        """(object, rights) -> witness, for what ``task`` can obtain beyond its declared caps.
+
+        Rights are maximal: anything less (still with r) is obtainable too.
+        """
+        return {(h.object, h.rights): h.witness for h in self._held[task] if h.witness is not None}
+
+    def can_obtain(self, task: str, obj: str, rights: CapRights = CapRights.R) -> Witness | None:
+        for h in self._held[task]:
+            if h.object == obj and h.rights.covers(rights):
+                return h.witness or Witness(f"{task} holds {obj}:{h.rights.letters()}", task, declared=h.cap)
+        return None
+
+    def can_reach(self, a: str, b: str) -> Witness | None:
+        """``a`` can call, notify or write to ``b`` directly, with a declared or an obtainable cap."""
+        found = [e for e in self.edges + self.derived_edges if (e.source, e.target) == (a, b)]
+        if not found:
+            return None
+        best = min(found, key=lambda e: sum(n.cost for n in e.needs()))  # declared first, then the cheapest
+        return Witness(f"{a} can reach {b}", a, (best.step(),))
+
+    def flows(self, a: str, b: str) -> Witness | None:
+        """``a`` can influence ``b``, transitively (``a`` may be ``ROM_NODE``); None if not or a == b."""
+        return self.influences(a).get(b) if a != b else None
+
+    def influences(self, a: str) -> dict[str, Witness]:
+        """Everyone ``a`` can influence -> a shortest flow path (ties go to the object declared first)."""
+        if a not in self._flows:
+            self._flows[a] = self._bfs(a)
+        return self._flows[a]
+
+    # ---------------------------------------------------------------- closure
+    def _saturate(self) -> dict[str, list[Holding]]:
+        """Take-grant saturation in rounds; each round only uses what the previous one ended with.
+
+        Per (task, object) only maximal rights are kept (a sender may always ask for less);
+        declared caps stay, even when an obtainable one covers them.
+        """
+        held = {t: list(self._declared[t]) for t in self.tasks}
+        index: dict[tuple[str, str], list[int]] = {}  # (task, object) -> rights held, for the cover test
+        for t in self.tasks:
+            for h in held[t]:
+                index.setdefault((t, h.object), []).append(int(h.rights))
+        while True:
+            offers: list[tuple[Holding, str, EdgeKind, str, bool, tuple[Witness, ...]]] = []
+            for client, ccap, server, scap, gate in self._channels(held):
+                call_s = CapRights.S in ccap.rights
+                reply_s = call_s if self.reply_s_from_caller else True
+                needs = tuple(h.witness for h in (ccap, scap) if h.witness is not None)
+                offers += [(h, server, EdgeKind.CALL, gate, call_s, needs) for h in held[client]]
+                offers += [(h, client, EdgeKind.REPLY, gate, reply_s, needs) for h in held[server]]
+            grew = False  # cheapest witness first (stable: ties go to the object and task declared first)
+            offers.sort(key=lambda o: _cost(o[0].witness) + 1 + sum(n.cost for n in o[5]))
+            for h, receiver, kind, gate, keep_s, needs in offers:
+                have = index.setdefault((receiver, h.object), [])
+                bits = int(h.rights) if keep_s else int(h.rights) & ~int(CapRights.S)
+                if any(x & bits == bits for x in have):
+                    continue
+                rights = derive_cap_rights(h.rights, FULL, partner_has_s=keep_s)
+                if not rights:
+                    continue
+                mine = held[receiver]
+                src = h.witness or Witness("", h.task, origin_rights=h.rights)
+                step = Step(kind, h.task, receiver, gate, ObjectType.GATE, rights, needs)
+                claim = f"{receiver} obtains {h.object}:{rights.letters()}"
+                cost = src.cost + 1 + sum(n.cost for n in needs)
+                w = Witness(claim, src.origin, src.steps + (step,), src.origin_rights, cost=cost)
+                mine[:] = [o for o in mine if o.cap is not None or o.object != h.object or not rights.covers(o.rights)]
+                mine.append(Holding(receiver, h.object, rights, None, w))
+                have[:] = [int(o.rights) for o in mine if o.object == h.object]
+                grew = True
+            if not grew:
+                return held
+
+    def _channels(self, held: dict[str, list[Holding]]):
+        """(client, its gate cap, server, its gate cap, gate) for every client/server pair of tasks.
+
+        Per pair, the client's first cap is used, plus its first cap with S if that is another
+        one (S changes what the call carries); the server's first cap that can bind.
+        """
+        for gate in (o for o in self.objects if self.types[o] == ObjectType.GATE):
+            servers = {}
+            for t in self.tasks:
+                caps = [h for h in held[t] if h.object == gate and h.rights.covers(BIND)]
+                if caps:
+                    servers[t] = caps[0]
+            for client in self.tasks:
+                caps = [h for h in held[client] if h.object == gate]
+                with_s = [h for h in caps if CapRights.S in h.rights]
+                for ccap in caps[:1] + [h for h in with_s[:1] if h is not caps[0]]:
+                    for server, scap in servers.items():
+                        if server != client:
+                            yield client, ccap, server, scap, gate
+
+    # ------------------------------------------------------------------ edges
+    def _edges(self, held: dict[str, list[Holding]] | dict[str, tuple[Holding, ...]]) -> list[Edge]:
+        """Every direct edge; per (kind, source, target, object) the first pair of caps (declared first)."""
+        out: dict[tuple, Edge] = {}
+
+        def add(kind: EdgeKind, src: Holding | None, dst: Holding, obj: str) -> None:
+            source = src.task if src is not None else ROM_NODE
+            if source != dst.task:
+                edge = Edge(kind, source, dst.task, obj, self.types[obj], src, dst)
+                out.setdefault(edge.key, edge)
+
+        for obj in self.objects:
+            hs = [h for t in self.tasks for h in held[t] if h.object == obj]
+            otype = self.types[obj]
+            if otype == ObjectType.GATE:
+                for c in hs:
+                    for s in (h for h in hs if h.rights.covers(BIND)):
+                        add(EdgeKind.CALL, c, s, obj)
+            elif otype == ObjectType.IRQ:
+                for h in hs:
+                    for b in (x for x in hs if CapRights.S in x.rights):
+                        add(EdgeKind.IRQ, h, b, obj)
+            elif otype == ObjectType.DATASPACE:
+                for w in (x for x in hs if CapRights.W in x.rights):
+                    for r in hs:
+                        add(EdgeKind.MEMORY, w, r, obj)
+            elif otype == ObjectType.NAMESPACE:
+                for h in hs:
+                    add(EdgeKind.ROM, None, h, obj)
+        return list(out.values())
+
+    def _bfs(self, a: str) -> dict[str, Witness]:
+        """Shortest flow paths from ``a``: over declared edges where they reach, else over all edges."""
+        found: dict[str, tuple[Step, ...]] = {}
+        for edges in (self.edges, self.edges + self.derived_edges):
+            adjacency: dict[str, list[Step]] = {}
+            for e in edges:
+                adjacency.setdefault(e.source, []).append(e.step())
+                if e.kind is EdgeKind.CALL:
+                    adjacency.setdefault(e.target, []).append(e.step(EdgeKind.REPLY, reverse=True))
+            paths: dict[str, tuple[Step, ...]] = {a: ()}
+            queue = deque([a])
+            while queue:
+                node = queue.popleft()
+                for step in adjacency.get(node, ()):
+                    if step.target not in paths:
+                        paths[step.target] = paths[node] + (step,)
+                        queue.append(step.target)
+            for b, steps in paths.items():
+                found.setdefault(b, steps)
+        return {b: Witness(f"{a} can influence {b}", a, steps) for b, steps in found.items() if b != a}
+
+
+def _cost(w: Witness | None) -> int:
+    return 0 if w is None else w.cost
+
+
+# ==================================================================== lint
+class Severity(enum.IntEnum):
+    INFO = 0  #: worth knowing, nothing to fix
+    WARNING = 1  #: more authority than needed, or a cap nobody is on the other end of
+    ERROR = 2  #: fail-open: a task can take over or break someone else's channel; check exits 1
+
+
+class Rule(enum.Enum):
+    """Lint rules on the *declared* caps: (id, severity, what it means)."""
+
+    GATE_TWO_SERVERS = ("gate-two-servers", Severity.ERROR, "two tasks can bind one gate; the last bind gets the calls")
+    SVR_CANNOT_BIND = ("svr-cannot-bind", Severity.ERROR, "server right c without s: the task never binds the gate")
+    CLIENT_S = ("client-s", Severity.WARNING, "a gate client holds s: S in its label, and the caps it sends keep S")
+    SHARED_DELETE = ("shared-delete", Severity.WARNING, "d on an object others use, held by a task not serving it")
+    GATE_NO_SERVER = ("gate-no-server", Severity.ERROR, "a gate nobody can bind: every call blocks until timeout")
+    GATE_NO_CLIENT = ("gate-no-client", Severity.WARNING, "a gate served but held by nobody else: unused")
+    IRQ_TWO_BINDERS = ("irq-two-binders", Severity.ERROR, "two tasks can bind one IRQ; the last bind takes it")
+    IRQ_NO_BINDER = ("irq-no-binder", Severity.ERROR, "an IRQ nobody can bind: every trigger is lost")
+    IRQ_NO_TRIGGER = ("irq-no-trigger", Severity.WARNING, "an IRQ only its binder holds: nobody else triggers it")
+    IRQ_WRITE = ("irq-write", Severity.INFO, "w on an IRQ grants nothing: the kernel checks no W on IRQs")
+    DS_UNSHARED = ("ds-unshared", Severity.INFO, "a dataspace only one task holds: private memory, not a channel")
+    DS_NO_WRITER = ("ds-no-writer", Severity.WARNING, "a shared dataspace nobody can write: it carries nothing")
+    DS_ALL_WRITERS = ("ds-all-writers", Severity.INFO, "every holder can write a shared dataspace: flow both ways")
+    ROM_WRITE = ("rom-write", Severity.ERROR, "w on Moe's read-only rom namespace")
+    FACTORY_NO_CREATE = ("factory-no-create", Severity.WARNING, "a factory cap without s: it can create nothing")
+    OBJECT_UNHELD = ("object-unheld", Severity.WARNING, "a declared object no task holds")
+
+    def __init__(self, rule_id: str, severity: Severity, meaning: str):
+        self.id, self.severity, self.meaning = rule_id, severity, meaning
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    rule: Rule
+    severity: Severity
+    task: str | None  #: where to look: the task whose cap is at fault (None: the object itself)
+    cap: str | None  #: that task's cap name
+    object: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"tasks.{self.task}.caps.{self.cap}" if self.task else f"objects.{self.object}"
+        return f"{self.severity.name.lower()}[{self.rule.id}] {where}: {self.message}"
+
+
+def lint(image: Image) -> list[Finding]:
+    """Fail-open patterns in the declared caps, sorted by severity (errors first), then image order.
+
+    Object-level rules (no server, no client, ...) name the object's first holder in image order.
+    """
+    found: list[Finding] = []
+    types = {o.name: o.type for o in image.objects} | dict(BUILTIN_OBJECTS)
+    holders: dict[str, list[tuple[str, str, CapRights]]] = {name: [] for name in types}
+    for t in image.tasks:
+        for c in t.caps:
+            holders[c.object].append((t.name, c.name, c.rights))
+
+    def add(rule: Rule, who: tuple[str, str, CapRights] | None, obj: str, message: str) -> None:
+        found.append(Finding(rule, rule.severity, who[0] if who else None, who[1] if who else None, obj, message))
+
+    for obj, hs in holders.items():
+        otype, tasks = types[obj], list(dict.fromkeys(h[0] for h in hs))
+        if not hs:
+            if obj not in BUILTIN_OBJECTS:
+                add(Rule.OBJECT_UNHELD, None, obj, f"{otype} {obj!r} is declared but no task holds a cap to it")
+            continue
+        owners = [h for h in hs if h[2].covers(BIND if otype == ObjectType.GATE else CapRights.S)]
+        owner_tasks = list(dict.fromkeys(h[0] for h in owners))
+        if otype in (ObjectType.GATE, ObjectType.IRQ) and len(owner_tasks) > 1:
+            rule = Rule.GATE_TWO_SERVERS if otype == ObjectType.GATE else Rule.IRQ_TWO_BINDERS
+            for h in owners:
+                if h[0] != owner_tasks[0]:
+                    add(rule, h, obj, f"{h[0]} can bind {otype} {obj!r} as {owner_tasks[0]} can: "
+                                      f"whoever binds last receives everything sent through it")
+        for h in hs:
+            if len(tasks) > 1 and CapRights.D in h[2] and (h[0] not in owner_tasks or otype not in
+                                                            (ObjectType.GATE, ObjectType.IRQ)):
+                add(Rule.SHARED_DELETE, h, obj, f"d lets {h[0]} delete {otype} {obj!r} under "
+                                                f"{', '.join(t for t in tasks if t != h[0])}")
+        if otype == ObjectType.GATE:
+            for h in hs:
+                if CapRights.SVR in h[2] and CapRights.S not in h[2]:
+                    add(Rule.SVR_CANNOT_BIND, h, obj, f"{h[0]} holds c on gate {obj!r} without s: it can never bind "
+                                                      f"it, and c is server authority a client must not have")
+                elif CapRights.SVR not in h[2] and CapRights.S in h[2]:
+                    add(Rule.CLIENT_S, h, obj, f"client {h[0]} holds s on gate {obj!r}: its label shows S and the "
+                                               f"caps it sends to the server keep S; give it rw")
+            if not owners:
+                add(Rule.GATE_NO_SERVER, hs[0], obj, f"no task can bind gate {obj!r} (needs c and s): "
+                                                     f"calls from {', '.join(tasks)} block until they time out")
+            elif tasks == owner_tasks[:1]:
+                add(Rule.GATE_NO_CLIENT, owners[0], obj, f"only {tasks[0]} holds gate {obj!r}: nobody calls it")
+        elif otype == ObjectType.IRQ:
+            if not owners:
+                add(Rule.IRQ_NO_BINDER, hs[0], obj, f"no task can bind IRQ {obj!r} (needs s): "
+                                                    f"triggers from {', '.join(tasks)} go nowhere")
+            elif tasks == owner_tasks[:1]:
+                add(Rule.IRQ_NO_TRIGGER, owners[0], obj, f"only its binder {tasks[0]} holds IRQ {obj!r}")
+            for h in hs:
+                if CapRights.W in h[2]:
+                    add(Rule.IRQ_WRITE, h, obj, f"w on IRQ {obj!r} grants {h[0]} nothing (trigger needs only the "
+                                                f"cap, bind needs s)")
+        elif otype == ObjectType.DATASPACE:
+            writers = [h for h in hs if CapRights.W in h[2]]
+            if len(tasks) == 1:
+                add(Rule.DS_UNSHARED, hs[0], obj, f"only {tasks[0]} holds dataspace {obj!r}")
+            elif not writers:
+                add(Rule.DS_NO_WRITER, hs[0], obj, f"nobody can write dataspace {obj!r}: {', '.join(tasks)} "
+                                                   f"read only zeros")
+            elif set(tasks) == {h[0] for h in writers}:
+                add(Rule.DS_ALL_WRITERS, hs[0], obj, f"every holder of dataspace {obj!r} can write it "
+                                                     f"({', '.join(tasks)}); map r where a task only reads")
+        elif otype == ObjectType.NAMESPACE:
+            for h in hs:
+                if CapRights.W in h[2]:
+                    add(Rule.ROM_WRITE, h, obj, f"{h[0]} holds w on the read-only rom namespace")
+        elif otype == ObjectType.FACTORY:
+            for h in hs:
+                if CapRights.S not in h[2]:
+                    add(Rule.FACTORY_NO_CREATE, h, obj, f"{h[0]}'s cap to factory {obj!r} lacks s: it can "
+                                                        f"create nothing")
+    order = {t.name: i for i, t in enumerate(image.tasks)}
+    rules = list(Rule)
+    return sorted(found, key=lambda f: (-f.severity, rules.index(f.rule), order.get(f.task or "", -1),
+                                        f.cap or "", f.object))
