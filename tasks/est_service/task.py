@@ -1,0 +1,688 @@
+"""The est_service task: enrolls the device over EST, renews its certificate, hands it out.
+
+Program ``est_service.task``. What it holds and why (docs/est.md has the full story):
+
+* the **device key** (EC P-256/P-384): generated here, used here (CSR signatures, TLS client
+  authentication at re-enrollment), stored here encrypted at rest; it never leaves the task;
+* **TLS**: terminated here (`tls_stream.py`); the network proxy only moves ciphertext;
+* **no network**: a capability to the network proxy (``net`` + ``net_shm``) is its only way out.
+
+The loop (one thread, no ``time.sleep``): est_service waits for client requests with a kernel
+receive timeout that ends when enrollment work is due (the renewal policy's next decision, a
+202 ``Retry-After``, or a backoff). When the timeout fires it does the work; while an exchange
+is in flight it keeps answering clients between proxy reads (``poll_clients``).
+
+Config (``env.config``; docs/est.md lists every key with its default)::
+
+    server: {endpoint: "127.0.0.1:8443", host: null, label: null}
+    trust_anchor_rom: est-ta          # boot module with the bootstrap TA (PEM)
+    auth: {username: estuser, password: estpwd}
+    subject: {CN: gateway-0001, O: WvdS}   # or "CN=gateway-0001,O=WvdS"
+    sans: ["dns:gateway-0001.local", "ip:10.0.0.7"]
+    curve: P-256                      # or P-384
+    renew_at_fraction: 0.66
+    backoff: {initial_s: 30, factor: 2, max_s: 3600}
+    deferral: {min_delay_s: 1, max_delay_s: 3600, max_deferrals: 10}
+    timeout_s: 10                     # per connection (connect .. last byte)
+    min_reenroll_interval_s: 60       # never re-enroll more often than this
+    check_interval_s: 3600            # re-check the clock at least this often
+    rekey: true                       # a new key at every re-enrollment
+    net: {gate: net, shm: net_shm}    # capability names of the proxy connection
+    clients: {gateway: {gate: est_gw, shm: est_gw_shm}}
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import ipaddress
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption, PrivateFormat,
+                                                          PublicFormat, load_der_private_key)
+from cryptography.x509.oid import NameOID
+
+from kernel_model.abi import Err
+from tasks.est_service import protocol
+from tasks.est_service.csr import Curve, build_csr, build_reenroll_csr, generate_key
+from tasks.est_service.exchange import DeferralLimits, Exchange
+from tasks.est_service.http_transport import HttpTransport, make_ssl_context
+from tasks.est_service.messages import BasicAuth, EstServer
+from tasks.est_service.renewal import (Action, RenewalPolicy, RenewalState, decide, record_failure,
+                                       record_success)
+from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, EstError
+from tasks.est_service.service_protocol import (AUTH_REFUSED, LOCAL_ERROR, Activity, CertState, Format,
+                                                Op, ServiceStatus, Status, decode_request, encode_cert,
+                                                encode_chain, encode_response, too_large)
+from tasks.est_service.tls_stream import proxy_connector
+from tasks.est_service.trust import TrustAnchors
+from tasks.runtime.shm import SHM_PROTO, ShmClient, ShmPeer, bind_peers
+
+UTC = dt.timezone.utc
+STATE_FILE = "est-state.json"
+KEK_FILE = "est-kek.bin"
+STATE_FORMAT = "l4emu-est-state"
+KEY_AAD = b"l4emu est_service device key v1"
+MAX_WAIT_US = 24 * 3600 * 1_000_000  # one day: well inside l4_timeout_t's range
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class StoreError(Exception):
+    pass
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------- configuration
+_NAME_OIDS = {
+    "CN": NameOID.COMMON_NAME, "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "C": NameOID.COUNTRY_NAME, "L": NameOID.LOCALITY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "serialNumber": NameOID.SERIAL_NUMBER,
+}
+
+
+def _subject(value) -> x509.Name:
+    if isinstance(value, str):
+        try:
+            name = x509.Name.from_rfc4514_string(value)
+        except ValueError as exc:
+            raise ConfigError(f"subject: {exc}") from None
+    elif isinstance(value, dict):
+        attrs = []
+        for key, text in value.items():
+            if key not in _NAME_OIDS:
+                raise ConfigError(f"subject: unknown attribute {key!r} (expected one of {', '.join(_NAME_OIDS)})")
+            attrs.append(x509.NameAttribute(_NAME_OIDS[key], str(text)))
+        name = x509.Name(attrs)
+    else:
+        raise ConfigError("subject: expected a mapping such as {CN: gateway-0001} or an RFC 4514 string")
+    if len(name) == 0:
+        raise ConfigError("subject: must not be empty")
+    return name
+
+
+def _san(text: str) -> x509.GeneralName:
+    kind, _, value = str(text).partition(":")
+    try:
+        if kind == "dns" and value:
+            return x509.DNSName(value)
+        if kind == "ip" and value:
+            return x509.IPAddress(ipaddress.ip_address(value))
+        if kind == "uri" and value:
+            return x509.UniformResourceIdentifier(value)
+        if kind == "email" and value:
+            return x509.RFC822Name(value)
+    except ValueError as exc:
+        raise ConfigError(f"sans: {text!r}: {exc}") from None
+    raise ConfigError(f"sans: expected dns:NAME, ip:ADDRESS, uri:URI or email:ADDR, got {text!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    endpoint: str
+    server: EstServer
+    trust_anchor_rom: str
+    auth: BasicAuth | None
+    subject: x509.Name
+    sans: tuple[x509.GeneralName, ...]
+    curve: Curve
+    policy: RenewalPolicy
+    limits: DeferralLimits
+    timeout_s: float
+    min_reenroll_interval_s: float
+    check_interval_s: float
+    rekey: bool
+    net: dict
+    clients: dict
+
+    @classmethod
+    def parse(cls, raw: dict) -> "Config":
+        try:
+            return cls._parse(raw or {})
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigError(f"{type(exc).__name__}: {exc}") from None
+
+    @classmethod
+    def _parse(cls, raw: dict) -> "Config":
+        server = raw.get("server") or {}
+        endpoint = str(server.get("endpoint", ""))
+        host, _, port = endpoint.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"server.endpoint: expected host:port, got {endpoint!r}")
+        tls_host = str(server.get("host") or host.strip("[]"))
+        est_server = EstServer(tls_host, int(port), server.get("label"))
+        auth = raw.get("auth")
+        curve = {"P-256": Curve.P256, "P-384": Curve.P384}.get(str(raw.get("curve", "P-256")))
+        if curve is None:
+            raise ConfigError(f"curve: expected P-256 or P-384, got {raw.get('curve')!r}")
+        backoff = raw.get("backoff") or {}
+        policy = RenewalPolicy(renew_at_fraction=float(raw.get("renew_at_fraction", 0.66)),
+                               initial_backoff=float(backoff.get("initial_s", 30.0)),
+                               backoff_factor=float(backoff.get("factor", 2.0)),
+                               max_backoff=float(backoff.get("max_s", 3600.0)))
+        deferral = raw.get("deferral") or {}
+        limits = DeferralLimits(max_delay=float(deferral.get("max_delay_s", 3600.0)),
+                                min_delay=float(deferral.get("min_delay_s", 1.0)),
+                                max_deferrals=int(deferral.get("max_deferrals", 10)))
+        timeout_s = float(raw.get("timeout_s", 10.0))
+        if timeout_s <= 0:
+            raise ConfigError("timeout_s must be positive")
+        net = raw.get("net") or {"gate": "net", "shm": "net_shm"}
+        return cls(
+            endpoint=endpoint, server=est_server,
+            trust_anchor_rom=str(raw.get("trust_anchor_rom", "est-ta")),
+            auth=BasicAuth(str(auth["username"]), str(auth["password"])) if auth else None,
+            subject=_subject(raw.get("subject", {"CN": "l4emu-device"})),
+            sans=tuple(_san(s) for s in raw.get("sans", [])),
+            curve=curve, policy=policy, limits=limits, timeout_s=timeout_s,
+            min_reenroll_interval_s=float(raw.get("min_reenroll_interval_s", 60.0)),
+            check_interval_s=max(1.0, float(raw.get("check_interval_s", 3600.0))),
+            rekey=bool(raw.get("rekey", True)),
+            net={"gate": str(net["gate"]), "shm": str(net["shm"])},
+            clients=dict(raw.get("clients") or {}),
+        )
+
+
+# ---------------------------------------------------------------------------- persistence
+@dataclasses.dataclass(frozen=True)
+class Persisted:
+    """What survives a restart: the key, and the certificate, chain and CA certificates if any."""
+
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate | None = None
+    chain: tuple[x509.Certificate, ...] = ()
+    ca_certs: tuple[x509.Certificate, ...] = ()
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(Encoding.PEM).decode("ascii")
+
+
+def _spki(public_key) -> bytes:
+    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write a temporary file next to ``path``, fsync it, rename it over ``path``, fsync the dir."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+class Store:
+    """The task's state in its private work directory: one JSON file, replaced atomically.
+
+    The private key is stored as AES-256-GCM ciphertext of its PKCS#8 DER under a key-encryption
+    key (KEK). The KEK backend here is a *development* one: 32 random bytes in ``est-kek.bin``
+    (mode 0600) in the same directory. It keeps the key out of anything that copies the state
+    file alone (a backup, a log attachment, a support bundle), and the GCM tag detects tampering;
+    it does NOT protect against anyone who can read the whole work directory. On a device the
+    KEK comes from sealed storage (TPM / secure element) instead (docs/est.md).
+    """
+
+    def __init__(self, directory: Path, state_name: str = STATE_FILE, kek_name: str = KEK_FILE):
+        self.directory = directory
+        self.state_path = directory / state_name
+        self.kek_path = directory / kek_name
+
+    def _kek(self, create: bool) -> bytes | None:
+        try:
+            kek = self.kek_path.read_bytes()
+        except FileNotFoundError:
+            if not create:
+                return None
+            kek = AESGCM.generate_key(bit_length=256)
+            _atomic_write(self.kek_path, kek)
+            return kek
+        if len(kek) != 32:
+            raise StoreError(f"{self.kek_path.name} is not a 256-bit key ({len(kek)} bytes)")
+        return kek
+
+    def load(self) -> Persisted | None:
+        try:
+            doc = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{self.state_path.name} is unreadable: {exc}") from None
+        try:
+            if doc.get("format") != STATE_FORMAT or doc.get("version") != 1:
+                raise StoreError(f"{self.state_path.name}: unknown format {doc.get('format')!r} "
+                                 f"v{doc.get('version')!r}")
+            kek = self._kek(create=False)
+            if kek is None:
+                raise StoreError(f"{self.kek_path.name} is missing: the stored key cannot be decrypted")
+            blob = doc["key"]
+            der = AESGCM(kek).decrypt(base64.b64decode(blob["nonce"]), base64.b64decode(blob["ciphertext"]),
+                                      KEY_AAD)
+            key = load_der_private_key(der, password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise StoreError("the stored key is not an EC key")
+            cert = doc.get("certificate")
+            certificate = x509.load_pem_x509_certificate(cert.encode()) if cert else None
+            chain = tuple(x509.load_pem_x509_certificate(p.encode()) for p in doc.get("chain", []))
+            ca_certs = tuple(x509.load_pem_x509_certificate(p.encode()) for p in doc.get("ca_certs", []))
+        except StoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - InvalidTag, base64, PEM, missing fields
+            raise StoreError(f"{self.state_path.name} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        if certificate is not None and _spki(certificate.public_key()) != _spki(key.public_key()):
+            raise StoreError(f"{self.state_path.name}: the certificate does not hold the stored key")
+        return Persisted(key, certificate, chain, ca_certs)
+
+    def save(self, state: Persisted) -> None:
+        kek = self._kek(create=True)
+        assert kek is not None
+        nonce = os.urandom(12)
+        der = state.key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+        doc = {
+            "format": STATE_FORMAT, "version": 1,
+            "saved_at": utc_now().isoformat(timespec="seconds"),
+            "key": {"alg": "AES-256-GCM", "kek": self.kek_path.name, "curve": Curve.of(state.key).name,
+                    "nonce": base64.b64encode(nonce).decode(),
+                    "ciphertext": base64.b64encode(AESGCM(kek).encrypt(nonce, der, KEY_AAD)).decode()},
+            "certificate": _pem(state.certificate) if state.certificate is not None else None,
+            "chain": [_pem(c) for c in state.chain],
+            "ca_certs": [_pem(c) for c in state.ca_certs],
+        }
+        _atomic_write(self.state_path, json.dumps(doc, indent=1).encode())
+
+    def set_aside(self) -> Path | None:
+        """Move an unusable state file out of the way (kept for inspection, never deleted)."""
+        if not self.state_path.exists():
+            return None
+        target = self.state_path.with_name(f"{self.state_path.name}.bad-{utc_now():%Y%m%dT%H%M%S}")
+        os.replace(self.state_path, target)
+        return target
+
+
+# ---------------------------------------------------------------------------- the service
+def _serial(cert: x509.Certificate | None) -> str:
+    return f"{cert.serial_number:x}" if cert is not None else "-"
+
+
+def _unix(when: dt.datetime | None) -> int:
+    return int(when.timestamp()) if when is not None else 0
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One (re-)enrollment in progress: kept across the main loop while the server defers."""
+
+    action: Action
+    key: ec.EllipticCurvePrivateKey
+    exchange: Exchange
+    transport: HttpTransport
+    ca_certs: tuple[x509.Certificate, ...]
+    not_before: dt.datetime
+    client_auth: str  # "none" or "serial=..." of the certificate presented
+
+
+class EstService:
+    """est_service's state and decisions; ``transport_for`` and ``log`` are the only I/O."""
+
+    def __init__(self, cfg: Config, trust: TrustAnchors, store: Store, *, log, transport_for,
+                 clock=utc_now):
+        self.cfg, self.trust, self.store, self.log = cfg, trust, store, log
+        self.transport_for = transport_for  # (client_cert, client_key, chain) -> HttpTransport
+        self.clock = clock
+        self.renewal = RenewalState()
+        self.key: ec.EllipticCurvePrivateKey | None = None
+        self.ca_certs: tuple[x509.Certificate, ...] = ()
+        self.attempt: Attempt | None = None
+        self.activity = Activity.IDLE
+        self.successes = self.errors = 0
+        self.last_error: tuple[int, int, str] = (0, 0, "")
+        self.reenroll_not_before: dt.datetime | None = None
+
+    # -- startup -------------------------------------------------------------------------
+    def load(self) -> None:
+        try:
+            state = self.store.load()
+        except (StoreError, OSError) as exc:
+            moved = None
+            try:
+                moved = self.store.set_aside()
+            except OSError:
+                pass
+            self._note_error(LOCAL_ERROR, 0, f"LOCAL: stored state unusable ({exc}); "
+                             f"set aside as {moved.name if moved else '-'}; enrolling anew")
+            self.log(f"state: {self.last_error[2]}")
+            return
+        if state is None:
+            self.log("state: no stored certificate (first start)")
+            return
+        self.key, self.ca_certs = state.key, state.ca_certs
+        if state.certificate is not None:
+            self.renewal = RenewalState(certificate=state.certificate, chain=state.chain)
+            self.log(f"state: loaded certificate serial={_serial(state.certificate)} "
+                     f"subject={state.certificate.subject.rfc4514_string()} "
+                     f"not_after={state.certificate.not_valid_after_utc.isoformat()}")
+        else:
+            self.log("state: loaded a key that has no certificate yet")
+
+    # -- scheduling ----------------------------------------------------------------------
+    def next_wakeup(self, now: dt.datetime) -> dt.datetime:
+        if self.attempt is not None:
+            return self.attempt.not_before
+        decision = decide(self.renewal, self.cfg.policy, now)
+        at = decision.at
+        if decision.action is Action.REENROLL and self.reenroll_not_before is not None:
+            at = max(at, self.reenroll_not_before)
+        return min(at, now + dt.timedelta(seconds=self.cfg.check_interval_s))
+
+    def work(self, now: dt.datetime) -> None:
+        """Do whatever is due at ``now`` (the caller checked `next_wakeup`). Never raises: a bug
+        or an unexpected library error becomes a LOCAL failure (backoff, certificate kept), so
+        est_service keeps serving its clients."""
+        try:
+            self._work(now)
+        except Exception as exc:  # noqa: BLE001
+            self.attempt = None
+            self._local_failure("enrollment", f"internal error: {type(exc).__name__}: {exc}")
+
+    def _work(self, now: dt.datetime) -> None:
+        if self.attempt is not None:
+            if now >= self.attempt.not_before:
+                self._resend(self.attempt)
+            return
+        decision = decide(self.renewal, self.cfg.policy, now)
+        if decision.action is Action.WAIT:
+            return
+        if (decision.action is Action.REENROLL and self.reenroll_not_before is not None
+                and now < self.reenroll_not_before):
+            return
+        self._start(decision.action, decision.reason)
+
+    # -- one attempt -----------------------------------------------------------------------
+    def _start(self, action: Action, reason: str) -> None:
+        op = "simplereenroll" if action is Action.REENROLL else "simpleenroll"
+        self.log(f"{op}: starting ({reason})")
+        self.activity = Activity.EXCHANGING
+        plain = self.transport_for(None, None, ())
+        ca_certs = self.ca_certs
+        if not ca_certs:  # first enrollment (or lost state): ask for the CA certificates first
+            outcome = self._run_once(protocol.cacerts(self.cfg.server, self.trust), plain)
+            if not isinstance(outcome, CaCerts):
+                self._failed(op, "cacerts", outcome)
+                return
+            ca_certs = outcome.certificates
+            self.log(f"cacerts: {len(ca_certs)} CA certificate(s), verified against the trust anchor")
+        current = self.renewal.certificate
+        try:
+            if action is Action.REENROLL:
+                assert current is not None and self.key is not None
+                key = generate_key(self.cfg.curve) if self.cfg.rekey else self.key
+                csr = build_reenroll_csr(key, current)
+                intermediates = tuple(c for c in self.renewal.chain[1:] if not self.trust.is_anchor(c))
+                transport = self.transport_for(current, self.key, intermediates)
+                exchange = protocol.simplereenroll(self.cfg.server, self.trust, csr, ca_certs=ca_certs,
+                                                   limits=self.cfg.limits)
+                client_auth = f"serial={_serial(current)}"
+            else:
+                if self.key is not None and current is None and Curve.of(self.key) is self.cfg.curve:
+                    key = self.key  # the key a previous (deferred) enrollment asked for
+                elif current is None or self.cfg.rekey:
+                    key = generate_key(self.cfg.curve)
+                else:
+                    key = self.key
+                if current is None and key is not self.key:
+                    # Persist the pending key at once: a restart during a 202 deferral must ask
+                    # for the same key (the CA tracks the deferred request by its public key).
+                    self.store.save(Persisted(key, None, (), self.ca_certs))
+                    self.key = key
+                csr = build_csr(key, self.cfg.subject, self.cfg.sans)
+                transport = plain
+                exchange = protocol.simpleenroll(self.cfg.server, self.trust, csr, auth=self.cfg.auth,
+                                                 ca_certs=ca_certs, limits=self.cfg.limits)
+                client_auth = "none"
+        except (OSError, ValueError, TypeError) as exc:
+            self._local_failure(op, f"preparing the request failed: {type(exc).__name__}: {exc}")
+            return
+        attempt = Attempt(action, key, exchange, transport, ca_certs, self.clock(), client_auth)
+        self._send(attempt, exchange.request)
+
+    def _resend(self, attempt: Attempt) -> None:
+        self.activity = Activity.EXCHANGING
+        self._send(attempt, attempt.exchange.resend())
+
+    def _send(self, attempt: Attempt, request) -> None:
+        op = attempt.exchange.operation.value
+        response = attempt.transport.send(request)
+        if isinstance(response, EstError):
+            outcome = attempt.exchange.fail(response)
+        else:
+            outcome = attempt.exchange.receive(response, self.clock())
+        if isinstance(outcome, Deferred):
+            attempt.not_before = outcome.not_before
+            self.attempt = attempt
+            self.activity = Activity.DEFERRED
+            self.log(f"{op}: deferred by the server (202, Retry-After {outcome.requested:g}s): "
+                     f"retrying in {outcome.delay:g}s (deferral {outcome.deferrals})")
+            return
+        self.attempt = None
+        if isinstance(outcome, Enrolled):
+            self._enrolled(attempt, outcome)
+        else:
+            self._failed(op, op, outcome)
+
+    def _run_once(self, exchange: Exchange, transport: HttpTransport):
+        response = transport.send(exchange.request)
+        if isinstance(response, EstError):
+            return exchange.fail(response)
+        return exchange.receive(response, self.clock())
+
+    def _enrolled(self, attempt: Attempt, enrolled: Enrolled) -> None:
+        op = attempt.exchange.operation.value
+        old = self.renewal.certificate
+        try:
+            self.store.save(Persisted(attempt.key, enrolled.certificate, enrolled.chain, attempt.ca_certs))
+        except OSError as exc:
+            self._local_failure(op, f"the new certificate could not be stored ({exc}); keeping the old one")
+            return
+        self.key, self.ca_certs = attempt.key, attempt.ca_certs
+        self.renewal = record_success(self.renewal, enrolled)
+        self.successes += 1
+        self.activity = Activity.IDLE
+        now = self.clock()
+        self.reenroll_not_before = now + dt.timedelta(seconds=self.cfg.min_reenroll_interval_s)
+        cert = enrolled.certificate
+        verb = "re-enrolled" if attempt.action is Action.REENROLL else "enrolled"
+        self.log(f"{verb}: serial={_serial(cert)} subject={cert.subject.rfc4514_string()} "
+                 f"not_after={cert.not_valid_after_utc.isoformat()} chain={len(enrolled.chain)} "
+                 f"via {op} (TLS client auth: {attempt.client_auth}; previous serial={_serial(old)})")
+
+    def _note_error(self, code: int, http: int, detail: str) -> None:
+        self.last_error = (code, http, detail)
+
+    def _failed(self, op: str, step: str, outcome) -> None:
+        if isinstance(outcome, AuthRequired):
+            why = ("the server refused our credentials" if outcome.credentials_sent
+                   else "the server wants credentials and none are configured")
+            user = f" (user {self.cfg.auth.username})" if self.cfg.auth else ""
+            detail = f"AUTH_REFUSED (HTTP 401): {why}{user}"
+            self._note_error(AUTH_REFUSED, 401, detail)
+            failure = outcome
+        elif isinstance(outcome, EstError):
+            detail = str(outcome)
+            self._note_error(int(outcome.kind), outcome.status or 0, detail)
+            failure = outcome
+        else:  # an outcome this step does not expect (cannot happen with the protocol core)
+            detail = f"unexpected outcome {type(outcome).__name__}"
+            self._note_error(LOCAL_ERROR, 0, f"LOCAL: {detail}")
+            failure = None
+        now = self.clock()
+        self.renewal = record_failure(self.renewal, failure, self.cfg.policy, now)  # type: ignore[arg-type]
+        self._after_failure(op, f"{step} FAILED: {detail}", now)
+
+    def _local_failure(self, op: str, detail: str) -> None:
+        self._note_error(LOCAL_ERROR, 0, f"LOCAL: {detail}")
+        now = self.clock()
+        failures = self.renewal.failures + 1
+        self.renewal = dataclasses.replace(
+            self.renewal, failures=failures,
+            retry_at=now + dt.timedelta(seconds=self.cfg.policy.backoff(failures)))
+        self._after_failure(op, f"{op} FAILED: LOCAL: {detail}", now)
+
+    def _after_failure(self, op: str, text: str, now: dt.datetime) -> None:
+        self.errors += 1
+        self.attempt = None
+        self.activity = Activity.BACKING_OFF
+        cert = self.renewal.certificate
+        kept = f"keeping certificate serial={_serial(cert)}" if cert is not None else "no certificate"
+        wait = (self.renewal.retry_at - now).total_seconds() if self.renewal.retry_at else 0.0
+        self.log(f"{text}; {kept}; retry in {wait:g}s (failure {self.renewal.failures})")
+
+    # -- what clients see -------------------------------------------------------------------
+    def status(self) -> ServiceStatus:
+        now = self.clock()
+        cert = self.renewal.certificate
+        state = CertState.NONE if cert is None else (
+            CertState.VALID if now < cert.not_valid_after_utc else CertState.EXPIRED)
+        activity = self.activity
+        if activity is Activity.BACKING_OFF and not (self.renewal.retry_at and now < self.renewal.retry_at):
+            activity = Activity.IDLE
+        code, http, detail = self.last_error
+        return ServiceStatus(state, activity, code, http, self.renewal.failures, self.successes, self.errors,
+                             _unix(cert.not_valid_after_utc if cert else None),
+                             _unix(self.next_wakeup(now) if self.activity is not Activity.EXCHANGING else now),
+                             detail)
+
+    def handle(self, peer: ShmPeer, raw: bytes) -> bytes:
+        """One service-protocol request -> response (never raises)."""
+        req = decode_request(raw)
+        if req is None:
+            return encode_response(Status.BAD_REQUEST)
+        if req.op is Op.STATUS:
+            payload = self.status().encode()
+        else:
+            cert = self.renewal.certificate
+            if cert is None:
+                return encode_response(Status.NO_CERTIFICATE)
+            if req.op is Op.GET_CERT:
+                payload = encode_cert(cert, req.format)
+            else:
+                payload = encode_chain(self.renewal.chain or (cert,), req.format)
+        if 1 + len(payload) > peer.half:
+            return too_large(1 + len(payload))
+        return encode_response(Status.OK, payload)
+
+
+# ---------------------------------------------------------------------------- the task
+def _dispatch(peers: dict[int, ShmPeer], service: EstService, msg) -> tuple[int, tuple[int, ...]]:
+    """A shared-memory call, as `tasks.runtime.shm.serve_shm` handles it, -> (status, words)."""
+    if msg.proto != SHM_PROTO:
+        return -int(Err.EBADPROTO), ()
+    peer = peers.get(msg.label & ~3)
+    if peer is None:
+        return -int(Err.EPERM), ()
+    length = msg.word(0) if msg.has_words(1) else 0
+    if length > peer.half:
+        return -int(Err.EMSGTOOLONG), ()
+    request = peer.region.read(0, length)
+    peer.region.write(peer.half, bytes(peer.half))
+    peer.region.write(0, bytes(length))
+    response = service.handle(peer, request)
+    peer.region.write(peer.half, response)
+    return 0, (len(response),)
+
+
+def _trust_anchors(env, name: str) -> TrustAnchors:
+    region = env.map_dataspace(env.rom(name))
+    pem = bytes(region.read(0, region.size)).rstrip(b"\0")
+    return TrustAnchors(tuple(x509.load_pem_x509_certificates(pem)))
+
+
+def main(env) -> int:
+    try:
+        cfg = Config.parse(env.config)
+    except (ConfigError, ValueError) as exc:
+        env.log(f"config error: {exc}")
+        return 2
+    try:
+        trust = _trust_anchors(env, cfg.trust_anchor_rom)
+    except Exception as exc:  # noqa: BLE001 - missing module / cap / bad PEM: say which
+        env.log(f"config error: trust anchor rom/{cfg.trust_anchor_rom}: {type(exc).__name__}: {exc}")
+        return 2
+    # ssl loads client keys only from files (make_ssl_context writes one, encrypted under a
+    # one-time password, and removes it at once): keep even that in our private work directory.
+    tempfile.tempdir = os.getcwd()
+    try:
+        # The IPC timeout only guards against a stuck proxy; the proxy bounds its own connect
+        # and send (10 s each) and est_service bounds every read by timeout_s.
+        net = ShmClient(env, env.cap(cfg.net["gate"]), env.cap(cfg.net["shm"]),
+                        timeout_us=int((cfg.timeout_s + 15) * 1_000_000))
+        peers = bind_peers(env, cfg.clients)
+    except Exception as exc:  # noqa: BLE001 - a capability the config names is missing or unusable
+        env.log(f"config error: {type(exc).__name__}: {exc}")
+        return 2
+    service: EstService
+
+    def poll_clients() -> None:
+        """Between proxy reads: answer whoever is waiting, without blocking."""
+        for _ in range(16):
+            msg = env.wait(timeout_us=0)
+            if not msg.ok:
+                return
+            env.reply(*_reply_args(_dispatch(peers, service, msg)))
+
+    def transport_for(cert, key, chain) -> HttpTransport:
+        context = make_ssl_context(trust.anchors, client_cert=cert, client_key=key, client_chain=chain)
+        connect = proxy_connector(net.transact, cfg.endpoint, context, cfg.server.host,
+                                  timeout=cfg.timeout_s, area=net.half, idle=poll_clients)
+        return HttpTransport(connect, timeout=cfg.timeout_s)
+
+    service = EstService(cfg, trust, Store(Path.cwd()), log=env.log, transport_for=transport_for)
+    service.load()
+    env.log(f"serving {', '.join(p.name for p in peers.values()) or 'nobody'}; EST server "
+            f"{cfg.endpoint} (TLS name {cfg.server.host}) through the network proxy; "
+            f"trust anchor: {', '.join(a.subject.rfc4514_string() for a in trust.anchors)}")
+
+    pending: tuple[int, tuple[int, ...]] | None = None
+    while True:
+        now = service.clock()
+        wake = service.next_wakeup(now)
+        if wake <= now:
+            if pending is not None:
+                env.reply(*_reply_args(pending))
+                pending = None
+            service.work(now)
+            continue
+        timeout_us = min(MAX_WAIT_US, max(1, int((wake - now).total_seconds() * 1_000_000)))
+        if pending is not None:
+            msg = env.reply_and_wait(*_reply_args(pending), timeout_us=timeout_us)
+        else:
+            msg = env.wait(timeout_us=timeout_us)
+        pending = _dispatch(peers, service, msg) if msg.ok else None
+
+
+def _reply_args(answer: tuple[int, tuple[int, ...]]) -> tuple[int, ...]:
+    status, words = answer
+    return (status, *words)

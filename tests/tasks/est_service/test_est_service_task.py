@@ -1,0 +1,215 @@
+"""est_service's task logic without booting: service protocol codec, config, the encrypted
+state store, and the scheduling of (re-)enrollment under an injected clock. The EST server is
+the real development CA, reached through the network proxy's handler running in-process."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from hil.est_ca import EstCa, Fault, ServerOptions, serve
+from tasks.est_service.csr import generate_key
+from tasks.est_service.http_transport import HttpTransport, make_ssl_context
+from tasks.est_service.results import ErrorKind
+from tasks.est_service.service_protocol import (AUTH_REFUSED, Activity, CertState, Format, Op, Request,
+                                                ServiceStatus, Status, decode_chain_der, decode_request,
+                                                decode_response, encode_chain)
+from tasks.est_service.task import Config, ConfigError, EstService, Persisted, Store, StoreError
+from tasks.est_service.tls_stream import proxy_connector
+from tasks.est_service.trust import TrustAnchors
+from tasks.netproxy.task import Proxy
+from tasks.runtime.shm import ShmPeer
+
+UTC = dt.timezone.utc
+
+
+# ------------------------------------------------------------------------------ service protocol
+@pytest.mark.parametrize("raw", [b"", b"\x00", b"\x04", b"\xff", b"\x01", b"\x01\x02", b"\x02\x00\x00",
+                                 b"\x03\x00", b"\x03\x03"])
+def test_malformed_requests_decode_to_none(raw):
+    assert decode_request(raw) is None
+
+
+def test_request_and_status_round_trip():
+    for req in (Request(Op.GET_CERT, Format.PEM), Request(Op.GET_CHAIN, Format.DER), Request(Op.STATUS)):
+        assert decode_request(req.encode()) == req
+    assert Request(Op.GET_CERT, Format.PEM).encode() == b"\x01\x01"
+    status = ServiceStatus(CertState.VALID, Activity.DEFERRED, 7, 200, 3, 2, 5, 1_800_000_000, 1_700_000_000,
+                           "UNTRUSTED_CHAIN: ü")
+    raw = status.encode()
+    assert raw[:2] == b"\x01\x02" and raw[32:34] == len("UNTRUSTED_CHAIN: ü".encode()).to_bytes(2, "little")
+    assert ServiceStatus.decode(raw) == status
+    assert ServiceStatus.decode(raw[:-1]) is None and ServiceStatus.decode(raw[:10]) is None
+    long = ServiceStatus(detail="é" * 600).encode()
+    assert len(long) <= 34 + 512 and ServiceStatus.decode(long) is not None
+    assert decode_response(b"") == (Status.BAD_REQUEST, b"") and decode_response(b"\x09x")[0] is Status.BAD_REQUEST
+
+
+def test_chain_framing(ca):
+    raw = encode_chain((ca.certificate, ca.certificate), Format.DER)
+    assert decode_chain_der(raw) == [ca.certificate.public_bytes(Encoding.DER)] * 2
+    assert decode_chain_der(raw[:-1]) is None and decode_chain_der(b"\x00\x00\x00\x00") is None
+
+
+# ------------------------------------------------------------------------------ config
+def config(port: int = 8443, **overrides) -> dict:
+    raw = {"server": {"endpoint": f"127.0.0.1:{port}"}, "auth": {"username": "estuser", "password": "estpwd"},
+           "subject": {"CN": "gateway-0001"}, "sans": ["dns:gateway-0001.local"],
+           "backoff": {"initial_s": 5, "factor": 2, "max_s": 60}, "timeout_s": 5}
+    raw.update(overrides)
+    return raw
+
+
+def test_config_defaults_and_errors():
+    cfg = Config.parse(config())
+    assert cfg.server.host == "127.0.0.1" and cfg.server.port == 8443 and cfg.policy.renew_at_fraction == 0.66
+    assert repr(cfg.auth) == "BasicAuth(username='estuser', password=<hidden>)"
+    assert Config.parse(config(subject="CN=x,O=y")).subject.rfc4514_string() == "CN=x,O=y"
+    for bad, message in [({"server": {"endpoint": "nohost"}}, "server.endpoint"),
+                         ({"curve": "P-521"}, "curve"), ({"subject": {"XX": "1"}}, "unknown attribute"),
+                         ({"sans": ["ip:not-an-ip"]}, "sans"), ({"renew_at_fraction": 1.5}, "renew_at_fraction"),
+                         ({"subject": {}}, "must not be empty"), ({"timeout_s": 0}, "timeout_s")]:
+        with pytest.raises(ConfigError, match=message):
+            Config.parse(config(**bad))
+
+
+# ------------------------------------------------------------------------------ store
+def test_store_is_atomic_encrypted_and_detects_tampering(tmp_path, ca):
+    store = Store(tmp_path)
+    assert store.load() is None
+    key = generate_key()
+    store.save(Persisted(key, None, (), (ca.certificate,)))
+    loaded = store.load()
+    assert loaded.key.private_numbers() == key.private_numbers() and loaded.ca_certs == (ca.certificate,)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["est-kek.bin", "est-state.json"]
+    assert (tmp_path / "est-kek.bin").stat().st_mode & 0o077 == 0
+    doc = json.loads((tmp_path / "est-state.json").read_text())
+    ct = bytearray(base64.b64decode(doc["key"]["ciphertext"]))
+    ct[5] ^= 1
+    doc["key"]["ciphertext"] = base64.b64encode(bytes(ct)).decode()
+    (tmp_path / "est-state.json").write_text(json.dumps(doc))
+    with pytest.raises(StoreError, match="InvalidTag"):
+        store.load()
+    # A certificate that does not hold the stored key is refused too.
+    store.save(Persisted(key, ca.certificate, (ca.certificate,), ()))
+    with pytest.raises(StoreError, match="does not hold the stored key"):
+        store.load()
+
+
+def test_unusable_state_is_set_aside_and_reported(tmp_path, ca):
+    (tmp_path / "est-state.json").write_text("{not json")
+    lines = []
+    svc = EstService(Config.parse(config()), TrustAnchors((ca.certificate,)), Store(tmp_path), log=lines.append,
+                     transport_for=None)
+    svc.load()
+    assert not (tmp_path / "est-state.json").exists()
+    assert len(list(tmp_path.glob("est-state.json.bad-*"))) == 1
+    status = svc.status()
+    assert status.error_code == 201 and "stored state unusable" in status.detail and status.cert_state is CertState.NONE
+
+
+# ------------------------------------------------------------------------------ scheduling
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory) -> EstCa:
+    return EstCa(tmp_path_factory.mktemp("ca"), validity=dt.timedelta(days=1))
+
+
+@pytest.fixture(scope="module")
+def running(ca):
+    with serve(ca, "127.0.0.1", 0, ServerOptions(hang_limit=10)) as server:
+        yield server
+
+
+class Clock:
+    """Stands still unless advanced. It starts a little ahead of the CA's clock: the CA issues
+    with not_before = its own "now" (no backdating), which must not lie after ours."""
+
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(UTC) + dt.timedelta(seconds=30)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> dt.datetime:
+        self.now += dt.timedelta(seconds=seconds)
+        return self.now
+
+
+@pytest.fixture
+def service(tmp_path, ca, running):
+    proxy = Proxy(type("E", (), {"log": staticmethod(lambda text: None)})(), [f"127.0.0.1:{running.port}"])
+    peer = ShmPeer("est", 16, None)  # type: ignore[arg-type]
+    cfg = Config.parse(config(running.port, renew_at_fraction=1e-6, min_reenroll_interval_s=60))
+    trust = TrustAnchors((ca.certificate,))
+
+    def transport_for(cert, key, chain):
+        context = make_ssl_context(trust.anchors, client_cert=cert, client_key=key, client_chain=chain)
+        return HttpTransport(proxy_connector(lambda raw: proxy.handle(peer, raw), cfg.endpoint, context,
+                                             "127.0.0.1", timeout=cfg.timeout_s), timeout=cfg.timeout_s)
+
+    clock = Clock()
+    lines: list[str] = []
+    svc = EstService(cfg, trust, Store(tmp_path), log=lines.append, transport_for=transport_for, clock=clock)
+    svc.lines, svc.fake_clock = lines, clock  # type: ignore[attr-defined]
+    yield svc
+    running.update(fault=Fault.NONE, basic_auth=("estuser", "estpwd"))
+
+
+def test_enroll_then_reenroll_is_rate_limited(service):
+    clock = service.fake_clock
+    service.load()
+    assert service.next_wakeup(clock()) <= clock()
+    service.work(clock())
+    first = service.renewal.certificate
+    assert first is not None and service.successes == 1
+    small = ShmPeer("gw", 16, type("R", (), {"size": 128})())  # type: ignore[arg-type]
+    status, payload = decode_response(service.handle(small, Request(Op.GET_CHAIN, Format.PEM).encode()))
+    assert status is Status.TOO_LARGE and int.from_bytes(payload, "little") > 64
+    # Renewal is due at once (fraction ~0), but not before min_reenroll_interval_s.
+    assert service.next_wakeup(clock()) == clock() + dt.timedelta(seconds=60)
+    service.work(clock())
+    assert service.renewal.certificate is first
+    service.work(clock.advance(61))
+    second = service.renewal.certificate
+    assert second.serial_number != first.serial_number and service.successes == 2
+    assert second.subject == first.subject
+    # A restart finds the renewed certificate and its (new) key.
+    reloaded = service.store.load()
+    assert reloaded.certificate == second and reloaded.key.private_numbers() == service.key.private_numbers()
+
+
+def test_failures_back_off_and_keep_the_certificate(service, running):
+    clock = service.fake_clock
+    service.load()
+    service.work(clock())
+    cert = service.renewal.certificate
+    running.update(fault=Fault.ROGUE_ISSUER)
+    service.work(clock.advance(61))
+    assert service.renewal.certificate is cert and service.renewal.failures == 1
+    assert service.next_wakeup(clock()) == clock() + dt.timedelta(seconds=5)  # backoff.initial_s
+    status = service.status()
+    assert (status.error_code, status.activity, status.cert_state) == (ErrorKind.UNTRUSTED_CHAIN,
+                                                                       Activity.BACKING_OFF, CertState.VALID)
+    service.work(clock.advance(5))
+    assert service.renewal.failures == 2
+    assert service.next_wakeup(clock()) == clock() + dt.timedelta(seconds=10)
+    assert service.store.load().certificate == cert
+    running.update(fault=Fault.NONE)
+    service.work(clock.advance(10))
+    assert service.renewal.failures == 0 and service.renewal.certificate is not cert
+    assert service.status().error_code == ErrorKind.UNTRUSTED_CHAIN, "the last error stays as history"
+
+
+def test_refused_credentials_leave_no_certificate(service, running):
+    running.update(basic_auth=("estuser", "other"))
+    service.load()
+    service.work(service.fake_clock())
+    status = service.status()
+    assert status.error_code == AUTH_REFUSED and status.http_status == 401
+    assert "refused our credentials" in status.detail
+    assert service.store.load().certificate is None, "only the pending key is stored"
+    peer = ShmPeer("gw", 16, type("R", (), {"size": 64})())  # type: ignore[arg-type]
+    assert decode_response(service.handle(peer, Request(Op.GET_CERT).encode()))[0] is Status.NO_CERTIFICATE
