@@ -48,6 +48,9 @@ _CA_VALIDITY = dt.timedelta(days=3650)
 _SERVER_VALIDITY = dt.timedelta(days=30)
 
 
+CLOCK_SKEW = dt.timedelta(seconds=60)  #: how far issued certificates are backdated
+
+
 class EstCaError(Exception):
     """The CA cannot start: unusable state directory or inconsistent key material."""
 
@@ -195,7 +198,8 @@ class EstCa:
             .issuer_name(issuer.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
+            # backdated, as CAs do, so a device whose clock runs a little behind accepts it
+            .not_valid_before(max(now - CLOCK_SKEW, issuer.not_valid_before_utc))
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(

@@ -63,7 +63,7 @@ from tasks.est_service.service_protocol import (AUTH_REFUSED, LOCAL_ERROR, Activ
                                                 encode_chain, encode_response, too_large)
 from tasks.est_service.tls_stream import proxy_connector
 from tasks.est_service.trust import TrustAnchors
-from tasks.runtime.shm import SHM_PROTO, ShmClient, ShmPeer, bind_peers
+from tasks.runtime.shm import ShmClient, ShmPeer, bind_peers, handle_shm_call
 
 UTC = dt.timezone.utc
 STATE_FILE = "est-state.json"
@@ -597,21 +597,7 @@ class EstService:
 
 # ---------------------------------------------------------------------------- the task
 def _dispatch(peers: dict[int, ShmPeer], service: EstService, msg) -> tuple[int, tuple[int, ...]]:
-    """A shared-memory call, as `tasks.runtime.shm.serve_shm` handles it, -> (status, words)."""
-    if msg.proto != SHM_PROTO:
-        return -int(Err.EBADPROTO), ()
-    peer = peers.get(msg.label & ~3)
-    if peer is None:
-        return -int(Err.EPERM), ()
-    length = msg.word(0) if msg.has_words(1) else 0
-    if length > peer.half:
-        return -int(Err.EMSGTOOLONG), ()
-    request = peer.region.read(0, length)
-    peer.region.write(peer.half, bytes(peer.half))
-    peer.region.write(0, bytes(length))
-    response = service.handle(peer, request)
-    peer.region.write(peer.half, response)
-    return 0, (len(response),)
+    return handle_shm_call(peers, msg, service.handle)
 
 
 def _trust_anchors(env, name: str) -> TrustAnchors:

@@ -66,44 +66,50 @@ class ShmPeer:
         return self.region.size // 2
 
 
+def handle_shm_call(peers: dict[int, ShmPeer], msg, handle: Callable[[ShmPeer, bytes], bytes]
+                    ) -> tuple[int, tuple[int, ...]]:
+    """One shared-memory call -> the reply (status, words).
+
+    The request is read and its area zeroed, the previous response is zeroed,
+    ``handle`` runs and its response is written. ``handle`` must not raise: its
+    errors are part of its response bytes.
+    """
+    if msg.proto != SHM_PROTO:
+        return -int(Err.EBADPROTO), ()
+    peer = peers.get(msg.label & ~3)
+    if peer is None:
+        return -int(Err.EPERM), ()
+    length = msg.word(0) if msg.has_words(1) else 0
+    if length > peer.half:
+        return -int(Err.EMSGTOOLONG), ()
+    request = peer.region.read(0, length)
+    peer.region.write(peer.half, bytes(peer.last_response))  # the previous response is gone
+    peer.region.write(0, bytes(length))  # done with the request area
+    response = handle(peer, request)
+    if len(response) > peer.half:
+        peer.last_response = 0
+        return -int(Err.EMSGTOOLONG), ()
+    peer.region.write(peer.half, response)
+    peer.last_response = len(response)
+    return 0, (len(response),)
+
+
 def serve_shm(env, peers: dict[int, ShmPeer], handle: Callable[[ShmPeer, bytes], bytes],
               other: Callable[[object], tuple[int, tuple[int, ...]] | None] | None = None) -> None:
-    """Server loop: the request is read, its area zeroed, ``handle`` runs, the response is written.
-
-    ``peers`` maps gate label -> peer. Messages that are not shared-memory calls
-    go to ``other`` (None: answered with -L4_EBADPROTO). ``handle`` must not raise:
-    its errors are part of its response bytes.
-    """
+    """Server loop over ``handle_shm_call``. ``peers`` maps gate label -> peer. Messages that
+    are not shared-memory calls go to ``other`` (None there: no reply); without ``other``
+    they are answered with -L4_EBADPROTO."""
     msg = env.wait()
     while True:
         if not msg.ok:
             msg = env.wait()
             continue
-        peer = peers.get(msg.label & ~3)
-        if msg.proto != SHM_PROTO:
-            answer = other(msg) if other is not None else (-int(Err.EBADPROTO), ())
-            if answer is None:
-                msg = env.wait()
-            else:
-                msg = env.reply_and_wait(answer[0], *answer[1])
+        if msg.proto != SHM_PROTO and other is not None:
+            answer = other(msg)
+            msg = env.wait() if answer is None else env.reply_and_wait(answer[0], *answer[1])
             continue
-        if peer is None:
-            msg = env.reply_and_wait(-int(Err.EPERM))
-            continue
-        length = msg.word(0) if msg.has_words(1) else 0
-        if length > peer.half:
-            msg = env.reply_and_wait(-int(Err.EMSGTOOLONG))
-            continue
-        request = peer.region.read(0, length)
-        peer.region.write(peer.half, bytes(peer.last_response))  # the previous response is gone
-        peer.region.write(0, bytes(length))  # done with the request area
-        response = handle(peer, request)
-        if len(response) > peer.half:
-            msg = env.reply_and_wait(-int(Err.EMSGTOOLONG))
-            continue
-        peer.region.write(peer.half, response)
-        peer.last_response = len(response)
-        msg = env.reply_and_wait(0, len(response))
+        status, words = handle_shm_call(peers, msg, handle)
+        msg = env.reply_and_wait(status, *words)
 
 
 def bind_peers(env, clients: dict[str, dict]) -> dict[int, ShmPeer]:
