@@ -1,4 +1,4 @@
-"""Where the system's output goes: the kernel log (Moe's tagged task lines), violations, task stderr.
+"""Where the system's output goes: the kernel log (Moe's tagged task lines) and violations.
 
 ``RichConsole`` prints for people (colours, rich markup escaped); ``RecordingConsole``
 keeps plain lines for tests and summaries. Both see the same calls.
@@ -26,7 +26,6 @@ class ConsoleSink(Protocol):
     def log_line(self, line: str) -> None: ...
     def kernel(self, message: str) -> None: ...
     def violation(self, v: Violation) -> None: ...
-    def task_stderr(self, task: str, line: str) -> None: ...
 
 
 class RecordingConsole:
@@ -43,9 +42,6 @@ class RecordingConsole:
     def violation(self, v: Violation) -> None:
         self.violations.append(v)
         self.lines.append(f"kernel  | {v}")
-
-    def task_stderr(self, task: str, line: str) -> None:
-        self.lines.append(f"{task[:8]:<8}! {line}")
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -71,7 +67,3 @@ class RichConsole(RecordingConsole):
         super().violation(v)
         if not self.quiet_violations:
             self.out.print(f"[bold red]kernel[/]  | [red]{escape(str(v))}[/]")
-
-    def task_stderr(self, task: str, line: str) -> None:
-        super().task_stderr(task, line)
-        self.out.print(f"[yellow]{escape(task[:8]):<8}[/]! {escape(line)}")

@@ -1,8 +1,9 @@
 """The kernel's I/O shell: task processes, their channels, memfds, the event loop.
 
 Every task is an OS process started with exactly: fd 3 = its SOCK_SEQPACKET
-channel to this process, fd 2 = a write-only pipe into the kernel console,
-fds 0/1 = /dev/null, an empty environment and no secrets in argv. It gets a
+channel to this process, fds 0/1/2 = /dev/null, an empty environment and no
+secrets in argv. (What a task has to say, even a crash, goes through its log
+capability.) It gets a
 new session, so terminal signals reach only the kernel, which shuts the system
 down. Memory reaches a task only as memfds passed with the IPC result that
 mapped them (read-only mappings get an O_RDONLY fd, so the OS refuses a
@@ -41,13 +42,11 @@ def now_us() -> int:
 
 
 class TaskProcess:
-    def __init__(self, task: Task, pid: int, pidfd: int, sock: socket.socket, err_fd: int):
+    def __init__(self, task: Task, pid: int, pidfd: int, sock: socket.socket):
         self.task = task
         self.pid = pid
         self.pidfd = pidfd
         self.sock = sock
-        self.err_fd = err_fd
-        self.err_buf = b""
         self.status: int | None = None
 
 
@@ -137,8 +136,6 @@ class Supervisor:
                 self._on_channel(proc)
             elif kind == "exit":
                 self._on_exit(proc)
-            elif kind == "err":
-                self._on_stderr(proc)
             elif kind == "signal":
                 try:
                     os.read(key.fd, 64)
@@ -202,7 +199,6 @@ class Supervisor:
         if code < 0:
             code = 128 - code
         proc.status = code
-        self._drain_stderr(proc, final=True)
         self._close_proc(proc)
         del self.procs[proc.task.id]
         task = proc.task
@@ -215,28 +211,6 @@ class Supervisor:
         elif task is self.kernel.sigma0:
             self.console.kernel(f"sigma0 exited with {code}: the root pager is gone, halting")
             self.exit_code = EXIT_SIGMA0_DIED
-
-    def _on_stderr(self, proc: TaskProcess) -> None:
-        self._drain_stderr(proc, final=False)
-
-    def _drain_stderr(self, proc: TaskProcess, *, final: bool) -> None:
-        while True:
-            try:
-                chunk = os.read(proc.err_fd, 65536)
-            except (BlockingIOError, OSError):
-                break
-            if not chunk:
-                final = True
-                break
-            proc.err_buf += chunk
-            if len(chunk) < 65536:
-                break
-        *lines, proc.err_buf = proc.err_buf.split(b"\n")
-        if final and proc.err_buf:
-            lines.append(proc.err_buf)
-            proc.err_buf = b""
-        for line in lines:
-            self.console.task_stderr(proc.task.describe(), line.decode("utf-8", "replace"))
 
     # ---------------------------------------------------------- effects out
     def _apply(self, effects) -> None:
@@ -331,7 +305,6 @@ class Supervisor:
 
     def _spawn(self, task: Task, record: dict, boot_fds: list[int]) -> None:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        err_r, err_w = os.pipe()
         devnull = os.open(os.devnull, os.O_RDWR)
         self._spawned += 1
         record = dict(record)
@@ -348,7 +321,7 @@ class Supervisor:
         actions = [
             (os.POSIX_SPAWN_DUP2, devnull, 0),
             (os.POSIX_SPAWN_DUP2, devnull, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2),
+            (os.POSIX_SPAWN_DUP2, devnull, 2),
             (os.POSIX_SPAWN_DUP2, child_sock.fileno(), 3),
         ]
         env = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -357,16 +330,13 @@ class Supervisor:
                                  file_actions=actions, setsid=True)
         finally:
             child_sock.close()
-            os.close(err_w)
             os.close(devnull)
         pidfd = os.pidfd_open(pid)
         parent_sock.setblocking(False)
-        os.set_blocking(err_r, False)
-        proc = TaskProcess(task, pid, pidfd, parent_sock, err_r)
+        proc = TaskProcess(task, pid, pidfd, parent_sock)
         self.procs[task.id] = proc
         self.sel.register(parent_sock, selectors.EVENT_READ, ("chan", proc))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", proc))
-        self.sel.register(err_r, selectors.EVENT_READ, ("err", proc))
         self._send(task, Boot(record).encode(), boot_fds)
 
     # --------------------------------------------------------------- helpers
@@ -387,7 +357,6 @@ class Supervisor:
         self._unregister(proc.sock)
         proc.sock.close()
         self._close_fd(proc.pidfd)
-        self._close_fd(proc.err_fd)
 
     def inject_irq(self, name: str) -> None:
         """Trigger a named IRQ object from outside the system (tests, a simulated device)."""

@@ -27,29 +27,36 @@ def run() -> int:
     except ChannelClosed:
         return 111
     record = boot.record
+    notes: list[str] = []  # said through the task's log capability once it can talk
     confine = record.get("confine")
+    refused = False
     if confine:
         from tasks.runtime import confine as confinement
         try:
             report = confinement.apply(confinement.policy_from_record(confine, boot_fds))
         except confinement.ConfinementError as exc:
-            print("confinement failed, not starting:\n" + exc.report.summary(), file=sys.stderr, flush=True)
-            return 113
-        weak = [s for s in report.steps if s.status in (confinement.UNAVAILABLE, confinement.FAILED)]
-        if confine.get("report"):
+            report, refused = exc.report, True
+            notes.append("confinement failed, not starting:")
+            notes.extend(exc.report.summary().splitlines())
+        if confine.get("report") and not refused:
             done = [s.name for s in report.steps if s.status == confinement.ENFORCED]
-            print(f"confinement: enforced {', '.join(done)} ({report.elapsed_s * 1000:.0f} ms)",
-                  file=sys.stderr, flush=True)
-        for step in weak:
-            print(f"confinement: NOT enforced {step.name}: {step.detail}", file=sys.stderr, flush=True)
+            notes.append(f"confinement: enforced {', '.join(done)} ({report.elapsed_s * 1000:.0f} ms)")
+        for step in report.steps:
+            if step.status in (confinement.UNAVAILABLE, confinement.FAILED) and not refused:
+                notes.append(f"confinement: NOT enforced {step.name}: {step.detail}")
     from tasks.runtime.env import Env
 
+    env = Env(channel, record, boot_fds)
+    say = _sayer(env, record)
+    for note in notes:
+        say(note)
+    if refused:
+        return 113
     if record.get("workdir"):
         os.chdir(record["workdir"])  # the task's one writable place (its files live here)
 
     program = str(record.get("program", ""))
     module_name = program if record.get("root") else f"tasks.{program}"
-    env = Env(channel, record, boot_fds)
     try:
         module = importlib.import_module(module_name)
         code = module.main(env)
@@ -58,9 +65,26 @@ def run() -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - the task's own crash; report it, exit non-zero
-        traceback.print_exc()
+        for line in traceback.format_exc().splitlines():
+            say(line)
         return 1
     return int(code or 0)
+
+
+def _sayer(env, record: dict):
+    """Lines about the task itself go out through its log capability (it has no stderr).
+
+    Moe's log object tags ordinary tasks' lines; root tasks write to the kernel
+    console directly, so they tag their own.
+    """
+    prefix = f"{str(record.get('name', '?'))[:8]:<8}! " if record.get("root") else "! "
+
+    def say(line: str) -> None:
+        try:
+            env.log(prefix + line)
+        except Exception:  # noqa: BLE001 - the kernel is gone: nothing left to tell
+            pass
+    return say
 
 
 if __name__ == "__main__":

@@ -80,11 +80,11 @@ class ConfinementPolicy:
 
     @classmethod
     def for_task(cls, channel_fd: int, index: int, writable_dir: str | None = None, **kw) -> "ConfinementPolicy":
-        """Recommended: uid = gid = 61000 + task index and strict when the kernel is root; keeps the
-        channel and fd 2 (the console pipe)."""
+        """Recommended: uid = gid = 61000 + task index and strict when the kernel is root; keeps only
+        the channel (fds 0-2 become /dev/null)."""
         root = os.geteuid() == 0
         kw.setdefault("strict", root)
-        return cls(allow_fds=(channel_fd, 2), uid=TASK_UID_BASE + index if root else None,
+        return cls(allow_fds=(channel_fd,), uid=TASK_UID_BASE + index if root else None,
                    writable_dir=writable_dir, **kw)
 
     def to_record(self) -> dict:
@@ -95,7 +95,7 @@ class ConfinementPolicy:
 
 def policy_from_record(record: dict, fds=()) -> ConfinementPolicy:
     """Policy from the boot record's "confine" dict; `fds` are fds the task already holds and must
-    keep (boot memory). allow_fds defaults to the channel (3) and stderr (2, the console pipe)."""
+    keep (boot memory). allow_fds defaults to the channel (3) and fd 2."""
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k != "report"}
     unknown = set(kw) - set(ConfinementPolicy.__dataclass_fields__)
     if unknown:
