@@ -12,6 +12,7 @@ Verbs:
   trigger:CAP                  trigger an IRQ
   bind_irq:CAP / bind_gate:CAP,LABEL
   map:CAP[,w]                  map a dataspace (w = ask for write access)
+  mapoff:CAP,OFFSET            map one page of a dataspace at OFFSET (past its end)
   write:CAP                    map read-only, then store into it with ctypes, under the runtime's feet
   mmap_rw:CAP                  map read-only, then try mmap(PROT_WRITE) on the fd the kernel passed
   alloc:SIZE                   allocate a dataspace from Moe (memory quota)
@@ -79,6 +80,10 @@ def run(env, verb: str, args: list[str]) -> dict:
         except Exception as exc:  # noqa: BLE001 - report, do not die
             return {"mapped": False, "error": str(exc)}
         return {"mapped": True, "writable": region.writable, "first": region.read(0, 16).hex()}
+    if verb == "mapoff":  # map a dataspace at an offset past its end
+        msg = env.call(_sel(env, args[0]), Proto.DATASPACE, DataspaceOp.MAP, int(args[1], 0), 4096, 0,
+                       rcv_mem=4096, timeout_us=1_000_000)
+        return {**_msg(msg), "mapped": bool(msg.regions)}
     if verb == "write":
         region = env.map_dataspace(_sel(env, args[0]))
         # CPython's mmap object starts with PyObject_HEAD, then ``char *data``: the mapping's address.

@@ -32,6 +32,8 @@ ATTACKS = [
     "raw:0x9000,-15,-11",  # V20: ask Moe's allocator for a Task
     "raw:0x9000,-15,0x4000,0x1000000",  # V21: a dataspace beyond its memory quota
     "reply",  # V19
+    "raw:est,0x4100,0x7fffffff,{crypto_gate_id}",  # V3: object ids and lengths in a payload are only data
+    "mapoff:crypto_shm,0x28000",  # V16: map past the end of a shared dataspace
     "crypto_import",  # V15 / import disabled by the image
     "crypto_destroy",  # V15: an operation outside the gateway's allowlist
     "net:127.0.0.1:{port}",  # V14 / H1: the EST CA directly, without the proxy
@@ -54,7 +56,7 @@ def attack(tmp_path_factory):
     image["objects"]["go"] = {"type": "irq"}
     evil = copy.deepcopy(image["tasks"]["gateway"])
     evil.update(program="testing.adversary", log={"tag": "evil", "color": "r"},
-                args=[a.format(port=server.port) for a in ATTACKS])
+                args=[a.format(port=server.port, crypto_gate_id=0x43000) for a in ATTACKS])
     evil.pop("config")
     evil["caps"]["go"] = "go:rws"
     image["tasks"]["evil"] = evil
@@ -132,6 +134,17 @@ def test_v20_no_privileged_objects(attack):
 def test_v21_memory_quota(attack):
     _, _, results, _, _ = attack
     assert results["raw:0x9000,-15,0x4000,0x1000000"]["status"] == -12  # -L4_ENOMEM for this task only
+
+
+def test_v3_an_object_id_in_a_payload_is_only_data(attack):
+    _, _, results, _, _ = attack
+    result = results["raw:est,0x4100,0x7fffffff,274432"]
+    assert result["status"] == -1002 and not result["got_cap"]  # -L4_EMSGTOOLONG from est; no capability
+
+
+def test_v16_no_mapping_past_the_end_of_a_dataspace(attack):
+    _, _, results, _, _ = attack
+    assert results["mapoff:crypto_shm,0x28000"]["status"] == -34 and not results["mapoff:crypto_shm,0x28000"]["mapped"]
 
 
 def test_v19_reply_without_a_caller(attack):

@@ -108,3 +108,17 @@ def test_restart_policy_on_failure_then_gives_up(boot):
     assert "flaky exited (3); restart 1 of 2" in moe and "flaky exited (3); restart 2 of 2" in moe
     assert "flaky exited with status 3" in moe
     assert [code for name, code in system.sup.exited if name == "flaky"] == [3, 3, 3]
+
+
+def test_a_crashing_task_reports_through_its_log_and_nothing_else_stops(boot):
+    system = boot("""
+        name: crash
+        run: {until: [c]}
+        tasks:
+          c:
+            program: hello.ping_client
+            args: [abc]
+    """)
+    assert system.run(timeout=60) == 1
+    assert "! ValueError: invalid literal for int() with base 10: 'abc'" in system.lines("c")
+    assert "c exited with status 1" in system.lines("moe")
