@@ -41,6 +41,10 @@ RAM_BASE = 0x0010_0000  #: physical address of the first RAM byte Sigma0 owns
 MODULE_BASE = 0x8000_0000_0000  #: where bootstrap places boot modules (outside RAM)
 SIGMA0_PAGER_LABEL = 0x40  #: label of Moe's pager gate to Sigma0 (fiasco init_std_workload)
 FULL = CapRights.parse("svr")
+_S_BIT, _SVR_BIT = int(CapRights.S), int(CapRights.SVR)
+# IPC phase bits as plain ints: the hot path tests them on every syscall, and enum
+# arithmetic costs more than the rest of the rendezvous.
+_SEND, _RECV, _OPEN_WAIT, _REPLY = (int(f) for f in (IpcFlags.SEND, IpcFlags.RECV, IpcFlags.OPEN_WAIT, IpcFlags.REPLY))
 
 
 @dataclasses.dataclass
@@ -142,8 +146,8 @@ class Kernel:
 
     def expire(self, now: int) -> list[Effect]:
         self.now = now
-        for thread in sorted((t for t in self._blocked if t.deadline is not None and t.deadline <= now),
-                             key=lambda t: (t.deadline, t.id)):
+        due = [t for t in self._blocked if t.deadline is not None and t.deadline <= now]
+        for thread in sorted(due, key=lambda t: (t.deadline, t.id)) if due else ():
             if thread.state is ThreadState.SENDING:
                 self._unqueue(thread)
                 self._complete(thread, Result(error=IpcError.SETIMEOUT))
@@ -180,17 +184,17 @@ class Kernel:
     def _ipc(self, thread: Thread, inv: Invocation) -> None:
         thread.inv = inv
         flags = inv.flags
-        if IpcFlags.REPLY in flags:
+        if flags & _REPLY:
             err = self._reply(thread, inv)
             if err is not IpcError.OK:
                 self._complete(thread, Result(error=err))
-            elif IpcFlags.RECV in flags:
+            elif flags & _RECV:
                 self._receive(thread, inv)
             else:
                 self._complete(thread, Result(tag=inv.tag))
-        elif IpcFlags.SEND in flags:
+        elif flags & _SEND:
             self._send(thread, inv)
-        elif IpcFlags.RECV in flags:
+        elif flags & _RECV:
             self._receive(thread, inv)
         else:
             self._complete(thread, Result(tag=inv.tag))
@@ -212,17 +216,17 @@ class Kernel:
             self._complete(thread, Result(error=IpcError.ENOT_EXISTENT))
             return
         label = inv.tag.label
-        if isinstance(obj, IpcGate) and not (label == Proto.KOBJECT and CapRights.SVR in CapRights(cap.rights)):
+        if isinstance(obj, IpcGate) and not (label == Proto.KOBJECT and cap.rights & _SVR_BIT):
             self._send_to(thread, obj.thread, obj, cap.rights & LABEL_RIGHTS,
-                          CapRights.S in CapRights(cap.rights))
+                          bool(cap.rights & _S_BIT))
             return
         if isinstance(obj, Thread) and label != Proto.THREAD:
-            self._send_to(thread, obj, None, inv.label, CapRights.S in CapRights(cap.rights))
+            self._send_to(thread, obj, None, inv.label, bool(cap.rights & _S_BIT))
             return
         reply = invoke.kernel_object(self, thread, cap, inv)
         if reply is None:  # the operation blocked or completed the thread itself
             return
-        if IpcFlags.RECV in inv.flags:
+        if inv.flags & _RECV:
             self._complete(thread, Result(tag=MsgTag(reply.label, -(-len(reply.data) // 8), len(reply.items)),
                                           data=reply.data, items=reply.items), reply.memory)
         else:
@@ -265,7 +269,7 @@ class Kernel:
             return
         result = Result(tag=MsgTag(inv.tag.label, inv.tag.words, len(tr.items), inv.tag.flags & 0x3000),
                         label=sender.send_label, data=inv.data, items=tr.items)
-        if IpcFlags.RECV in inv.flags:  # a call: wait for the reply from this partner only
+        if inv.flags & _RECV:  # a call: wait for the reply from this partner only
             receiver.reply_to = sender
             sender.generation += 1
             self._block(sender, ThreadState.RECEIVING, receiver, timeout_to_us(inv.timeout & 0xFFFF))
@@ -296,7 +300,7 @@ class Kernel:
 
     def _receive(self, thread: Thread, inv: Invocation) -> None:
         recv_to = timeout_to_us(inv.timeout & 0xFFFF)
-        if IpcFlags.OPEN_WAIT in inv.flags or IpcFlags.REPLY in inv.flags:
+        if inv.flags & _OPEN_WAIT or inv.flags & _REPLY:
             if thread.asyncs:
                 self._deliver_async(thread, thread.asyncs.popleft())
                 return
@@ -533,6 +537,9 @@ class Kernel:
         self._effects.append(Denied(v))
 
     def _take(self) -> list[Effect]:
+        if not self._retiring and not self._held:  # the common case
+            out, self._effects = self._effects, []
+            return out
         pending, self._effects, self._held = self._held + self._effects, [], []
         waiting = {eff.task.id for eff in pending if isinstance(eff, Deliver)}  # blocked until we deliver
         retired = self._retire_ready(waiting)
@@ -624,6 +631,6 @@ class Kernel:
 
 
 def _op_name(inv: Invocation) -> str:
-    if IpcFlags.RECV in inv.flags:
+    if inv.flags & _RECV:
         return "call"
     return "send"

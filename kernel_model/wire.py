@@ -85,7 +85,7 @@ class Item:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Invocation:
-    flags: IpcFlags
+    flags: int  #: IpcFlags bits (a plain int once decoded: the kernel tests them on every call)
     dest: int = INVALID_CAP
     tag: MsgTag = MsgTag()
     data: bytes = b""
@@ -184,7 +184,7 @@ def decode_invocation(frame: bytes) -> Invocation:
         if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
             raise WireError(f"unknown typed item kind {ikind}")
         items.append(Item(ItemKind(ikind), index, rights, size, bool(grant), dst))
-    return Invocation(IpcFlags(flags), dest, MsgTag.from_raw(tag), bytes(frame[off:off + data_len]), tuple(items),
+    return Invocation(flags, dest, MsgTag.from_raw(tag), bytes(frame[off:off + data_len]), tuple(items),
                       timeout, label, rcv_obj, mem_base, mem_size)
 
 
