@@ -18,7 +18,7 @@ from capabilities.mapdb import Kind, Mapping
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, Err, FactoryOp, GateOp, IrqOp, LogOp, DebuggerOp, MsgTag,
                               Proto, TaskOp, ThreadOp, UnmapMask, sel)
-from kernel_model.events import Console, Rule, Spawn
+from kernel_model.events import Console, Rule
 from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, Log, Task, Thread, ThreadState)
 from kernel_model.wire import Invocation, ItemKind, RecvItem
 

@@ -31,9 +31,9 @@ from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_r
 from kernel_model import invoke
 from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, PAGE_SIZE, EnvSlot, IpcError, IpcFlags, MsgTag, Proto,
                               sel, timeout_to_us)
-from kernel_model.events import (Console, Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
+from kernel_model.events import (Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
                                  Revoked, Rule, Spawn, Violation)
-from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, ObjType, Task,
+from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, Task,
                                   Thread, ThreadState)
 from kernel_model.wire import Invocation, ItemKind, RecvItem, Result, WireError, decode_invocation
 

@@ -30,7 +30,7 @@ import enum
 import json
 import struct
 
-from kernel_model.abi import INVALID_CAP, IpcError, IpcFlags, MsgTag
+from kernel_model.abi import INVALID_CAP, IpcError, MsgTag
 
 
 class FrameKind(enum.IntEnum):

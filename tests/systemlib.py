@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 from kernel_model.host.console import RecordingConsole
-from kernel_model.host.images import load_image
 from kernel_model.host.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+from tasks.runtime.files import atomic_write
 
 __all__ = ["atomic_write", "ensure_private_dir", "locked"]
 
@@ -34,28 +35,6 @@ def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) if missing; a new directory gets mode 0700."""
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     return path
-
-
-def atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` atomically; the file has ``mode`` from its first byte."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it; make it exact
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager

@@ -1,13 +1,11 @@
 """Moe's state and its server loop."""
 from __future__ import annotations
 
-import struct
-
 from capabilities.image import Image, ObjectType, parse_image
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp, UnmapMask, sel)
 from kernel_model.moe import loader
-from kernel_model.moe.objects import (AllocatorObject, Backing, DataspaceObject, NamespaceObject, Response, Served,
+from kernel_model.moe.objects import (Backing, DataspaceObject, NamespaceObject, Response, Served,
                                       color_prefix)
 from kernel_model.wire import ItemKind
 

@@ -38,7 +38,6 @@ import datetime as dt
 import ipaddress
 import json
 import os
-import secrets
 import tempfile
 from pathlib import Path
 
@@ -49,7 +48,6 @@ from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption
                                                           PublicFormat, load_der_private_key)
 from cryptography.x509.oid import NameOID
 
-from kernel_model.abi import Err
 from tasks.est_service import protocol
 from tasks.est_service.csr import Curve, build_csr, build_reenroll_csr, generate_key
 from tasks.est_service.exchange import DeferralLimits, Exchange
@@ -58,11 +56,12 @@ from tasks.est_service.messages import BasicAuth, EstServer
 from tasks.est_service.renewal import (Action, RenewalPolicy, RenewalState, decide, record_failure,
                                        record_success)
 from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, EstError
-from tasks.est_service.service_protocol import (AUTH_REFUSED, LOCAL_ERROR, Activity, CertState, Format,
+from tasks.est_service.service_protocol import (AUTH_REFUSED, LOCAL_ERROR, Activity, CertState,
                                                 Op, ServiceStatus, Status, decode_request, encode_cert,
                                                 encode_chain, encode_response, too_large)
 from tasks.est_service.tls_stream import proxy_connector
 from tasks.est_service.trust import TrustAnchors
+from tasks.runtime.files import atomic_write
 from tasks.runtime.shm import ShmClient, ShmPeer, bind_peers, handle_shm_call
 
 UTC = dt.timezone.utc
@@ -216,26 +215,6 @@ def _spki(public_key) -> bytes:
     return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
-def _atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a temporary file next to ``path``, fsync it, rename it over ``path``, fsync the dir."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
-
-
 class Store:
     """The task's state in its private work directory: one JSON file, replaced atomically.
 
@@ -259,7 +238,7 @@ class Store:
             if not create:
                 return None
             kek = AESGCM.generate_key(bit_length=256)
-            _atomic_write(self.kek_path, kek)
+            atomic_write(self.kek_path, kek)
             return kek
         if len(kek) != 32:
             raise StoreError(f"{self.kek_path.name} is not a 256-bit key ({len(kek)} bytes)")
@@ -312,7 +291,7 @@ class Store:
             "chain": [_pem(c) for c in state.chain],
             "ca_certs": [_pem(c) for c in state.ca_certs],
         }
-        _atomic_write(self.state_path, json.dumps(doc, indent=1).encode())
+        atomic_write(self.state_path, json.dumps(doc, indent=1).encode())
 
     def set_aside(self) -> Path | None:
         """Move an unusable state file out of the way (kept for inspection, never deleted)."""

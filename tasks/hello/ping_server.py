@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from kernel_model.abi import Err
-from tasks.hello.protocol import DONE_LABEL, KICK_LABEL, PING_PROTO, RESPONSE_OFFSET, SERVER_LABEL, PingOp
+from tasks.hello.protocol import KICK_LABEL, PING_PROTO, RESPONSE_OFFSET, SERVER_LABEL, PingOp
 
 
 def main(env) -> int:

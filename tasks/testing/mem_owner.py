@@ -9,10 +9,10 @@ def main(env) -> int:
     env.bind_gate(env.cap("svc"), 0x10)
     env.log("sharing")
     env.wait()
-    msg = env.reply_and_wait(0, items=[Item.mem(region.address, 4096, MemRights.R | MemRights.W)])
+    env.reply_and_wait(0, items=[Item.mem(region.address, 4096, MemRights.R | MemRights.W)])
     status = env.unmap(region, only_others=True)  # revoke what we handed out; keep our own mapping
     region.write(0, b"secret-2")
     env.log(f"revoked ({status}); wrote secret-2")
-    msg = env.reply_and_wait(0)
+    env.reply_and_wait(0)
     env.reply_and_wait(0, blob=region.read(0, 8))
     return 0

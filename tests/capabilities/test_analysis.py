@@ -368,38 +368,7 @@ def test_analysis_is_deterministic(image):
 
 
 # ----------------------------------------------------- agreement with the kernel model
-class World:
-    """The in-memory kernel (as tests/kernel_model/test_kernel.py drives it): no processes."""
-
-    def __init__(self):
-        from kernel_model.kernel import Kernel
-        self.k = Kernel()
-        self.results: dict[str, list] = {}
-
-    def task(self, name: str):
-        from kernel_model.abi import EnvSlot
-        from kernel_model.objects import Task, Thread
-        t = Task(name=name)
-        th = Thread(name=f"{name}.main", task=t)
-        t.threads.append(th)
-        t.started = True
-        self.k.tasks[t.id] = t
-        self.give(t, EnvSlot.TASK, t, R)
-        self.give(t, EnvSlot.THREAD, th, R | W | S)
-        return t
-
-    def give(self, task, slot: int, obj, rights) -> None:
-        from capabilities.mapdb import Kind
-        self.k.db.insert_root(task.space, Kind.OBJECT, slot, obj, int(rights))
-
-    def do(self, task, inv) -> None:
-        from kernel_model.events import Deliver
-        for eff in self.k.syscall(task, inv.encode(), 0):
-            if isinstance(eff, Deliver):
-                self.results.setdefault(eff.task.name, []).append(eff.result)
-
-    def rights(self, task, selector: int) -> CapRights:
-        return CapRights(self.k.lookup(task, selector).rights)
+from kernel_world import World  # noqa: E402  (the in-memory kernel, no processes)
 
 
 def _words(*ws: int) -> bytes:
@@ -447,9 +416,9 @@ def test_kernel_agrees_a_call_masks_s_when_the_client_cap_lacks_it():
 
 
 def test_kernel_agrees_with_the_analysis_default_reply_rule():
-    """Kernel._reply keeps S whatever the caller's cap; Fiasco would not (Reply_cap::caller_rights).
+    """Kernel._reply keeps S only if the caller's cap had S (Fiasco's Reply_cap::caller_rights).
 
-    If the kernel model adopts Fiasco's rule, this fails: flip Analysis' ``reply_s_from_caller`` default.
+    If the kernel model changes its reply rule, this fails: flip Analysis' ``reply_s_from_caller`` default.
     """
     kernel_keeps_s = S in _transfer(R | W, "reply")
     default = inspect.signature(Analysis).parameters["reply_s_from_caller"].default

@@ -16,7 +16,7 @@ from kernel_model.events import Rule
 from kernel_model.objects import Factory, IpcGate, Irq
 from kernel_model.wire import Invocation, Item, ItemKind
 
-from capability_violations.kernel_world import RWS, World, call, words
+from kernel_world import RWS, World, call, words
 
 R, W, S, D, C = CapRights.R, CapRights.W, CapRights.S, CapRights.D, CapRights.SVR
 SVR = CapRights.parse("svr")

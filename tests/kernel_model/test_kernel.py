@@ -1,68 +1,19 @@
 """The kernel core, driven directly with frames (no processes): IPC rules, rights, errors, violations."""
 from __future__ import annotations
 
-import struct
-
 from hypothesis import given, settings, strategies as st
 
-from capabilities.mapdb import Kind
 from capabilities.rights import CapRights
 from kernel_model.abi import (INVALID_CAP, EnvSlot, Err, FactoryOp, GateOp, IpcError, IpcFlags, IrqOp, MsgTag, Proto,
                               TaskOp, UnmapMask, sel, timeouts)
-from kernel_model.events import Deliver, Rule
-from kernel_model.kernel import Kernel
-from kernel_model.objects import Factory, IpcGate, Irq, Task, Thread
+from kernel_model.events import Rule
+from kernel_model.objects import Factory, IpcGate, Irq
 from kernel_model.wire import Invocation, Item, ItemKind
+
+from kernel_world import RWS, World, call, words
 
 SVR = CapRights.parse("svr")
 RW = CapRights.R | CapRights.W
-RWS = RW | CapRights.S
-
-
-def words(*ws: int) -> bytes:
-    return b"".join(struct.pack("<q" if w < 0 else "<Q", w) for w in ws)
-
-
-class World:
-    def __init__(self):
-        self.k = Kernel()
-        self.now = 0
-        self.results: dict[str, list] = {}
-
-    def task(self, name: str) -> Task:
-        t = Task(name=name)
-        th = Thread(name=f"{name}.main", task=t)
-        t.threads.append(th)
-        t.started = True
-        self.k.tasks[t.id] = t
-        self.give(t, EnvSlot.TASK, t, CapRights.R)
-        self.give(t, EnvSlot.THREAD, th, RWS)
-        return t
-
-    def give(self, task: Task, slot: int, obj, rights) -> None:
-        self.k.db.insert_root(task.space, Kind.OBJECT, slot, obj, int(rights))
-
-    def do(self, task: Task, inv: Invocation) -> None:
-        self._collect(self.k.syscall(task, inv.encode(), self.now))
-
-    def tick(self, us: int) -> None:
-        self.now += us
-        self._collect(self.k.expire(self.now))
-
-    def _collect(self, effects) -> None:
-        for eff in effects:
-            if isinstance(eff, Deliver):
-                self.results.setdefault(eff.task.name, []).append(eff.result)
-
-    def last(self, name: str):
-        return self.results[name][-1] if self.results.get(name) else None
-
-    def pending(self, name: str) -> bool:
-        return self.last(name) is None
-
-
-def call(dest, proto=0x100, data=b"", **kw):
-    return Invocation(IpcFlags.CALL, dest, MsgTag(proto, len(data) // 8), data, **kw)
 
 
 WAIT = Invocation(IpcFlags.WAIT)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import textwrap
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 

@@ -57,6 +57,12 @@ class World:
     def last(self, name: str):
         return self.results[name][-1] if self.results.get(name) else None
 
+    def rights(self, task: Task, selector: int) -> CapRights:
+        return CapRights(self.k.lookup(task, selector).rights)
+
+    def pending(self, name: str) -> bool:
+        return self.last(name) is None
+
     def count(self, name: str) -> int:
         return len(self.results.get(name, []))
 
