@@ -27,5 +27,5 @@ def test_gateway_runs_every_operation_through_the_crypto_task(boot):
     assert "chunked AES-256-GCM: 200 KiB in 4 chunks, round trip ok" in log
     assert any(line.startswith("ML-DSA-65: 3309-byte signature verified; public key 1952 bytes") for line in log)
     assert "ML-KEM-768: encapsulated and decapsulated, shared secrets match (32 bytes)" in log
-    assert "keys in the service: 3 (secret material never left it)" in log
+    assert "keys in the service: 3, created (secret material never left it)" in log
     assert system.kernel.violations == []
