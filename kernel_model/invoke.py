@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 FULL = CapRights.parse("svr")
 HOST_KEYS = ("confine", "workdir")
-MAX_BOOT_RECORD = 16 * 1024
 
 
 @dataclasses.dataclass(frozen=True)

@@ -516,13 +516,11 @@ class Kernel:
         if isinstance(obj, Task):
             self.kill_task(obj)
         elif isinstance(obj, IpcGate):
+            # Senders waiting for the gate to be bound fail (ipc_gate.cpp ``block``); sends already
+            # queued on the bound thread stay queued there, as in L4.
             for waiter in list(obj.waiters):
                 self._complete(waiter, Result(error=IpcError.ENOT_EXISTENT))
             obj.waiters.clear()
-            for thread in list(self._blocked):
-                if thread.state is ThreadState.SENDING and thread.send_target is obj.thread and obj.thread is not None \
-                        and thread in obj.thread.senders:
-                    pass  # already routed to the thread; L4 lets such in-flight sends complete
         obj.alive = False
         self._revoked(self.db.delete_object(obj))
 
