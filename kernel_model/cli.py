@@ -42,7 +42,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from kernel_model.host.boot import boot_image
 
     return boot_image(Path(args.image), dump_caps=args.dump_caps, confine=not args.no_confine,
-                      timeout_s=args.timeout, est_ca=args.est_ca)
+                      timeout_s=args.timeout, est_ca=args.est_ca, trace=args.trace)
 
 
 def cmd_est_ca(args: argparse.Namespace) -> int:
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--dump-caps", action="store_true",
                       help="print every task's capability table (selector, object, rights, label, derived-from) "
                            "once all tasks have started")
+    boot.add_argument("--trace", action="store_true",
+                      help="print every IPC as it happens: who called or sent to whom (protocol, kernel-set label, "
+                           "words, typed items), every reply, kernel operation and IRQ delivery")
     boot.add_argument("--no-confine", action="store_true",
                       help="do not confine task processes by the OS (namespaces, uid, seccomp); for debugging")
     boot.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

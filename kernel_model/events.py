@@ -103,8 +103,15 @@ class Remapped:
 
 
 @dataclasses.dataclass(frozen=True)
+class Traced:
+    """One IPC, for ``l4emu boot --trace`` (only produced when the kernel's ``trace`` is on)."""
+
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Denied:
     violation: Violation
 
 
-Effect = Deliver | Spawn | Kill | Console | MemoryCreated | Revoked | MemoryRetired | Remapped | Denied
+Effect = Deliver | Spawn | Kill | Console | MemoryCreated | Revoked | MemoryRetired | Remapped | Traced | Denied

@@ -32,7 +32,7 @@ from kernel_model import invoke
 from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, PAGE_SIZE, EnvSlot, IpcError, IpcFlags, MsgTag, Proto,
                               sel, timeout_to_us)
 from kernel_model.events import (Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
-                                 Revoked, Rule, Spawn, Violation)
+                                 Revoked, Rule, Spawn, Traced, Violation)
 from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, Task,
                                   Thread, ThreadState)
 from kernel_model.wire import Invocation, ItemKind, RecvItem, Result, WireError, decode_invocation
@@ -69,6 +69,8 @@ class Kernel:
         self._effects: list[Effect] = []
         self._blocked: set[Thread] = set()
         self.ipc_count = 0
+        self.trace = False  # emit a Traced effect per rendezvous, reply and kernel operation
+        self.ipc_by_task: dict[str, int] = {}
         self.irqs: list[Irq] = []
         self._retiring: dict[int, Memory] = {}  # memory a live task lost but still has mapped
         self._current: Thread | None = None  # the thread whose syscall is being handled
@@ -137,6 +139,8 @@ class Kernel:
             self._complete(thread, Result(error=IpcError.SEABORTED))
             return self._take()
         self.ipc_count += 1
+        name = task.describe()
+        self.ipc_by_task[name] = self.ipc_by_task.get(name, 0) + 1
         self._current = thread
         try:
             self._ipc(thread, inv)
@@ -226,6 +230,9 @@ class Kernel:
         reply = invoke.kernel_object(self, thread, cap, inv)
         if reply is None:  # the operation blocked or completed the thread itself
             return
+        if self.trace:
+            self._effects.append(Traced(f"{thread.task.describe()} -> kernel {obj.type.value} {obj.describe()} "
+                                        f"proto {label} -> {reply.label}"))
         if inv.flags & _RECV:
             self._complete(thread, Result(tag=MsgTag(reply.label, -(-len(reply.data) // 8), len(reply.items)),
                                           data=reply.data, items=reply.items), reply.memory)
@@ -269,6 +276,11 @@ class Kernel:
             return
         result = Result(tag=MsgTag(inv.tag.label, inv.tag.words, len(tr.items), inv.tag.flags & 0x3000),
                         label=sender.send_label, data=inv.data, items=tr.items)
+        if self.trace:
+            kind = "call" if inv.flags & _RECV else "send"
+            self._effects.append(Traced(
+                f"{sender.task.describe()} -> {receiver.task.describe()} {kind} proto {inv.tag.label:#x} "
+                f"label {sender.send_label:#x} {inv.tag.words}w {len(tr.items)} item(s)"))
         if inv.flags & _RECV:  # a call: wait for the reply from this partner only
             receiver.reply_to = sender
             sender.generation += 1
@@ -296,6 +308,9 @@ class Kernel:
             return tr.error[0]
         self._complete(partner, Result(tag=MsgTag(inv.tag.label, inv.tag.words, len(tr.items)), data=inv.data,
                                        items=tr.items), tr.memory)
+        if self.trace:
+            self._effects.append(Traced(f"{thread.task.describe()} -> {partner.task.describe()} reply status "
+                                        f"{inv.tag.label} {inv.tag.words}w {len(tr.items)} item(s)"))
         return IpcError.OK
 
     def _receive(self, thread: Thread, inv: Invocation) -> None:
@@ -344,6 +359,9 @@ class Kernel:
     def _deliver_async(self, thread: Thread, msg: AsyncMessage) -> None:
         if msg.irq is not None:
             msg.irq.pending = False
+        if self.trace:
+            source = f"irq {msg.irq.describe()}" if msg.irq is not None else "kernel notice"
+            self._effects.append(Traced(f"{source} -> {thread.task.describe()} label {msg.label:#x}"))
         self._complete(thread, Result(tag=msg.tag, label=msg.label, data=msg.data))
 
     # ------------------------------------------------------------ typed items

@@ -6,6 +6,7 @@ from pathlib import Path
 import contextlib
 
 from rich.console import Console
+from rich.table import Table
 
 from kernel_model.host.console import RichConsole
 from kernel_model.host.images import PROJECT_ROOT, load_image
@@ -25,13 +26,15 @@ def boot_complete(sup: Supervisor) -> bool:
 
 
 def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, timeout_s: float | None = None,
-               console: Console | None = None, est_ca: str | None = None) -> int:
+               console: Console | None = None, est_ca: str | None = None, trace: bool = False,
+               summary: bool = True) -> int:
     out = console or Console(highlight=False, soft_wrap=True)
     sink = RichConsole(out)
     with contextlib.ExitStack() as stack:
         if est_ca:  # the device's environment: started first, its trust anchor is a boot module
             stack.enter_context(start_est_ca(est_ca, sink))
-        return _boot(path, sink, out, dump_caps=dump_caps, confine=confine, timeout_s=timeout_s)
+        return _boot(path, sink, out, dump_caps=dump_caps, confine=confine, timeout_s=timeout_s, trace=trace,
+                     summary=summary)
 
 
 @contextlib.contextmanager
@@ -58,10 +61,11 @@ class BootError(Exception):
 
 
 def _boot(path: Path, sink: RichConsole, out: Console, *, dump_caps: bool, confine: bool,
-          timeout_s: float | None) -> int:
+          timeout_s: float | None, trace: bool, summary: bool) -> int:
     loaded = load_image(path)  # raises ImageError before anything starts
     from kernel_model.host.confinement import policy_for
     with Supervisor(loaded, sink, confinement=policy_for if confine else None) as sup:
+        sup.kernel.trace = trace
         sup.handle_signals()
         sup.start()
         code = None
@@ -78,4 +82,25 @@ def _boot(path: Path, sink: RichConsole, out: Console, *, dump_caps: bool, confi
             code = 124
         denied = len(sup.kernel.violations)
         sink.kernel(f"system stopped with status {code}; {sup.kernel.ipc_count} IPCs, {denied} denied operation(s)")
+        if summary:
+            out.print(summary_table(sup))
         return code
+
+
+def summary_table(sup: Supervisor) -> Table:
+    """Per task: IPCs it made, operations denied to it, how it ended (tasks that ran more than once: each run)."""
+    k = sup.kernel
+    denied: dict[str, int] = {}
+    for v in k.violations:
+        denied[v.task] = denied.get(v.task, 0) + 1
+    ended: dict[str, list[str]] = {}
+    for name, status in sup.exited:
+        ended.setdefault(name, []).append(str(status))
+    table = Table(title="tasks", title_justify="left", show_edge=False)
+    for col, justify in (("task", "left"), ("IPCs", "right"), ("denied", "right"), ("exit status", "left")):
+        table.add_column(col, justify=justify)
+    for name in sorted(set(k.ipc_by_task) | set(ended) | set(denied), key=lambda n: (n not in ("sigma0", "moe"), n)):
+        count = denied.get(name, 0)
+        table.add_row(name, str(k.ipc_by_task.get(name, 0)), f"[red]{count}[/]" if count else "0",
+                      ", ".join(ended.get(name, ["running at shutdown"])))
+    return table

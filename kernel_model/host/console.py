@@ -26,6 +26,7 @@ class ConsoleSink(Protocol):
     def log_line(self, line: str) -> None: ...
     def kernel(self, message: str) -> None: ...
     def violation(self, v: Violation) -> None: ...
+    def trace(self, text: str) -> None: ...
 
 
 class RecordingConsole:
@@ -42,6 +43,9 @@ class RecordingConsole:
     def violation(self, v: Violation) -> None:
         self.violations.append(v)
         self.lines.append(f"kernel  | {v}")
+
+    def trace(self, text: str) -> None:
+        self.lines.append(f"ipc     | {text}")
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -67,3 +71,7 @@ class RichConsole(RecordingConsole):
         super().violation(v)
         if not self.quiet_violations:
             self.out.print(f"[bold red]kernel[/]  | [red]{escape(str(v))}[/]")
+
+    def trace(self, text: str) -> None:
+        super().trace(text)
+        self.out.print(f"[dim]ipc     | {escape(text)}[/]")

@@ -25,7 +25,7 @@ from typing import Callable
 
 from capabilities.image import TaskDecl
 from kernel_model.events import (Console, Deliver, Denied, Kill, MemoryCreated, MemoryRetired, Remapped, Revoked,
-                                 Spawn)
+                                 Spawn, Traced)
 from kernel_model.host.console import ConsoleSink
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.kernel import Kernel
@@ -239,6 +239,8 @@ class Supervisor:
                 self._send(eff.task, Remap(eff.address, eff.size, eff.offset, eff.rights).encode(), [fd])
             elif isinstance(eff, Denied):
                 self.console.violation(eff.violation)
+            elif isinstance(eff, Traced):
+                self.console.trace(eff.text)
 
     def _deliver(self, eff: Deliver) -> None:
         fds = [self._fd_for(mem, writable) for mem, writable in eff.memory]

@@ -99,3 +99,16 @@ def _zombie_or_gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_trace_shows_every_ipc_and_the_summary_counts_them():
+    out = subprocess.run([sys.executable, "-m", "kernel_model.cli", "boot", str(ROOT / "images" / "hello.yaml"),
+                          "--trace", "--timeout", "60"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    calls = [line for line in lines if line.startswith("ipc     | client -> server call proto 0x100 label 0x11")]
+    assert len(calls) == 5  # the kernel-set label: gate label 0x10 | W of the client's cap
+    assert sum(line.startswith("ipc     | server -> client reply status 0") for line in lines) == 5
+    assert any(line.startswith("ipc     | irq kick -> server") for line in lines)
+    summary = next(line for line in lines if line.lstrip().startswith("client ") and "│" in line)
+    assert summary.split("│")[2].strip() == "0"  # no denials for the client
