@@ -1,7 +1,7 @@
 """First code in every task process: read the boot record, confine, run the program.
 
 Started by the kernel host as ``python -I -m tasks.runtime.bootstrap`` with the
-channel on fd 3, stderr a write-only pipe to the kernel console, and nothing
+channel on fd 3, /dev/null on fds 0-2, and nothing
 else. The program is ``tasks.<program>`` (``kernel_model.<x>`` only for the
 root tasks Sigma0 and Moe, which the kernel itself starts).
 """
