@@ -4,7 +4,7 @@ IMAGE ?= images/wvds.yaml
 BOOT_ARGS ?= --est-ca 127.0.0.1:8443
 VENV := .venv/bin
 
-.PHONY: setup boot test bench lint clean
+.PHONY: setup boot test bench hil hil-boot clean
 
 setup:
 	./bootstrap.sh
@@ -14,6 +14,12 @@ boot: setup
 
 test: setup
 	$(VENV)/python -m pytest
+
+hil: setup
+	./hil/qemu/setup.sh && $(VENV)/l4emu hil build && $(VENV)/python -m pytest -m hil tests/hil/test_qemu.py
+
+hil-boot: setup
+	./hil/qemu/setup.sh && $(VENV)/l4emu hil run $(IMAGE) $(BOOT_ARGS)
 
 bench: setup
 	$(VENV)/python tests/bench/run.py

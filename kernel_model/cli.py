@@ -51,6 +51,12 @@ def cmd_est_ca(args: argparse.Namespace) -> int:
     return est_main(args.est_args or ["--help"])
 
 
+def cmd_hil(args: argparse.Namespace) -> int:
+    from hil.qemu.cli import main as hil_main
+
+    return hil_main(args.hil_args or ["--help"])
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from kernel_model.host.check import check_image, explain
 
@@ -118,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--obtainable", action="store_true",
                        help="also draw (dashed) the caps each task could obtain through map/grant")
     graph.set_defaults(func=cmd_graph)
+    hil = sub.add_parser(
+        "hil", help="boot the system inside an emulated aarch64 board (QEMU): build, run IMAGE, shell",
+        description="Hardware in the loop: `l4emu hil build` (Debian arm64 kernel + initramfs with Python and the "
+                    "project), `l4emu hil run IMAGE [BOOT_ARGS...]` (boots QEMU, runs `l4emu boot IMAGE` in the "
+                    "guest, exits with its status; 3 = QEMU did not boot, 4 = harness error, 5 = the guest stopped "
+                    "answering), `l4emu hil shell`. `l4emu hil run --help` lists its options; see docs/hil.md.",
+        add_help=False)
+    hil.add_argument("hil_args", nargs=argparse.REMAINDER)
+    hil.set_defaults(func=cmd_hil)
     est = sub.add_parser(
         "est-ca", help="run the development EST certificate authority (the device's environment)",
         description="The development EST (RFC 7030) CA on loopback: `l4emu est-ca serve --port 8443`, "
