@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from capabilities.mapdb import Kind, Mapping
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, Err, FactoryOp, GateOp, IrqOp, LogOp, DebuggerOp, MsgTag,
-                              Proto, TaskOp, ThreadOp, UnmapMask, sel)
+from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IrqOp, LogOp, Proto,
+                              TaskOp, ThreadOp, UnmapMask, sel)
 from kernel_model.events import Console, Rule
-from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, Log, Task, Thread, ThreadState)
+from kernel_model.objects import Debugger, Factory, IpcGate, Irq, Log, Task, Thread
 from kernel_model.wire import Invocation, ItemKind, RecvItem
 
 if TYPE_CHECKING:
@@ -269,14 +269,7 @@ def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
         return err(Err.EMSGTOOSHORT)
     op = args[0]
     if inv.tag.label == Proto.IRQ and op == IrqOp.TRIGGER:
-        q.triggers += 1
-        if q.thread is None or q.thread.state is ThreadState.DEAD:
-            return Reply(0)
-        if q.pending:
-            q.coalesced += 1
-            return Reply(0)
-        q.pending = True
-        k._post_async(q.thread, AsyncMessage(q.label, MsgTag(0), irq=q))
+        k.trigger(q)
         return Reply(0)
     if inv.tag.label == Proto.IRQ and op == IrqOp.UNMASK:
         return Reply(0)

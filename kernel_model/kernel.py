@@ -601,16 +601,21 @@ class Kernel:
                     effects.append(Remapped(task, node.index, new, node.offset, node.size, node.rights))
         return effects
 
+    def trigger(self, irq: Irq) -> None:
+        """An IRQ fires: one zero-word message with the bound label; a trigger while one is
+        pending is coalesced (fiasco irq.cpp); an unbound IRQ drops it."""
+        irq.triggers += 1
+        if irq.thread is None or irq.thread.state is ThreadState.DEAD:
+            return
+        if irq.pending:
+            irq.coalesced += 1
+            return
+        irq.pending = True
+        self._post_async(irq.thread, AsyncMessage(irq.label, MsgTag(0), irq=irq))
+
     def inject_irq(self, name: str) -> list[Effect]:
         """Trigger the IRQ object called ``name`` from outside (as a debugger or a device would)."""
-        irq = next(q for q in self.irqs if q.name == name and q.alive)
-        irq.triggers += 1
-        if irq.thread is not None and irq.thread.state is not ThreadState.DEAD:
-            if irq.pending:
-                irq.coalesced += 1
-            else:
-                irq.pending = True
-                self._post_async(irq.thread, AsyncMessage(irq.label, MsgTag(0), irq=irq))
+        self.trigger(next(q for q in self.irqs if q.name == name and q.alive))
         return self._take()
 
     # ------------------------------------------------------------ introspection
