@@ -51,6 +51,8 @@ import struct
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tasks.runtime.status import decode_status, encode_status
+
 MAX_DETAIL = 512
 _STATUS_HEAD = struct.Struct("<BBHHHIIqqH")
 assert _STATUS_HEAD.size == 34
@@ -158,17 +160,12 @@ class ServiceStatus:
 
 
 def encode_response(status: Status, payload: bytes = b"") -> bytes:
-    return bytes([status]) + payload
+    return encode_status(status, payload)
 
 
 def decode_response(raw: bytes) -> tuple[Status, bytes]:
     """(status, payload); an empty or unknown status byte reads as BAD_REQUEST."""
-    if not raw:
-        return Status.BAD_REQUEST, b""
-    try:
-        return Status(raw[0]), raw[1:]
-    except ValueError:
-        return Status.BAD_REQUEST, b""
+    return decode_status(raw, Status, Status.BAD_REQUEST)
 
 
 def too_large(needed: int) -> bytes:

@@ -20,6 +20,8 @@ import dataclasses
 import enum
 import struct
 
+from tasks.runtime.status import decode_status, encode_status
+
 MAX_IO = 60 * 1024
 
 
@@ -84,13 +86,9 @@ def decode_request(raw: bytes) -> Request | None:
 
 
 def encode_response(status: Status, data: bytes = b"") -> bytes:
-    return bytes([status]) + data
+    return encode_status(status, data)
 
 
 def decode_response(raw: bytes) -> tuple[Status, bytes]:
-    if not raw:
-        return Status.BAD_REQUEST, b""
-    try:
-        return Status(raw[0]), raw[1:]
-    except ValueError:
-        return Status.BAD_REQUEST, b""
+    """(status, payload); an empty or unknown status byte reads as BAD_REQUEST."""
+    return decode_status(raw, Status, Status.BAD_REQUEST)
