@@ -25,6 +25,7 @@ from kernel_model.host.console import RecordingConsole  # noqa: E402
 from kernel_model.host.confinement import policy_for  # noqa: E402
 from kernel_model.host.images import load_image  # noqa: E402
 from kernel_model.host.supervisor import Supervisor, now_us  # noqa: E402
+from tasks.testing.crypto_bench import timed  # noqa: E402  (the same timing in-process and in the task)
 
 PAYLOAD = 64
 
@@ -176,17 +177,6 @@ CRYPTO_IMAGE = """
 """
 
 
-def _timed(fn, rounds: int) -> float:
-    fn()
-    samples = []
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(rounds):
-            fn()
-        samples.append((time.perf_counter() - start) / rounds)
-    return statistics.median(samples)
-
-
 def in_process_crypto(rounds: int) -> dict:
     from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -195,10 +185,10 @@ def in_process_crypto(rounds: int) -> dict:
     dsa = mldsa.MLDSA65PrivateKey.generate()
     kem = mlkem.MLKEM768PrivateKey.generate().public_key()
     return {
-        "aes64k_s": _timed(lambda: aes.encrypt(os.urandom(12), big, b""), rounds),
-        "aes16_s": _timed(lambda: aes.encrypt(os.urandom(12), small, b""), rounds * 4),
-        "mldsa65_sign_s": _timed(lambda: dsa.sign(b"message"), rounds),
-        "mlkem768_encaps_s": _timed(lambda: kem.encapsulate(), rounds),
+        "aes64k_s": timed(lambda: aes.encrypt(os.urandom(12), big, b""), rounds),
+        "aes16_s": timed(lambda: aes.encrypt(os.urandom(12), small, b""), rounds * 4),
+        "mldsa65_sign_s": timed(lambda: dsa.sign(b"message"), rounds),
+        "mlkem768_encaps_s": timed(lambda: kem.encapsulate(), rounds),
     }
 
 
