@@ -5,11 +5,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from kernel_model.host.console import RecordingConsole
 from kernel_model.host.images import load_image
 from kernel_model.host.supervisor import Supervisor
 from systemlib import System
+
+# Property tests judge results, never speed: no per-example deadline and no "too slow" health
+# check, both of which fail on a loaded 2-core CI machine although nothing is wrong.
+settings.register_profile("l4emu", deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("l4emu")
 
 
 @pytest.fixture

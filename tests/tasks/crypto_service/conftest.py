@@ -17,9 +17,9 @@ from tasks.crypto_service import protocol as p
 from tasks.crypto_service.keystore import MemoryKeyStore
 from tasks.crypto_service.service import CryptoService
 
-#: ../shared/testvectors beside the checkout (see shared/testvectors/README.md)
+#: Project Wycheproof vectors, kept in the repository (tests/vectors/wycheproof/README.md)
 REPO_ROOT = Path(__file__).resolve().parents[3]
-WYCHEPROOF = REPO_ROOT.parent / "shared" / "testvectors" / "wycheproof"
+WYCHEPROOF = REPO_ROOT / "tests" / "vectors" / "wycheproof"
 
 
 class FakeClock:
@@ -116,7 +116,7 @@ def wycheproof() -> Callable[[str], dict[str, Any]]:
     def load(name: str) -> dict[str, Any]:
         path = WYCHEPROOF / name
         if not path.exists():
-            pytest.fail(f"test vectors missing: {path} (shared/ must sit beside the checkout)")
+            pytest.fail(f"test vectors missing: {path} (they belong in the repository)")
         return json.loads(path.read_text())
 
     return load

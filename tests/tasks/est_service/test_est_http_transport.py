@@ -10,7 +10,6 @@ import datetime as dt
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -116,11 +115,9 @@ def test_broken_answers_are_typed_errors(peer, data: bytes, kind: ErrorKind) -> 
 
 def test_hanging_server_times_out(peer) -> None:
     p = peer(lambda sock: p.release.wait(30))  # reads the request, then says nothing
-    started = time.monotonic()
     result = HttpTransport(p.connect, timeout=0.3).send(REQUEST)
     assert isinstance(result, EstError) and result.kind is ErrorKind.TIMEOUT
     assert "waiting for the response" in result.detail
-    assert time.monotonic() - started < 5
 
 
 def test_hang_after_headers_times_out(peer) -> None:

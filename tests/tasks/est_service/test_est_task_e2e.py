@@ -42,7 +42,7 @@ from tasks.est_service.task import Store
 
 SUBJECT = {"CN": "gateway-0001", "O": "WvdS"}
 SANS = ["dns:gateway-0001.local", "ip:10.0.0.7"]
-BOOT_TIMEOUT = 40
+BOOT_TIMEOUT = 100  # a hard cap for a stuck system, not a speed expectation
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -57,7 +57,7 @@ def est_config(port: int, **overrides) -> dict:
         "renew_at_fraction": 0.66,
         "backoff": {"initial_s": 0.2, "factor": 2, "max_s": 2},
         "deferral": {"min_delay_s": 0.1, "max_delay_s": 5, "max_deferrals": 3},
-        "timeout_s": 5,
+        "timeout_s": 30,  # only the HANG fault is meant to time out
         "min_reenroll_interval_s": 3600,
         "net": {"gate": "net", "shm": "net_shm"},
         "clients": {"gateway": {"gate": "est_gw", "shm": "est_gw_shm"}},
@@ -184,7 +184,7 @@ def enrolled(tmp_path_factory, ca, server):
     directory = tmp_path_factory.mktemp("enrolled")
     first = len(server.records)
     system, sup = _boot_once(directory, image(server.port, est_config(server.port),
-                                              ["until=success", "probe=1", "max_ms=20000"]),
+                                              ["until=success", "probe=1", "max_ms=90000"]),
                              {"ta.pem": ca.certificate_pem.decode()})
     try:
         result = run_client(system)
@@ -350,7 +350,7 @@ def test_bad_reenrollment_answer_keeps_the_certificate(boot, server, device, ta_
     old = stored(device).certificate
     server.update(fault=fault)
     # A short timeout only where the server is meant to hang (elsewhere it would only add flakiness).
-    cfg = est_config(server.port, renew_at_fraction=1e-6, timeout_s=1.0 if fault is Fault.HANG else 5)
+    cfg = est_config(server.port, renew_at_fraction=1e-6, timeout_s=1.0 if fault is Fault.HANG else 30)
     system = boot(image(server.port, cfg, ["until=failure"]), ta_files)
     result = run_client(system)
     serial = f"{old.serial_number:x}"

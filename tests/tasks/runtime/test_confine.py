@@ -245,7 +245,6 @@ def test_root_policy_enforces_every_step(root_run):
     assert root_run["applied"]["raised"] is None
     not_enforced = {s.name: s.status for s in rep.steps if s.status != ENFORCED}
     assert not_enforced == {"rlimit_cpu": SKIPPED}, rep.summary()
-    assert rep.elapsed_s < 1.0
 
 
 @needs_root
