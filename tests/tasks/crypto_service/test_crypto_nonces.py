@@ -127,6 +127,7 @@ def test_production_parameters_design_bound() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # a million HMACs: CPU-bound, ~10 s on a quiet core; the guard is for hangs
 def test_full_production_window_memory_and_retention() -> None:
     w = ReplayWindow(b"k" * 16)
     stream = [i.to_bytes(12, "big") for i in range(DEFAULT_WINDOW)]
