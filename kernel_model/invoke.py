@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import struct
 from typing import TYPE_CHECKING
 
 from capabilities.mapdb import Kind, Mapping
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IrqOp, LogOp, Proto,
+from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IrqOp, LogOp, Proto,
                               TaskOp, ThreadOp, UnmapMask, sel)
 from kernel_model.events import Console, Rule
 from kernel_model.objects import Debugger, Factory, IpcGate, Irq, Log, Task, Thread
@@ -216,17 +217,50 @@ def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Rep
             return err(Err.EBUSY)
         try:
             record = json.loads(inv.data[8:].rstrip(b"\0").decode())
-        except (UnicodeDecodeError, ValueError):
-            return err(Err.EINVAL)
-        if not isinstance(record, dict) or not isinstance(record.get("program"), str):
-            return err(Err.EINVAL)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return _bad_record(k, caller, inv, "the boot record is not JSON")
+        problem = _check_record(record)
+        if problem:
+            return _bad_record(k, caller, inv, problem)
         record["root"] = False  # only the kernel starts root tasks (Sigma0, Moe)
         for key in HOST_KEYS:  # confinement and the work directory are the kernel host's decision
             record.pop(key, None)
-        task_.name = str(record.get("name") or task_.name)
+        name = str(record.get("name") or task_.name)
+        live = next((t for t in k.tasks.values() if t is not task_ and t.name == name and t.alive and t.started), None)
+        if live is not None:  # at most one live incarnation per task, ever
+            k._deny(caller, inv.dest, "thread.ex_regs", Rule.ONE_INCARNATION, "-L4_EBUSY",
+                    f"task {name!r} already runs as {live.describe()}")
+            return err(Err.EBUSY)
+        task_.name = name
+        task_.generation = k.next_generation(name)
+        record["generation"] = task_.generation
         k._start(task_, record)
         return Reply(0)
     return err(Err.ENOSYS)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_PROGRAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_record(record) -> str:
+    """What is wrong with a boot record a task hands the kernel ('' if nothing): the host uses the name
+    for the work directory and the program as a module name, so both are checked here."""
+    if not isinstance(record, dict):
+        return "the boot record is not a JSON object"
+    program, name = record.get("program"), record.get("name")
+    if not isinstance(program, str) or not _PROGRAM.fullmatch(program) or len(program) > 128:
+        return "the boot record's program is not a module name"
+    if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+        return "the boot record's name is not [A-Za-z0-9_.-], at most 64 characters"
+    if not isinstance(record.get("args", []), list) or not isinstance(record.get("caps", {}), dict):
+        return "the boot record's args must be a list and caps an object"
+    return ""
+
+
+def _bad_record(k: "Kernel", caller: Thread, inv: Invocation, detail: str) -> Reply:
+    k._deny(caller, inv.dest, "thread.ex_regs", Rule.BAD_ARGUMENT, "-L4_EINVAL", detail)
+    return err(Err.EINVAL)
 
 
 # ---------------------------------------------------------------------- gate
@@ -235,8 +269,8 @@ def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     args = words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
-    if args[0] == GateOp.GET_INFOS:
-        return Reply(g.label)
+    if args[0] == GateOp.GET_INFOS:  # the label is a full word: MR[0], not the (48-bit) tag label
+        return Reply(0, data=struct.pack("<Q", g.label))
     if args[0] == GateOp.BIND_THREAD:
         a = words(inv, 3)
         if a is None:
@@ -244,6 +278,8 @@ def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
         label, tsel = a[1], a[2]
         if label & 3:
             return err(Err.EINVAL)
+        if label >= KERNEL_LABEL:
+            return _reserved_label(k, thread, inv, "gate.bind", label)
         tcap = _own_cap(k, thread, tsel, Thread)
         if tcap is None:
             return err(Err.EINVAL)
@@ -283,6 +319,8 @@ def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
         if (denied := _need(k, thread, cap, inv, CapRights.S, "irq.bind")) or \
                 (denied := _need(k, thread, tcap, inv, CapRights.S, "irq.bind(thread)")):
             return denied
+        if a[1] >= KERNEL_LABEL:
+            return _reserved_label(k, thread, inv, "irq.bind", a[1])
         q.thread, q.label = tcap.obj, a[1]
         return Reply(0)
     if inv.tag.label == Proto.IRQ_SENDER and op == IrqOp.DETACH:
@@ -313,6 +351,12 @@ def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Repl
         node.obj.name = inv.data[16:].rstrip(b"\0").decode("utf-8", "replace")[:32]
         return Reply(0)
     return err(Err.ENOSYS)
+
+
+def _reserved_label(k: "Kernel", thread: Thread, inv: Invocation, op: str, label: int) -> Reply:
+    k._deny(thread, inv.dest, op, Rule.RESERVED_LABEL, "-L4_EINVAL",
+            f"label {label:#x} is in the kernel's label space (bit 63 set)")
+    return err(Err.EINVAL)
 
 
 def _signed(word: int) -> int:

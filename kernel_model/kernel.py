@@ -29,8 +29,8 @@ import struct
 from capabilities.mapdb import Kind, Mapping, MappingDb
 from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_rights, derive_mem_rights
 from kernel_model import invoke
-from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, PAGE_SIZE, EnvSlot, IpcError, IpcFlags, MsgTag, Proto,
-                              sel, timeout_to_us)
+from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, PAGE_SIZE, TIMEOUT_ABSOLUTE, EnvSlot, IpcError,
+                              IpcFlags, MsgTag, Proto, sel, timeout_to_us)
 from kernel_model.events import (Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
                                  Revoked, Rule, Spawn, Traced, Violation)
 from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, Task,
@@ -45,6 +45,7 @@ _S_BIT, _SVR_BIT = int(CapRights.S), int(CapRights.SVR)
 # IPC phase bits as plain ints: the hot path tests them on every syscall, and enum
 # arithmetic costs more than the rest of the rendezvous.
 _SEND, _RECV, _OPEN_WAIT, _REPLY = (int(f) for f in (IpcFlags.SEND, IpcFlags.RECV, IpcFlags.OPEN_WAIT, IpcFlags.REPLY))
+_ABSOLUTE_EITHER = TIMEOUT_ABSOLUTE << 16 | TIMEOUT_ABSOLUTE
 
 
 @dataclasses.dataclass
@@ -77,6 +78,7 @@ class Kernel:
         self._held: list[Deliver] = []  # results held back from holders of memory being retired
         self.sigma0: Task | None = None
         self.moe: Task | None = None
+        self._generations: dict[str, int] = {}
 
     # ------------------------------------------------------------------ boot
     def boot(self, *, ram: int, modules: list[tuple[str, bytes]], moe_args: list[str] | None = None) -> list[Effect]:
@@ -144,9 +146,25 @@ class Kernel:
         self._current = thread
         try:
             self._ipc(thread, inv)
+        except Exception as exc:  # noqa: BLE001 - the last-resort boundary: a kernel slip costs one task
+            self._kernel_bug(thread, inv, exc)
         finally:
             self._current = None
         return self._take()
+
+    def _kernel_bug(self, thread: Thread, inv: Invocation, exc: Exception) -> None:
+        """The kernel raised while handling ``thread``'s frame: fault that task, record a kernel-bug event.
+
+        Never reached by design (every frame is decoded and checked first); it bounds what a future
+        slip can cost: the offending task, not the system.
+        """
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
+        self._deny(thread, inv.dest, _op_name(inv), Rule.KERNEL_BUG, "task faulted",
+                   f"{type(exc).__name__}: {exc}{where}")
+        self.kill_task(thread.task, status=None)
 
     def expire(self, now: int) -> list[Effect]:
         self.now = now
@@ -172,8 +190,9 @@ class Kernel:
             self._destroy_task(task)
             if parent is not None and isinstance(parent.obj, IpcGate) and parent.obj.alive:
                 gate = parent.obj
-                msg = AsyncMessage(gate.label | (parent.rights & LABEL_RIGHTS), MsgTag(Proto.PARENT, 2),
-                                   struct.pack("<qq", 0, status))
+                # The kernel's label space (bit 63): no task can send a message that arrives like this.
+                msg = AsyncMessage(KERNEL_LABEL | gate.label | (parent.rights & LABEL_RIGHTS),
+                                   MsgTag(Proto.PARENT, 2), struct.pack("<qq", 0, status))
                 if gate.thread is not None and gate.thread.state is not ThreadState.DEAD:
                     self._post_async(gate.thread, msg)
         return self._take()
@@ -188,6 +207,8 @@ class Kernel:
     def _ipc(self, thread: Thread, inv: Invocation) -> None:
         thread.inv = inv
         flags = inv.flags
+        if inv.timeout & _ABSOLUTE_EITHER and self._absolute_timeout(thread, inv):
+            return
         if flags & _REPLY:
             err = self._reply(thread, inv)
             if err is not IpcError.OK:
@@ -202,6 +223,19 @@ class Kernel:
             self._receive(thread, inv)
         else:
             self._complete(thread, Result(tag=inv.tag))
+
+    def _absolute_timeout(self, thread: Thread, inv: Invocation) -> bool:
+        """Absolute timeouts (bit 15 of a half) name a deadline in a buffer register, which this model
+        does not have: the IPC is refused before any phase runs, as if the deadline had passed."""
+        send_abs = inv.flags & (_SEND | _REPLY) and inv.timeout & (TIMEOUT_ABSOLUTE << 16)
+        recv_abs = inv.flags & _RECV and inv.timeout & TIMEOUT_ABSOLUTE
+        if not (send_abs or recv_abs):
+            return False
+        error = IpcError.SETIMEOUT if send_abs else IpcError.RETIMEOUT
+        self._deny(thread, inv.dest, _op_name(inv), Rule.ABSOLUTE_TIMEOUT, f"L4_IPC_{error.name}",
+                   f"timeout {inv.timeout:#010x} has an absolute half; only relative timeouts are supported")
+        self._complete(thread, Result(error=error))
+        return True
 
     def lookup(self, task: Task, selector: int) -> Mapping | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT
@@ -225,6 +259,11 @@ class Kernel:
                           bool(cap.rights & _S_BIT))
             return
         if isinstance(obj, Thread) and label != Proto.THREAD:
+            if inv.label >= KERNEL_LABEL:
+                self._deny(thread, inv.dest, _op_name(inv), Rule.RESERVED_LABEL, "L4_IPC_SEABORTED",
+                           f"label {inv.label:#x} is in the kernel's label space")
+                self._complete(thread, Result(error=IpcError.SEABORTED))
+                return
             self._send_to(thread, obj, None, inv.label, bool(cap.rights & _S_BIT))
             return
         reply = invoke.kernel_object(self, thread, cap, inv)
@@ -617,6 +656,11 @@ class Kernel:
         """Trigger the IRQ object called ``name`` from outside (as a debugger or a device would)."""
         self.trigger(next(q for q in self.irqs if q.name == name and q.alive))
         return self._take()
+
+    def next_generation(self, name: str) -> int:
+        """Hubris-style task generations: every start of a task called ``name`` is a new incarnation."""
+        self._generations[name] = self._generations.get(name, 0) + 1
+        return self._generations[name]
 
     # ------------------------------------------------------------ introspection
     def task_by_name(self, name: str) -> Task:

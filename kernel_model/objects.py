@@ -52,6 +52,7 @@ class Task(KObject):
     threads: list["Thread"] = dataclasses.field(default_factory=list)
     started: bool = False
     exit_status: int | None = None
+    generation: int = 0  #: incarnation of the task called ``name``: 1 for the first start, +1 per restart
 
     def __post_init__(self) -> None:
         self.type = ObjType.TASK

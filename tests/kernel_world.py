@@ -19,7 +19,7 @@ def words(*ws: int) -> bytes:
 
 
 def call(dest, proto=0x100, data=b"", **kw) -> Invocation:
-    return Invocation(IpcFlags.CALL, dest, MsgTag(proto, len(data) // 8), data, **kw)
+    return Invocation(IpcFlags.CALL, dest, MsgTag(proto, len(data) // 8, len(kw.get("items", ()))), data, **kw)
 
 
 class World:

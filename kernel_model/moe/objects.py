@@ -68,17 +68,26 @@ class LogObject(Served):
 
 
 class ParentObject(Served):
-    """A task's parent: the kernel signals the child's exit here (signal 0, value = exit code)."""
+    """A task's parent: the kernel signals the child's exit here (signal 0, value = exit code).
+
+    Only a kernel notice counts: it arrives with a label in the kernel's label space
+    (``abi.KERNEL_LABEL``), which no task can produce. The same words sent by the task
+    itself through its parent cap are ignored: a running task cannot declare itself dead.
+    """
 
     protocol = Proto.PARENT
 
     def __init__(self, moe: "Moe", record):
         self.moe, self.record = moe, record
+        self.forged = 0  # signals sent by the task itself, ignored
 
     def handle(self, msg) -> Response | None:
-        if msg.proto == Proto.PARENT and msg.has_words(2) and msg.word(0) == ParentOp.SIGNAL:
-            self.moe.child_exited(self.record, msg.word(1, signed=True))
+        self.forged += 1
         return None
+
+    def kernel_notice(self, msg) -> None:
+        if msg.proto == Proto.PARENT and msg.has_words(2) and msg.word(0) == ParentOp.SIGNAL:
+            self.moe.child_exited(self.record, msg.word(1, signed=True), self)
 
 
 @dataclasses.dataclass

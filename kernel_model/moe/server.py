@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from capabilities.image import Image, ObjectType, parse_image
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp, UnmapMask, sel)
+from kernel_model.abi import (KERNEL_LABEL, DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp,
+                              UnmapMask, sel)
 from kernel_model.moe import loader
-from kernel_model.moe.objects import (Backing, DataspaceObject, NamespaceObject, Response, Served,
+from kernel_model.moe.objects import (Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served,
                                       color_prefix)
 from kernel_model.wire import ItemKind
 
@@ -97,8 +98,15 @@ class Moe:
         self.pool.setdefault(ds.backing.size, []).append(ds.backing)
 
     # -- children ----------------------------------------------------------------
-    def child_exited(self, record: "loader.TaskRecord", code: int) -> None:
-        loader.child_exited(self, record, code)
+    def child_exited(self, record: "loader.TaskRecord", code: int, notice_from: ParentObject) -> None:
+        loader.child_exited(self, record, code, notice_from)
+
+    def delete_served(self, gate: int) -> None:
+        """Delete one of Moe's gates (every cap to it empties) and forget the object behind it."""
+        label = next((lbl for lbl, obj in self.objects.items() if obj.gate == gate), None)
+        self.delete(gate)
+        if label is not None:
+            del self.objects[label]
 
     # -- boot and serve -----------------------------------------------------------
     def boot(self) -> None:
@@ -139,6 +147,13 @@ class Moe:
         while self.done_code is None:
             if msg is None or not msg.ok:
                 msg = self.env.wait()
+                continue
+            if msg.label & KERNEL_LABEL:  # a kernel notice: no task can send one
+                obj = self.objects.get(msg.label & ~KERNEL_LABEL & ~3)
+                if isinstance(obj, ParentObject):
+                    obj.kernel_notice(msg)
+                self._check_done()
+                msg = self.env.wait() if self.done_code is None else None
                 continue
             obj = self.objects.get(msg.label & ~3)
             if obj is None:
