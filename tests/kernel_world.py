@@ -22,11 +22,19 @@ def call(dest, proto=0x100, data=b"", **kw) -> Invocation:
     return Invocation(IpcFlags.CALL, dest, MsgTag(proto, len(data) // 8, len(kw.get("items", ()))), data, **kw)
 
 
+def others_unchanged(w: "World", before: dict, attacker: str) -> None:
+    after = w.tables()
+    for task, rows in before.items():
+        if task != attacker:
+            assert after[task] == rows, f"{task}'s table changed"
+
+
 class World:
     def __init__(self):
         self.k = Kernel()
         self.now = 0
         self.results: dict[str, list] = {}
+        self.effects: list = []
 
     def task(self, name: str) -> Task:
         t = Task(name=name)
@@ -42,7 +50,11 @@ class World:
         self.k.db.insert_root(task.space, Kind.OBJECT, slot, obj, int(rights))
 
     def do(self, task: Task, inv: Invocation):
-        self._collect(self.k.syscall(task, inv.encode(), self.now))
+        return self.raw(task, inv.encode())
+
+    def raw(self, task: Task, frame: bytes):
+        """Send any bytes as ``task``'s frame (what an attacker writes to its channel)."""
+        self._collect(self.k.syscall(task, frame, self.now))
         return self.last(task.name)
 
     def tick(self, us: int) -> None:
@@ -50,8 +62,10 @@ class World:
         self._collect(self.k.expire(self.now))
 
     def _collect(self, effects) -> None:
+        self.effects = list(effects)
         for eff in effects:
             if isinstance(eff, Deliver):
+                eff.result.encode()  # what the host does next: every result must fit its frame
                 self.results.setdefault(eff.task.name, []).append(eff.result)
 
     def last(self, name: str):

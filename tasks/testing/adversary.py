@@ -7,7 +7,7 @@ has the capabilities its image gives it.
 
 Verbs:
   call:CAP[,PROTO[,WORD...]]   call with zero send timeout and 1 s receive timeout
-  send:CAP[,PROTO]             send with zero timeout
+  send:CAP[,PROTO[,WORD...]]   send with zero timeout (with words: 1 s send timeout)
   sweep:FIRST,LAST             call every slot FIRST..LAST (protocol 0x100) -> which exist
   trigger:CAP                  trigger an IRQ
   bind_irq:CAP / bind_gate:CAP,LABEL
@@ -59,7 +59,8 @@ def run(env, verb: str, args: list[str]) -> dict:
         return _msg(env.ipc_call(_sel(env, args[0]), proto, *words))
     if verb == "send":
         proto = int(args[1], 0) if len(args) > 1 else 0x100
-        return _msg(env.send(_sel(env, args[0]), proto, 0, timeout_us=0))
+        words = [int(a, 0) for a in args[2:]] or [0]
+        return _msg(env.send(_sel(env, args[0]), proto, *words, timeout_us=0 if len(args) < 3 else 1_000_000))
     if verb == "sweep":
         found = []
         for slot in range(int(args[0], 0), int(args[1], 0) + 1):
