@@ -76,7 +76,14 @@ class Kill:
 
 @dataclasses.dataclass(frozen=True)
 class Console:
+    """One complete log line: ``text`` is already escaped (``kernel_model.logs.printable``); the host
+    prints ``tag`` itself, so text can never pose as another task's line. ``notice``: said by the
+    kernel about this log (e.g. lines dropped), not written by the task."""
+
     text: str
+    tag: str = ""
+    color: str = "w"
+    notice: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

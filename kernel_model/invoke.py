@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 
 from capabilities.mapdb import Kind, Mapping
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IrqOp, LogOp, Proto,
-                              TaskOp, ThreadOp, UnmapMask, sel)
+from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IpcError,
+                              IrqOp, LogOp, Proto, TaskOp, ThreadOp, UnmapMask, sel)
 from kernel_model.events import Console, Rule
-from kernel_model.objects import Debugger, Factory, IpcGate, Irq, Log, Task, Thread
+from kernel_model.logs import LogBudget, LogStream, printable
+from kernel_model.objects import Budget, Debugger, Factory, IpcGate, Irq, Log, Task, Thread
 from kernel_model.wire import Invocation, ItemKind, RecvItem
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
     if inv.rcv_obj == INVALID_CAP or inv.rcv_obj & 0x800:
         return err(Err.EINVAL)
     dest = inv.rcv_obj >> L4_CAP_SHIFT
-    extra = (words(inv, len(inv.data) // 8) or ()) + (0, 0)
+    extra = (words(inv, min(len(inv.data) // 8, 4)) or ()) + (0, 0, 0, 0)
     if what == FactoryOp.FACTORY:
         cost = 1 + extra[1]
     else:
@@ -108,8 +109,11 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
         k._deny(thread, inv.dest, "factory.create", Rule.FACTORY_QUOTA, "-L4_ENOMEM",
                 f"{fab.describe()} has {fab.quota - fab.used} of {fab.quota} objects left")
         return err(Err.ENOMEM)
+    if (refused := k.cap_budget_refusal(thread.task, dest, inv.dest, "factory.create")):
+        return err(refused)
     if what == FactoryOp.TASK:
-        obj = Task()
+        default = Budget()
+        obj = Task(budget=Budget(caps=extra[1] or default.caps, mappings=extra[2] or default.mappings))
         k.tasks[obj.id] = obj
     elif what == FactoryOp.THREAD:
         bind = _own_cap(k, thread, extra[1], Task)
@@ -124,6 +128,10 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
         k.irqs.append(obj)
     elif what == FactoryOp.FACTORY:
         obj = Factory(quota=extra[1], parent=fab)
+    elif what == FactoryOp.LOG:
+        color = chr(extra[1]) if 0 < extra[1] < 0x80 and chr(extra[1]).lower() in "nrgybmcw" else "w"
+        tag = printable(inv.data[32:].rstrip(b"\0").decode("utf-8", "replace"))[:8]
+        obj = Log(tag=tag or "?", color=color, budget=LogBudget(extra[2], extra[3]))
     else:
         return err(Err.ENOSYS)
     fab.used += cost
@@ -148,7 +156,7 @@ def task(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
             return err(Err.EINVAL)
         tr = k._transfer(thread.task, inv.items, target, None, CapRights.S in CapRights(cap.rights), window=False)
         if tr.error is not None:
-            return err(Err.EINVAL)
+            return err(Err.ENOMEM if tr.error[1] is IpcError.REMAPFAILED and tr.budget else Err.EINVAL)
         return Reply(0)
     if op == TaskOp.UNMAP:
         a = words(inv, 6)
@@ -336,8 +344,24 @@ def log(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     args = words(inv, 2)
     if args is None or args[0] != LogOp.WRITE:
         return err(Err.ENOSYS)
-    k._effects.append(Console(inv.data[16:16 + args[1]].decode("utf-8", "replace")))
-    return Reply(0)
+    lg: Log = cap.obj
+    writer = thread.task
+    stream = lg.streams.get(writer.id)
+    if stream is None:
+        stream = lg.streams[writer.id] = LogStream(lg.budget)
+    tag = lg.tag or printable(writer.name)[:8]
+    before = stream.dropped
+    lines, notice, first_drop = stream.write(inv.data[16:16 + args[1]], k.now)
+    if notice:
+        k._effects.append(Console(notice, tag, lg.color, notice=True))
+    k._effects.extend(Console(line, tag, lg.color) for line in lines)
+    if stream.dropped:
+        k.log_drops[id(stream)] = (stream, tag, lg.color)
+    if first_drop:
+        k._deny(thread, inv.dest, "log.write", Rule.LOG_RATE, "-L4_EAGAIN",
+                f"more than {lg.budget.lines_per_s} lines or {lg.budget.bytes_per_s} bytes per second; "
+                "dropping until the second is over")
+    return err(Err.EAGAIN) if stream.dropped > before else Reply(0)
 
 
 def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:

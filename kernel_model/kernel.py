@@ -29,9 +29,9 @@ import struct
 from capabilities.mapdb import Kind, Mapping, MappingDb
 from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_rights, derive_mem_rights
 from kernel_model import invoke
-from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, PAGE_SIZE, TIMEOUT_ABSOLUTE, EnvSlot, IpcError,
-                              IpcFlags, MsgTag, Proto, sel, timeout_to_us)
-from kernel_model.events import (Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
+from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, PAGE_SIZE, TIMEOUT_ABSOLUTE, EnvSlot, Err,
+                              IpcError, IpcFlags, MsgTag, Proto, sel, timeout_to_us)
+from kernel_model.events import (Console, Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
                                  Revoked, Rule, Spawn, Traced, Violation)
 from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, Task,
                                   Thread, ThreadState)
@@ -53,6 +53,7 @@ class Transfer:
     items: tuple[RecvItem, ...] = ()
     memory: tuple[tuple[Memory, bool], ...] = ()
     error: tuple[IpcError, IpcError] | None = None  # (sender's, receiver's) error
+    budget: bool = False  # the error is the receiver's capability or mapping budget
 
 
 class Kernel:
@@ -79,6 +80,7 @@ class Kernel:
         self.sigma0: Task | None = None
         self.moe: Task | None = None
         self._generations: dict[str, int] = {}
+        self.log_drops: dict[int, tuple] = {}  # logs that dropped lines: (stream, tag, colour), notice due
 
     # ------------------------------------------------------------------ boot
     def boot(self, *, ram: int, modules: list[tuple[str, bytes]], moe_args: list[str] | None = None) -> list[Effect]:
@@ -168,6 +170,8 @@ class Kernel:
 
     def expire(self, now: int) -> list[Effect]:
         self.now = now
+        if self.log_drops:
+            self._log_notices(now)
         due = [t for t in self._blocked if t.deadline is not None and t.deadline <= now]
         for thread in sorted(due, key=lambda t: (t.deadline, t.id)) if due else ():
             if thread.state is ThreadState.SENDING:
@@ -179,7 +183,53 @@ class Kernel:
 
     def next_deadline(self) -> int | None:
         deadlines = [t.deadline for t in self._blocked if t.deadline is not None]
+        deadlines += [end for stream, _tag, _color in self.log_drops.values() if (end := stream.window_end())]
         return min(deadlines) if deadlines else None
+
+    def _log_notices(self, now: int) -> None:
+        """A log's second is over: say how many lines it dropped (kernel_model.logs)."""
+        for key, (stream, tag, color) in list(self.log_drops.items()):
+            end = stream.window_end()
+            if end is None:
+                del self.log_drops[key]
+            elif end <= now:
+                notice = stream.roll(now)
+                del self.log_drops[key]
+                if notice:
+                    self._effects.append(Console(notice, tag, color, notice=True))
+
+    # ------------------------------------------------------------- budgets
+    def cap_budget_refusal(self, task: Task, slot: int, selector: int, op: str) -> Err | None:
+        """-L4_ENOMEM (and a violation) if a new capability in ``slot`` would exceed ``task``'s budget."""
+        budget = task.budget
+        if budget is None or self.db.get(task.space, Kind.OBJECT, slot) is not None:
+            return None
+        held = self.db.count(task.space, Kind.OBJECT)
+        if held < budget.caps:
+            return None
+        self._deny_task(task, selector, op, Rule.CAP_BUDGET, "-L4_ENOMEM",
+                        f"{task.describe()} holds {held} capabilities, its budget")
+        return Err.ENOMEM
+
+    def _budget_refused(self, src: Task, dst: Task, item, dest: int) -> bool:
+        """Would mapping ``item`` at ``dest`` in ``dst`` exceed dst's capability or mapping budget?"""
+        budget = dst.budget
+        if budget is None:
+            return False
+        if item.kind is ItemKind.OBJECT:
+            if self.db.get(dst.space, Kind.OBJECT, dest) is not None:
+                return False
+            held, limit, rule, what = self.db.count(dst.space, Kind.OBJECT), budget.caps, Rule.CAP_BUDGET, "capabilities"
+        else:
+            overlapping = sum(1 for n in self.db.in_space(dst.space, Kind.MEMORY)
+                              if dest < n.index + n.size and n.index < dest + item.size)
+            held, limit = self.db.count(dst.space, Kind.MEMORY) - overlapping, budget.mappings
+            rule, what = Rule.MAPPING_BUDGET, "memory mappings"
+        if held < limit:
+            return False
+        self._deny_task(dst, item.index, "map", rule, "L4_IPC_REMAPFAILED",
+                        f"{dst.describe()} holds {held} {what}, its budget (mapped by {src.describe()})")
+        return True
 
     def task_exited(self, task: Task, status: int, now: int) -> list[Effect]:
         """The task's process is gone (exit or crash): revoke everything, tell its parent."""
@@ -438,6 +488,10 @@ class Kernel:
                 if dest % PAGE_SIZE:
                     return Transfer(error=(IpcError.SEMAPFAILED, IpcError.REMAPFAILED))
                 plan.append((item, node, dest))
+        if dst.budget is not None:
+            for item, node, dest in plan:
+                if node is not None and self._budget_refused(src, dst, item, dest):
+                    return Transfer(error=(IpcError.SEMAPFAILED, IpcError.REMAPFAILED), budget=True)
         received: list[RecvItem] = []
         memory: list[tuple[Memory, bool]] = []
         for item, node, dest in plan:

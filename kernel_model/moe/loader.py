@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from capabilities.image import ObjectDecl, ObjectType, TaskDecl
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
-from kernel_model.moe.objects import AllocatorObject, DataspaceObject, LogObject, ParentObject
+from kernel_model.moe.objects import AllocatorObject, DataspaceObject, ParentObject
 from kernel_model.wire import Item
 
 if TYPE_CHECKING:
@@ -57,12 +57,14 @@ def start(moe: "Moe", rec: TaskRecord) -> None:
     decl = rec.decl
     # Every incarnation gets fresh objects (a new generation, as in Hubris): caps, replies and notices
     # aimed at an earlier incarnation reach deleted gates and fail with L4_IPC_ENOT_EXISTENT.
-    rec.log = moe.serve(LogObject(moe, decl.log.tag, decl.log.color), f"{decl.name}.log")
+    limits = decl.limits
+    rec.log = moe.create(FactoryOp.LOG, ord(decl.log.color), limits.log_lines, limits.log_bytes,
+                         blob=decl.log.tag.encode(), name=f"{decl.name}.log")  # a kernel log: the kernel tags it
     rec.parent_obj = ParentObject(moe, rec)
     rec.parent = moe.serve(rec.parent_obj, f"{decl.name}.parent")
     rec.allocator = AllocatorObject(moe, rec, decl.memory)
     rec.alloc = moe.serve(rec.allocator, f"{decl.name}.mem_alloc")
-    rec.task = moe.create(FactoryOp.TASK, name=decl.name)
+    rec.task = moe.create(FactoryOp.TASK, limits.caps, limits.mappings, name=decl.name)
     rec.thread = moe.create(FactoryOp.THREAD, rec.task, name=f"{decl.name}.main")
     mapping = [
         (EnvSlot.TASK, rec.task, CapRights.R),
@@ -110,7 +112,8 @@ def child_exited(moe: "Moe", rec: TaskRecord, code: int, notice_from: ParentObje
         for obj in [o for o in moe.objects.values() if isinstance(o, DataspaceObject) and o.owner is rec.allocator]:
             moe.free_dataspace(obj)
         rec.allocator.used = 0
-    for gate in (rec.log, rec.parent, rec.alloc):  # this incarnation's objects die with it
+    moe.delete(rec.log)  # this incarnation's objects die with it
+    for gate in (rec.parent, rec.alloc):
         moe.delete_served(gate)
     rec.log = rec.parent = rec.alloc = 0
     rec.parent_obj = None

@@ -6,8 +6,7 @@ from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (KERNEL_LABEL, DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp,
                               UnmapMask, sel)
 from kernel_model.moe import loader
-from kernel_model.moe.objects import (Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served,
-                                      color_prefix)
+from kernel_model.moe.objects import Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served
 from kernel_model.wire import ItemKind
 
 FACTORY = sel(EnvSlot.FACTORY)
@@ -36,15 +35,15 @@ class Moe:
             self.env.send(KERNEL_LOG, Proto.LOG, LogOp.WRITE, len(chunk), blob=chunk)
 
     def say(self, text: str) -> None:
-        self.console(color_prefix("moe", "w") + text)
+        self.console(text)  # the kernel tags the lines of its console with the writer's name
 
     def set_name(self, selector: int, name: str) -> None:
         self.env.call(DEBUGGER, Proto.DEBUGGER, DebuggerOp.SET_OBJECT_NAME, selector, blob=name.encode())
 
     # -- kernel objects ----------------------------------------------------------
-    def create(self, what: FactoryOp, *args: int, name: str = "") -> int:
+    def create(self, what: FactoryOp, *args: int, blob: bytes = b"", name: str = "") -> int:
         slot = self.env.alloc_slot()
-        msg = self.env.call(FACTORY, Proto.FACTORY, int(what), *args, rcv_cap=slot)
+        msg = self.env.call(FACTORY, Proto.FACTORY, int(what), *args, blob=blob, rcv_cap=slot)
         msg.check(f"create {what.name.lower()} {name}")
         if name:
             self.set_name(slot, name)
@@ -157,8 +156,7 @@ class Moe:
                 continue
             obj = self.objects.get(msg.label & ~3)
             if obj is None:
-                resp: Response | None = Response(-int(Err.ENOENT)) if msg.proto not in (Proto.LOG, Proto.PARENT) \
-                    else None
+                resp: Response | None = Response(-int(Err.ENOENT)) if msg.proto != Proto.PARENT else None
             else:
                 resp = obj.handle(msg)
             self._check_done()

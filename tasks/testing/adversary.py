@@ -25,6 +25,8 @@ Verbs:
   net:HOST:PORT                connect a TCP socket ourselves
   kill_parent / read_mem:parent|PID / write_file:PATH   host-level escapes
   raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
+  say:TEXT                     log TEXT with Python escapes decoded ('/' = newline): console spoofing
+  flood:N / sleep:MS           log N lines at once / sleep MS milliseconds in the kernel
   reply                        reply although nobody called
   exit:CODE / crash            leave
 """
@@ -175,6 +177,17 @@ def run(env, verb: str, args: list[str]) -> dict:
         with open("/proc/self/cmdline", "rb") as f:
             cmdline = f.read().split(b"\0")[:-1]
         return {"fds": fds, "targets": targets, "env": dict(os.environ), "argv": [a.decode() for a in cmdline]}
+    if verb == "say":  # log raw text: Python escapes (\r, \x1b, \u202e) decoded, '/' for a line break
+        text = args[0].encode("latin-1", "backslashreplace").decode("unicode_escape").replace("/", "\n")
+        env.log.write(text)
+        return {"said": len(text)}
+    if verb == "flood":  # log N lines as fast as the kernel takes them
+        for i in range(int(args[0], 0)):
+            env.log.write(f"flood {i}")
+        return {"flooded": int(args[0], 0)}
+    if verb == "sleep":  # a receive timeout in the kernel (env.sleep), in ms
+        env.sleep(int(args[0], 0) * 1000)
+        return {"slept": int(args[0], 0)}
     if verb == "reply":
         return _msg(env.reply(0))
     if verb == "exit":
