@@ -15,20 +15,12 @@ from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, EnvSlot, Err, FactoryOp
                               MsgTag, Proto, ThreadOp, sel, timeouts)
 from kernel_model.events import Kill, Rule
 from kernel_model.objects import Factory, IpcGate, Irq, Log
-from kernel_model.wire import _INV, _ITEM, FrameKind, Invocation, ItemKind
+from kernel_model.wire import Invocation, ItemKind
 
 from capabilities.rights import CapRights
-from kernel_world import RWS, World, call, others_unchanged, words
+from kernel_world import RWS, World, call, frame, others_unchanged, words
 
 R, W, SVR = CapRights.R, CapRights.W, CapRights.parse("svr")
-
-
-def frame(flags=IpcFlags.CALL, dest=sel(16), tag=0x100 << 16, *, timeout=0, label=0, rcv_obj=INVALID_CAP,
-          mem=(0, 0), items=(), data=b"") -> bytes:
-    """An invocation frame packed by hand, so any field can hold any value."""
-    head = _INV.pack(FrameKind.INVOCATION, int(flags), len(items), timeout, dest, tag, label, rcv_obj, mem[0], mem[1],
-                     len(data))
-    return head + b"".join(_ITEM.pack(*i) for i in items) + data
 
 
 def served():
