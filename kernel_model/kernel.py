@@ -19,7 +19,15 @@ Errors:
 - partner not ready and send timeout 0 -> ``L4_IPC_SETIMEOUT``; receive timeout -> ``RETIMEOUT``;
 - typed item without a receive buffer -> ``SEMSGCUT`` / ``REMSGCUT`` on both sides;
 - kernel object invoked with a foreign protocol -> reply label ``-L4_EBADPROTO``;
-  lacking a right -> ``-L4_EPERM`` (both + violation); factory quota -> ``-L4_ENOMEM``.
+  lacking a right -> ``-L4_EPERM`` (both + violation); factory quota -> ``-L4_ENOMEM``;
+- a frame that does not decode (``wire``) -> ``L4_IPC_SEABORTED`` + ``malformed-frame``;
+  an absolute timeout -> ``SETIMEOUT``/``RETIMEOUT`` + ``absolute-timeout`` before any phase;
+  a label in the kernel's half (bit 63, ``abi.KERNEL_LABEL``, reserved for its exit
+  notices) -> ``-L4_EINVAL`` / ``SEABORTED`` + ``reserved-label``;
+- over a task's budget (``objects.Budget``: capability slots, memory mappings; a log's
+  lines/bytes per second) -> ``-L4_ENOMEM`` / ``L4_IPC_REMAPFAILED`` / ``-L4_EAGAIN`` + violation;
+- anything the kernel itself raises while handling a frame faults that task only and is
+  recorded as a ``kernel-bug`` event (the last-resort boundary in ``syscall``).
 """
 from __future__ import annotations
 
