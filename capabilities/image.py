@@ -60,6 +60,7 @@ SIZE_UNITS = {None: 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1 << 20, "MiB": 1 <<
 COLORS = "nrgybmcw"
 COLOR_NAMES = {"black": "n", "red": "r", "green": "g", "yellow": "y", "blue": "b", "magenta": "m", "cyan": "c", "white": "w"}
 RESERVED_CAPS = ("log", "parent", "mem_alloc", "task", "thread")
+RESERVED_TAGS = ("kernel", "moe", "sigma0", "ipc")  # the console's own lines
 BUILTIN_OBJECTS = {"rom": "namespace"}
 PAGE = 4096
 
@@ -424,6 +425,8 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
             tag = ck.scalar(log["tag"][1], f"{field}.log.tag") or tag
             if not 0 < len(tag) <= 8:
                 ck.problem(log["tag"][1], f"{field}.log.tag", f"expected a tag of 1 to 8 characters (Moe pads or cuts to 8), got {tag!r}")
+            elif tag.strip().lower() in RESERVED_TAGS or not tag.isprintable():
+                ck.problem(log["tag"][1], f"{field}.log.tag", f"{tag!r} is reserved or not printable (the console's own tags: {', '.join(RESERVED_TAGS)})")
         if "color" in log:
             cnode = log["color"][1]
             ctext = ck.scalar(cnode, f"{field}.log.color") or ""
@@ -432,6 +435,8 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
                 ck.problem(cnode, f"{field}.log.color", f"expected one of the letters {COLORS} (upper case = bright) or a colour name, got {ctext!r}")
             else:
                 color = letter
+    if "log" not in body and tag in RESERVED_TAGS:
+        ck.problem(node, f"{field}.log.tag", f"the default tag {tag!r} is reserved (the console's own tags: {', '.join(RESERVED_TAGS)}); declare log.tag")
     memory = ck.size(body["memory"][1], f"{field}.memory") if "memory" in body else 1 << 20
     restart = "never"
     if "restart" in body:

@@ -129,6 +129,10 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
     elif what == FactoryOp.FACTORY:
         obj = Factory(quota=extra[1], parent=fab)
     elif what == FactoryOp.LOG:
+        if fab is not k.root_factory:  # a tag is a name on the console: only the root task hands them out
+            k._deny(thread, inv.dest, "factory.create(log)", Rule.MISSING_RIGHT, "-L4_EPERM",
+                    f"only the kernel factory creates logs, not {fab.describe()}")
+            return err(Err.EPERM)
         color = chr(extra[1]) if 0 < extra[1] < 0x80 and chr(extra[1]).lower() in "nrgybmcw" else "w"
         tag = printable(inv.data[32:].rstrip(b"\0").decode("utf-8", "replace"))[:8]
         obj = Log(tag=tag or "?", color=color, budget=LogBudget(extra[2], extra[3]))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import unicodedata
 
+import pytest
 from hypothesis import given, strategies as st
 
+from capabilities.image import ImageError, parse_image
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, Err, FactoryOp, IpcFlags, LogOp, MsgTag, Proto, sel
 from kernel_model.events import Console, Rule
@@ -113,7 +115,7 @@ def test_the_byte_budget_counts_too():
 def test_moe_creates_each_tasks_log_with_its_tag_colour_and_budget():
     w = World()
     moe = w.task("moe")
-    w.give(moe, 16, Factory(name="fab", quota=5), RWS)
+    w.give(moe, 16, w.k.root_factory, RWS)  # the kernel factory: only the root tasks hold it
     res = w.do(moe, call(sel(16), Proto.FACTORY, words(FactoryOp.LOG, ord("G"), 7, 900) + b"crypto\0\0",
                          rcv_obj=sel(20)))
     assert res.tag.label == 0
@@ -145,3 +147,20 @@ def test_a_booted_attacker_can_neither_spoof_a_line_nor_flood_the_console(boot):
     assert len(flood) <= 10
     assert any(line.startswith("evil    ! [") and "line(s) dropped" in line for line in system.console.lines)
     assert any(v.rule is Rule.LOG_RATE and v.task == "evil" for v in system.kernel.violations)
+
+
+def test_only_the_kernel_factory_makes_logs_so_no_task_picks_a_tag():
+    w = World()
+    t = w.task("t")
+    w.give(t, 16, Factory(name="fab", quota=5), RWS)  # a task's own factory (not the root task's)
+    res = w.do(t, call(sel(16), Proto.FACTORY, words(FactoryOp.LOG, ord("w"), 0, 0) + b"crypto\0\0", rcv_obj=sel(20)))
+    assert res.tag.label == -Err.EPERM and w.k.lookup(t, sel(20)) is None
+    assert w.k.violations[-1].rule is Rule.MISSING_RIGHT
+
+
+@pytest.mark.parametrize("task", ["a:\n    program: hello.ping_client\n    log: {tag: kernel}",
+                                  "moe:\n    program: hello.ping_client",
+                                  "a:\n    program: hello.ping_client\n    log: {tag: \"x\\e[0m\"}"])
+def test_an_image_cannot_give_a_task_the_consoles_own_tags(task):
+    with pytest.raises(ImageError, match="reserved"):
+        parse_image(f"name: t\ntasks:\n  {task}\n", "t.yaml")
