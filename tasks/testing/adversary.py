@@ -7,7 +7,7 @@ has the capabilities its image gives it.
 
 Verbs:
   call:CAP[,PROTO[,WORD...]]   call with zero send timeout and 1 s receive timeout
-  send:CAP[,PROTO[,WORD...]]   send with zero timeout (with words: 1 s send timeout)
+  send:CAP[,PROTO[,WORD...]]   send with zero timeout (with words: until the partner takes it)
   sweep:FIRST,LAST             call every slot FIRST..LAST (protocol 0x100) -> which exist
   trigger:CAP                  trigger an IRQ
   bind_irq:CAP / bind_gate:CAP,LABEL
@@ -62,7 +62,7 @@ def run(env, verb: str, args: list[str]) -> dict:
     if verb == "send":
         proto = int(args[1], 0) if len(args) > 1 else 0x100
         words = [int(a, 0) for a in args[2:]] or [0]
-        return _msg(env.send(_sel(env, args[0]), proto, *words, timeout_us=0 if len(args) < 3 else 1_000_000))
+        return _msg(env.send(_sel(env, args[0]), proto, *words, timeout_us=0 if len(args) < 3 else None))
     if verb == "sweep":
         found = []
         for slot in range(int(args[0], 0), int(args[1], 0) + 1):

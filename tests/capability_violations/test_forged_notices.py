@@ -85,10 +85,14 @@ tasks:
 def test_a_forged_exit_notice_neither_ends_nor_restarts_a_running_task(boot):
     system = boot(FORGER)
     most = 0
+    parents: set[int] = set()
 
     def live_incarnations() -> bool:
         nonlocal most
         most = max(most, sum(1 for p in system.sup.procs.values() if p.task.name == "evil" and p.status is None))
+        live = [n.obj for n in system.kernel.db._nodes.values() if n.obj.name == "evil.parent" and n.obj.alive]
+        assert len({id(o) for o in live}) <= 1  # one incarnation's parent object at a time
+        parents.update(id(o) for o in live)
         return False
 
     assert system.run(timeout=90, until=live_incarnations) == 1, system.console.text()
@@ -97,6 +101,8 @@ def test_a_forged_exit_notice_neither_ends_nor_restarts_a_running_task(boot):
     assert [line for line in moe if line.startswith("evil ")] == [
         "evil exited (1); restart 1 of 2", "evil exited (1); restart 2 of 2", "evil exited with status 1"]
     assert most == 1
+    assert len(parents) == 3  # each incarnation had fresh objects (a new generation)
+    assert sorted(t.generation for t in system.kernel.tasks.values() if t.name == "evil") == [1, 2, 3]
     assert [code for task, code in system.sup.exited if task == "evil"] == [1, 1, 1]
     sends = [r for r in system.results("evil") if r["command"].startswith("send:")]
     assert len(sends) == 6 and all(r["error"] == "OK" for r in sends)  # delivered to Moe, and ignored
