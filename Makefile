@@ -30,7 +30,7 @@ bench: setup
 FUZZ_SECONDS ?= 600
 FUZZ_EXAMPLES ?= 2000
 fuzz: setup
-	L4EMU_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/python -m pytest -q -p no:timeout tests/capability_violations/test_kernel_fuzz.py
+	L4EMU_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/python -m pytest -q --timeout=0 tests/capability_violations/test_kernel_fuzz.py
 	@if $(VENV)/python -c 'import atheris' 2>/dev/null; then \
 	  mkdir -p var/fuzz/decode var/fuzz/kernel && cd var/fuzz && \
 	  ../../$(VENV)/python ../../tests/fuzz/fuzz_kernel.py decode -max_total_time=$(FUZZ_SECONDS) decode && \
