@@ -244,20 +244,31 @@ class Kernel:
         self.now = now
         if task.alive:
             task.exit_status = status
-            parent = self.db.get(task.space, Kind.OBJECT, EnvSlot.PARENT)
+            parent = self._parent_of(task)
             self._destroy_task(task)
-            if parent is not None and isinstance(parent.obj, IpcGate) and parent.obj.alive:
-                gate = parent.obj
-                # The kernel's label space (bit 63): no task can send a message that arrives like this.
-                msg = AsyncMessage(KERNEL_LABEL | gate.label | (parent.rights & LABEL_RIGHTS),
-                                   MsgTag(Proto.PARENT, 2), struct.pack("<qq", 0, status))
-                if gate.thread is not None and gate.thread.state is not ThreadState.DEAD:
-                    self._post_async(gate.thread, msg)
+        else:  # the kernel killed it earlier: its parent learns of it now that the process is gone
+            parent, task.parent_pending = task.parent_pending, None
+        if parent is not None and parent[0].alive:
+            gate, rights = parent
+            # The kernel's label space (bit 63): no task can send a message that arrives like this.
+            msg = AsyncMessage(KERNEL_LABEL | gate.label | (rights & LABEL_RIGHTS),
+                               MsgTag(Proto.PARENT, 2), struct.pack("<qq", 0, status))
+            if gate.thread is not None and gate.thread.state is not ThreadState.DEAD:
+                self._post_async(gate.thread, msg)
         return self._take()
 
+    def _parent_of(self, task: Task) -> tuple[IpcGate, int] | None:
+        parent = self.db.get(task.space, Kind.OBJECT, EnvSlot.PARENT)
+        if parent is None or not isinstance(parent.obj, IpcGate):
+            return None
+        return parent.obj, parent.rights
+
     def kill_task(self, task: Task, status: int | None = None) -> None:
+        """Fault ``task``: its capabilities go now; its parent's exit notice follows once its process has
+        exited (``task_exited``), so a restart never overlaps the old incarnation."""
         if task.alive:
             task.exit_status = status
+            task.parent_pending = self._parent_of(task)
             self._destroy_task(task)
             self._effects.append(Kill(task))
 

@@ -56,6 +56,7 @@ class Task(KObject):
     exit_status: int | None = None
     generation: int = 0  #: incarnation of the task called ``name``: 1 for the first start, +1 per restart
     budget: "Budget | None" = None  #: None: unlimited (root tasks)
+    parent_pending: Any = None  #: (gate, rights) of the parent to notify once a killed task's process is gone
 
     def __post_init__(self) -> None:
         self.type = ObjType.TASK

@@ -27,6 +27,7 @@ Verbs:
   raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
   say:TEXT                     log TEXT with Python escapes decoded ('/' = newline): console spoofing
   flood:N / sleep:MS           log N lines at once / sleep MS milliseconds in the kernel
+  twice                        write a second frame while the first blocks (the kernel faults the task)
   reply                        reply although nobody called
   exit:CODE / crash            leave
 """
@@ -188,6 +189,11 @@ def run(env, verb: str, args: list[str]) -> dict:
     if verb == "sleep":  # a receive timeout in the kernel (env.sleep), in ms
         env.sleep(int(args[0], 0) * 1000)
         return {"slept": int(args[0], 0)}
+    if verb == "twice":  # a second frame while the first blocks in the kernel: breaks the protocol
+        sleep = Invocation(IpcFlags.RECV, INVALID_CAP, MsgTag(0), timeout=timeouts(None, 1_000_000))
+        env.channel.sock.send(sleep.encode())
+        env.channel.sock.send(sleep.encode())
+        return _msg(env.sleep(2_000_000) or env.ipc(IpcFlags.RECV, INVALID_CAP, recv_timeout_us=1))
     if verb == "reply":
         return _msg(env.reply(0))
     if verb == "exit":

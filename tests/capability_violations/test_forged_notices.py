@@ -91,8 +91,8 @@ def test_a_forged_exit_notice_neither_ends_nor_restarts_a_running_task(boot):
         nonlocal most
         most = max(most, sum(1 for p in system.sup.procs.values() if p.task.name == "evil" and p.status is None))
         live = [n.obj for n in system.kernel.db._nodes.values() if n.obj.name == "evil.parent" and n.obj.alive]
-        assert len({id(o) for o in live}) <= 1  # one incarnation's parent object at a time
-        parents.update(id(o) for o in live)
+        assert len({o.id for o in live}) <= 1  # one incarnation's parent object at a time
+        parents.update(o.id for o in live)
         return False
 
     assert system.run(timeout=90, until=live_incarnations) == 1, system.console.text()
@@ -106,3 +106,26 @@ def test_a_forged_exit_notice_neither_ends_nor_restarts_a_running_task(boot):
     assert [code for task, code in system.sup.exited if task == "evil"] == [1, 1, 1]
     sends = [r for r in system.results("evil") if r["command"].startswith("send:")]
     assert len(sends) == 6 and all(r["error"] == "OK" for r in sends)  # delivered to Moe, and ignored
+
+
+TWICE = """
+name: faulted
+run:
+  until: [evil]
+tasks:
+  evil:
+    program: testing.adversary
+    restart: on-failure
+    restart_limit: 1
+    args: ["twice"]
+"""
+
+
+def test_a_task_the_kernel_faults_is_reported_to_moe_once_its_process_is_gone(boot):
+    """Before: the kernel destroyed a faulted task at once, so its process's exit found it dead and
+    Moe never heard of it; the system waited forever. Now the notice follows the process's exit."""
+    system = boot(TWICE)
+    assert system.run(timeout=60) == 1, system.console.text()
+    assert [line for line in system.lines("moe") if line.startswith("evil ")] == [
+        "evil was killed by signal 9 (137); restart 1 of 1", "evil was killed by signal 9 with status 137"]
+    assert [v.rule for v in system.kernel.violations if v.task == "evil"] == [Rule.MALFORMED_FRAME] * 2
