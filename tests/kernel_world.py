@@ -98,12 +98,13 @@ class Arena:
     """An honest server and client sharing a kernel with two attackers (the fuzzers' world).
 
     Each attacker holds what a compromised gateway would (a client cap to the server's
-    gate) plus its own gate, an IRQ, a small factory, a log with a rate budget and two
-    pages of memory, under a capability and mapping budget. ``check()`` asserts what must
+    gate) plus its own gate, an IRQ, a small factory, a log with a rate budget, two
+    pages of memory and a gate between the two (evil1 serves it), under a capability
+    and mapping budget. ``check()`` asserts what must
     hold whatever the attackers wrote.
     """
 
-    BUDGET = Budget(caps=24, mappings=8)
+    BUDGET = Budget(caps=14, mappings=4)
 
     def __init__(self):
         self.w = w = World()
@@ -115,6 +116,7 @@ class Arena:
         assert bound.tag.label == 0
         w.do(self.server, Invocation(IpcFlags.WAIT))
         self.handled = w.count("server")
+        self.pair = IpcGate(name="pair")  # the attackers talk to each other: caps and memory move between them
         self.evil = [self.attacker(f"evil{i}") for i in range(2)]
         self.honest_tables = self.tables()
         self.calls = 0
@@ -128,6 +130,9 @@ class Arena:
         w.give(t, 17, IpcGate(name=f"{name}.own"), SVR)
         w.give(t, 18, Irq(name=f"{name}.irq"), RWS)
         w.give(t, 19, Factory(name=f"{name}.fab", quota=6), RWS)
+        w.give(t, 20, self.pair, SVR if name == "evil1" else RWS)
+        if name == "evil1":
+            w.do(t, call(sel(20), Proto.KOBJECT, words(GateOp.BIND_THREAD, 0x20, sel(EnvSlot.THREAD))))
         mem = Memory(name=f"{name}.ram", size=0x2000, phys=0x300000)
         w.k.db.insert_root(t.space, Kind.MEMORY, 0x4000_0000, mem, int(MemRights.R | MemRights.W), size=0x2000)
         return t
@@ -187,5 +192,8 @@ class Arena:
             if t.alive and t.budget is not None:
                 assert k.db.count(t.space, Kind.OBJECT) <= t.budget.caps
                 assert k.db.count(t.space, Kind.MEMORY) <= t.budget.mappings
+        # nothing leaks: memory being retired still has holders, held-back results are for live tasks
+        assert all(k.db.holders(mem) for mem in k._retiring.values())
+        assert all(eff.task.alive for eff in k._held)
         k.next_deadline()
         k.dump()
