@@ -4,7 +4,7 @@ IMAGE ?= images/wvds.yaml
 BOOT_ARGS ?= --est-ca 127.0.0.1:8443
 VENV := .venv/bin
 
-.PHONY: setup boot test bench hil hil-boot clean
+.PHONY: setup boot test bench hil hil-boot clean fuzz
 
 setup:
 	./bootstrap.sh
@@ -23,6 +23,19 @@ hil-boot: setup
 
 bench: setup
 	$(VENV)/python tests/bench/run.py
+
+# Long fuzzing runs (make test runs the short ones): the hypothesis state machine with many more
+# examples, then atheris on the frame decoder and the kernel's syscall entry, FUZZ_SECONDS each.
+# Crashes land in var/fuzz/; copy them into tests/fuzz/crashers/ as regression tests.
+FUZZ_SECONDS ?= 600
+FUZZ_EXAMPLES ?= 2000
+fuzz: setup
+	L4EMU_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/python -m pytest -q --timeout=0 tests/capability_violations/test_kernel_fuzz.py
+	@if $(VENV)/python -c 'import atheris' 2>/dev/null; then \
+	  mkdir -p var/fuzz/decode var/fuzz/kernel && cd var/fuzz && \
+	  ../../$(VENV)/python ../../tests/fuzz/fuzz_kernel.py decode -max_total_time=$(FUZZ_SECONDS) decode && \
+	  ../../$(VENV)/python ../../tests/fuzz/fuzz_kernel.py kernel -max_total_time=$(FUZZ_SECONDS) -max_len=2048 kernel; \
+	else echo "fuzz: atheris is not installed (no wheel for this Python): skipped the coverage-guided run"; fi
 
 clean:
 	rm -rf .venv .pytest_cache var

@@ -33,6 +33,11 @@ Schema (every key not listed here is an error)::
         caps:
           ping: ping:svr              # object:rights, or {object: ping, rights: svr}
           rom: rom:r                  # `rom` is Moe's namespace of the modules
+        limits:                       # kernel budgets (optional; these are the defaults)
+          caps: 1024                  # capability slots held at once; over it: -L4_ENOMEM / L4_IPC_REMAPFAILED
+          mappings: 1024              # memory mappings (mapping-database entries); over it: L4_IPC_REMAPFAILED
+          log_lines: 200              # log lines per second; the excess is dropped, then "N line(s) dropped"
+          log_bytes: 65536            # log bytes per second (likewise)
 
 Every task also gets ``log`` (its own log object), ``parent``, ``mem_alloc``
 (Moe's allocator, charged to ``memory``), its ``task`` and ``thread`` caps;
@@ -55,6 +60,7 @@ SIZE_UNITS = {None: 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1 << 20, "MiB": 1 <<
 COLORS = "nrgybmcw"
 COLOR_NAMES = {"black": "n", "red": "r", "green": "g", "yellow": "y", "blue": "b", "magenta": "m", "cyan": "c", "white": "w"}
 RESERVED_CAPS = ("log", "parent", "mem_alloc", "task", "thread")
+RESERVED_TAGS = ("kernel", "moe", "sigma0", "ipc")  # the console's own lines
 BUILTIN_OBJECTS = {"rom": "namespace"}
 PAGE = 4096
 
@@ -83,6 +89,7 @@ OBJECT_KEYS = {
 }
 TOP_KEYS = {"name", "description", "ram", "modules", "run", "objects", "tasks"}
 TASK_KEYS = {"program", "args", "log", "memory", "restart", "restart_limit", "caps", "config", "network"}
+TASK_KEYS |= {"limits"}  # kernel budgets (issue 9)
 ENDPOINT_RE = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 RESTART_POLICIES = ("never", "on-failure", "always")
 
@@ -129,6 +136,19 @@ class LogDecl:
 
 
 @dataclasses.dataclass(frozen=True)
+class LimitsDecl:
+    """Kernel budgets of one task (``limits``); every over-budget attempt is an L4 error and a violation."""
+
+    caps: int = 1024
+    mappings: int = 1024
+    log_lines: int = 200  #: per second
+    log_bytes: int = 65536  #: per second
+
+
+LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(LimitsDecl))
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskDecl:
     name: str
     program: str
@@ -140,6 +160,7 @@ class TaskDecl:
     caps: tuple[CapDecl, ...]
     config: Any = None  # JSON-able data for the task (its boot record's "config")
     connect: tuple[str, ...] = ()  # network endpoints (host:port) this driver task may reach
+    limits: LimitsDecl = LimitsDecl()
 
     def cap(self, name: str) -> CapDecl | None:
         return next((c for c in self.caps if c.name == name), None)
@@ -404,6 +425,8 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
             tag = ck.scalar(log["tag"][1], f"{field}.log.tag") or tag
             if not 0 < len(tag) <= 8:
                 ck.problem(log["tag"][1], f"{field}.log.tag", f"expected a tag of 1 to 8 characters (Moe pads or cuts to 8), got {tag!r}")
+            elif tag.strip().lower() in RESERVED_TAGS or not tag.isprintable():
+                ck.problem(log["tag"][1], f"{field}.log.tag", f"{tag!r} is reserved or not printable (the console's own tags: {', '.join(RESERVED_TAGS)})")
         if "color" in log:
             cnode = log["color"][1]
             ctext = ck.scalar(cnode, f"{field}.log.color") or ""
@@ -412,6 +435,8 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
                 ck.problem(cnode, f"{field}.log.color", f"expected one of the letters {COLORS} (upper case = bright) or a colour name, got {ctext!r}")
             else:
                 color = letter
+    if "log" not in body and tag in RESERVED_TAGS:
+        ck.problem(node, f"{field}.log.tag", f"the default tag {tag!r} is reserved (the console's own tags: {', '.join(RESERVED_TAGS)}); declare log.tag")
     memory = ck.size(body["memory"][1], f"{field}.memory") if "memory" in body else 1 << 20
     restart = "never"
     if "restart" in body:
@@ -444,10 +469,20 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
                     ck.problem(item, f"{field}.network.connect", f"expected host:port such as 127.0.0.1:8443, got {text!r}")
                 elif text is not None:
                     connect.append(text)
+    limits = LimitsDecl()
+    if "limits" in body:
+        given = {}
+        for key, (_knode, vnode) in ck.mapping(body["limits"][1], f"{field}.limits", set(LIMIT_KEYS)).items():
+            value = ck.integer(vnode, f"{field}.limits.{key}", minimum=1)
+            if value is not None and value >= 1 << 32:
+                ck.problem(vnode, f"{field}.limits.{key}", f"expected an integer below 2**32, got {value}")
+            elif value is not None:
+                given[key] = value
+        limits = LimitsDecl(**given)
     if program is None or memory is None or limit is None:
         return None
     return TaskDecl(tname, program, tuple(args), LogDecl(tag, color), memory, restart, limit, tuple(caps),
-                    config, tuple(connect))
+                    config, tuple(connect), limits)
 
 
 def _plain(node: yaml.Node) -> Any:

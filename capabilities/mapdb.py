@@ -81,6 +81,10 @@ class MappingDb:
             key=lambda n: (n.kind.value, n.index),
         )
 
+    def count(self, space: int, kind: Kind) -> int:
+        """How many nodes of ``kind`` ``space`` holds (what a task's budget bounds)."""
+        return sum(1 for key in self._spaces.get(space, {}) if key[1] is kind)
+
     def holders(self, obj: Any) -> list[Mapping]:
         return [n for n in self._nodes.values() if n.obj is obj]
 

@@ -123,6 +123,10 @@ class FactoryOp(enum.IntEnum):
     FACTORY = Proto.FACTORY
     GATE = 0  # L4_PROTO_KOBJECT creation of an IPC gate uses protocol 0
     IRQ = Proto.IRQ_SENDER
+    LOG = Proto.LOG  #: model addition: a tagged log (Vcon); MR[1] colour letter, MR[2] lines/s, MR[3] bytes/s, data = tag
+
+
+# Factory::create(TASK): MR[1] = capability-slot budget, MR[2] = memory-mapping budget (0 = the default).
 
 
 class TaskOp(enum.IntEnum):
@@ -195,7 +199,18 @@ class MsgTag:
         return cls(label, raw & 0x3F, (raw >> 6) & 0x3F, raw & 0xF000)
 
 
+KERNEL_LABEL = 1 << 63
+"""Labels with bit 63 set are the kernel's own: its notices (a task's exit) arrive with one.
+
+Gate and IRQ labels bound by a task, and labels sent thread-to-thread, must be
+below it (``-L4_EINVAL`` / ``L4_IPC_SEABORTED`` otherwise), so no task can
+produce a message that looks like a kernel notice. (A model rule: Fiasco's
+labels are full words; here the top half of the label space is reserved.)
+"""
+LABEL_LIMIT = 1 << 64
+
 TIMEOUT_NEVER = 0  #: L4_IPC_TIMEOUT_NEVER (one 16-bit half)
+TIMEOUT_ABSOLUTE = 0x8000  #: bit 15 of a half: absolute timeout (deadline in a buffer register)
 TIMEOUT_ZERO = 0x0400  #: L4_IPC_TIMEOUT_0
 
 
@@ -221,8 +236,8 @@ def timeout_to_us(half: int) -> int | None:
     """Decode one 16-bit half; ``None`` means never. Absolute timeouts (bit 15) are not modelled."""
     if half == TIMEOUT_NEVER:
         return None
-    if half & 0x8000:
-        raise ValueError("absolute timeouts are not supported by this model")
+    if half & TIMEOUT_ABSOLUTE:
+        raise ValueError("absolute timeouts are not supported by this model (the kernel refuses them)")
     return (half & 0x3FF) << ((half >> 10) & 0x1F)
 
 

@@ -24,6 +24,14 @@ class Rule(enum.Enum):
     FACTORY_QUOTA = "factory-quota"  # factory has no quota left
     MALFORMED_FRAME = "malformed-frame"  # the task's frame did not parse
     BAD_ARGUMENT = "bad-argument"  # a kernel operation's arguments are invalid
+    ABSOLUTE_TIMEOUT = "absolute-timeout"  # bit 15 of a timeout half: refused, no buffer registers here
+    RESERVED_LABEL = "reserved-label"  # a label in the kernel's half of the label space (bit 63)
+    ONE_INCARNATION = "one-incarnation"  # starting a task whose name has a live incarnation
+    CAP_BUDGET = "cap-budget"  # the task's capability slots are all used
+    MAPPING_BUDGET = "mapping-budget"  # the task's memory mappings (mapping-database entries) are all used
+    CALL_BUDGET = "call-budget"  # the task has as many IPCs in the kernel as its budget allows
+    LOG_RATE = "log-rate"  # more log lines/bytes per second than the task's budget
+    KERNEL_BUG = "kernel-bug"  # the kernel raised while handling the task's frame: the task is faulted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +76,14 @@ class Kill:
 
 @dataclasses.dataclass(frozen=True)
 class Console:
+    """One complete log line: ``text`` is already escaped (``kernel_model.logs.printable``); the host
+    prints ``tag`` itself, so text can never pose as another task's line. ``notice``: said by the
+    kernel about this log (e.g. lines dropped), not written by the task."""
+
     text: str
+    tag: str = ""
+    color: str = "w"
+    notice: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import struct
 from typing import TYPE_CHECKING
 
 from capabilities.mapdb import Kind, Mapping
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IrqOp, LogOp, Proto,
-                              TaskOp, ThreadOp, UnmapMask, sel)
+from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IpcError,
+                              IrqOp, LogOp, Proto, TaskOp, ThreadOp, UnmapMask, sel)
 from kernel_model.events import Console, Rule
-from kernel_model.objects import Debugger, Factory, IpcGate, Irq, Log, Task, Thread
+from kernel_model.logs import LogBudget, LogStream, printable
+from kernel_model.objects import Budget, Debugger, Factory, IpcGate, Irq, Log, Task, Thread
 from kernel_model.wire import Invocation, ItemKind, RecvItem
 
 if TYPE_CHECKING:
@@ -98,7 +100,7 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
     if inv.rcv_obj == INVALID_CAP or inv.rcv_obj & 0x800:
         return err(Err.EINVAL)
     dest = inv.rcv_obj >> L4_CAP_SHIFT
-    extra = (words(inv, len(inv.data) // 8) or ()) + (0, 0)
+    extra = (words(inv, min(len(inv.data) // 8, 4)) or ()) + (0, 0, 0, 0)
     if what == FactoryOp.FACTORY:
         cost = 1 + extra[1]
     else:
@@ -107,8 +109,11 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
         k._deny(thread, inv.dest, "factory.create", Rule.FACTORY_QUOTA, "-L4_ENOMEM",
                 f"{fab.describe()} has {fab.quota - fab.used} of {fab.quota} objects left")
         return err(Err.ENOMEM)
+    if (refused := k.cap_budget_refusal(thread.task, dest, inv.dest, "factory.create")):
+        return err(refused)
     if what == FactoryOp.TASK:
-        obj = Task()
+        default = Budget()
+        obj = Task(budget=Budget(caps=extra[1] or default.caps, mappings=extra[2] or default.mappings))
         k.tasks[obj.id] = obj
     elif what == FactoryOp.THREAD:
         bind = _own_cap(k, thread, extra[1], Task)
@@ -123,6 +128,14 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
         k.irqs.append(obj)
     elif what == FactoryOp.FACTORY:
         obj = Factory(quota=extra[1], parent=fab)
+    elif what == FactoryOp.LOG:
+        if fab is not k.root_factory:  # a tag is a name on the console: only the root task hands them out
+            k._deny(thread, inv.dest, "factory.create(log)", Rule.MISSING_RIGHT, "-L4_EPERM",
+                    f"only the kernel factory creates logs, not {fab.describe()}")
+            return err(Err.EPERM)
+        color = chr(extra[1]) if 0 < extra[1] < 0x80 and chr(extra[1]).lower() in "nrgybmcw" else "w"
+        tag = printable(inv.data[32:].rstrip(b"\0").decode("utf-8", "replace"))[:8]
+        obj = Log(tag=tag or "?", color=color, budget=LogBudget(extra[2], extra[3]))
     else:
         return err(Err.ENOSYS)
     fab.used += cost
@@ -147,7 +160,7 @@ def task(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
             return err(Err.EINVAL)
         tr = k._transfer(thread.task, inv.items, target, None, CapRights.S in CapRights(cap.rights), window=False)
         if tr.error is not None:
-            return err(Err.EINVAL)
+            return err(Err.ENOMEM if tr.error[1] is IpcError.REMAPFAILED and tr.budget else Err.EINVAL)
         return Reply(0)
     if op == TaskOp.UNMAP:
         a = words(inv, 6)
@@ -216,17 +229,50 @@ def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Rep
             return err(Err.EBUSY)
         try:
             record = json.loads(inv.data[8:].rstrip(b"\0").decode())
-        except (UnicodeDecodeError, ValueError):
-            return err(Err.EINVAL)
-        if not isinstance(record, dict) or not isinstance(record.get("program"), str):
-            return err(Err.EINVAL)
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return _bad_record(k, caller, inv, "the boot record is not JSON")
+        problem = _check_record(record)
+        if problem:
+            return _bad_record(k, caller, inv, problem)
         record["root"] = False  # only the kernel starts root tasks (Sigma0, Moe)
         for key in HOST_KEYS:  # confinement and the work directory are the kernel host's decision
             record.pop(key, None)
-        task_.name = str(record.get("name") or task_.name)
+        name = str(record.get("name") or task_.name)
+        live = next((t for t in k.tasks.values() if t is not task_ and t.name == name and t.alive and t.started), None)
+        if live is not None:  # at most one live incarnation per task, ever
+            k._deny(caller, inv.dest, "thread.ex_regs", Rule.ONE_INCARNATION, "-L4_EBUSY",
+                    f"task {name!r} already runs as {live.describe()}")
+            return err(Err.EBUSY)
+        task_.name = name
+        task_.generation = k.next_generation(name)
+        record["generation"] = task_.generation
         k._start(task_, record)
         return Reply(0)
     return err(Err.ENOSYS)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+_PROGRAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _check_record(record) -> str:
+    """What is wrong with a boot record a task hands the kernel ('' if nothing): the host uses the name
+    for the work directory and the program as a module name, so both are checked here."""
+    if not isinstance(record, dict):
+        return "the boot record is not a JSON object"
+    program, name = record.get("program"), record.get("name")
+    if not isinstance(program, str) or not _PROGRAM.fullmatch(program) or len(program) > 128:
+        return "the boot record's program is not a module name"
+    if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
+        return "the boot record's name is not [A-Za-z0-9_.-], at most 64 characters"
+    if not isinstance(record.get("args", []), list) or not isinstance(record.get("caps", {}), dict):
+        return "the boot record's args must be a list and caps an object"
+    return ""
+
+
+def _bad_record(k: "Kernel", caller: Thread, inv: Invocation, detail: str) -> Reply:
+    k._deny(caller, inv.dest, "thread.ex_regs", Rule.BAD_ARGUMENT, "-L4_EINVAL", detail)
+    return err(Err.EINVAL)
 
 
 # ---------------------------------------------------------------------- gate
@@ -235,8 +281,8 @@ def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     args = words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
-    if args[0] == GateOp.GET_INFOS:
-        return Reply(g.label)
+    if args[0] == GateOp.GET_INFOS:  # the label is a full word: MR[0], not the (48-bit) tag label
+        return Reply(0, data=struct.pack("<Q", g.label))
     if args[0] == GateOp.BIND_THREAD:
         a = words(inv, 3)
         if a is None:
@@ -244,6 +290,8 @@ def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
         label, tsel = a[1], a[2]
         if label & 3:
             return err(Err.EINVAL)
+        if label >= KERNEL_LABEL:
+            return _reserved_label(k, thread, inv, "gate.bind", label)
         tcap = _own_cap(k, thread, tsel, Thread)
         if tcap is None:
             return err(Err.EINVAL)
@@ -283,6 +331,8 @@ def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
         if (denied := _need(k, thread, cap, inv, CapRights.S, "irq.bind")) or \
                 (denied := _need(k, thread, tcap, inv, CapRights.S, "irq.bind(thread)")):
             return denied
+        if a[1] >= KERNEL_LABEL:
+            return _reserved_label(k, thread, inv, "irq.bind", a[1])
         q.thread, q.label = tcap.obj, a[1]
         return Reply(0)
     if inv.tag.label == Proto.IRQ_SENDER and op == IrqOp.DETACH:
@@ -298,8 +348,24 @@ def log(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     args = words(inv, 2)
     if args is None or args[0] != LogOp.WRITE:
         return err(Err.ENOSYS)
-    k._effects.append(Console(inv.data[16:16 + args[1]].decode("utf-8", "replace")))
-    return Reply(0)
+    lg: Log = cap.obj
+    writer = thread.task
+    stream = lg.streams.get(writer.id)
+    if stream is None:
+        stream = lg.streams[writer.id] = LogStream(lg.budget)
+    tag = lg.tag or printable(writer.name)[:8]
+    before = stream.dropped
+    lines, notice, first_drop = stream.write(inv.data[16:16 + args[1]], k.now)
+    if notice:
+        k._effects.append(Console(notice, tag, lg.color, notice=True))
+    k._effects.extend(Console(line, tag, lg.color) for line in lines)
+    if stream.dropped:
+        k.log_drops[id(stream)] = (stream, tag, lg.color)
+    if first_drop:
+        k._deny(thread, inv.dest, "log.write", Rule.LOG_RATE, "-L4_EAGAIN",
+                f"more than {lg.budget.lines_per_s} lines or {lg.budget.bytes_per_s} bytes per second; "
+                "dropping until the second is over")
+    return err(Err.EAGAIN) if stream.dropped > before else Reply(0)
 
 
 def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
@@ -313,6 +379,12 @@ def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Repl
         node.obj.name = inv.data[16:].rstrip(b"\0").decode("utf-8", "replace")[:32]
         return Reply(0)
     return err(Err.ENOSYS)
+
+
+def _reserved_label(k: "Kernel", thread: Thread, inv: Invocation, op: str, label: int) -> Reply:
+    k._deny(thread, inv.dest, op, Rule.RESERVED_LABEL, "-L4_EINVAL",
+            f"label {label:#x} is in the kernel's label space (bit 63 set)")
+    return err(Err.EINVAL)
 
 
 def _signed(word: int) -> int:

@@ -19,7 +19,15 @@ Errors:
 - partner not ready and send timeout 0 -> ``L4_IPC_SETIMEOUT``; receive timeout -> ``RETIMEOUT``;
 - typed item without a receive buffer -> ``SEMSGCUT`` / ``REMSGCUT`` on both sides;
 - kernel object invoked with a foreign protocol -> reply label ``-L4_EBADPROTO``;
-  lacking a right -> ``-L4_EPERM`` (both + violation); factory quota -> ``-L4_ENOMEM``.
+  lacking a right -> ``-L4_EPERM`` (both + violation); factory quota -> ``-L4_ENOMEM``;
+- a frame that does not decode (``wire``) -> ``L4_IPC_SEABORTED`` + ``malformed-frame``;
+  an absolute timeout -> ``SETIMEOUT``/``RETIMEOUT`` + ``absolute-timeout`` before any phase;
+  a label in the kernel's half (bit 63, ``abi.KERNEL_LABEL``, reserved for its exit
+  notices) -> ``-L4_EINVAL`` / ``SEABORTED`` + ``reserved-label``;
+- over a task's budget (``objects.Budget``: capability slots, memory mappings; a log's
+  lines/bytes per second) -> ``-L4_ENOMEM`` / ``L4_IPC_REMAPFAILED`` / ``-L4_EAGAIN`` + violation;
+- anything the kernel itself raises while handling a frame faults that task only and is
+  recorded as a ``kernel-bug`` event (the last-resort boundary in ``syscall``).
 """
 from __future__ import annotations
 
@@ -29,9 +37,9 @@ import struct
 from capabilities.mapdb import Kind, Mapping, MappingDb
 from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_rights, derive_mem_rights
 from kernel_model import invoke
-from kernel_model.abi import (INVALID_CAP, L4_CAP_SHIFT, PAGE_SIZE, EnvSlot, IpcError, IpcFlags, MsgTag, Proto,
-                              sel, timeout_to_us)
-from kernel_model.events import (Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
+from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, PAGE_SIZE, TIMEOUT_ABSOLUTE, EnvSlot, Err,
+                              IpcError, IpcFlags, MsgTag, Proto, sel, timeout_to_us)
+from kernel_model.events import (Console, Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
                                  Revoked, Rule, Spawn, Traced, Violation)
 from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, Task,
                                   Thread, ThreadState)
@@ -45,6 +53,7 @@ _S_BIT, _SVR_BIT = int(CapRights.S), int(CapRights.SVR)
 # IPC phase bits as plain ints: the hot path tests them on every syscall, and enum
 # arithmetic costs more than the rest of the rendezvous.
 _SEND, _RECV, _OPEN_WAIT, _REPLY = (int(f) for f in (IpcFlags.SEND, IpcFlags.RECV, IpcFlags.OPEN_WAIT, IpcFlags.REPLY))
+_ABSOLUTE_EITHER = TIMEOUT_ABSOLUTE << 16 | TIMEOUT_ABSOLUTE
 
 
 @dataclasses.dataclass
@@ -52,6 +61,7 @@ class Transfer:
     items: tuple[RecvItem, ...] = ()
     memory: tuple[tuple[Memory, bool], ...] = ()
     error: tuple[IpcError, IpcError] | None = None  # (sender's, receiver's) error
+    budget: bool = False  # the error is the receiver's capability or mapping budget
 
 
 class Kernel:
@@ -77,6 +87,8 @@ class Kernel:
         self._held: list[Deliver] = []  # results held back from holders of memory being retired
         self.sigma0: Task | None = None
         self.moe: Task | None = None
+        self._generations: dict[str, int] = {}
+        self.log_drops: dict[int, tuple] = {}  # logs that dropped lines: (stream, tag, colour), notice due
 
     # ------------------------------------------------------------------ boot
     def boot(self, *, ram: int, modules: list[tuple[str, bytes]], moe_args: list[str] | None = None) -> list[Effect]:
@@ -144,12 +156,30 @@ class Kernel:
         self._current = thread
         try:
             self._ipc(thread, inv)
+        except Exception as exc:  # noqa: BLE001 - the last-resort boundary: a kernel slip costs one task
+            self._kernel_bug(thread, inv, exc)
         finally:
             self._current = None
         return self._take()
 
+    def _kernel_bug(self, thread: Thread, inv: Invocation, exc: Exception) -> None:
+        """The kernel raised while handling ``thread``'s frame: fault that task, record a kernel-bug event.
+
+        Never reached by design (every frame is decoded and checked first); it bounds what a future
+        slip can cost: the offending task, not the system.
+        """
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
+        self._deny(thread, inv.dest, _op_name(inv), Rule.KERNEL_BUG, "task faulted",
+                   f"{type(exc).__name__}: {exc}{where}")
+        self.kill_task(thread.task, status=None)
+
     def expire(self, now: int) -> list[Effect]:
         self.now = now
+        if self.log_drops:
+            self._log_notices(now)
         due = [t for t in self._blocked if t.deadline is not None and t.deadline <= now]
         for thread in sorted(due, key=lambda t: (t.deadline, t.id)) if due else ():
             if thread.state is ThreadState.SENDING:
@@ -161,26 +191,84 @@ class Kernel:
 
     def next_deadline(self) -> int | None:
         deadlines = [t.deadline for t in self._blocked if t.deadline is not None]
+        deadlines += [end for stream, _tag, _color in self.log_drops.values() if (end := stream.window_end())]
         return min(deadlines) if deadlines else None
+
+    def _log_notices(self, now: int) -> None:
+        """A log's second is over: say how many lines it dropped (kernel_model.logs)."""
+        for key, (stream, tag, color) in list(self.log_drops.items()):
+            end = stream.window_end()
+            if end is None:
+                del self.log_drops[key]
+            elif end <= now:
+                notice = stream.roll(now)
+                del self.log_drops[key]
+                if notice:
+                    self._effects.append(Console(notice, tag, color, notice=True))
+
+    # ------------------------------------------------------------- budgets
+    def cap_budget_refusal(self, task: Task, slot: int, selector: int, op: str) -> Err | None:
+        """-L4_ENOMEM (and a violation) if a new capability in ``slot`` would exceed ``task``'s budget."""
+        budget = task.budget
+        if budget is None or self.db.get(task.space, Kind.OBJECT, slot) is not None:
+            return None
+        held = self.db.count(task.space, Kind.OBJECT)
+        if held < budget.caps:
+            return None
+        self._deny_task(task, selector, op, Rule.CAP_BUDGET, "-L4_ENOMEM",
+                        f"{task.describe()} holds {held} capabilities, its budget")
+        return Err.ENOMEM
+
+    def _budget_refused(self, src: Task, dst: Task, item, dest: int) -> bool:
+        """Would mapping ``item`` at ``dest`` in ``dst`` exceed dst's capability or mapping budget?"""
+        budget = dst.budget
+        if budget is None:
+            return False
+        if item.kind is ItemKind.OBJECT:
+            if self.db.get(dst.space, Kind.OBJECT, dest) is not None:
+                return False
+            held, limit, rule, what = self.db.count(dst.space, Kind.OBJECT), budget.caps, Rule.CAP_BUDGET, "capabilities"
+        else:
+            overlapping = sum(1 for n in self.db.in_space(dst.space, Kind.MEMORY)
+                              if dest < n.index + n.size and n.index < dest + item.size)
+            held, limit = self.db.count(dst.space, Kind.MEMORY) - overlapping, budget.mappings
+            rule, what = Rule.MAPPING_BUDGET, "memory mappings"
+        if held < limit:
+            return False
+        self._deny_task(dst, item.index, "map", rule, "L4_IPC_REMAPFAILED",
+                        f"{dst.describe()} holds {held} {what}, its budget (mapped by {src.describe()})")
+        return True
 
     def task_exited(self, task: Task, status: int, now: int) -> list[Effect]:
         """The task's process is gone (exit or crash): revoke everything, tell its parent."""
         self.now = now
         if task.alive:
             task.exit_status = status
-            parent = self.db.get(task.space, Kind.OBJECT, EnvSlot.PARENT)
+            parent = self._parent_of(task)
             self._destroy_task(task)
-            if parent is not None and isinstance(parent.obj, IpcGate) and parent.obj.alive:
-                gate = parent.obj
-                msg = AsyncMessage(gate.label | (parent.rights & LABEL_RIGHTS), MsgTag(Proto.PARENT, 2),
-                                   struct.pack("<qq", 0, status))
-                if gate.thread is not None and gate.thread.state is not ThreadState.DEAD:
-                    self._post_async(gate.thread, msg)
+        else:  # the kernel killed it earlier: its parent learns of it now that the process is gone
+            parent, task.parent_pending = task.parent_pending, None
+        if parent is not None and parent[0].alive:
+            gate, rights = parent
+            # The kernel's label space (bit 63): no task can send a message that arrives like this.
+            msg = AsyncMessage(KERNEL_LABEL | gate.label | (rights & LABEL_RIGHTS),
+                               MsgTag(Proto.PARENT, 2), struct.pack("<qq", 0, status))
+            if gate.thread is not None and gate.thread.state is not ThreadState.DEAD:
+                self._post_async(gate.thread, msg)
         return self._take()
 
+    def _parent_of(self, task: Task) -> tuple[IpcGate, int] | None:
+        parent = self.db.get(task.space, Kind.OBJECT, EnvSlot.PARENT)
+        if parent is None or not isinstance(parent.obj, IpcGate):
+            return None
+        return parent.obj, parent.rights
+
     def kill_task(self, task: Task, status: int | None = None) -> None:
+        """Fault ``task``: its capabilities go now; its parent's exit notice follows once its process has
+        exited (``task_exited``), so a restart never overlaps the old incarnation."""
         if task.alive:
             task.exit_status = status
+            task.parent_pending = self._parent_of(task)
             self._destroy_task(task)
             self._effects.append(Kill(task))
 
@@ -188,6 +276,8 @@ class Kernel:
     def _ipc(self, thread: Thread, inv: Invocation) -> None:
         thread.inv = inv
         flags = inv.flags
+        if inv.timeout & _ABSOLUTE_EITHER and self._absolute_timeout(thread, inv):
+            return
         if flags & _REPLY:
             err = self._reply(thread, inv)
             if err is not IpcError.OK:
@@ -202,6 +292,19 @@ class Kernel:
             self._receive(thread, inv)
         else:
             self._complete(thread, Result(tag=inv.tag))
+
+    def _absolute_timeout(self, thread: Thread, inv: Invocation) -> bool:
+        """Absolute timeouts (bit 15 of a half) name a deadline in a buffer register, which this model
+        does not have: the IPC is refused before any phase runs, as if the deadline had passed."""
+        send_abs = inv.flags & (_SEND | _REPLY) and inv.timeout & (TIMEOUT_ABSOLUTE << 16)
+        recv_abs = inv.flags & _RECV and inv.timeout & TIMEOUT_ABSOLUTE
+        if not (send_abs or recv_abs):
+            return False
+        error = IpcError.SETIMEOUT if send_abs else IpcError.RETIMEOUT
+        self._deny(thread, inv.dest, _op_name(inv), Rule.ABSOLUTE_TIMEOUT, f"L4_IPC_{error.name}",
+                   f"timeout {inv.timeout:#010x} has an absolute half; only relative timeouts are supported")
+        self._complete(thread, Result(error=error))
+        return True
 
     def lookup(self, task: Task, selector: int) -> Mapping | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT
@@ -225,6 +328,11 @@ class Kernel:
                           bool(cap.rights & _S_BIT))
             return
         if isinstance(obj, Thread) and label != Proto.THREAD:
+            if inv.label >= KERNEL_LABEL:
+                self._deny(thread, inv.dest, _op_name(inv), Rule.RESERVED_LABEL, "L4_IPC_SEABORTED",
+                           f"label {inv.label:#x} is in the kernel's label space")
+                self._complete(thread, Result(error=IpcError.SEABORTED))
+                return
             self._send_to(thread, obj, None, inv.label, bool(cap.rights & _S_BIT))
             return
         reply = invoke.kernel_object(self, thread, cap, inv)
@@ -399,6 +507,10 @@ class Kernel:
                 if dest % PAGE_SIZE:
                     return Transfer(error=(IpcError.SEMAPFAILED, IpcError.REMAPFAILED))
                 plan.append((item, node, dest))
+        if dst.budget is not None:
+            for item, node, dest in plan:
+                if node is not None and self._budget_refused(src, dst, item, dest):
+                    return Transfer(error=(IpcError.SEMAPFAILED, IpcError.REMAPFAILED), budget=True)
         received: list[RecvItem] = []
         memory: list[tuple[Memory, bool]] = []
         for item, node, dest in plan:
@@ -617,6 +729,11 @@ class Kernel:
         """Trigger the IRQ object called ``name`` from outside (as a debugger or a device would)."""
         self.trigger(next(q for q in self.irqs if q.name == name and q.alive))
         return self._take()
+
+    def next_generation(self, name: str) -> int:
+        """Hubris-style task generations: every start of a task called ``name`` is a new incarnation."""
+        self._generations[name] = self._generations.get(name, 0) + 1
+        return self._generations[name]
 
     # ------------------------------------------------------------ introspection
     def task_by_name(self, name: str) -> Task:

@@ -13,6 +13,8 @@ import enum
 import itertools
 from typing import Any
 
+from kernel_model.logs import LogBudget
+
 _object_ids = itertools.count(1)
 
 
@@ -52,6 +54,9 @@ class Task(KObject):
     threads: list["Thread"] = dataclasses.field(default_factory=list)
     started: bool = False
     exit_status: int | None = None
+    generation: int = 0  #: incarnation of the task called ``name``: 1 for the first start, +1 per restart
+    budget: "Budget | None" = None  #: None: unlimited (root tasks)
+    parent_pending: Any = None  #: (gate, rights) of the parent to notify once a killed task's process is gone
 
     def __post_init__(self) -> None:
         self.type = ObjType.TASK
@@ -59,6 +64,14 @@ class Task(KObject):
     @property
     def space(self) -> int:
         return self.id
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """What a task may hold in the kernel at once (declared per task in the image, ``limits``)."""
+
+    caps: int = 1024  #: capability slots in use
+    mappings: int = 1024  #: memory mappings (mapping-database entries of its address space)
 
 
 @dataclasses.dataclass(eq=False)
@@ -124,6 +137,13 @@ class Factory(KObject):
 
 @dataclasses.dataclass(eq=False)
 class Log(KObject):
+    """A log (Vcon): each line goes to the console under ``tag`` (the writer's task name if empty)."""
+
+    tag: str = ""
+    color: str = "w"
+    budget: LogBudget = dataclasses.field(default_factory=LogBudget)
+    streams: dict = dataclasses.field(default_factory=dict)  # writer task id -> LogStream
+
     def __post_init__(self) -> None:
         self.type = ObjType.LOG
 

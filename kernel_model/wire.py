@@ -9,19 +9,24 @@ item, in item order.
 
 Layouts (little-endian)::
 
-  Invocation  B kind=1 | B flags | H n_items | I timeout | Q dest | Q tag | q label
+  Invocation  B kind=1 | B flags | H n_items | I timeout | Q dest | Q tag | Q label
               | Q rcv_obj | Q rcv_mem_base | Q rcv_mem_size | H data_len   (58 bytes)
               then n_items x Item, then data
   Item        B kind(1 obj, 2 mem) | B grant | H rights | I 0 | Q index | Q size | Q dest
-  Result      B kind=2 | B error | H n_items | I 0 | Q tag | q label | H data_len
+  Result      B kind=2 | B error | H n_items | I 0 | Q tag | Q label | H data_len
               then n_items x RecvItem (same layout as Item: index = where it landed,
               dest = offset into the memory object), then data
   Boot        B kind=3 | 7x pad | data = JSON boot record
   Revoke      B kind=4 | B 0 | H n | I 0 | n x Q virtual address
   Remap       B kind=5 | B 0 | H rights | I 0 | Q address | Q size | Q offset  (+ the new fd)
 
-A frame that does not parse raises ``WireError``; the kernel answers it by
-treating the task as faulted, never by crashing.
+Labels are unsigned 64-bit words. A frame is decoded completely before the
+kernel acts on it: every field is range-checked (flags, the tag's bound
+``words + 2*items <= 63`` and its item count against the items sent, item
+kinds, grant flags, padding, rights bits, page-aligned receive windows that fit
+in the address space, the boot record's size). A frame that does not parse
+raises ``WireError``; the kernel answers it with ``L4_IPC_SEABORTED`` and a
+``malformed-frame`` violation, never by crashing.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import enum
 import json
 import struct
 
-from kernel_model.abi import INVALID_CAP, IpcError, MsgTag
+from kernel_model.abi import INVALID_CAP, MR_WORDS, PAGE_SIZE, IpcError, MsgTag
 
 
 class FrameKind(enum.IntEnum):
@@ -50,12 +55,14 @@ class WireError(ValueError):
     pass
 
 
-_INV = struct.Struct("<BBHIQQqQQQH")
+_INV = struct.Struct("<BBHIQQQQQQH")
 _ITEM = struct.Struct("<BBHIQQQ")
-_RES = struct.Struct("<BBHIQqH")
+_RES = struct.Struct("<BBHIQQH")
 _REV = struct.Struct("<BBHI")
 MAX_DATA = 16 * 1024  #: only Thread EX_REGS (the initial stack) may use more than 63 MRs
 MAX_ITEMS = 31
+WORD_LIMIT = 1 << 64
+ITEM_RIGHTS = 0x2F  #: every rights bit an item may carry: CapRights R|W|S|D|SVR, MemRights R|W|X
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -165,6 +172,7 @@ def decode_invocation(frame: bytes) -> Invocation:
     if len(frame) < _INV.size:
         raise WireError(f"frame of {len(frame)} bytes is shorter than the {_INV.size}-byte header")
     (kind, flags, n_items, timeout, dest, tag, label, rcv_obj, mem_base, mem_size, data_len) = _INV.unpack_from(frame)
+    msgtag = MsgTag.from_raw(tag)
     if kind != FrameKind.INVOCATION:
         raise WireError(f"expected an invocation frame, got kind {kind}")
     if flags & ~0xF:
@@ -173,6 +181,12 @@ def decode_invocation(frame: bytes) -> Invocation:
         raise WireError(f"{n_items} typed items (at most {MAX_ITEMS})")
     if data_len > MAX_DATA:
         raise WireError(f"{data_len} data bytes (at most {MAX_DATA})")
+    if msgtag.words + 2 * msgtag.items > MR_WORDS:
+        raise WireError(f"message tag has {msgtag.words} words + 2 x {msgtag.items} items: more than {MR_WORDS} registers")
+    if msgtag.items != n_items:
+        raise WireError(f"message tag announces {msgtag.items} typed items, the frame carries {n_items}")
+    if mem_base % PAGE_SIZE or mem_size % PAGE_SIZE or mem_base + mem_size > WORD_LIMIT:
+        raise WireError(f"receive window {mem_base:#x}+{mem_size:#x} is not page-aligned inside the address space")
     expected = _INV.size + n_items * _ITEM.size + data_len
     if len(frame) != expected:
         raise WireError(f"frame is {len(frame)} bytes, header says {expected}")
@@ -183,8 +197,12 @@ def decode_invocation(frame: bytes) -> Invocation:
         off += _ITEM.size
         if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
             raise WireError(f"unknown typed item kind {ikind}")
+        if grant > 1 or _pad or rights & ~ITEM_RIGHTS:
+            raise WireError(f"typed item with grant {grant}, padding {_pad:#x}, rights {rights:#x}")
+        if ikind == ItemKind.MEMORY and index + size > WORD_LIMIT:
+            raise WireError(f"memory item {index:#x}+{size:#x} wraps the address space")
         items.append(Item(ItemKind(ikind), index, rights, size, bool(grant), dst))
-    return Invocation(flags, dest, MsgTag.from_raw(tag), bytes(frame[off:off + data_len]), tuple(items),
+    return Invocation(flags, dest, msgtag, bytes(frame[off:off + data_len]), tuple(items),
                       timeout, label, rcv_obj, mem_base, mem_size)
 
 

@@ -22,6 +22,21 @@ def strip_ansi(text: str) -> str:
     return ANSI.sub("", text)
 
 
+ANSI_COLORS = {c: 30 + i for i, c in enumerate("nrgybmcw")}
+
+
+def tagged_line(tag: str, color: str, text: str, *, notice: bool = False) -> str:
+    """A log line as printed: the tag (padded to 8, in the log's colour) then ``| `` and the text.
+
+    ``text`` comes from ``kernel_model.logs.printable`` (no control character left), so the
+    only escape sequences on the line are the colour of the tag, added here. Lines the
+    kernel says about a log (dropped lines) use ``!`` instead of ``|``.
+    """
+    code = ANSI_COLORS.get(color.lower(), 37)
+    style = f"\x1b[01;{code}m" if color.isupper() else f"\x1b[{code}m"
+    return f"{style}{tag[:8]:<8}\x1b[0m{'!' if notice else '|'} {text}"
+
+
 class ConsoleSink(Protocol):
     def log_line(self, line: str) -> None: ...
     def kernel(self, message: str) -> None: ...

@@ -26,7 +26,7 @@ from typing import Callable
 from capabilities.image import TaskDecl
 from kernel_model.events import (Console, Deliver, Denied, Kill, MemoryCreated, MemoryRetired, Remapped, Revoked,
                                  Spawn, Traced)
-from kernel_model.host.console import ConsoleSink
+from kernel_model.host.console import ConsoleSink, tagged_line
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
@@ -68,7 +68,6 @@ class Supervisor:
         self.ro_fds: dict[int, int] = {}
         self.exit_code: int | None = None
         self.exited: list[tuple[str, int]] = []  # (task name, status) in order of death
-        self._log_buf = ""
         self._spawned = 0
         self._wake_r: int | None = None
         self._stop_signal: int | None = None
@@ -227,7 +226,7 @@ class Supervisor:
                     except ProcessLookupError:
                         pass
             elif isinstance(eff, Console):
-                self._console_text(eff.text)
+                self.console.log_line(tagged_line(eff.tag, eff.color, eff.text, notice=eff.notice))
             elif isinstance(eff, MemoryCreated):
                 self._create_memory(eff.memory)
             elif isinstance(eff, Revoked):
@@ -263,12 +262,6 @@ class Supervisor:
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                 raise
-
-    def _console_text(self, text: str) -> None:
-        self._log_buf += text
-        *lines, self._log_buf = self._log_buf.split("\n")
-        for line in lines:
-            self.console.log_line(line)
 
     def _create_memory(self, mem: Memory) -> None:
         fd = os.memfd_create(mem.describe(), os.MFD_CLOEXEC)

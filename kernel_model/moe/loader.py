@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from capabilities.image import ObjectDecl, ObjectType, TaskDecl
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
-from kernel_model.moe.objects import AllocatorObject, DataspaceObject, LogObject, ParentObject
+from kernel_model.moe.objects import AllocatorObject, DataspaceObject, ParentObject
 from kernel_model.wire import Item
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ class TaskRecord:
         self.thread = 0
         self.log = self.parent = self.alloc = 0
         self.allocator: AllocatorObject | None = None
+        self.parent_obj: ParentObject | None = None  # the current incarnation's parent object
         self.running = False
         self.finished = False
         self.exit_code: int | None = None
@@ -54,12 +55,16 @@ def create_object(moe: "Moe", obj: ObjectDecl) -> int:
 
 def start(moe: "Moe", rec: TaskRecord) -> None:
     decl = rec.decl
-    if not rec.log:  # Moe's per-task objects survive restarts
-        rec.log = moe.serve(LogObject(moe, decl.log.tag, decl.log.color), f"{decl.name}.log")
-        rec.parent = moe.serve(ParentObject(moe, rec), f"{decl.name}.parent")
-        rec.allocator = AllocatorObject(moe, rec, decl.memory)
-        rec.alloc = moe.serve(rec.allocator, f"{decl.name}.mem_alloc")
-    rec.task = moe.create(FactoryOp.TASK, name=decl.name)
+    # Every incarnation gets fresh objects (a new generation, as in Hubris): caps, replies and notices
+    # aimed at an earlier incarnation reach deleted gates and fail with L4_IPC_ENOT_EXISTENT.
+    limits = decl.limits
+    rec.log = moe.create(FactoryOp.LOG, ord(decl.log.color), limits.log_lines, limits.log_bytes,
+                         blob=decl.log.tag.encode(), name=f"{decl.name}.log")  # a kernel log: the kernel tags it
+    rec.parent_obj = ParentObject(moe, rec)
+    rec.parent = moe.serve(rec.parent_obj, f"{decl.name}.parent")
+    rec.allocator = AllocatorObject(moe, rec, decl.memory)
+    rec.alloc = moe.serve(rec.allocator, f"{decl.name}.mem_alloc")
+    rec.task = moe.create(FactoryOp.TASK, limits.caps, limits.mappings, name=decl.name)
     rec.thread = moe.create(FactoryOp.THREAD, rec.task, name=f"{decl.name}.main")
     mapping = [
         (EnvSlot.TASK, rec.task, CapRights.R),
@@ -94,9 +99,10 @@ def start(moe: "Moe", rec: TaskRecord) -> None:
     rec.finished = False
 
 
-def child_exited(moe: "Moe", rec: TaskRecord, code: int) -> None:
-    if not rec.running:
-        return
+def child_exited(moe: "Moe", rec: TaskRecord, code: int, notice_from: ParentObject) -> None:
+    """The kernel's exit notice for the incarnation whose parent object is ``notice_from``."""
+    if not rec.running or notice_from is not rec.parent_obj:
+        return  # an earlier incarnation's notice: that one is already accounted for
     rec.running = False
     rec.exit_code = code
     moe.release(rec.thread)
@@ -106,6 +112,11 @@ def child_exited(moe: "Moe", rec: TaskRecord, code: int) -> None:
         for obj in [o for o in moe.objects.values() if isinstance(o, DataspaceObject) and o.owner is rec.allocator]:
             moe.free_dataspace(obj)
         rec.allocator.used = 0
+    moe.delete(rec.log)  # this incarnation's objects die with it
+    for gate in (rec.parent, rec.alloc):
+        moe.delete_served(gate)
+    rec.log = rec.parent = rec.alloc = 0
+    rec.parent_obj = None
     policy, limit = rec.decl.restart, rec.decl.restart_limit
     again = (policy == "always" or (policy == "on-failure" and code != 0)) and rec.restarts < limit
     how = "exited" if code < 128 else f"was killed by signal {code - 128}"

@@ -10,13 +10,12 @@ import struct
 from typing import TYPE_CHECKING
 
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import PAGE_SIZE, DataspaceOp, Err, LogOp, NamespaceOp, ParentOp, Proto
+from kernel_model.abi import PAGE_SIZE, DataspaceOp, Err, NamespaceOp, ParentOp, Proto
 from kernel_model.wire import Item
 
 if TYPE_CHECKING:
     from kernel_model.moe.server import Moe
 
-ANSI_COLORS = {c: 30 + i for i, c in enumerate("nrgybmcw")}
 
 
 @dataclasses.dataclass
@@ -40,35 +39,13 @@ class Served:
         raise NotImplementedError
 
 
-def color_prefix(tag: str, color: str) -> str:
-    code = ANSI_COLORS[color.lower()]
-    style = f"\x1b[01;{code}m" if color.isupper() else f"\x1b[{code}m"
-    return f"{style}{tag[:8]:<8}\x1b[0m| "
-
-
-class LogObject(Served):
-    """A task's log: each line goes out prefixed with the tag, padded to 8, and ``| `` (moe log.cc)."""
-
-    protocol = Proto.LOG
-
-    def __init__(self, moe: "Moe", tag: str, color: str):
-        self.moe, self.tag, self.color = moe, tag, color
-        self.partial = ""
-
-    def handle(self, msg) -> Response | None:
-        if msg.proto != Proto.LOG or not msg.has_words(2) or msg.word(0) != LogOp.WRITE:
-            return None  # send-only protocol: nothing to answer
-        text = self.partial + msg.blob(2)[:msg.word(1)].decode("utf-8", "replace")
-        if len(text) > 4096:  # a line without an end is cut, never hoarded
-            text += "\n"
-        *lines, self.partial = text.split("\n")
-        for line in lines:
-            self.moe.console(color_prefix(self.tag, self.color) + line)
-        return None
-
-
 class ParentObject(Served):
-    """A task's parent: the kernel signals the child's exit here (signal 0, value = exit code)."""
+    """A task's parent: the kernel signals the child's exit here (signal 0, value = exit code).
+
+    Only a kernel notice counts: it arrives with a label in the kernel's label space
+    (``abi.KERNEL_LABEL``), which no task can produce. The same words sent by the task
+    itself through its parent cap are ignored: a running task cannot declare itself dead.
+    """
 
     protocol = Proto.PARENT
 
@@ -76,9 +53,11 @@ class ParentObject(Served):
         self.moe, self.record = moe, record
 
     def handle(self, msg) -> Response | None:
+        return None  # from the task itself: whatever it says, it is still running
+
+    def kernel_notice(self, msg) -> None:
         if msg.proto == Proto.PARENT and msg.has_words(2) and msg.word(0) == ParentOp.SIGNAL:
-            self.moe.child_exited(self.record, msg.word(1, signed=True))
-        return None
+            self.moe.child_exited(self.record, msg.word(1, signed=True), self)
 
 
 @dataclasses.dataclass

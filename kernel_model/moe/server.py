@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from capabilities.image import Image, ObjectType, parse_image
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp, UnmapMask, sel)
+from kernel_model.abi import (KERNEL_LABEL, DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp,
+                              UnmapMask, sel)
 from kernel_model.moe import loader
-from kernel_model.moe.objects import (Backing, DataspaceObject, NamespaceObject, Response, Served,
-                                      color_prefix)
+from kernel_model.moe.objects import Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served
 from kernel_model.wire import ItemKind
 
 FACTORY = sel(EnvSlot.FACTORY)
@@ -35,15 +35,15 @@ class Moe:
             self.env.send(KERNEL_LOG, Proto.LOG, LogOp.WRITE, len(chunk), blob=chunk)
 
     def say(self, text: str) -> None:
-        self.console(color_prefix("moe", "w") + text)
+        self.console(text)  # the kernel tags the lines of its console with the writer's name
 
     def set_name(self, selector: int, name: str) -> None:
         self.env.call(DEBUGGER, Proto.DEBUGGER, DebuggerOp.SET_OBJECT_NAME, selector, blob=name.encode())
 
     # -- kernel objects ----------------------------------------------------------
-    def create(self, what: FactoryOp, *args: int, name: str = "") -> int:
+    def create(self, what: FactoryOp, *args: int, blob: bytes = b"", name: str = "") -> int:
         slot = self.env.alloc_slot()
-        msg = self.env.call(FACTORY, Proto.FACTORY, int(what), *args, rcv_cap=slot)
+        msg = self.env.call(FACTORY, Proto.FACTORY, int(what), *args, blob=blob, rcv_cap=slot)
         msg.check(f"create {what.name.lower()} {name}")
         if name:
             self.set_name(slot, name)
@@ -97,8 +97,15 @@ class Moe:
         self.pool.setdefault(ds.backing.size, []).append(ds.backing)
 
     # -- children ----------------------------------------------------------------
-    def child_exited(self, record: "loader.TaskRecord", code: int) -> None:
-        loader.child_exited(self, record, code)
+    def child_exited(self, record: "loader.TaskRecord", code: int, notice_from: ParentObject) -> None:
+        loader.child_exited(self, record, code, notice_from)
+
+    def delete_served(self, gate: int) -> None:
+        """Delete one of Moe's gates (every cap to it empties) and forget the object behind it."""
+        label = next((lbl for lbl, obj in self.objects.items() if obj.gate == gate), None)
+        self.delete(gate)
+        if label is not None:
+            del self.objects[label]
 
     # -- boot and serve -----------------------------------------------------------
     def boot(self) -> None:
@@ -140,10 +147,16 @@ class Moe:
             if msg is None or not msg.ok:
                 msg = self.env.wait()
                 continue
+            if msg.label & KERNEL_LABEL:  # a kernel notice: no task can send one
+                obj = self.objects.get(msg.label & ~KERNEL_LABEL & ~3)
+                if isinstance(obj, ParentObject):
+                    obj.kernel_notice(msg)
+                self._check_done()
+                msg = self.env.wait() if self.done_code is None else None
+                continue
             obj = self.objects.get(msg.label & ~3)
             if obj is None:
-                resp: Response | None = Response(-int(Err.ENOENT)) if msg.proto not in (Proto.LOG, Proto.PARENT) \
-                    else None
+                resp: Response | None = Response(-int(Err.ENOENT)) if msg.proto != Proto.PARENT else None
             else:
                 resp = obj.handle(msg)
             self._check_done()

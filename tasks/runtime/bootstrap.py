@@ -74,10 +74,9 @@ def run() -> int:
 def _sayer(env, record: dict):
     """Lines about the task itself go out through its log capability (it has no stderr).
 
-    Moe's log object tags ordinary tasks' lines; root tasks write to the kernel
-    console directly, so they tag their own.
+    The kernel tags every line with the task's log tag (root tasks: their name).
     """
-    prefix = f"{str(record.get('name', '?'))[:8]:<8}! " if record.get("root") else "! "
+    prefix = "! "
 
     def say(line: str) -> None:
         try:

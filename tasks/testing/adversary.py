@@ -7,7 +7,7 @@ has the capabilities its image gives it.
 
 Verbs:
   call:CAP[,PROTO[,WORD...]]   call with zero send timeout and 1 s receive timeout
-  send:CAP[,PROTO]             send with zero timeout
+  send:CAP[,PROTO[,WORD...]]   send with zero timeout (with words: until the partner takes it)
   sweep:FIRST,LAST             call every slot FIRST..LAST (protocol 0x100) -> which exist
   trigger:CAP                  trigger an IRQ
   bind_irq:CAP / bind_gate:CAP,LABEL
@@ -25,6 +25,9 @@ Verbs:
   net:HOST:PORT                connect a TCP socket ourselves
   kill_parent / read_mem:parent|PID / write_file:PATH   host-level escapes
   raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
+  say:TEXT                     log TEXT with Python escapes decoded ('/' = newline): console spoofing
+  flood:N / sleep:MS           log N lines at once / sleep MS milliseconds in the kernel
+  twice                        write a second frame while the first blocks (the kernel faults the task)
   reply                        reply although nobody called
   exit:CODE / crash            leave
 """
@@ -62,7 +65,8 @@ def run(env, verb: str, args: list[str]) -> dict:
         return _msg(env.ipc_call(_sel(env, args[0]), proto, *words))
     if verb == "send":
         proto = int(args[1], 0) if len(args) > 1 else 0x100
-        return _msg(env.send(_sel(env, args[0]), proto, 0, timeout_us=0))
+        words = [int(a, 0) for a in args[2:]] or [0]
+        return _msg(env.send(_sel(env, args[0]), proto, *words, timeout_us=0 if len(args) < 3 else None))
     if verb == "sweep":
         found = []
         for slot in range(int(args[0], 0), int(args[1], 0) + 1):
@@ -177,6 +181,22 @@ def run(env, verb: str, args: list[str]) -> dict:
         with open("/proc/self/cmdline", "rb") as f:
             cmdline = f.read().split(b"\0")[:-1]
         return {"fds": fds, "targets": targets, "env": dict(os.environ), "argv": [a.decode() for a in cmdline]}
+    if verb == "say":  # log raw text: Python escapes (\r, \x1b, \u202e) decoded, '/' for a line break
+        text = args[0].encode("latin-1", "backslashreplace").decode("unicode_escape").replace("/", "\n")
+        env.log.write(text)
+        return {"said": len(text)}
+    if verb == "flood":  # log N lines as fast as the kernel takes them
+        for i in range(int(args[0], 0)):
+            env.log.write(f"flood {i}")
+        return {"flooded": int(args[0], 0)}
+    if verb == "sleep":  # a receive timeout in the kernel (env.sleep), in ms
+        env.sleep(int(args[0], 0) * 1000)
+        return {"slept": int(args[0], 0)}
+    if verb == "twice":  # a second frame while the first blocks in the kernel: breaks the protocol
+        sleep = Invocation(IpcFlags.RECV, INVALID_CAP, MsgTag(0), timeout=timeouts(None, 1_000_000))
+        env.channel.sock.send(sleep.encode())
+        env.channel.sock.send(sleep.encode())
+        return _msg(env.sleep(2_000_000) or env.ipc(IpcFlags.RECV, INVALID_CAP, recv_timeout_us=1))
     if verb == "reply":
         return _msg(env.reply(0))
     if verb == "exit":

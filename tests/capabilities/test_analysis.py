@@ -399,9 +399,9 @@ def _transfer(client_gate_rights: CapRights, direction: str) -> CapRights:
     assert _bind(w, server, sel(16), Proto.KOBJECT).tag.label == 0
     w.do(server, Invocation(IpcFlags.WAIT, rcv_obj=sel(30)))
     items = (Item.obj(sel(17), int(R | W | S)),) if direction == "call" else ()
-    w.do(client, Invocation(IpcFlags.CALL, sel(16), MsgTag(0x100), items=items, rcv_obj=sel(30)))
+    w.do(client, Invocation(IpcFlags.CALL, sel(16), MsgTag(0x100, 0, len(items)), items=items, rcv_obj=sel(30)))
     if direction == "reply":
-        w.do(server, Invocation(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, MsgTag(0),
+        w.do(server, Invocation(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, MsgTag(0, 0, 1),
                                 items=(Item.obj(sel(17), int(R | W | S)),)))
     return w.rights(server if direction == "call" else client, sel(30))
 

@@ -16,19 +16,12 @@ from kernel_model.events import Rule
 from kernel_model.objects import Factory, IpcGate, Irq
 from kernel_model.wire import Invocation, Item, ItemKind
 
-from kernel_world import RWS, World, call, words
+from kernel_world import RWS, World, call, others_unchanged, words
 
 R, W, S, D, C = CapRights.R, CapRights.W, CapRights.S, CapRights.D, CapRights.SVR
 SVR = CapRights.parse("svr")
 EVERY_RIGHTS = [CapRights(sum(int(b) for b in combo)) for n in range(5)
                 for combo in itertools.combinations([W, S, D, C], n)]  # R is always present
-
-
-def others_unchanged(w: World, before: dict, attacker: str) -> None:
-    after = w.tables()
-    for task, rows in before.items():
-        if task != attacker:
-            assert after[task] == rows, f"{task}'s table changed"
 
 
 # ----------------------------------------------------------------- V6: rights matrix

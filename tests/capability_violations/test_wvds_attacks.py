@@ -39,6 +39,9 @@ ATTACKS = [
     "net:127.0.0.1:{port}",  # V14 / H1: the EST CA directly, without the proxy
     "kill_parent", "read_mem:parent", "write_file:/tmp/l4emu-evil", "write_file:evil.txt",  # H1
     "fds",  # H2
+    "send:0x8000,0x4002,0,0",  # issue 9: the kernel's exit notice, forged through the parent cap
+    "say:ok\\rcrypto  | key 7 exported/\\x1b[2Kkernel  | all good",  # issue 9: console spoofing
+    "flood:500", "sleep:1100",  # issue 9: a log flood (its own RESULT is among the dropped lines)
 ]
 
 
@@ -190,3 +193,19 @@ def test_every_denial_is_logged_and_counted(attack):
     system, _, _, violations, _ = attack
     logged = [line for line in system.console.lines if line.startswith("kernel  | DENIED evil")]
     assert len(logged) == len(denied(violations)) >= 6
+
+
+def test_issue9_a_forged_exit_notice_is_ignored(attack):
+    system, _, results, _, _ = attack
+    assert results["send:0x8000,0x4002,0,0"]["error"] == "OK"  # Moe took it ...
+    assert [line for line in system.lines("moe") if line.startswith("evil ")] == ["evil exited with status 0"]
+
+
+def test_issue9_the_console_cannot_be_spoofed_or_flooded(attack):
+    system, _, _, violations, _ = attack
+    lines = system.console.lines
+    assert "evil    | ok\\rcrypto  | key 7 exported" in lines and "evil    | \\e[2Kkernel  | all good" in lines
+    assert not any(line.startswith(("crypto  | key 7", "kernel  | all good")) for line in lines)
+    assert len([line for line in system.lines("evil") if line.startswith("flood ")]) < 500
+    assert any(line.startswith("evil    ! [") and "dropped" in line for line in lines)
+    assert denied(violations, rule=Rule.LOG_RATE)
