@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import selectors
 import signal
@@ -30,9 +31,14 @@ from kernel_model.host.console import ConsoleSink
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
-from kernel_model.wire import Boot, Remap, Revoke
+from kernel_model.wire import Boot, ItemKind, Remap, Revoke
+from capabilities.mapdb import Kind
 
 MAX_FRAME = 64 * 1024
+MFD_ALLOW_SEALING = getattr(os, "MFD_ALLOW_SEALING", 2)
+F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
+#: size fixed for good (F_SEAL_SEAL too, so no holder can add F_SEAL_WRITE and freeze the others' writes)
+SEALS = getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_SEAL", 1)
 EOF_GRACE_S = 1.0  #: a task that closed its channel but lives on is killed after this
 EXIT_SIGMA0_DIED = 70
 
@@ -243,8 +249,31 @@ class Supervisor:
                 self.console.trace(eff.text)
 
     def _deliver(self, eff: Deliver) -> None:
-        fds = [self._fd_for(mem, writable) for mem, writable in eff.memory]
-        self._send(eff.task, eff.result.encode(), fds)
+        """The memfd passed for each memory item is the backing of what the receiver's address space holds
+        at that address *now*: a retirement between the transfer and this delivery (an overmap of the
+        same dataspace, another holder's revocation) has moved the mapping to the replacement. If the
+        mapping is already gone again, the task gets an empty placeholder, never a retired backing."""
+        items = [i for i in eff.result.items if i.kind is ItemKind.MEMORY]
+        fds, temps = [], []
+        for (mem, writable), item in zip(eff.memory, items):
+            node = self.kernel.db.get(eff.task.space, Kind.MEMORY, item.index)
+            if node is not None and node.live and isinstance(node.obj, Memory) and node.obj.id in self.memfds:
+                fds.append(self._fd_for(node.obj, writable))
+            else:
+                temps.append(self._placeholder(item.offset + item.size))
+                fds.append(temps[-1])
+        try:
+            self._send(eff.task, eff.result.encode(), fds)
+        finally:
+            for fd in temps:
+                os.close(fd)
+
+    @staticmethod
+    def _placeholder(size: int) -> int:
+        fd = os.memfd_create("revoked", os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, F_ADD_SEALS, SEALS)
+        return fd
 
     def _send(self, task: Task, frame: bytes, fds: list[int]) -> None:
         proc = self.procs.get(task.id)
@@ -271,11 +300,14 @@ class Supervisor:
             self.console.log_line(line)
 
     def _create_memory(self, mem: Memory) -> None:
-        fd = os.memfd_create(mem.describe(), os.MFD_CLOEXEC)
+        """One memfd per memory object, sealed at its size: no holder can shrink it (which would SIGBUS
+        every other holder, the kernel's copy on retirement and Moe) or grow it past its quota."""
+        fd = os.memfd_create(mem.describe(), os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
         os.ftruncate(fd, mem.size)
         if mem.content:
             os.pwrite(fd, mem.content, 0)
         os.fchmod(fd, 0o600)  # a task running under another uid cannot reopen it via /proc
+        fcntl.fcntl(fd, F_ADD_SEALS, SEALS)
         self.memfds[mem.id] = fd
 
     def _retire_memory(self, old: Memory, new: Memory) -> None:

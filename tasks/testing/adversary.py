@@ -25,6 +25,10 @@ Verbs:
   net:HOST:PORT                connect a TCP socket ourselves
   kill_parent / read_mem:parent|PID / write_file:PATH   host-level escapes
   raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
+  overmap:CAP[,N]              map the dataspace N times (default 2) into one fixed receive window
+  truncate:CAP[,SIZE]          map writable and ftruncate the memfd the kernel passed (default: to 0);
+                               CAP "alloc" = a fresh 8 KiB dataspace from Moe (kept as "allocated")
+  clear:CAP                    ask the dataspace's server (Moe) to zero it
   reply                        reply although nobody called
   exit:CODE / crash            leave
 """
@@ -163,6 +167,16 @@ def run(env, verb: str, args: list[str]) -> dict:
             frame = cp.KeyDestroyRequest(1).encode()
         response = client.transact(frame)
         return {"status": response[2]}
+    if verb == "overmap":
+        return _overmap(env, _sel(env, args[0]), int(args[1], 0) if len(args) > 1 else 2)
+    if verb == "truncate":
+        if args[0] == "alloc":
+            STATE["allocated"] = env.alloc_dataspace(8192)
+        ds = STATE["allocated"] if args[0] == "alloc" else _sel(env, args[0])
+        return _truncate(env, ds, int(args[1], 0) if len(args) > 1 else 0)
+    if verb == "clear":
+        ds = STATE["allocated"] if args[0] == "allocated" else _sel(env, args[0])
+        return _msg(env.ipc_call(ds, Proto.DATASPACE, DataspaceOp.CLEAR))
     if verb == "fds":
         fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
         targets = {}
@@ -206,6 +220,43 @@ def _mmap_rw(env, ds: int) -> dict:
         return {"writable_mmap": False, "errno": exc.errno}
     finally:
         os.close(fd)
+
+
+def _map_raw(env, ds: int, base: int, size: int, writable: bool):
+    inv = Invocation(IpcFlags.CALL, ds, MsgTag(Proto.DATASPACE, 4), pack(DataspaceOp.MAP, 0, size, int(writable)),
+                     (), timeouts(1_000_000, 1_000_000), 0, INVALID_CAP, base, size)
+    return env.channel.ipc(inv)
+
+
+def _overmap(env, ds: int, times: int) -> dict:
+    """The same dataspace mapped again and again at one receive window (a legal overmap)."""
+    size = -(-env.dataspace_size(ds) // 4096) * 4096
+    base = env.memory.reserve(size)
+    errors, maps = [], []
+    for i in range(times):
+        result, fds = _map_raw(env, ds, base, size, True)
+        errors.append(result.error.name)
+        for fd in fds:
+            maps.append(mmap.mmap(fd, size, flags=mmap.MAP_SHARED))
+            os.close(fd)
+        if maps:
+            maps[-1][0:8] = f"round{i:03d}".encode()[:8]
+    return {"errors": errors, "fds": len(maps), "last": maps[-1][0:8].decode() if maps else ""}
+
+
+def _truncate(env, ds: int, new_size: int) -> dict:
+    """Resize the backing of a shared dataspace under everybody else's feet."""
+    size = -(-env.dataspace_size(ds) // 4096) * 4096
+    result, fds = _map_raw(env, ds, env.memory.reserve(size), size, True)
+    if not fds:
+        return {"error": result.error.name, "fds": 0}
+    try:
+        os.ftruncate(fds[0], new_size)
+        return {"truncated": True}
+    except OSError as exc:
+        return {"truncated": False, "errno": exc.errno}
+    finally:
+        os.close(fds[0])
 
 
 def main(env) -> int:
