@@ -172,6 +172,7 @@ class Supervisor:
                     pass
                 proc.status = -1
             self._close_proc(proc)
+            self._release(proc)
         self.procs.clear()
         for fd in list(self.memfds.values()) + list(self.ro_fds.values()):
             os.close(fd)
@@ -206,6 +207,7 @@ class Supervisor:
             code = 128 - code
         proc.status = code
         self._close_proc(proc)
+        self._release(proc)
         del self.procs[proc.task.id]
         task = proc.task
         self.exited.append((task.describe(), code))
@@ -344,12 +346,16 @@ class Supervisor:
         record = dict(record)
         workdir = self.run_dir / (task.name or f"task{task.id}")
         workdir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o700)  # no task reaches another's work dir by path (its own is bound back)
         workdir.chmod(0o700)  # private to the task (its uid owns it once confined)
         record["workdir"] = str(workdir)
         if self.confinement is not None:
             decl = next((t for t in self.loaded.image.tasks if t.name == task.name), None) \
                 if not record.get("root") else None
-            policy = self.confinement(task, self._spawned, workdir, decl)
+            if hasattr(self.confinement, "release"):  # the host's: hide the image and its boot modules
+                policy = self.confinement(task, self._spawned, workdir, decl, hidden=self._secret_paths())
+            else:
+                policy = self.confinement(task, self._spawned, workdir, decl)
             if policy is not None:
                 record["confine"] = policy
         actions = [
@@ -374,6 +380,17 @@ class Supervisor:
         self._send(task, Boot(record).encode(), boot_fds)
 
     # --------------------------------------------------------------- helpers
+    def _secret_paths(self) -> tuple[str, ...]:
+        """The image file and its boot modules (key material): Moe hands them out as ``rom`` dataspaces,
+        no task reads them from the filesystem."""
+        base = self.loaded.path.parent
+        return (str(self.loaded.path), *(str(base / mod.path) for mod in self.loaded.image.modules))
+
+    def _release(self, proc: TaskProcess) -> None:
+        release = getattr(self.confinement, "release", None)
+        if release is not None:
+            release(proc.task)  # its uid may be leased again: the process is reaped
+
     def _unregister(self, fileobj) -> None:
         try:
             self.sel.unregister(fileobj)

@@ -181,6 +181,25 @@ def _cover(parent: str, keep, flags: int) -> None:
         os.close(fd)
 
 
+def _hide(path: str, wd: str | None) -> None:
+    """Make `path` unreadable in this mount namespace: a file reads as empty (/dev/null bound over it), a
+    directory becomes an empty tmpfs; if it holds the work dir, only the way down to that is rebuilt."""
+    path = os.path.realpath(path)
+    if not os.path.lexists(path):
+        return  # already out of sight (under a covered directory)
+    if not os.path.isdir(path):
+        _mount("/dev/null", path, None, MS_BIND)
+        return
+    if wd and wd.startswith(path + "/"):
+        held = os.open(wd, os.O_PATH)
+        _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64k,mode=711")
+        os.makedirs(wd, 0o711, exist_ok=True)
+        _mount(f"/proc/self/fd/{held}", wd, None, MS_BIND | MS_REC)
+        os.close(held)
+        return
+    _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
+
+
 def _traversable(path: str, uid: int, gid: int) -> bool:
     st = os.stat(path)
     return bool(st.st_mode & (0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001))
@@ -264,7 +283,7 @@ class _Confiner:
         if wd:
             _mount(wd, wd, None, MS_BIND | MS_REC)
         for path in self.p.hidden_paths:
-            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
+            _hide(path, wd)
         errors = []
         with open("/proc/self/mountinfo") as f:
             mounts = [line.split() for line in f]

@@ -24,6 +24,8 @@ Verbs:
   await:IRQ                    bind IRQ and wait until it fires (the test's "go")
   net:HOST:PORT                connect a TCP socket ourselves
   kill_parent / read_mem:parent|PID / write_file:PATH   host-level escapes
+  read_file:PATH / listdir:PATH                          read host files (sha256 of what was read)
+  ids                          uid, gid, pid, parent pid as the task sees them
   raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
   overmap:CAP[,N]              map the dataspace N times (default 2) into one fixed receive window
   truncate:CAP[,SIZE]          map writable and ftruncate the memfd the kernel passed (default: to 0);
@@ -144,6 +146,21 @@ def run(env, verb: str, args: list[str]) -> dict:
             return {"read": True}
         except OSError as exc:
             return {"read": False, "errno": exc.errno}
+    if verb == "read_file":
+        import hashlib
+        try:
+            with open(args[0], "rb") as f:
+                data = f.read()
+            return {"read": True, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        except OSError as exc:
+            return {"read": False, "errno": exc.errno}
+    if verb == "listdir":
+        try:
+            return {"entries": sorted(os.listdir(args[0]))}
+        except OSError as exc:
+            return {"entries": None, "errno": exc.errno}
+    if verb == "ids":
+        return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "ppid": os.getppid()}
     if verb == "write_file":
         try:
             with open(args[0], "w") as f:
