@@ -19,6 +19,7 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 SEALS = getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_SEAL", 1)
 EOF_GRACE_S = 1.0  #: a task that closed its channel but lives on is killed after this
 EXIT_SIGMA0_DIED = 70
+EXIT_SYSCALL_FAULT = 128 + 31  #: SIGSYS: the task made a system call outside its allow-list
 
 
 def now_us() -> int:
@@ -48,11 +50,12 @@ def now_us() -> int:
 
 
 class TaskProcess:
-    def __init__(self, task: Task, pid: int, pidfd: int, sock: socket.socket):
+    def __init__(self, task: Task, pid: int, pidfd: int, sock: socket.socket, fault_fd: int = -1):
         self.task = task
         self.pid = pid
         self.pidfd = pidfd
         self.sock = sock
+        self.fault_fd = fault_fd  # the task's fault page: a trapped syscall is written here
         self.status: int | None = None
 
 
@@ -206,10 +209,13 @@ class Supervisor:
         if code < 0:
             code = 128 - code
         proc.status = code
+        fault = self._fault(proc) if code == EXIT_SYSCALL_FAULT else None
         self._close_proc(proc)
         self._release(proc)
         del self.procs[proc.task.id]
         task = proc.task
+        if fault is not None:
+            self.console.kernel(f"{task.describe()} faulted: {fault} not allowed by its seccomp filter")
         self.exited.append((task.describe(), code))
         if self.on_exit is not None:
             self.on_exit(task, code)
@@ -365,6 +371,10 @@ class Supervisor:
             (os.POSIX_SPAWN_DUP2, child_sock.fileno(), 3),
         ]
         env = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        fault_fd = os.memfd_create(f"fault:{task.describe()}", os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
+        os.ftruncate(fault_fd, 4096)
+        fcntl.fcntl(fault_fd, F_ADD_SEALS, SEALS)
+        record["fault_page"] = True
         try:
             pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "tasks.runtime.bootstrap"], env,
                                  file_actions=actions, setsid=True)
@@ -373,11 +383,11 @@ class Supervisor:
             os.close(devnull)
         pidfd = os.pidfd_open(pid)
         parent_sock.setblocking(False)
-        proc = TaskProcess(task, pid, pidfd, parent_sock)
+        proc = TaskProcess(task, pid, pidfd, parent_sock, fault_fd)
         self.procs[task.id] = proc
         self.sel.register(parent_sock, selectors.EVENT_READ, ("chan", proc))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", proc))
-        self._send(task, Boot(record).encode(), boot_fds)
+        self._send(task, Boot(record).encode(), [*boot_fds, fault_fd])
 
     # --------------------------------------------------------------- helpers
     def _secret_paths(self) -> tuple[str, ...]:
@@ -408,6 +418,27 @@ class Supervisor:
         self._unregister(proc.sock)
         proc.sock.close()
         self._close_fd(proc.pidfd)
+        if proc.fault_fd >= 0:
+            self._close_fd(proc.fault_fd)
+            proc.fault_fd = -1
+
+    @staticmethod
+    def _fault(proc: TaskProcess) -> str:
+        """What the task's SIGSYS reporter wrote into its fault page: "syscall N (name)"."""
+        from tasks.runtime.confine import FAULT_MAGIC
+        try:
+            magic, nr, _arch = struct.unpack("<III", os.pread(proc.fault_fd, 12, 0))
+        except (OSError, struct.error):
+            magic = nr = 0
+        if magic != FAULT_MAGIC:
+            return "a system call (unknown)"
+        try:
+            import pyseccomp
+            name = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+        except Exception:  # noqa: BLE001 - the number alone still says it
+            name = "?"
+        return f"syscall {nr} ({name})"
 
     def inject_irq(self, name: str) -> None:
         """Trigger a named IRQ object from outside the system (tests, a simulated device)."""

@@ -26,6 +26,8 @@ Verbs:
   kill_parent / read_mem:parent|PID / write_file:PATH   host-level escapes
   read_file:PATH / listdir:PATH                          read host files (sha256 of what was read)
   ids                          uid, gid, pid, parent pid as the task sees them
+  syscall:NR[,ARG...]          a raw system call (outside the allow-list: the task is stopped)
+  signal:PID                   kill(PID, 0): can the task address that pid at all?
   raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
   overmap:CAP[,N]              map the dataspace N times (default 2) into one fixed receive window
   truncate:CAP[,SIZE]          map writable and ftruncate the memfd the kernel passed (default: to 0);
@@ -159,6 +161,18 @@ def run(env, verb: str, args: list[str]) -> dict:
             return {"entries": sorted(os.listdir(args[0]))}
         except OSError as exc:
             return {"entries": None, "errno": exc.errno}
+    if verb == "syscall":
+        libc = ctypes.CDLL(None, use_errno=True)
+        numbers = [int(a, 0) for a in args]
+        env.log("RESULT " + json.dumps({"command": command_text(verb, args), "about_to_call": numbers[0]}))
+        rc = libc.syscall(*[ctypes.c_long(n) for n in numbers])
+        return {"rc": rc, "errno": ctypes.get_errno()}
+    if verb == "signal":
+        try:
+            os.kill(int(args[0], 0), 0)
+            return {"exists": True}
+        except OSError as exc:
+            return {"exists": False, "errno": exc.errno}
     if verb == "ids":
         return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "ppid": os.getppid()}
     if verb == "write_file":

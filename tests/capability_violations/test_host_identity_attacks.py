@@ -22,7 +22,7 @@ tasks:
   victim:
     program: testing.adversary
     args: ["await:go"]
-    caps: {go: "go:rw"}
+    caps: {go: "go:rs"}
   evil:
     program: testing.adversary
     args: ["read_file:{kek}", "read_file:{module}", "read_file:{image}", "listdir:{run}",
@@ -64,27 +64,37 @@ tasks:
   a:
     program: testing.adversary
     args: ["ids", "await:go"]
-    caps: {go: "go_a:rw"}
+    caps: {go: "go_a:rs"}
   b:
     program: testing.adversary
     args: ["ids", "await:go"]
-    caps: {go: "go_b:rw"}
+    caps: {go: "go_b:rs"}
 """
 
 
 @needs_root
 def test_two_systems_booted_at_once_get_disjoint_uids(boot, tmp_path):
+    from kernel_model.host.confinement import policy_for
+    from kernel_model.host.console import RecordingConsole
+    from kernel_model.host.images import load_image
+    from kernel_model.host.supervisor import Supervisor
+    from systemlib import System
+
     first = boot(TWO)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "image.yaml").write_text(TWO)
-    from pathlib import Path
-    second = boot(Path(tmp_path / "other" / "image.yaml"))
-    for system in (first, second):
-        system.run(timeout=60, until=lambda s=system: len(s.results("a")) + len(s.results("b")) == 2)
-    uids = [{p.task.name: _uid(p.pid) for p in system.sup.procs.values()} for system in (first, second)]
-    assert len(uids[0]) == len(uids[1]) == 4  # sigma0, moe, a, b
-    assert not set(uids[0].values()) & set(uids[1].values()), uids
-    assert len(set(uids[0].values()) | set(uids[1].values())) == 8
+    console = RecordingConsole()  # a second system with its own run dir, booted while the first runs
+    with Supervisor(load_image(tmp_path / "other" / "image.yaml"), console, confinement=policy_for,
+                    run_dir=tmp_path / "other" / "run") as sup:
+        sup.start()
+        second = System(sup, console)
+        for system in (first, second):
+            system.run(timeout=60, until=lambda s=system: len(s.results("a")) + len(s.results("b")) == 2)
+        uids = [{p.task.name: _uid(p.pid) for p in system.sup.procs.values()} for system in (first, second)]
+        reported = [{r["uid"] for t in "ab" for r in system.results(t)} for system in (first, second)]
+    assert len(uids[0]) == len(uids[1]) == 4, uids  # sigma0, moe, a, b: all alive, each its own uid
+    assert len(set(uids[0].values()) | set(uids[1].values())) == 8, uids
+    assert reported[0] <= set(uids[0].values()) and reported[1] <= set(uids[1].values())  # as the tasks see it
 
 
 def _uid(pid: int) -> int:
@@ -109,3 +119,29 @@ def test_the_registry_skips_leased_and_busy_uids(tmp_path):
 def test_first_free_is_the_first_candidate_neither_busy_nor_leased():
     assert first_free([1, 2, 3], lambda uid: uid != 2, {1}) == 3
     assert first_free([1, 2], lambda uid: False, set()) is None
+
+
+SYSCALLS = """
+name: syscalls
+run: {until: [evil]}
+tasks:
+  evil:
+    program: testing.adversary
+    args: ["ids", "signal:1", "signal:2", "signal:{kernel}", "syscall:{getppid}", "syscall:{memfd_secret},0"]
+"""
+
+
+@needs_root
+def test_a_task_sees_only_its_own_pid_and_is_stopped_at_a_syscall_outside_its_allow_list(boot):
+    import pyseccomp
+    getppid, secret = (pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n) for n in ("getppid", "memfd_secret"))
+    system = boot(SYSCALLS.replace("{kernel}", str(os.getpid())).replace("{getppid}", str(getppid))
+                  .replace("{memfd_secret}", str(secret)))
+    assert system.run(timeout=60) == 1, system.console.text()  # its run.until task failed
+    ids, me, other, kernel, _, ppid, about = system.results("evil")
+    assert ids["pid"] == 1 and ids["ppid"] == 0  # pid 1 of its own namespace; its parent is outside it
+    assert me["exists"] and not other["exists"] and not kernel["exists"]  # the kernel's pid names nothing
+    assert ppid["rc"] == 0  # getppid, even as a raw syscall: 0
+    assert about["about_to_call"] == secret and len(system.results("evil")) == 7  # it never returned
+    assert system.exited("evil") == 128 + 31  # SIGSYS
+    assert f"evil faulted: syscall {secret} (memfd_secret) not allowed by its seccomp filter" in system.console.text()
