@@ -30,6 +30,7 @@ from kernel_model.events import (Console, Deliver, Denied, Kill, MemoryCreated, 
                                  Spawn, Traced)
 from kernel_model.host.console import ConsoleSink
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
+from kernel_model.host.scheduler import FairScheduler
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
 from kernel_model.wire import Boot, ItemKind, Remap, Revoke
@@ -42,6 +43,8 @@ F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 SEALS = getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_SEAL", 1)
 EOF_GRACE_S = 1.0  #: a task that closed its channel but lives on is killed after this
 EXIT_SIGMA0_DIED = 70
+NICE_FLOODER = 19
+DEFER_US = 500  #: a task over its share waits at most this long for its next frame when nobody else is served
 EXIT_SYSCALL_FAULT = 128 + 31  #: SIGSYS: the task made a system call outside its allow-list
 
 
@@ -56,6 +59,8 @@ class TaskProcess:
         self.pidfd = pidfd
         self.sock = sock
         self.fault_fd = fault_fd  # the task's fault page: a trapped syscall is written here
+        self.eof = False  # its channel is closed
+        self.nice = 0  # NICE_FLOODER while it has more than its share of kernel service
         self.status: int | None = None
 
 
@@ -84,6 +89,8 @@ class Supervisor:
         self.boot_started_us = 0
         self.on_exit: Callable[[Task, int], None] | None = None
         self._kill_after: dict[int, float] = {}
+        self.scheduler = FairScheduler()
+        self._deferred: dict[int, tuple[TaskProcess, int]] = {}  # over their share: not read until resumed
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Supervisor":
@@ -139,11 +146,31 @@ class Supervisor:
         return self.exit_code
 
     def poll(self, timeout_s: float | None) -> None:
-        for key, _mask in self.sel.select(timeout_s):
-            kind, proc = key.data
-            if kind == "chan":
+        """One turn: at most one frame from each ready channel, least recently served task first
+        (``scheduler.FairScheduler``), then exits and signals."""
+        if self._deferred:
+            timeout_s = DEFER_US / 1e6 if timeout_s is None else min(timeout_s, DEFER_US / 1e6)
+        events = self.sel.select(timeout_s)
+        channels = {id(key.data[1]): key.data[1] for key, _ in events if key.data[0] == "chan"}
+        served = []
+        for who in self.scheduler.order(channels):
+            proc = channels[who]
+            if proc.status is None and self.procs.get(proc.task.id) is proc:
+                self.scheduler.charge(who)
                 self._on_channel(proc)
-            elif kind == "exit":
+                served.append(proc)
+        self._resume(now_us(), served)
+        if served:
+            flooding = self.scheduler.over_share()
+            self._demote(flooding)
+            for proc in served:  # over its share: its next frame waits for someone else's, or DEFER_US
+                if id(proc) in flooding and not proc.eof and self.procs.get(proc.task.id) is proc:
+                    self._unregister(proc.sock)
+                    self._deferred[id(proc)] = (proc, now_us() + DEFER_US)
+        for key, _mask in events:
+            kind, proc = key.data
+            if kind == "exit":
+                self.scheduler.forget(id(proc))
                 self._on_exit(proc)
             elif kind == "signal":
                 try:
@@ -195,6 +222,7 @@ class Supervisor:
         except OSError:
             frame = b""
         if not frame:  # channel closed: the process is exiting, or it broke its channel
+            proc.eof = True
             self._unregister(proc.sock)
             self._kill_after[proc.task.id] = time.monotonic() + EOF_GRACE_S
             return
@@ -255,6 +283,26 @@ class Supervisor:
                 self.console.violation(eff.violation)
             elif isinstance(eff, Traced):
                 self.console.trace(eff.text)
+
+    def _resume(self, now: int, served: list[TaskProcess]) -> None:
+        """Deferred channels are read again once another task has been served, or after DEFER_US."""
+        for who, (proc, until) in list(self._deferred.items()):
+            if until <= now or any(other is not proc for other in served):
+                del self._deferred[who]
+                if not proc.eof and self.procs.get(proc.task.id) is proc and proc.sock.fileno() >= 0:
+                    self.sel.register(proc.sock, selectors.EVENT_READ, ("chan", proc))
+
+    def _demote(self, flooding: set[int]) -> None:
+        """Tasks over their share of kernel service run at nice 19 (their whole process group: the task
+        and its pid-namespace shim) until they are back within it."""
+        for proc in list(self.procs.values()):
+            want = NICE_FLOODER if id(proc) in flooding else 0
+            if proc.nice != want and proc.status is None:
+                try:
+                    os.setpriority(os.PRIO_PGRP, proc.pid, want)
+                    proc.nice = want
+                except OSError:  # gone meanwhile, or not permitted (not root: only lowering works)
+                    proc.nice = want
 
     def _deliver(self, eff: Deliver) -> None:
         """The memfd passed for each memory item is the backing of what the receiver's address space holds

@@ -52,3 +52,34 @@ def test_a_client_cannot_shrink_or_grow_a_dataspace_it_shares_with_a_server(boot
     assert "revoked (0); wrote secret-2" in system.lines("owner")
     assert system.sup.process("owner").status is None  # still serving
     assert clear["error"] == "OK" and clear["status"] == 0  # ... and so did Moe, clearing a dataspace
+
+
+FLOOD = """
+name: flood
+run: {until: [client]}
+objects:
+  svc: {type: gate}
+tasks:
+  server:
+    program: testing.echo_server
+    caps: {svc: "svc:svr"}
+  flooder:
+    program: testing.flooder
+    args: ["32"]
+  denier:
+    program: testing.flooder
+    args: ["8,deny"]
+  client:
+    program: testing.bench_client
+    args: ["40", "10"]
+    caps: {svc: "svc:rw"}
+"""
+
+
+def test_an_honest_client_is_served_while_two_tasks_flood_the_kernel(boot):
+    system = boot(FLOOD)
+    assert system.run(timeout=120) == 0, system.console.text()[-3000:]
+    assert system.exited("client") == 0 and any(line.startswith("BENCH ") for line in system.lines("client"))
+    served = system.kernel.ipc_by_task
+    assert served["flooder"] > 0 and served["denier"] > 0  # they really flooded, and were served too
+    assert system.sup.process("flooder").status is None  # a flooder is slowed, not killed
