@@ -55,6 +55,7 @@ class ConfinementPolicy:
     uid: int | None = None                   # per-task uid to switch to (root only)
     gid: int | None = None                   # defaults to uid
     writable_dir: str | None = None          # the one writable place; None = read-only fs
+    workdir_image: str | None = None         # an ext4 image loop-mounted over writable_dir (its budget)
     hidden_paths: tuple[str, ...] = ()       # directories covered by an empty tmpfs
     expose_paths: tuple[str, ...] = ()       # kept reachable for `uid` (interpreter paths are added)
     network: bool = False                    # False: own network namespace, loopback down
@@ -203,6 +204,55 @@ def _hide(path: str, wd: str | None) -> None:
     _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=000")
 
 
+LOOP_CTL_GET_FREE, LOOP_CONFIGURE, LO_FLAGS_AUTOCLEAR = 0x4C82, 0x4C0A, 4
+
+
+def _mount_image(ctl: int, image: int, wd: str, uid: int | None, gid: int | None) -> str:
+    """Loop-mount the work dir's ext4 image over `wd` (in this mount namespace only; the loop device
+    auto-clears when the namespace is gone). Its device node lives in the private /dev only while
+    mounting. Everything in it is handed to the task's uid."""
+    import fcntl
+    import struct
+
+    try:
+        for _ in range(64):
+            n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            node = f"/dev/l4emu-loop{n}"
+            if not os.path.exists(node):
+                os.mknod(node, 0o600 | 0o060000, os.makedev(7, n))  # S_IFBLK
+            dev = os.open(node, os.O_RDWR | os.O_CLOEXEC)
+            config = bytearray(304)  # struct loop_config: fd, block_size, loop_info64 (lo_flags at 52)
+            struct.pack_into("<I", config, 0, image)
+            struct.pack_into("<I", config, 8 + 52, LO_FLAGS_AUTOCLEAR)
+            try:
+                fcntl.ioctl(dev, LOOP_CONFIGURE, bytes(config))
+            except OSError as e:
+                os.close(dev)
+                os.unlink(node)
+                if e.errno == errno.EBUSY:  # another process took it between GET_FREE and CONFIGURE
+                    continue
+                raise
+            try:
+                _mount(node, wd, "ext4", MS_NOSUID | MS_NODEV | MS_NOEXEC, "errors=remount-ro")
+            finally:
+                os.close(dev)  # the mount holds the device; autoclear detaches it after the last close
+                os.unlink(node)
+            break
+        else:
+            raise OSError(errno.EBUSY, "no free loop device")
+    finally:
+        os.close(ctl)
+        os.close(image)
+    if uid is not None:
+        for root, dirs, files in os.walk(wd):
+            for name in [*dirs, *files]:
+                os.lchown(os.path.join(root, name), uid, gid)
+        os.chown(wd, uid, gid)
+        os.chmod(wd, 0o700)
+    st = os.statvfs(wd)
+    return f" (budget: {st.f_blocks * st.f_frsize >> 20} MiB, {st.f_files} files)"
+
+
 def _traversable(path: str, uid: int, gid: int) -> bool:
     st = os.stat(path)
     return bool(st.st_mode & (0o100 if st.st_uid == uid else 0o010 if st.st_gid == gid else 0o001))
@@ -278,12 +328,25 @@ class _Confiner:
         wd = os.path.realpath(self.p.writable_dir) if self.p.writable_dir else None
         if wd:
             os.makedirs(wd, 0o700, exist_ok=True)
+        image = img = None
+        if wd and self.p.workdir_image:
+            # opened through a bind mount of its own: the loop device keeps it open for writing, and a
+            # mount with writers cannot be made read-only (the bind is skipped below, then hidden)
+            img = os.path.realpath(self.p.workdir_image)
+            _mount(img, img, None, MS_BIND)
+            image = os.open(img, os.O_RDWR | os.O_CLOEXEC)
+        loops = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC) if image is not None else None
         if self.p.uid is not None and self.root:
             self.expose()
         # a /dev with only harmless nodes: a read-only mount does not stop writes to device nodes,
         # and uid 0 without capabilities still owns /dev/sda
         _cover("/dev", {n for n in _DEV_NODES if os.path.exists("/dev/" + n)}, MS_NOSUID | MS_NOEXEC)
-        if wd:
+        budget = ""
+        if wd and image is not None:
+            budget = _mount_image(loops, image, wd, self.p.uid, self.p.gid if self.p.gid is not None else self.p.uid)
+            if os.path.lexists(img):
+                _mount("/dev/null", img, None, MS_BIND)
+        elif wd:
             _mount(wd, wd, None, MS_BIND | MS_REC)
         for path in self.p.hidden_paths:
             _hide(path, wd)
@@ -292,7 +355,7 @@ class _Confiner:
             mounts = [line.split() for line in f]
         for m in mounts:
             target = m[4].encode().decode("unicode_escape")
-            if wd and (target == wd or target.startswith(wd + "/")):
+            if wd and (target == wd or target.startswith(wd + "/")) or target == img:
                 continue
             try:  # MS_BIND: per-mount flag only, never the (host's) superblock
                 _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | sum(
@@ -302,7 +365,7 @@ class _Confiner:
                     errors.append(f"{target}: {e.strerror}")
         if errors:
             raise OSError(errno.EPERM, "could not make read-only: " + "; ".join(errors))
-        return f"read-only except {wd}; /dev: {' '.join(sorted(os.listdir('/dev')))}"
+        return f"read-only except {wd}{budget}; /dev: {' '.join(sorted(os.listdir('/dev')))}"
 
     def expose(self) -> None:
         """Keep the interpreter reachable for the task uid: a non-traversable ancestor (e.g. /root

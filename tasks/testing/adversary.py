@@ -26,6 +26,7 @@ Verbs:
   kill_parent / read_mem:parent|PID / write_file:PATH   host-level escapes
   read_file:PATH / listdir:PATH                          read host files (sha256 of what was read)
   ids                          uid, gid, pid, parent pid as the task sees them
+  fill:BYTES / files:N         write BYTES into one file / create N files in the work dir (its budget)
   syscall:NR[,ARG...]          a raw system call (outside the allow-list: the task is stopped)
   signal:PID                   kill(PID, 0): can the task address that pid at all?
   raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
@@ -173,6 +174,25 @@ def run(env, verb: str, args: list[str]) -> dict:
             return {"exists": True}
         except OSError as exc:
             return {"exists": False, "errno": exc.errno}
+    if verb == "fill":
+        written, chunk = 0, bytes(1 << 16)
+        try:
+            with open("fill.bin", "wb") as f:
+                while written < int(args[0], 0):
+                    written += f.write(chunk)
+                    f.flush()
+                os.fsync(f.fileno())
+            return {"written": written}
+        except OSError as exc:
+            return {"written": written, "errno": exc.errno}
+    if verb == "files":
+        made = 0
+        try:
+            for made in range(int(args[0], 0)):
+                open(f"f{made}", "w").close()
+            return {"made": made + 1}
+        except OSError as exc:
+            return {"made": made, "errno": exc.errno}
     if verb == "ids":
         return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "ppid": os.getppid()}
     if verb == "write_file":
