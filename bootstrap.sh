@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc curl openssl libseccomp2 graphviz)
+APT_PACKAGES+=(e2fsprogs)  # mkfs.ext4, debugfs, e2fsck: per-task work-dir filesystems (kernel_model/host/workdirs.py)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -27,6 +27,7 @@ Schema (every key not listed here is an error)::
         memory: 1MiB                  # Moe quota for the task's own dataspaces
         restart: never                # never | on-failure | always
         restart_limit: 3
+        workdir: {size: 32MiB, files: 512}  # the task's work-dir budget (these are the defaults)
         config: {any: json}           # handed to the task in its boot record (env.config)
         network:                      # only for driver tasks: host endpoints it may connect to
           connect: ["127.0.0.1:8443"]
@@ -90,6 +91,8 @@ OBJECT_KEYS = {
 TOP_KEYS = {"name", "description", "ram", "modules", "run", "objects", "tasks"}
 TASK_KEYS = {"program", "args", "log", "memory", "restart", "restart_limit", "caps", "config", "network"}
 TASK_KEYS |= {"limits"}  # kernel budgets (issue 9)
+TASK_KEYS |= {"workdir"}
+WORKDIR_BYTES, WORKDIR_FILES = 32 << 20, 512  #: default work-dir budget: bytes and files (inodes)
 ENDPOINT_RE = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>\d{1,5})$")
 RESTART_POLICIES = ("never", "on-failure", "always")
 
@@ -161,6 +164,8 @@ class TaskDecl:
     config: Any = None  # JSON-able data for the task (its boot record's "config")
     connect: tuple[str, ...] = ()  # network endpoints (host:port) this driver task may reach
     limits: LimitsDecl = LimitsDecl()
+    workdir_bytes: int = WORKDIR_BYTES  # work-dir budget: a filesystem of this size ...
+    workdir_files: int = WORKDIR_FILES  # ... with this many inodes
 
     def cap(self, name: str) -> CapDecl | None:
         return next((c for c in self.caps if c.name == name), None)
@@ -479,10 +484,19 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
             elif value is not None:
                 given[key] = value
         limits = LimitsDecl(**given)
-    if program is None or memory is None or limit is None:
+    wd_bytes, wd_files = WORKDIR_BYTES, WORKDIR_FILES
+    if "workdir" in body:
+        wd = ck.mapping(body["workdir"][1], f"{field}.workdir", {"size", "files"})
+        if "size" in wd:
+            wd_bytes = ck.size(wd["size"][1], f"{field}.workdir.size")
+            if wd_bytes is not None and not 1 << 20 <= wd_bytes <= 1 << 40:
+                ck.problem(wd["size"][1], f"{field}.workdir.size", "expected a size from 1MiB to 1TiB")
+        if "files" in wd:
+            wd_files = ck.integer(wd["files"][1], f"{field}.workdir.files", 16)
+    if program is None or memory is None or limit is None or wd_bytes is None or wd_files is None:
         return None
     return TaskDecl(tname, program, tuple(args), LogDecl(tag, color), memory, restart, limit, tuple(caps),
-                    config, tuple(connect), limits)
+                    config, tuple(connect), limits, wd_bytes, wd_files)
 
 
 def _plain(node: yaml.Node) -> Any:

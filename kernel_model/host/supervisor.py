@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -28,13 +30,22 @@ from kernel_model.events import (Console, Deliver, Denied, Kill, MemoryCreated, 
                                  Spawn, Traced)
 from kernel_model.host.console import ConsoleSink, tagged_line
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
+from kernel_model.host.scheduler import FairScheduler
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
-from kernel_model.wire import Boot, Remap, Revoke
+from kernel_model.wire import Boot, ItemKind, Remap, Revoke
+from capabilities.mapdb import Kind
 
 MAX_FRAME = 64 * 1024
+MFD_ALLOW_SEALING = getattr(os, "MFD_ALLOW_SEALING", 2)
+F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
+#: size fixed for good (F_SEAL_SEAL too, so no holder can add F_SEAL_WRITE and freeze the others' writes)
+SEALS = getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_SEAL", 1)
 EOF_GRACE_S = 1.0  #: a task that closed its channel but lives on is killed after this
 EXIT_SIGMA0_DIED = 70
+NICE_FLOODER = 19
+DEFER_US = 500  #: a task over its share waits at most this long for its next frame when nobody else is served
+EXIT_SYSCALL_FAULT = 128 + 31  #: SIGSYS: the task made a system call outside its allow-list
 
 
 def now_us() -> int:
@@ -42,11 +53,14 @@ def now_us() -> int:
 
 
 class TaskProcess:
-    def __init__(self, task: Task, pid: int, pidfd: int, sock: socket.socket):
+    def __init__(self, task: Task, pid: int, pidfd: int, sock: socket.socket, fault_fd: int = -1):
         self.task = task
         self.pid = pid
         self.pidfd = pidfd
         self.sock = sock
+        self.fault_fd = fault_fd  # the task's fault page: a trapped syscall is written here
+        self.eof = False  # its channel is closed
+        self.nice = 0  # NICE_FLOODER while it has more than its share of kernel service
         self.status: int | None = None
 
 
@@ -74,6 +88,8 @@ class Supervisor:
         self.boot_started_us = 0
         self.on_exit: Callable[[Task, int], None] | None = None
         self._kill_after: dict[int, float] = {}
+        self.scheduler = FairScheduler()
+        self._deferred: dict[int, tuple[TaskProcess, int]] = {}  # over their share: not read until resumed
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Supervisor":
@@ -129,11 +145,31 @@ class Supervisor:
         return self.exit_code
 
     def poll(self, timeout_s: float | None) -> None:
-        for key, _mask in self.sel.select(timeout_s):
-            kind, proc = key.data
-            if kind == "chan":
+        """One turn: at most one frame from each ready channel, least recently served task first
+        (``scheduler.FairScheduler``), then exits and signals."""
+        if self._deferred:
+            timeout_s = DEFER_US / 1e6 if timeout_s is None else min(timeout_s, DEFER_US / 1e6)
+        events = self.sel.select(timeout_s)
+        channels = {id(key.data[1]): key.data[1] for key, _ in events if key.data[0] == "chan"}
+        served = []
+        for who in self.scheduler.order(channels):
+            proc = channels[who]
+            if proc.status is None and self.procs.get(proc.task.id) is proc:
+                self.scheduler.charge(who)
                 self._on_channel(proc)
-            elif kind == "exit":
+                served.append(proc)
+        self._resume(now_us(), served)
+        if served:
+            flooding = self.scheduler.over_share()
+            self._demote(flooding)
+            for proc in served:  # over its share: its next frame waits for someone else's, or DEFER_US
+                if id(proc) in flooding and not proc.eof and self.procs.get(proc.task.id) is proc:
+                    self._unregister(proc.sock)
+                    self._deferred[id(proc)] = (proc, now_us() + DEFER_US)
+        for key, _mask in events:
+            kind, proc = key.data
+            if kind == "exit":
+                self.scheduler.forget(id(proc))
                 self._on_exit(proc)
             elif kind == "signal":
                 try:
@@ -165,6 +201,7 @@ class Supervisor:
                     pass
                 proc.status = -1
             self._close_proc(proc)
+            self._release(proc)
         self.procs.clear()
         for fd in list(self.memfds.values()) + list(self.ro_fds.values()):
             os.close(fd)
@@ -184,6 +221,7 @@ class Supervisor:
         except OSError:
             frame = b""
         if not frame:  # channel closed: the process is exiting, or it broke its channel
+            proc.eof = True
             self._unregister(proc.sock)
             self._kill_after[proc.task.id] = time.monotonic() + EOF_GRACE_S
             return
@@ -198,9 +236,13 @@ class Supervisor:
         if code < 0:
             code = 128 - code
         proc.status = code
+        fault = self._fault(proc) if code == EXIT_SYSCALL_FAULT else None
         self._close_proc(proc)
+        self._release(proc)
         del self.procs[proc.task.id]
         task = proc.task
+        if fault is not None:
+            self.console.kernel(f"{task.describe()} faulted: {fault} not allowed by its seccomp filter")
         self.exited.append((task.describe(), code))
         if self.on_exit is not None:
             self.on_exit(task, code)
@@ -241,9 +283,52 @@ class Supervisor:
             elif isinstance(eff, Traced):
                 self.console.trace(eff.text)
 
+    def _resume(self, now: int, served: list[TaskProcess]) -> None:
+        """Deferred channels are read again once another task has been served, or after DEFER_US."""
+        for who, (proc, until) in list(self._deferred.items()):
+            if until <= now or any(other is not proc for other in served):
+                del self._deferred[who]
+                if not proc.eof and self.procs.get(proc.task.id) is proc and proc.sock.fileno() >= 0:
+                    self.sel.register(proc.sock, selectors.EVENT_READ, ("chan", proc))
+
+    def _demote(self, flooding: set[int]) -> None:
+        """Tasks over their share of kernel service run at nice 19 (their whole process group: the task
+        and its pid-namespace shim) until they are back within it."""
+        for proc in list(self.procs.values()):
+            want = NICE_FLOODER if id(proc) in flooding else 0
+            if proc.nice != want and proc.status is None:
+                try:
+                    os.setpriority(os.PRIO_PGRP, proc.pid, want)
+                    proc.nice = want
+                except OSError:  # gone meanwhile, or not permitted (not root: only lowering works)
+                    proc.nice = want
+
     def _deliver(self, eff: Deliver) -> None:
-        fds = [self._fd_for(mem, writable) for mem, writable in eff.memory]
-        self._send(eff.task, eff.result.encode(), fds)
+        """The memfd passed for each memory item is the backing of what the receiver's address space holds
+        at that address *now*: a retirement between the transfer and this delivery (an overmap of the
+        same dataspace, another holder's revocation) has moved the mapping to the replacement. If the
+        mapping is already gone again, the task gets an empty placeholder, never a retired backing."""
+        items = [i for i in eff.result.items if i.kind is ItemKind.MEMORY]
+        fds, temps = [], []
+        for (mem, writable), item in zip(eff.memory, items):
+            node = self.kernel.db.get(eff.task.space, Kind.MEMORY, item.index)
+            if node is not None and node.live and isinstance(node.obj, Memory) and node.obj.id in self.memfds:
+                fds.append(self._fd_for(node.obj, writable))
+            else:
+                temps.append(self._placeholder(item.offset + item.size))
+                fds.append(temps[-1])
+        try:
+            self._send(eff.task, eff.result.encode(), fds)
+        finally:
+            for fd in temps:
+                os.close(fd)
+
+    @staticmethod
+    def _placeholder(size: int) -> int:
+        fd = os.memfd_create("revoked", os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
+        os.ftruncate(fd, size)
+        fcntl.fcntl(fd, F_ADD_SEALS, SEALS)
+        return fd
 
     def _send(self, task: Task, frame: bytes, fds: list[int]) -> None:
         proc = self.procs.get(task.id)
@@ -264,11 +349,14 @@ class Supervisor:
                 raise
 
     def _create_memory(self, mem: Memory) -> None:
-        fd = os.memfd_create(mem.describe(), os.MFD_CLOEXEC)
+        """One memfd per memory object, sealed at its size: no holder can shrink it (which would SIGBUS
+        every other holder, the kernel's copy on retirement and Moe) or grow it past its quota."""
+        fd = os.memfd_create(mem.describe(), os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
         os.ftruncate(fd, mem.size)
         if mem.content:
             os.pwrite(fd, mem.content, 0)
         os.fchmod(fd, 0o600)  # a task running under another uid cannot reopen it via /proc
+        fcntl.fcntl(fd, F_ADD_SEALS, SEALS)
         self.memfds[mem.id] = fd
 
     def _retire_memory(self, old: Memory, new: Memory) -> None:
@@ -305,12 +393,16 @@ class Supervisor:
         record = dict(record)
         workdir = self.run_dir / (task.name or f"task{task.id}")
         workdir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o700)  # no task reaches another's work dir by path (its own is bound back)
         workdir.chmod(0o700)  # private to the task (its uid owns it once confined)
         record["workdir"] = str(workdir)
         if self.confinement is not None:
             decl = next((t for t in self.loaded.image.tasks if t.name == task.name), None) \
                 if not record.get("root") else None
-            policy = self.confinement(task, self._spawned, workdir, decl)
+            if hasattr(self.confinement, "release"):  # the host's: hide the image and its boot modules
+                policy = self.confinement(task, self._spawned, workdir, decl, hidden=self._secret_paths())
+            else:
+                policy = self.confinement(task, self._spawned, workdir, decl)
             if policy is not None:
                 record["confine"] = policy
         actions = [
@@ -320,6 +412,10 @@ class Supervisor:
             (os.POSIX_SPAWN_DUP2, child_sock.fileno(), 3),
         ]
         env = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        fault_fd = os.memfd_create(f"fault:{task.describe()}", os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
+        os.ftruncate(fault_fd, 4096)
+        fcntl.fcntl(fault_fd, F_ADD_SEALS, SEALS)
+        record["fault_page"] = True
         try:
             pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "tasks.runtime.bootstrap"], env,
                                  file_actions=actions, setsid=True)
@@ -328,13 +424,24 @@ class Supervisor:
             os.close(devnull)
         pidfd = os.pidfd_open(pid)
         parent_sock.setblocking(False)
-        proc = TaskProcess(task, pid, pidfd, parent_sock)
+        proc = TaskProcess(task, pid, pidfd, parent_sock, fault_fd)
         self.procs[task.id] = proc
         self.sel.register(parent_sock, selectors.EVENT_READ, ("chan", proc))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", proc))
-        self._send(task, Boot(record).encode(), boot_fds)
+        self._send(task, Boot(record).encode(), [*boot_fds, fault_fd])
 
     # --------------------------------------------------------------- helpers
+    def _secret_paths(self) -> tuple[str, ...]:
+        """The image file and its boot modules (key material): Moe hands them out as ``rom`` dataspaces,
+        no task reads them from the filesystem."""
+        base = self.loaded.path.parent
+        return (str(self.loaded.path), *(str(base / mod.path) for mod in self.loaded.image.modules))
+
+    def _release(self, proc: TaskProcess) -> None:
+        release = getattr(self.confinement, "release", None)
+        if release is not None:
+            release(proc.task)  # its uid may be leased again: the process is reaped
+
     def _unregister(self, fileobj) -> None:
         try:
             self.sel.unregister(fileobj)
@@ -352,6 +459,27 @@ class Supervisor:
         self._unregister(proc.sock)
         proc.sock.close()
         self._close_fd(proc.pidfd)
+        if proc.fault_fd >= 0:
+            self._close_fd(proc.fault_fd)
+            proc.fault_fd = -1
+
+    @staticmethod
+    def _fault(proc: TaskProcess) -> str:
+        """What the task's SIGSYS reporter wrote into its fault page: "syscall N (name)"."""
+        from tasks.runtime.confine import FAULT_MAGIC
+        try:
+            magic, nr, _arch = struct.unpack("<III", os.pread(proc.fault_fd, 12, 0))
+        except (OSError, struct.error):
+            magic = nr = 0
+        if magic != FAULT_MAGIC:
+            return "a system call (unknown)"
+        try:
+            import pyseccomp
+            name = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+        except Exception:  # noqa: BLE001 - the number alone still says it
+            name = "?"
+        return f"syscall {nr} ({name})"
 
     def inject_irq(self, name: str) -> None:
         """Trigger a named IRQ object from outside the system (tests, a simulated device)."""

@@ -27,13 +27,17 @@ def run() -> int:
     except ChannelClosed:
         return 111
     record = boot.record
+    # the kernel's fault page comes last: where a trapped syscall is reported (confine.py)
+    fault_fd = boot_fds.pop() if record.get("fault_page") and boot_fds else None
     notes: list[str] = []  # said through the task's log capability once it can talk
     confine = record.get("confine")
     refused = False
     if confine:
+        import dataclasses
         from tasks.runtime import confine as confinement
         try:
-            report = confinement.apply(confinement.policy_from_record(confine, boot_fds))
+            policy = confinement.policy_from_record(confine, boot_fds + ([fault_fd] if fault_fd is not None else []))
+            report = confinement.apply(dataclasses.replace(policy, fault_fd=fault_fd))
         except confinement.ConfinementError as exc:
             report, refused = exc.report, True
             notes.append("confinement failed, not starting:")

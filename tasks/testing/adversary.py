@@ -24,10 +24,19 @@ Verbs:
   await:IRQ                    bind IRQ and wait until it fires (the test's "go")
   net:HOST:PORT                connect a TCP socket ourselves
   kill_parent / read_mem:parent|PID / write_file:PATH   host-level escapes
+  read_file:PATH / listdir:PATH                          read host files (sha256 of what was read)
+  ids                          uid, gid, pid, parent pid as the task sees them
+  fill:BYTES / files:N         write BYTES into one file / create N files in the work dir (its budget)
+  syscall:NR[,ARG...]          a raw system call (outside the allow-list: the task is stopped)
+  signal:PID                   kill(PID, 0): can the task address that pid at all?
   raw:CAP,PROTO[,WORD...]      any invocation, with a receive slot for a cap
   say:TEXT                     log TEXT with Python escapes decoded ('/' = newline): console spoofing
   flood:N / sleep:MS           log N lines at once / sleep MS milliseconds in the kernel
   twice                        write a second frame while the first blocks (the kernel faults the task)
+  overmap:CAP[,N]              map the dataspace N times (default 2) into one fixed receive window
+  truncate:CAP[,SIZE]          map writable and ftruncate the memfd the kernel passed (default: to 0);
+                               CAP "alloc" = a fresh 8 KiB dataspace from Moe (kept as "allocated")
+  clear:CAP                    ask the dataspace's server (Moe) to zero it
   reply                        reply although nobody called
   exit:CODE / crash            leave
 """
@@ -147,6 +156,52 @@ def run(env, verb: str, args: list[str]) -> dict:
             return {"read": True}
         except OSError as exc:
             return {"read": False, "errno": exc.errno}
+    if verb == "read_file":
+        import hashlib
+        try:
+            with open(args[0], "rb") as f:
+                data = f.read()
+            return {"read": True, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        except OSError as exc:
+            return {"read": False, "errno": exc.errno}
+    if verb == "listdir":
+        try:
+            return {"entries": sorted(os.listdir(args[0]))}
+        except OSError as exc:
+            return {"entries": None, "errno": exc.errno}
+    if verb == "syscall":
+        libc = ctypes.CDLL(None, use_errno=True)
+        numbers = [int(a, 0) for a in args]
+        env.log("RESULT " + json.dumps({"command": command_text(verb, args), "about_to_call": numbers[0]}))
+        rc = libc.syscall(*[ctypes.c_long(n) for n in numbers])
+        return {"rc": rc, "errno": ctypes.get_errno()}
+    if verb == "signal":
+        try:
+            os.kill(int(args[0], 0), 0)
+            return {"exists": True}
+        except OSError as exc:
+            return {"exists": False, "errno": exc.errno}
+    if verb == "fill":
+        written, chunk = 0, bytes(1 << 16)
+        try:
+            with open("fill.bin", "wb") as f:
+                while written < int(args[0], 0):
+                    written += f.write(chunk)
+                    f.flush()
+                os.fsync(f.fileno())
+            return {"written": written}
+        except OSError as exc:
+            return {"written": written, "errno": exc.errno}
+    if verb == "files":
+        made = 0
+        try:
+            for made in range(int(args[0], 0)):
+                open(f"f{made}", "w").close()
+            return {"made": made + 1}
+        except OSError as exc:
+            return {"made": made, "errno": exc.errno}
+    if verb == "ids":
+        return {"uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(), "ppid": os.getppid()}
     if verb == "write_file":
         try:
             with open(args[0], "w") as f:
@@ -170,6 +225,16 @@ def run(env, verb: str, args: list[str]) -> dict:
             frame = cp.KeyDestroyRequest(1).encode()
         response = client.transact(frame)
         return {"status": response[2]}
+    if verb == "overmap":
+        return _overmap(env, _sel(env, args[0]), int(args[1], 0) if len(args) > 1 else 2)
+    if verb == "truncate":
+        if args[0] == "alloc":
+            STATE["allocated"] = env.alloc_dataspace(8192)
+        ds = STATE["allocated"] if args[0] == "alloc" else _sel(env, args[0])
+        return _truncate(env, ds, int(args[1], 0) if len(args) > 1 else 0)
+    if verb == "clear":
+        ds = STATE["allocated"] if args[0] == "allocated" else _sel(env, args[0])
+        return _msg(env.ipc_call(ds, Proto.DATASPACE, DataspaceOp.CLEAR))
     if verb == "fds":
         fds = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
         targets = {}
@@ -229,6 +294,43 @@ def _mmap_rw(env, ds: int) -> dict:
         return {"writable_mmap": False, "errno": exc.errno}
     finally:
         os.close(fd)
+
+
+def _map_raw(env, ds: int, base: int, size: int, writable: bool):
+    inv = Invocation(IpcFlags.CALL, ds, MsgTag(Proto.DATASPACE, 4), pack(DataspaceOp.MAP, 0, size, int(writable)),
+                     (), timeouts(1_000_000, 1_000_000), 0, INVALID_CAP, base, size)
+    return env.channel.ipc(inv)
+
+
+def _overmap(env, ds: int, times: int) -> dict:
+    """The same dataspace mapped again and again at one receive window (a legal overmap)."""
+    size = -(-env.dataspace_size(ds) // 4096) * 4096
+    base = env.memory.reserve(size)
+    errors, maps = [], []
+    for i in range(times):
+        result, fds = _map_raw(env, ds, base, size, True)
+        errors.append(result.error.name)
+        for fd in fds:
+            maps.append(mmap.mmap(fd, size, flags=mmap.MAP_SHARED))
+            os.close(fd)
+        if maps:
+            maps[-1][0:8] = f"round{i:03d}".encode()[:8]
+    return {"errors": errors, "fds": len(maps), "last": maps[-1][0:8].decode() if maps else ""}
+
+
+def _truncate(env, ds: int, new_size: int) -> dict:
+    """Resize the backing of a shared dataspace under everybody else's feet."""
+    size = -(-env.dataspace_size(ds) // 4096) * 4096
+    result, fds = _map_raw(env, ds, env.memory.reserve(size), size, True)
+    if not fds:
+        return {"error": result.error.name, "fds": 0}
+    try:
+        os.ftruncate(fds[0], new_size)
+        return {"truncated": True}
+    except OSError as exc:
+        return {"truncated": False, "errno": exc.errno}
+    finally:
+        os.close(fds[0])
 
 
 def main(env) -> int:

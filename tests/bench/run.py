@@ -107,6 +107,51 @@ def kernel_rtt(rounds: int, confine: bool) -> float:
             return json.loads(line.split("BENCH ", 1)[1])["rtt_us"]
 
 
+FLOOD_IMAGE = """
+    name: flood-bench
+    run: {{until: [client]}}
+    objects:
+      svc: {{type: gate}}
+      go: {{type: irq}}
+    tasks:
+      server:
+        program: testing.echo_server
+        caps: {{svc: "svc:svr"}}
+      client:
+        program: testing.bench_client
+        args: ["{rounds}"]
+        caps: {{svc: "svc:rw"}}
+{flooder}"""
+
+FLOODER = """
+      flooder:
+        program: testing.flooder
+        args: ["{burst},{kind}"]
+"""
+
+
+def flood_rtt(rounds: int, confine: bool, flooders: int, burst: int, kind: str = "recv") -> float:
+    """An honest client's kernel-mediated round trip while ``flooders`` other tasks flood the kernel."""
+    flood = "".join(FLOODER.replace("flooder:", f"flooder{i}:").format(burst=burst, kind=kind)
+                    for i in range(flooders))
+    return _run_image(FLOOD_IMAGE.format(rounds=rounds, flooder=flood), confine)["rtt_us"]
+
+
+def bench_flood(args) -> list[tuple[str, str, str]]:
+    """Fair service: the honest client's slowdown while one task floods (target <= 1.5x)."""
+    quiet, flooded, denied = [], [], []
+    for _ in range(args.repeats):  # interleaved: the baseline is the same image without the flooder
+        quiet.append(flood_rtt(args.flood_rounds, not args.no_confine, 0, args.flood_burst))
+        flooded.append(flood_rtt(args.flood_rounds, not args.no_confine, 1, args.flood_burst))
+        denied.append(flood_rtt(args.flood_rounds, not args.no_confine, 1, args.flood_burst, "deny"))
+    q, f, d = statistics.median(quiet), statistics.median(flooded), statistics.median(denied)
+    return [("IPC round trip of an honest client while another task floods the kernel", f"{f:.1f} µs",
+             f"flooded/quiet = {f / q:.2f}x (target <= 1.5x)"),
+            ("  ... while it floods with denied calls (each a printed violation)", f"{d:.1f} µs",
+             f"flooded/quiet = {d / q:.2f}x (target <= 1.5x)"),
+            (f"  same client, no flooder (flooder: {args.flood_burst} frames per burst)", f"{q:.1f} µs", "")]
+
+
 def boot_time(runs: int, confine: bool) -> tuple[float, float]:
     """Median ms from start to 'every task started, Moe idle', and to the end of hello."""
     to_ready, to_done = [], []
@@ -220,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boot-runs", type=int, default=5)
     parser.add_argument("--no-confine", action="store_true")
     parser.add_argument("--crypto-rounds", type=int, default=50)
-    parser.add_argument("--only", choices=["ipc", "crypto"], default=None)
+    parser.add_argument("--flood-rounds", type=int, default=2000)
+    parser.add_argument("--flood-burst", type=int, default=32)
+    parser.add_argument("--only", choices=["ipc", "crypto", "flood"], default=None)
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
@@ -233,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_ipc(args)
     if args.only in (None, "crypto"):
         rows += bench_crypto(args)
+    if args.only in (None, "flood"):
+        rows += bench_flood(args)
     for row in rows:
         table.add_row(*row)
     Console().print(table)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -117,8 +118,15 @@ def est_log(system: System) -> str:
     return "\n".join(system.lines("est"))
 
 
+def files(workdir: Path) -> Path:
+    """The work dir's files as a host directory (a booted task's live in its budget image)."""
+    from kernel_model.host import workdirs
+    return workdirs.export_files(workdir, Path(tempfile.mkdtemp(prefix="l4emu-est-"))) \
+        if workdirs.image_for(workdir).exists() else workdir
+
+
 def stored(workdir: Path):
-    return Store(workdir).load()
+    return Store(files(workdir)).load()
 
 
 def spki(cert: x509.Certificate) -> bytes:
@@ -192,7 +200,7 @@ def enrolled(tmp_path_factory, ca, server):
         lines = est_log(system)
     finally:
         sup.shutdown()
-    return {"workdir": directory / "run" / "est", "result": result, "records": server.records[first:],
+    return {"workdir": files(directory / "run" / "est"), "result": result, "records": server.records[first:],
             "console": text, "est_log": lines}
 
 
@@ -275,7 +283,7 @@ def test_reenrollment_uses_the_current_certificate_for_tls_client_auth(boot, ser
     assert f"TLS client auth: serial={old.serial_number:x}" in log
     # ssl needs the TLS client key in a file: it was written (encrypted) to the private work dir only
     # for the moment of loading it.
-    assert sorted(p.name for p in device.iterdir()) == ["est-kek.bin", "est-state.json"]
+    assert sorted(p.name for p in files(device).iterdir()) == ["est-kek.bin", "est-state.json"]
 
 
 # ------------------------------------------------------------------------------------ 202

@@ -1,0 +1,51 @@
+"""Fair service: which task's frame the kernel handles next (pure; the event loop asks it).
+
+The event loop reads at most one frame per ready channel per turn (a task cannot get ahead by
+writing many frames), and serves the ready channels in order of the service each task has had
+recently: the task that has had the least goes first. A flooding task is therefore served after
+every honest task that is waiting in the same turn, so an honest call waits behind at most the one
+frame the kernel is handling when it arrives. Still work-conserving: alone, a flooder is served at
+once. "Recently" is counted in frames, not time: every ``window`` frames all counts are halved, so
+history fades without a clock.
+
+Kernel service is not the only thing a flooder takes: its process also competes for the host's
+CPUs with the honest tasks. ``over_share()`` names the tasks that have had more than ``factor``
+times an equal share of the recent frames while at least one other task was served too; the
+event loop lowers their CPU priority (nice 19) until they are back within it.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Iterable
+
+
+class FairScheduler:
+    def __init__(self, window: int = 1024, factor: float = 2.0):
+        self.window, self.factor = window, factor
+        self.served: dict[Hashable, int] = {}
+        self._since_decay = 0
+
+    def order(self, ready: Iterable[Hashable]) -> list[Hashable]:
+        """This turn's order: least recently served first; ties keep the order given."""
+        ready = list(ready)
+        rank = {who: i for i, who in enumerate(ready)}
+        return sorted(ready, key=lambda who: (self.served.get(who, 0), rank[who]))
+
+    def charge(self, who: Hashable, frames: int = 1) -> None:
+        """``who`` was served ``frames`` frames."""
+        self.served[who] = self.served.get(who, 0) + frames
+        self._since_decay += frames
+        if self._since_decay >= self.window:
+            self._since_decay = 0
+            self.served = {k: v // 2 for k, v in self.served.items() if v // 2}
+
+    def forget(self, who: Hashable) -> None:
+        self.served.pop(who, None)
+
+    def over_share(self) -> set[Hashable]:
+        """Tasks that have had more than ``factor`` x an equal share of the recent frames (never the only
+        task served: alone, a task takes what it likes)."""
+        active = {who: n for who, n in self.served.items() if n}
+        if len(active) < 2:
+            return set()
+        fair = sum(active.values()) / len(active)
+        return {who for who, n in active.items() if n > self.factor * fair}

@@ -1,0 +1,50 @@
+"""Fair service, as a pure turn-by-turn schedule (issue 9): no timing, only order and accounting."""
+from kernel_model.host.scheduler import FairScheduler
+
+
+def test_the_least_recently_served_task_goes_first_and_ties_keep_their_order():
+    s = FairScheduler()
+    for _ in range(10):
+        s.charge("flooder")
+    s.charge("server")
+    assert s.order(["flooder", "client", "server"]) == ["client", "server", "flooder"]
+    assert s.order(["b", "a"]) == ["b", "a"]  # nobody served yet: as given
+
+
+def test_a_flooder_is_served_after_every_honest_task_waiting_in_the_same_turn():
+    s = FairScheduler()
+    log = []
+    for turn in range(50):  # the flooder is ready every turn, the client every other turn
+        ready = ["flooder"] + (["client"] if turn % 2 else [])
+        for who in s.order(ready):
+            s.charge(who)
+            log.append(who)
+    client_turns = [log[i:i + 2] for i in range(len(log) - 1) if log[i] == "client"]
+    assert client_turns and all(pair[0] == "client" for pair in client_turns)
+    assert all(log[i - 1] != "client" or log[i] == "flooder" for i in range(1, len(log)))
+
+
+def test_over_share_names_a_task_with_more_than_twice_an_equal_share_and_never_a_lone_task():
+    s = FairScheduler(factor=2.0)
+    for _ in range(100):
+        s.charge("alone")
+    assert s.over_share() == set()  # alone it takes what it likes
+    for _ in range(10):
+        s.charge("client")
+        s.charge("server")
+    assert s.over_share() == {"alone"}  # 100 > 2 x (120 / 3)
+    for _ in range(50):
+        s.charge("client")
+        s.charge("server")
+    assert s.over_share() == set()  # 100 vs 60 vs 60: within twice the mean
+
+
+def test_history_fades_every_window_frames_without_a_clock():
+    s = FairScheduler(window=8)
+    for _ in range(7):
+        s.charge("a")
+    assert s.served == {"a": 7}
+    s.charge("b")  # the 8th frame: every count is halved
+    assert s.served == {"a": 3}
+    s.forget("a")
+    assert s.served == {}
