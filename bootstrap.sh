@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc curl openssl libseccomp2 graphviz)
+# crypto_service key storage (docs/crypto_keystore.md): a software TPM 2.0 and its TSS
+# (tpm2-pytss builds against libtss2-dev with pkg-config), a PKCS#11 token
+APT_PACKAGES+=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config softhsm2)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
