@@ -47,8 +47,16 @@ last ``window`` to ``2 * window`` nonces are always remembered (window >= 1e6
 as WvdS asks). A generation is a *scalable* Bloom filter (Almeida et al.,
 2007): slices of capacity 4096, x4, x16 ... allocated only when needed, so
 memory grows with use. Slice ``i`` has ``k_i = ceil(log2(1/p_i))`` hashes and
-``m_i = ceil(n_i * k_i / ln 2)`` bits, which gives a false-positive rate of
-at most ``2^-k_i <= p_i`` when full, with ``p_i = (fp_rate / 2) * 2^-(i+1)``.
+``m_i`` bits, the smallest prime ``>= n_i * k_i / ln 2``, which gives a
+false-positive rate of at most ``2^-k_i <= p_i`` when full, with
+``p_i = (fp_rate / 2) * 2^-(i+1)``.
+
+*Probe positions* (Kirsch and Mitzenmacher's double hashing): ``g_j = (a + j*b)
+mod m`` for ``j < k`` with ``a = h1 mod m`` and ``b = 1 + (h2 mod (m - 1))``.
+Because ``m`` is prime and ``0 < b < m``, the ``k`` positions are always
+distinct. (An earlier version used a composite ``m`` and an odd ``h2``: any
+``h2`` sharing a factor with ``m`` then probed only a few distinct bits, and the
+measured false-positive rate was 8-13 times the documented one.)
 
 *False-positive rate* (a fresh nonce rejected as NONCE_REUSE): at most
 ``fp_rate`` (default 1e-6) at any fill level, by the union bound over at most
@@ -121,21 +129,51 @@ class NonceSequence:
         return self.salt + counter.to_bytes(8, "big")
 
 
+def is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    for p in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37):  # deterministic below 3.3e24
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def next_prime(n: int) -> int:
+    while not is_prime(n):
+        n += 1
+    return n
+
+
 class _Slice:
-    """A plain Bloom filter sized for ``capacity`` items at rate ``2^-k``."""
+    """A plain Bloom filter sized for ``capacity`` items at rate ``2^-k``; ``m`` prime."""
 
     __slots__ = ("capacity", "k", "m", "bits", "count")
 
     def __init__(self, capacity: int, fp: float) -> None:
         self.capacity = capacity
         self.k = max(1, math.ceil(-math.log2(fp)))
-        self.m = math.ceil(capacity * self.k / math.log(2))
+        self.m = next_prime(max(3, math.ceil(capacity * self.k / math.log(2))))
         self.bits = bytearray((self.m + 7) // 8)
         self.count = 0
 
     def positions(self, h1: int, h2: int) -> list[int]:
+        """The ``k`` distinct bit positions of a 64-bit hash pair."""
         m = self.m
-        return [(h1 + j * h2) % m for j in range(self.k)]
+        a, b = h1 % m, 1 + h2 % (m - 1)
+        return [(a + j * b) % m for j in range(self.k)]
 
     def add(self, h1: int, h2: int) -> None:
         bits = self.bits
@@ -145,10 +183,13 @@ class _Slice:
 
     def contains(self, h1: int, h2: int) -> bool:
         bits, m = self.bits, self.m
-        for j in range(self.k):  # stop at the first clear bit
-            p = (h1 + j * h2) % m
+        p, b = h1 % m, 1 + h2 % (m - 1)
+        for _ in range(self.k):  # stop at the first clear bit
             if not bits[p >> 3] & (1 << (p & 7)):
                 return False
+            p += b
+            if p >= m:
+                p -= m
         return True
 
     def fill_bound(self) -> float:
@@ -210,7 +251,7 @@ class ReplayWindow:
 
     def _hash(self, nonce: bytes) -> tuple[int, int]:
         d = hashlib.blake2b(nonce, key=self._key, digest_size=16).digest()
-        return int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little") | 1
+        return int.from_bytes(d[:8], "little"), int.from_bytes(d[8:], "little")
 
     def seen(self, nonce: bytes) -> bool:
         """True if ``nonce`` was added within the window (or, rarely, a false positive)."""
