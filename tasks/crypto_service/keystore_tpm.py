@@ -46,9 +46,15 @@ RELAY_UNREACHABLE = b"\x00\x00\x00\x00\x00\x0a\x00\x00\x00\x00"
 
 
 def _tpm():  # type: ignore[no-untyped-def]
-    """tpm2-pytss, imported when a TPM store is opened (it loads the TSS C libraries)."""
+    """tpm2-pytss, imported when a TPM store is opened (it loads the TSS C libraries). The TSS's
+    own log lines (e.g. "NV index not defined" while probing) are silenced: every failure that
+    matters reaches the service as a StoreError and is logged there, once."""
+    import logging
+
     import tpm2_pytss
 
+    for name in ("esys", "sys", "tcti", "mu", "fapi", "esys_crypto"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return tpm2_pytss
 
 

@@ -130,7 +130,7 @@ class CryptoService:
         ``allowed``: the request types this client may send (None: all)."""
         self.config = config if isinstance(config, ServiceConfig) else ServiceConfig.from_dict(config or {})
         self._clock, self._rng = clock, rng
-        self._log = log or (lambda line: None)
+        self._log = log if log is not None else (lambda line: None)
         self._allowed = allowed
         self._store = store if store is not None else open_keystore(self.config.storage, rng)
         self._store.log = self._log

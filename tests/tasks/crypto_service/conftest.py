@@ -204,6 +204,13 @@ def harness(make_harness: Callable[..., Harness]) -> Harness:
 
 
 @pytest.fixture
+def memory_harness() -> Harness:
+    """Over the memory store, once: for tests of algorithms whose keys live in process memory
+    on every backend (ML-DSA, ML-KEM); persisting them is what the parametrised suite covers."""
+    return build_harness()
+
+
+@pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()
 
