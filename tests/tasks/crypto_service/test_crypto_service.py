@@ -461,3 +461,37 @@ def test_config_defaults_match_wvds() -> None:
         100,
         100,
     )
+
+
+# --------------------------------------------------------------------------- per-client allowlist: order of checks
+
+
+def allowlisted(**rate: Any) -> CryptoService:
+    config = {"rate_limit": rate or {"enabled": False}}
+    return CryptoService(config, store=MemoryKeyStore(), clock=lambda: 0,
+                         allowed=frozenset({RequestType.KEY_LIST, RequestType.AES_DECRYPT}))
+
+
+@pytest.mark.parametrize(
+    "frame,expected",
+    [
+        (bytes([0xC7, 1, RequestType.AES_ENCRYPT, 1]) + (7).to_bytes(4, "little") + bytes(7), Status.INVALID_HEADER),
+        (bytes([0xC6]) + p.AesEncryptRequest(7, b"", b"x").encode()[1:], Status.INVALID_HEADER),
+        (bytes([0xC7, 1, 0x7F, 0]) + bytes(4), Status.INVALID_TYPE),
+        (hdr(RequestType.AES_ENCRYPT, b"", length=65537), Status.PAYLOAD_TOO_LARGE),
+        (hdr(RequestType.AES_ENCRYPT, bytes(3)), Status.INVALID_PAYLOAD),
+        (p.AesEncryptRequest(7, b"", b"x").encode(), Status.POLICY_DENIED),
+        (p.KeyListRequest(0).encode(), Status.SUCCESS),
+    ],
+)
+def test_allowlist_answers_after_the_header_size_and_layout_checks(frame: bytes, expected: Status) -> None:
+    assert status_of(allowlisted().handle(frame)) == expected
+
+
+def test_the_rate_limiter_counts_requests_the_allowlist_refuses() -> None:
+    svc = allowlisted(burst=100)
+    denied = p.KeyGenerateRequest(0, KeyType.AES_256).encode()  # not on the list
+    statuses = [status_of(svc.handle(denied)) for _ in range(500)]
+    assert statuses[:100] == [Status.POLICY_DENIED] * 100
+    assert set(statuses[100:]) == {Status.RATE_LIMITED}
+    assert status_of(svc.handle(p.KeyListRequest(0).encode())) == Status.RATE_LIMITED  # same bucket
