@@ -49,12 +49,9 @@ def _tpm():  # type: ignore[no-untyped-def]
     """tpm2-pytss, imported when a TPM store is opened (it loads the TSS C libraries). The TSS's
     own log lines (e.g. "NV index not defined" while probing) are silenced: every failure that
     matters reaches the service as a StoreError and is logged there, once."""
-    import logging
-
+    os.environ.setdefault("TSS2_LOG", "all+none")  # read by the TSS C libraries on their first log line
     import tpm2_pytss
 
-    for name in ("esys", "sys", "tcti", "mu", "fapi", "esys_crypto"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
     return tpm2_pytss
 
 

@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boot-runs", type=int, default=5)
     parser.add_argument("--no-confine", action="store_true")
     parser.add_argument("--crypto-rounds", type=int, default=50)
-    parser.add_argument("--only", choices=["ipc", "crypto"], default=None)
+    parser.add_argument("--only", choices=["ipc", "crypto", "keystore"], default=None)
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_ipc(args)
     if args.only in (None, "crypto"):
         rows += bench_crypto(args)
+    if args.only in (None, "keystore"):
+        from tests.bench.keystore import bench_keystore  # the crypto service's key-storage backends
+        rows += bench_keystore(args)
     for row in rows:
         table.add_row(*row)
     Console().print(table)
