@@ -224,3 +224,23 @@ def test_service_keys_survive_a_restart_from_config(tmp_path: Path) -> None:
     second = CryptoService(config, clock=lambda: 0)
     req = p.AesDecryptRequest(kid, b"a", sealed.nonce, sealed.ciphertext, sealed.tag)
     assert p.parse_response(second.handle(req.encode()), req.TYPE) == (p.Status.SUCCESS, p.AesDecryptResponse(b"kept"))
+
+
+def test_version_1_store_files_still_load_and_are_upgraded(tmp_path: Path, kek: bytearray) -> None:
+    """The File backend keeps working unchanged for stores written before the generation field."""
+    import struct
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from tasks.crypto_service.keystore import serialize
+
+    keys = keyset(11)
+    header = struct.pack("<4sB3x12s", b"L4KS", 1, bytes(range(12)))
+    image = serialize(keys, 5)
+    path = tmp_path / "keys.bin"
+    path.write_bytes(header + AESGCM(bytes(kek)).encrypt(header[8:], bytes(image), header))
+    store = file_store(path, kek)
+    loaded = store.load()
+    assert same(loaded.keys, keys) and loaded.next_key_id == 5
+    store.save(loaded.keys, 6)
+    assert path.read_bytes()[4] == 2 and file_store(path, kek).load().next_key_id == 6

@@ -119,3 +119,16 @@ def test_tpm_down_at_boot_gives_storage_error_not_a_hang(boot: Any, tmp_path: Pa
     assert code == 0, system.console.text()
     assert [r["status"] for r in system.results("client")] == [Status.STORAGE_ERROR]
     assert "TPM" in system.console.text() and "STORAGE" in system.console.text()
+
+
+def test_corrupt_store_in_a_booted_system_is_a_status_not_a_timeout(boot: Any, tmp_path: Path) -> None:
+    frames = [p.KeyImportRequest(9, KeyType.AES_256, Usage(0), KeyFormat.SECRET, KEY).encode()]
+    run(boot, tmp_path, "file", frames)
+    store = tmp_path / "run" / "crypto" / "keys.store.client"
+    damaged = bytearray(store.read_bytes())
+    damaged[-3] ^= 0x10
+    store.write_bytes(bytes(damaged))
+    system, results = run(boot, tmp_path, "file", [p.AesEncryptRequest(9, b"", b"x").encode()])
+    assert [r["status"] for r in results] == [Status.STORAGE_ERROR]
+    assert "modified" in system.console.text() and "STORAGE" in system.console.text()
+    assert store.read_bytes() == bytes(damaged)  # the evidence is kept, nothing written over it
