@@ -46,7 +46,8 @@ SWTPM = "swtpm"
 SOFTHSM_UTIL = "softhsm2-util"
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 MAX_TPM_FRAME = 4096
-RELAY_UNREACHABLE = b"\x00\x00\x00\x00\x00\x0a\x00\x00\x00\x00"  # keystore_tpm.RELAY_UNREACHABLE
+# keystore_tpm.RELAY_UNREACHABLE and MAX_RESPONSE: not imported, so a boot does not load the crypto stack
+RELAY_UNREACHABLE = b"\x00\x00\x00\x00\x00\x0a\x00\x00\x00\x00"
 
 
 class DeviceError(RuntimeError):

@@ -132,3 +132,11 @@ def test_corrupt_store_in_a_booted_system_is_a_status_not_a_timeout(boot: Any, t
     assert [r["status"] for r in results] == [Status.STORAGE_ERROR]
     assert "modified" in system.console.text() and "STORAGE" in system.console.text()
     assert store.read_bytes() == bytes(damaged)  # the evidence is kept, nothing written over it
+
+
+def test_relay_and_tcti_agree_on_framing() -> None:
+    from kernel_model.host import keystore_devices
+    from tasks.crypto_service import keystore_tpm
+
+    assert keystore_devices.RELAY_UNREACHABLE == keystore_tpm.RELAY_UNREACHABLE
+    assert keystore_devices.MAX_TPM_FRAME == keystore_tpm.MAX_RESPONSE
