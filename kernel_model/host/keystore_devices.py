@@ -8,7 +8,8 @@ docs/crypto_keystore.md) declares in its image config what the boot provides::
         swtpm: {}                                           # a TPM 2.0 for this task
         softhsm2: {label: wvds, pin_module: crypto-hsm-pin} # a PKCS#11 token for this task
 
-``swtpm``: Debian's swtpm (TPM 2.0 emulator) serving a unix socket; its state
+``swtpm``: Debian's swtpm (TPM 2.0 emulator, run as ``nobody`` when the boot is
+root, with swtpm's own seccomp profile) serving a unix socket; its state
 (the TPM's seeds and NV) lives in ``<run>/.keystore/<task>/swtpm``, outside
 the task's work directory, so the task can use the TPM but never read its
 secrets. A confined task may not create sockets (seccomp), so the boot gives
@@ -44,6 +45,7 @@ from typing import Callable, Iterator
 
 SWTPM = "swtpm"
 SOFTHSM_UTIL = "softhsm2-util"
+SWTPM_UID = 65534  # nobody: swtpm drops to it (its state directory is chowned to it)
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 MAX_TPM_FRAME = 4096
 # keystore_tpm.RELAY_UNREACHABLE and MAX_RESPONSE: not imported, so a boot does not load the crypto stack
@@ -52,6 +54,11 @@ RELAY_UNREACHABLE = b"\x00\x00\x00\x00\x00\x0a\x00\x00\x00\x00"
 
 class DeviceError(RuntimeError):
     """A device could not be started (the tool is missing, a bad declaration)."""
+
+
+def _reachable_by_others(directory: Path) -> bool:
+    path = directory.resolve()
+    return all(os.stat(p).st_mode & 0o001 for p in (path, *path.parents))
 
 
 class Swtpm:
@@ -75,9 +82,15 @@ class Swtpm:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
+        runas: list[str] = []
+        if os.geteuid() == 0 and _reachable_by_others(self.state_dir.parent):  # libtpms parses what the
+            # task sends: not as root (a state directory below a private one, e.g. a test's tmp, stays root's)
+            for path in (self.socket_dir, self.state_dir, *self.state_dir.iterdir()):
+                os.chown(path, SWTPM_UID, SWTPM_UID)
+            runas = ["--runas", str(SWTPM_UID)]
         self.proc = subprocess.Popen(
             [SWTPM, "socket", "--tpm2", "--server", f"type=unixio,path={self.socket}",
-             "--tpmstate", f"dir={self.state_dir}", "--flags", "not-need-init,startup-clear"],
+             "--tpmstate", f"dir={self.state_dir}", "--flags", "not-need-init,startup-clear", *runas],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s  # a guard against a hang, not a speed expectation
         while True:
@@ -279,7 +292,8 @@ def _start_all(loaded, run_dir: Path, log: Callable[[str], None], stack: context
         workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         private = run_dir / ".keystore" / task.name
         private.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(run_dir / ".keystore", 0o700)
+        for path in (run_dir / ".keystore", private):  # traversable (for swtpm as nobody), not listable
+            os.chmod(path, 0o711)
         if "swtpm" in devices:
             tpm = Swtpm(private / "swtpm")
             tpm.start()
