@@ -7,6 +7,9 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(python3 python3-venv python3-dev gcc curl openssl libseccomp2 graphviz)
 APT_PACKAGES+=(e2fsprogs)  # mkfs.ext4, debugfs, e2fsck: per-task work-dir filesystems (kernel_model/host/workdirs.py)
+# crypto_service key storage (docs/crypto_keystore.md): a software TPM 2.0 and its TSS
+# (tpm2-pytss builds against libtss2-dev with pkg-config), a PKCS#11 token
+APT_PACKAGES+=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config softhsm2)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -30,7 +33,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -e '.[test,keystore]'
     # atheris (make fuzz) only where a wheel exists for this Python: it is never built from source
     .venv/bin/python -m pip install -q --only-binary=:all: 'atheris>=2.3' \
         || echo "bootstrap: no atheris wheel for this Python; make fuzz runs only the hypothesis fuzzer"

@@ -64,7 +64,9 @@ def _boot(path: Path, sink: RichConsole, out: Console, *, dump_caps: bool, confi
           timeout_s: float | None, trace: bool, summary: bool) -> int:
     loaded = load_image(path)  # raises ImageError before anything starts
     from kernel_model.host.confinement import policy_for
-    with Supervisor(loaded, sink, confinement=policy_for if confine else None) as sup:
+    from kernel_model.host.keystore_devices import keystore_devices
+    sup = Supervisor(loaded, sink, confinement=policy_for if confine else None)
+    with keystore_devices(loaded, sup.run_dir, sink.kernel, BootError), sup:  # TPM/HSM up first, down last
         sup.kernel.trace = trace
         sup.handle_signals()
         sup.start()

@@ -67,6 +67,8 @@ from kyber_py.ml_kem import ML_KEM_512  # imported eagerly: a confined task cann
 from .protocol import KeyFlags, KeyFormat, KeyInfo, KeyType, Usage
 
 Rng = Callable[[int], bytes]
+#: Store-record format of a key held in a token (never on the wire): material = the token's id for it.
+DEVICE_FORMAT = 3
 
 
 class Family(Enum):
@@ -188,7 +190,8 @@ class Key:
     for bad material or a usage the key's form may not have.
     """
 
-    __slots__ = ("key_id", "spec", "usage", "version", "nonce_lease", "_secret", "_private", "_public", "_public_bytes")
+    __slots__ = ("key_id", "spec", "usage", "version", "nonce_lease", "_secret", "_private", "_public", "_public_bytes",
+                 "_device")
 
     def __init__(
         self,
@@ -199,9 +202,12 @@ class Key:
         secret: bytearray | None,
         public: bytes | None,
         nonce_lease: int = 0,
+        device: Any = None,
     ) -> None:
+        """``device``: a key that lives in a token (HSM backend, AES only): an object with
+        AESGCM's ``encrypt``/``decrypt`` and a ``ref`` (bytes naming it in the token)."""
         self.key_id, self.spec, self.version, self.nonce_lease = key_id, spec, version, nonce_lease
-        allowed = spec.private_usage if secret is not None else spec.public_usage
+        allowed = spec.private_usage if secret is not None or device is not None else spec.public_usage
         if not allowed:
             raise ValueError(f"{spec.key_type.name} has no public-only form")
         if not 1 <= key_id <= 0xFFFF_FFFF or not 1 <= version <= 0xFFFF_FFFF:
@@ -211,9 +217,14 @@ class Key:
             raise ValueError(f"usage {usage!r} not allowed for this {spec.key_type.name} key")
         self.usage = usage
         self._secret = secret
+        self._device = device
         self._private: Any = None
         self._public: Any = None
-        if secret is not None:
+        if device is not None:
+            if spec.family is not Family.AES or secret is not None:
+                raise ValueError("only AES keys live in a token")
+            self._private = device
+        elif secret is not None:
             if len(secret) != spec.secret_size:
                 raise ValueError(f"{spec.key_type.name} secret is {spec.secret_size} bytes")
             self._private = _private_obj(spec, secret)
@@ -248,7 +259,7 @@ class Key:
 
     def rotated(self, rng: Rng) -> Key:
         """Fresh material, same id, type and policy, version + 1, counters reset."""
-        if self._secret is None:
+        if not self.has_secret:
             raise ValueError("a public-only key cannot be rotated")
         return Key.generate(self.key_id, self.key_type, self.usage, rng, self.version + 1)
 
@@ -264,7 +275,12 @@ class Key:
 
     @property
     def has_secret(self) -> bool:
-        return self._secret is not None
+        return self._secret is not None or self._device is not None
+
+    @property
+    def device(self) -> Any:
+        """The token object holding this key, or None (the secret is in memory)."""
+        return self._device
 
     @property
     def destroyed(self) -> bool:
@@ -283,6 +299,8 @@ class Key:
 
     def storage_material(self) -> tuple[KeyFormat, bytes | bytearray]:
         """For the key store only: what to persist. Never put this on the wire."""
+        if self._device is not None:
+            return DEVICE_FORMAT, self._device.ref  # type: ignore[return-value]
         if self._secret is not None:
             return KeyFormat.SECRET, self._secret
         return KeyFormat.PUBLIC, self._public_bytes
@@ -322,7 +340,7 @@ class Key:
             self._private.zeroize()
         if self._secret is not None:
             self._secret[:] = bytes(len(self._secret))
-        self._private = self._public = None
+        self._private = self._public = self._device = None
 
     def __repr__(self) -> str:  # never print material
         return f"Key(id={self.key_id}, type={self.key_type.name}, usage={self.usage!r}, v{self.version})"

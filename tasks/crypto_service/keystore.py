@@ -1,44 +1,60 @@
-"""Key storage: one small interface, a memory backend and an encrypted file backend.
+"""Key storage: one interface, three device backends (File, TPM, HSM) and a memory store.
 
-Interface (``KeyStore``): ``load() -> Snapshot`` and ``save(keys, next_key_id)``.
-A save replaces the whole store atomically; the service keeps its in-memory
-table and the store in step (it rolls back its change when ``save`` raises
-``StoreError``). TPM and HSM backends (own issue) implement the same two calls.
+docs/crypto_keystore.md says, per backend, what is protected against whom,
+what is emulated and how to point it at a real device. This module holds the
+interface, the record image, the sealed store file every backend writes, and
+the File backend; ``keystore_tpm`` and ``keystore_hsm`` add the devices.
+
+Interface (``KeyStore``)
+------------------------
+``load() -> Snapshot`` and ``save(keys, next_key_id)``: a save replaces the
+whole store; ``generate`` / ``import_key`` make a key *for this store* (the
+HSM backend creates AES keys inside the token) and ``discard`` is told when
+the service has dropped a key version (destroy, rotate, a failed create), so
+a token can delete its object. Failures are ``StoreError`` values with
+``retry`` set when the device may come back (a stopped swtpm, an absent
+token); the service turns them into STORAGE_ERROR and a log line.
+
+``save`` either commits or raises: it raises only when the new state is *not*
+in the store file (a failure before the rename of ``storage_io.replace_file``);
+from the rename on the change is committed and ``save`` returns, so the service
+never reports STORAGE_ERROR for a change that a restart would bring back.
 
 Selection mirrors the task's ``config.json``::
 
-    "storage": {"backend": "file", "path": "/data/crypto/keys.bin",
-                "kek_file": "/rom/crypto_kek.bin"}
+    "storage": {"backend": "file", "path": "keys.store", "kek_file": "kek.bin"}
+    "storage": {"backend": "tpm",  "path": "keys.store", "tcti": "swtpm:/run/swtpm.sock"}
+    "storage": {"backend": "hsm",  "path": "keys.store", "module": "/usr/lib/softhsm/libsofthsm2.so",
+                "token_label": "wvds", "pin_file": "pin"}
     "storage": {"backend": "memory"}          # volatile, tests and demos
 
-File format (all integers little-endian)::
+plus, for every device backend, ``"must_exist": true`` (refuse to start
+empty when the store file is missing).
+
+Store file (all integers little-endian; version 1 files are still read)::
 
     0   4  magic "L4KS"
-    4   1  format version 0x01
-    5   3  reserved, 0
-    8  12  nonce (random per save)
-    20  N  AES-256-GCM(KEK, nonce, plaintext, aad = bytes 0..19) = ct || tag(16)
+    4   1  format version 0x02
+    5   1  backend (0 file, 1 TPM, 2 HSM)
+    6   2  reserved, 0
+    8   8  generation (u64, +1 per save)
+    16 12  nonce (random per save)
+    28  N  AES-256-GCM(KEK, nonce, plaintext, aad = bytes 0..27) = ct || tag(16)
 
     plaintext: next_key_id u32 | count u32 | count x record
-    record:    key_id u32 | key_type u8 | format u8 (1 secret, 2 public) |
+    record:    key_id u32 | key_type u8 | format u8 (1 secret, 2 public, 3 token) |
                usage u32 | version u32 | nonce_lease u64 | len u16 | material
 
+Rollback: each save writes generation g + 1 and then advances a *witness*
+that an old copy of the store file cannot rewind: a TPM NV counter (TPM), a
+token object (HSM), a ``<path>.gen`` file beside the store (File: detects an
+old store file copied back, not a restore of the whole directory). Loading a
+store whose generation is below the witness is refused (rollback); one above
+it (a crash between the two writes) is accepted and the witness catches up.
+
 Secret material never reaches the disk unencrypted; the plaintext image is
-built in a ``bytearray`` and overwritten after sealing/after parsing.
-
-Atomic write: write ``<path>.tmp`` (O_EXCL after removing a stale one), fsync
-it, ``os.replace`` onto ``<path>``, fsync the directory. A crash before the
-rename leaves the old file intact (a stale ``.tmp`` is ignored and replaced
-next time); after the rename the new file is complete and synced. The store
-is therefore always the old or the new state, never a mix and never empty.
-Tests simulate the crash with the ``step_hook`` seam, called after each step.
-
-Where the KEK comes from: ``kek_file`` is 32 raw bytes that the system image
-provides as a read-only boot module (ROM dataspace) for the crypto task only.
-This is a **development backend**: whoever can read the image's modules can
-decrypt the store, and the KEK sits in ordinary process memory. It protects
-a copied-off store file, not a compromised image. Device-bound protection
-(KEK sealed in a TPM, or keys never leaving an HSM) is the TPM/HSM issue.
+built in a ``bytearray`` and overwritten after sealing/after parsing. The KEK
+buffer handed to ``AesSealer`` is overwritten once the cipher holds it.
 """
 
 from __future__ import annotations
@@ -51,36 +67,83 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .keys import Key
+from . import storage_io
+from .keys import DEVICE_FORMAT, Key
 from .protocol import KeyFormat, KeyType, Usage
+from .storage_io import WRITE_STEPS  # noqa: F401 - re-exported: the step names the hook sees
 
 MAGIC = b"L4KS"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEK_SIZE = 32
-_FILE_HEAD = struct.Struct("<4sB3x12s")
+BACKEND_CODES = {"file": 0, "tpm": 1, "hsm": 2}
+_HEAD_V1 = struct.Struct("<4sB3x12s")
+_HEAD_V2 = struct.Struct("<4sBBxxQ12s")
 _RECORD = struct.Struct("<IBBIIQH")
 _TAG = 16
+Rng = Callable[[int], bytes]
+Log = Callable[[str], None]
 
 
 class StoreError(Exception):
-    """The store could not be read or written. A failed save changed nothing."""
+    """The store could not be read or written; a failed save changed nothing.
+
+    ``retry``: the cause may go away by itself (a device that is stopped or
+    absent), so loading again later makes sense; False for a corrupt or
+    rolled-back store and for a wrong PIN (retrying could lock the token)."""
+
+    def __init__(self, message: str, *, retry: bool = False) -> None:
+        super().__init__(message)
+        self.retry = retry
 
 
 class Snapshot(NamedTuple):
     keys: list[Key]
     next_key_id: int
+    note: str = ""  #: something the service should log (e.g. "created an empty store")
 
 
 class KeyStore(Protocol):
+    path: Path | None
+    log: Log
+
     def load(self) -> Snapshot: ...
 
     def save(self, keys: Iterable[Key], next_key_id: int) -> None: ...
+
+    def generate(self, key_id: int, key_type: KeyType, usage: Usage, rng: Rng, version: int = 1) -> Key: ...
+
+    def import_key(self, key_id: int, key_type: KeyType, usage: Usage, fmt: KeyFormat, material: bytes) -> Key: ...
+
+    def discard(self, key: Key) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class KeyFactory:
+    """Keys held in process memory (File, TPM and memory stores; HSM for non-AES keys)."""
+
+    path: Path | None = None
+
+    def __init__(self) -> None:
+        self.log: Log = lambda line: None
+
+    def generate(self, key_id: int, key_type: KeyType, usage: Usage, rng: Rng, version: int = 1) -> Key:
+        return Key.generate(key_id, key_type, usage, rng, version)
+
+    def import_key(self, key_id: int, key_type: KeyType, usage: Usage, fmt: KeyFormat, material: bytes) -> Key:
+        return Key.from_material(key_id, key_type, usage, fmt, material)
+
+    def discard(self, key: Key) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 # --------------------------------------------------------------------------- record image
 
 
-def _serialize(keys: Iterable[Key], next_key_id: int) -> bytearray:
+def serialize(keys: Iterable[Key], next_key_id: int) -> bytearray:
     keys = list(keys)
     out = bytearray(struct.pack("<II", next_key_id, len(keys)))
     for key in keys:
@@ -92,7 +155,12 @@ def _serialize(keys: Iterable[Key], next_key_id: int) -> bytearray:
     return out
 
 
-def _parse(image: bytearray | bytes) -> Snapshot:
+Resolve = Callable[[int, KeyType, Usage, int, int, bytes], Key]
+
+
+def parse(image: bytearray | bytes, resolve: Resolve | None = None) -> Snapshot:
+    """The keys in a record image; ``resolve(key_id, type, usage, version, lease, ref)``
+    builds a key whose record names a token object (format 3)."""
     view = memoryview(image)
     try:
         next_key_id, count = struct.unpack_from("<II", view)
@@ -105,9 +173,14 @@ def _parse(image: bytearray | bytes) -> Snapshot:
             material = bytearray(view[pos : pos + n])
             pos += n
             try:
-                keys.append(
-                    Key.from_material(kid, KeyType(ktype), Usage(usage), KeyFormat(fmt), material, version, lease)
-                )
+                if fmt == DEVICE_FORMAT:
+                    if resolve is None:
+                        raise ValueError(f"key {kid} lives in a token, but this backend has none")
+                    keys.append(resolve(kid, KeyType(ktype), Usage(usage), version, lease, bytes(material)))
+                else:
+                    keys.append(
+                        Key.from_material(kid, KeyType(ktype), Usage(usage), KeyFormat(fmt), material, version, lease)
+                    )
             finally:
                 material[:] = bytes(n)
         if pos != len(view):
@@ -119,20 +192,213 @@ def _parse(image: bytearray | bytes) -> Snapshot:
     return Snapshot(keys, next_key_id)
 
 
-class MemoryKeyStore:
+class MemoryKeyStore(KeyFactory):
     """Volatile store holding the serialized image (so ``load`` gives fresh Key objects)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._image: bytearray | None = None
 
     def load(self) -> Snapshot:
-        return _parse(self._image) if self._image is not None else Snapshot([], 1)
+        return parse(self._image) if self._image is not None else Snapshot([], 1)
 
     def save(self, keys: Iterable[Key], next_key_id: int) -> None:
-        image = _serialize(keys, next_key_id)
+        image = serialize(keys, next_key_id)
         if self._image is not None:
             self._image[:] = bytes(len(self._image))
         self._image = image
+
+
+# --------------------------------------------------------------------------- sealing and witnesses
+
+
+class Sealer(Protocol):
+    def seal(self, nonce: bytes, data: bytes | bytearray, aad: bytes) -> bytes: ...
+
+    def unseal(self, nonce: bytes, blob: bytes, aad: bytes) -> bytearray:
+        """The plaintext; raises InvalidTag (wrong key, modified file) or StoreError (device)."""
+        ...
+
+
+class AesSealer:
+    """AES-256-GCM in process memory under a KEK. **Consumes** the KEK buffer:
+    it is overwritten with zeros once the cipher holds its own copy."""
+
+    def __init__(self, kek: bytearray) -> None:
+        try:
+            if len(kek) != KEK_SIZE:
+                raise ValueError("KEK must be 32 bytes")
+            self._aead = AESGCM(bytes(kek))
+        finally:
+            kek[:] = bytes(len(kek))
+
+    def seal(self, nonce: bytes, data: bytes | bytearray, aad: bytes) -> bytes:
+        return self._aead.encrypt(nonce, bytes(data), aad)
+
+    def unseal(self, nonce: bytes, blob: bytes, aad: bytes) -> bytearray:
+        out = bytearray(len(blob) - _TAG)
+        self._aead.decrypt_into(nonce, blob, aad, out)
+        return out
+
+
+class Witness(Protocol):
+    def read(self) -> int:
+        """The last generation known committed (0: none); StoreError if unreachable."""
+        ...
+
+    def advance(self, generation: int) -> None: ...
+
+
+class FileWitness:
+    """The generation in ``<store>.gen`` (8 bytes LE), written like the store."""
+
+    def __init__(self, path: Path, step: storage_io.Step | None = None) -> None:
+        self.path = path
+        self._step = step
+
+    def read(self) -> int:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+        if len(raw) != 8:
+            raise StoreError(f"{self.path} is damaged (not an 8-byte generation)")
+        return int.from_bytes(raw, "little")
+
+    def advance(self, generation: int) -> None:
+        try:
+            storage_io.replace_file(self.path, generation.to_bytes(8, "little"), self._step)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+
+
+class SealedStore(KeyFactory):
+    """The store file every device backend writes (format in the module doc)."""
+
+    backend = "file"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        sealer: Sealer | None,
+        witness: Witness,
+        rng: Rng = os.urandom,
+        step_hook: storage_io.Step | None = None,
+        must_exist: bool = False,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._sealer = sealer
+        self._witness = witness
+        self._rng = rng
+        self._step = step_hook
+        self.must_exist = must_exist
+        self.generation = 0  #: of the store as last loaded or saved
+
+    # -- hooks for the device backends
+
+    def _open_device(self) -> None:
+        """Connect to the device and make ``self._sealer`` ready (TPM: unseal the KEK)."""
+
+    def _resolve(self) -> Resolve | None:
+        return None
+
+    # -- KeyStore
+
+    def load(self) -> Snapshot:
+        self._open_device()
+        committed = self._witness.read()
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:  # a witness this process just created vouches for nothing yet
+            return self._no_store(0 if getattr(self._witness, "fresh", False) else committed)
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+        generation, nonce, body, aad = self._split(blob)
+        try:
+            assert self._sealer is not None
+            image = self._sealer.unseal(nonce, body, aad)
+        except InvalidTag as exc:
+            raise StoreError(f"{self.path}: wrong key-encryption key or the file was modified") from exc
+        try:
+            snapshot = parse(image, self._resolve())
+        finally:
+            image[:] = bytes(len(image))
+        if generation < committed:
+            for key in snapshot.keys:
+                key.zeroize()
+            raise StoreError(
+                f"{self.path}: rollback detected: the file is generation {generation}, but generation "
+                f"{committed} was committed ({self._witness_name()}); an older copy of the store was put back"
+            )
+        self.generation = generation
+        note = ""
+        if generation > committed:  # a crash between the file and the witness: catch up
+            try:
+                self._witness.advance(generation)
+            except StoreError as exc:
+                note = f"store generation {generation} loaded, but the rollback witness could not be advanced: {exc}"
+        return Snapshot(snapshot.keys, snapshot.next_key_id, note)
+
+    def save(self, keys: Iterable[Key], next_key_id: int) -> None:
+        self._open_device()
+        generation = max(self.generation, self._witness.read()) + 1  # the device must answer first
+        image = serialize(keys, next_key_id)
+        try:
+            header = _HEAD_V2.pack(MAGIC, FORMAT_VERSION, BACKEND_CODES[self.backend], generation, self._rng(12))
+            assert self._sealer is not None
+            blob = header + self._sealer.seal(header[16:], image, header)
+        finally:
+            image[:] = bytes(len(image))
+        try:
+            synced = storage_io.replace_file(self.path, blob, self._step)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+        # committed: from here on the file holds the new state, whatever fails next
+        self.generation = generation
+        if not synced:
+            self.log(f"{self.path}: written, but the directory could not be synced; "
+                     "the change is in the file (it may not survive a power loss)")
+        try:
+            self._witness.advance(generation)
+        except StoreError as exc:
+            self.log(f"{self.path}: generation {generation} written, but the rollback witness was not advanced "
+                     f"({exc}); it catches up at the next load or save")
+
+    # -- helpers
+
+    def _witness_name(self) -> str:
+        return type(self._witness).__name__
+
+    def _no_store(self, committed: int) -> Snapshot:
+        if committed > 0:
+            raise StoreError(
+                f"{self.path} is missing, but generation {committed} of it was committed "
+                f"({self._witness_name()}): restore the file (or reset the witness to start empty)"
+            )
+        if self.must_exist:
+            raise StoreError(f"{self.path} does not exist and storage.must_exist is set: refusing to start empty")
+        self.save([], 1)  # exists from now on: a later disappearance is detected
+        return Snapshot([], 1, f"no key store at {self.path}: created an empty one (generation {self.generation})")
+
+    def _split(self, blob: bytes) -> tuple[int, bytes, bytes, bytes]:
+        if len(blob) >= 5 and blob[:4] == MAGIC and blob[4] == 1 and len(blob) >= _HEAD_V1.size + _TAG:
+            head = _HEAD_V1.size
+            if self.backend != "file":
+                raise StoreError(f"{self.path} is a version-1 (File backend) key store, not a {self.backend} one")
+            return 0, blob[8:head], blob[head:], blob[:head]
+        head = _HEAD_V2.size
+        if len(blob) < head + _TAG or blob[:4] != MAGIC or blob[4] != FORMAT_VERSION:
+            raise StoreError(f"{self.path} is not a key store (bad magic, version or length)")
+        _, _, backend, generation, nonce = _HEAD_V2.unpack_from(blob)
+        if backend != BACKEND_CODES[self.backend]:
+            names = {v: k for k, v in BACKEND_CODES.items()}
+            raise StoreError(f"{self.path} was written by the {names.get(backend, backend)!r} backend, "
+                             f"not {self.backend!r}")
+        return generation, nonce, blob[head:], blob[:head]
 
 
 # --------------------------------------------------------------------------- file backend
@@ -150,112 +416,80 @@ def load_kek(path: str | os.PathLike[str]) -> bytearray:
     return kek
 
 
-class FileKeyStore:
-    """Keys sealed with AES-256-GCM under a KEK in one file, replaced atomically."""
+class FileKeyStore(SealedStore):
+    """File backend: keys sealed under a KEK from a file or boot module; a
+    ``<path>.gen`` witness beside the store. Consumes (zeroes) ``kek``."""
+
+    backend = "file"
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         kek: bytearray,
-        rng: Callable[[int], bytes] = os.urandom,
-        step_hook: Callable[[str], None] | None = None,
+        rng: Rng = os.urandom,
+        step_hook: storage_io.Step | None = None,
+        must_exist: bool = False,
     ) -> None:
-        if len(kek) != KEK_SIZE:
-            raise ValueError("KEK must be 32 bytes")
-        self.path = Path(path)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
-        self._aead = AESGCM(kek)
-        self._rng = rng
-        self._step = step_hook or (lambda step: None)
-
-    def load(self) -> Snapshot:
-        """The stored keys; an empty store if the file was never written."""
-        try:
-            blob = self.path.read_bytes()
-        except FileNotFoundError:
-            return Snapshot([], 1)
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
-        head = _FILE_HEAD.size
-        if len(blob) < head + _TAG or blob[:4] != MAGIC or blob[4] != FORMAT_VERSION:
-            raise StoreError(f"{self.path} is not a version-{FORMAT_VERSION} key store")
-        nonce = blob[8:head]
-        image = bytearray(len(blob) - head - _TAG)
-        try:
-            self._aead.decrypt_into(nonce, blob[head:], blob[:head], image)
-        except InvalidTag as exc:
-            raise StoreError(f"{self.path}: wrong KEK or the file was modified") from exc
-        try:
-            return _parse(image)
-        finally:
-            image[:] = bytes(len(image))
-
-    def save(self, keys: Iterable[Key], next_key_id: int) -> None:
-        image = _serialize(keys, next_key_id)
-        try:
-            header = _FILE_HEAD.pack(MAGIC, FORMAT_VERSION, self._rng(12))
-            blob = header + self._aead.encrypt(header[8:], image, header)
-        finally:
-            image[:] = bytes(len(image))
-        try:
-            self._write_atomically(blob)
-        except OSError as exc:
-            try:
-                self._tmp.unlink()
-            except OSError:
-                pass
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
-
-    def _write_atomically(self, blob: bytes) -> None:
-        try:
-            self._tmp.unlink()  # stale leftover of an earlier crash
-        except FileNotFoundError:
-            pass
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            self._step("opened")
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
-            self._step("written")
-            os.fsync(fd)
-            self._step("synced")
-        finally:
-            os.close(fd)
-        os.replace(self._tmp, self.path)
-        self._step("renamed")
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        self._step("dir_synced")
+        path = Path(path)
+        super().__init__(path, AesSealer(kek), FileWitness(path.with_name(path.name + ".gen")), rng, step_hook,
+                         must_exist)
 
 
-#: The step names ``step_hook`` sees, in order.
-WRITE_STEPS = ("opened", "written", "synced", "renamed", "dir_synced")
+# --------------------------------------------------------------------------- selection
+
+_COMMON = {"backend", "path", "must_exist"}
 
 
-def open_keystore(storage: Mapping[str, Any] | None, rng: Callable[[int], bytes] = os.urandom) -> KeyStore:
-    """Backend from the ``"storage"`` section of config.json (strict keys)."""
+def _strict(cfg: Mapping[str, Any], allowed: set[str], required: tuple[str, ...]) -> None:
+    unknown = set(cfg) - allowed - _COMMON
+    if unknown:
+        raise ValueError(f"storage: unknown key(s) {sorted(unknown)} for the {cfg.get('backend')} backend")
+    for name in ("path", *required):
+        if not isinstance(cfg.get(name), str):
+            raise ValueError(f"storage.{name} is required (a string)")
+    if "must_exist" in cfg and not isinstance(cfg["must_exist"], bool):
+        raise ValueError("storage.must_exist must be true or false")
+
+
+def open_keystore(
+    storage: Mapping[str, Any] | None,
+    rng: Rng = os.urandom,
+    *,
+    kek: bytearray | None = None,
+    pin: str | None = None,
+) -> KeyStore:
+    """Backend from the ``"storage"`` section of config.json (strict keys).
+
+    ``kek`` / ``pin``: secrets the task read from boot modules (``kek_rom``,
+    ``pin_rom``); they stand in for ``kek_file`` / ``pin_file``. Opening does
+    not touch a device: ``load`` does (and reports what is wrong)."""
     cfg = dict(storage) if storage is not None else {"backend": "memory"}
-    backend = cfg.pop("backend", None)
+    backend = cfg.get("backend")
+    must_exist = bool(cfg.get("must_exist", False))
     if backend == "memory":
-        if cfg:
-            raise ValueError(f"storage: unknown key(s) {sorted(cfg)} for the memory backend")
+        if set(cfg) - {"backend"}:
+            raise ValueError(f"storage: unknown key(s) {sorted(set(cfg) - {'backend'})} for the memory backend")
         return MemoryKeyStore()
     if backend == "file":
-        unknown = set(cfg) - {"path", "kek_file"}
-        if unknown:
-            raise ValueError(f"storage: unknown key(s) {sorted(unknown)}")
-        for name in ("path", "kek_file"):
-            if not isinstance(cfg.get(name), str):
-                raise ValueError(f"storage.{name} is required (a path string)")
-        kek = load_kek(cfg["kek_file"])
-        try:
-            return FileKeyStore(cfg["path"], kek, rng)
-        finally:
-            kek[:] = bytes(len(kek))  # AESGCM keeps its own copy
-    if backend in ("tpm", "hsm"):
-        raise ValueError(f"storage.backend {backend!r} is not implemented yet (own issue)")
-    raise ValueError(f"storage.backend must be 'file' or 'memory', not {backend!r}")
+        _strict(cfg, {"kek_file"}, () if kek is not None else ("kek_file",))
+        key = kek if kek is not None else load_kek(cfg["kek_file"])
+        return FileKeyStore(cfg["path"], key, rng, must_exist=must_exist)
+    if backend == "tpm":
+        _strict(cfg, {"tcti", "nv_index"}, ("tcti",))
+        from .keystore_tpm import TpmKeyStore
+
+        nv_index = cfg.get("nv_index")
+        if nv_index is not None and (isinstance(nv_index, bool) or not isinstance(nv_index, int)):
+            raise ValueError("storage.nv_index must be an integer (an owner NV index, 0x01000000..0x01FFFFFF)")
+        return TpmKeyStore(cfg["path"], cfg["tcti"], rng, nv_index=nv_index, must_exist=must_exist)
+    if backend == "hsm":
+        _strict(cfg, {"module", "token_label", "pin_file", "softhsm2_conf"}, ("module", "token_label"))
+        if pin is None:
+            if not isinstance(cfg.get("pin_file"), str):
+                raise ValueError("storage.pin_file is required (or pin_rom in the task config)")
+            pin = Path(cfg["pin_file"]).read_text().strip()
+        from .keystore_hsm import HsmKeyStore
+
+        return HsmKeyStore(cfg["path"], cfg["module"], cfg["token_label"], pin, rng,
+                           softhsm2_conf=cfg.get("softhsm2_conf"), must_exist=must_exist)
+    raise ValueError(f"storage.backend must be 'file', 'tpm', 'hsm' or 'memory', not {backend!r}")

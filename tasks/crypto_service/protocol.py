@@ -34,6 +34,9 @@ MAX_AAD = 0xFFFF  # WvdS AES_ENCRYPT: AAD_Length is a u16
 MAX_CONTEXT = 255  # FIPS 204: ctx is at most 255 bytes
 #: The AES_ENCRYPT *response* (nonce || ct || tag) must fit in 64 KiB as well.
 MAX_PLAINTEXT = MAX_PAYLOAD - NONCE_SIZE - TAG_SIZE
+#: ... and the matching AES_DECRYPT *request* (KeyID | AAD_Length | AAD | Nonce | Ciphertext | Tag,
+#: 34 + A + P bytes) must fit too, or the ciphertext could never be decrypted: A + P <= 65502.
+MAX_AAD_AND_PLAINTEXT = MAX_PAYLOAD - (4 + 2 + NONCE_SIZE + TAG_SIZE)
 ALLOCATE_KEY_ID = 0  # in create requests: "the service picks the id"
 KEY_LIST_PAGE = 4096  # 6 + 4096 * 14 = 57350 bytes, fits in one response
 

@@ -12,11 +12,21 @@ INTERNAL_ERROR (0x46) instead of a dead task.
 Validation order (docs/crypto_protocol.md): RATE_LIMITED first (every
 request, valid or not, takes a token, and a limited one gets no further
 look), then ``protocol.parse_request`` (INVALID_HEADER, INVALID_TYPE,
-PAYLOAD_TOO_LARGE from the header's length field, INVALID_PAYLOAD), then per
-request: KEY_NOT_FOUND, WRONG_KEY_TYPE, POLICY_DENIED, key-dependent sizes
-(INVALID_PAYLOAD, PAYLOAD_TOO_LARGE for an AES_ENCRYPT whose response would
-exceed 64 KiB), then the operation (NONCE_REUSE, DECRYPTION_FAILED,
-INVALID_SIGNATURE, CRYPTO_ERROR, STORAGE_ERROR).
+PAYLOAD_TOO_LARGE from the header's length field, INVALID_PAYLOAD), then the
+client's allowlist (POLICY_DENIED for a request type it may not send), then
+STORAGE_ERROR if the key store is unavailable, then per request:
+KEY_NOT_FOUND, WRONG_KEY_TYPE, POLICY_DENIED, key-dependent sizes
+(INVALID_PAYLOAD, PAYLOAD_TOO_LARGE for an AES_ENCRYPT whose response or
+whose matching decrypt request would exceed 64 KiB), then the operation
+(NONCE_REUSE, DECRYPTION_FAILED, INVALID_SIGNATURE, CRYPTO_ERROR,
+STORAGE_ERROR).
+
+Key store unavailable (a stopped TPM, an absent token, a wrong PIN, a corrupt
+or rolled-back store): the service starts anyway, logs why, and answers
+STORAGE_ERROR to every request that passed the checks above, with nothing
+written. A cause that may go away (``StoreError.retry``) is retried at most
+every ``store_retry_ms`` by the next request; a corrupt store or a refused
+PIN is not. A device that fails during an operation is reported the same way.
 
 Randomness: everything the service draws itself (keys, seeds, nonce salts,
 replay-window hash keys, store nonces) comes from the injectable ``rng``.
@@ -34,11 +44,12 @@ from typing import Any, Callable, Hashable, Mapping
 from cryptography.exceptions import InvalidTag
 
 from .keys import SPECS, Family, Key
-from .keystore import KeyStore, open_keystore
+from .keystore import KeyStore, StoreError, open_keystore
 from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceExhausted, NonceSequence, ReplayWindow
 from .protocol import (
     ALLOCATE_KEY_ID,
     KEY_LIST_PAGE,
+    MAX_AAD_AND_PLAINTEXT,
     MAX_PLAINTEXT,
     AesDecryptResponse,
     AesEncryptResponse,
@@ -58,6 +69,7 @@ from .protocol import (
     parse_request,
 )
 from .ratelimit import RateLimitConfig, TokenBucket
+from .replay_journal import ReplayJournal
 
 Result = tuple[Status, Response | None]
 _LAST_ALLOCATED_ID = 0xFFFF_FFFE  # 0xFFFFFFFF can only be chosen explicitly
@@ -75,6 +87,8 @@ class ServiceConfig:
     replay_fp_rate: float = DEFAULT_FP_RATE
     nonce_lease_block: int = DEFAULT_LEASE_BLOCK
     max_keys: int = 1024
+    replay_journal: bool = True  #: persist the replay window beside a store that has a file
+    store_retry_ms: int = 1000  #: retry an unavailable device at most this often
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ServiceConfig:
@@ -85,7 +99,9 @@ class ServiceConfig:
         for name in ("allow_import", "allow_public_import"):
             if name in raw and not isinstance(raw[name], bool):
                 raise ValueError(f"config.{name} must be true or false")
-        for name in ("replay_window", "nonce_lease_block", "max_keys"):
+        if "replay_journal" in raw and not isinstance(raw["replay_journal"], bool):
+            raise ValueError("config.replay_journal must be true or false")
+        for name in ("replay_window", "nonce_lease_block", "max_keys", "store_retry_ms"):
             if name in raw and (isinstance(raw[name], bool) or not isinstance(raw[name], int) or raw[name] < 1):
                 raise ValueError(f"config.{name} must be a positive integer")
         if "replay_fp_rate" in raw and not (isinstance(raw["replay_fp_rate"], float) and 0 < raw["replay_fp_rate"] < 1):
@@ -106,18 +122,29 @@ class CryptoService:
         store: KeyStore | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         rng: Callable[[int], bytes] = os.urandom,
+        log: Callable[[str], None] | None = None,
+        allowed: frozenset[int] | None = None,
     ) -> None:
-        """Load the keys. Raises (ValueError, StoreError) for a bad config or
-        an unreadable store: a service that cannot start must not answer."""
+        """Raises ValueError for a bad config. A store that cannot be loaded does
+        not stop the service: it answers STORAGE_ERROR and says why in the log.
+        ``allowed``: the request types this client may send (None: all)."""
         self.config = config if isinstance(config, ServiceConfig) else ServiceConfig.from_dict(config or {})
         self._clock, self._rng = clock, rng
+        self._log = log if log is not None else (lambda line: None)
+        self._allowed = allowed
         self._store = store if store is not None else open_keystore(self.config.storage, rng)
-        snapshot = self._store.load()
-        self._keys: dict[int, Key] = {k.key_id: k for k in snapshot.keys}
-        self._next_key_id = snapshot.next_key_id
+        self._store.log = self._log
+        self._keys: dict[int, Key] = {}
+        self._next_key_id = 1
         self._sequences: dict[int, NonceSequence] = {}
         self._windows: dict[int, ReplayWindow] = {}
         self._buckets: dict[Hashable, TokenBucket] = {}
+        path = getattr(self._store, "path", None)
+        self._journal = ReplayJournal(path.with_name(path.name + ".replay")) \
+            if path is not None and self.config.replay_journal else None
+        self._store_error: StoreError | None = None
+        self._retry_at = 0
+        self._load()
         self._handlers: dict[RequestType, Callable[[Any], Result]] = {
             RequestType.AES_ENCRYPT: self._aes_encrypt,
             RequestType.AES_DECRYPT: self._aes_decrypt,
@@ -150,10 +177,84 @@ class CryptoService:
             req = parse_request(request)
             if isinstance(req, Status):
                 return encode_response(req)
-            status, body = self._handlers[req.TYPE](req)
+            if self._allowed is not None and req.TYPE not in self._allowed:
+                return encode_response(Status.POLICY_DENIED)
+            if self._store_error is not None and not self._reload(now):
+                return encode_response(Status.STORAGE_ERROR)
+            try:
+                status, body = self._handlers[req.TYPE](req)
+            except StoreError as exc:  # the device failed during an operation
+                self._unavailable(exc, now)
+                return encode_response(Status.STORAGE_ERROR)
             return encode_response(status, body)
         except Exception:  # the one boundary: a bug must not kill the task
             return encode_response(Status.INTERNAL_ERROR)
+
+    # ------------------------------------------------------------------ the key store
+
+    @property
+    def store_error(self) -> StoreError | None:
+        """Why the key store is unavailable (None when it is available)."""
+        return self._store_error
+
+    def _load(self) -> bool:
+        try:
+            snapshot = self._store.load()
+            windows = self._journal_windows(snapshot.keys)
+        except StoreError as exc:
+            self._unavailable(exc, self._clock())
+            return False
+        except Exception as exc:  # noqa: BLE001 - e.g. a PKCS#11 module that does not load
+            self._unavailable(StoreError(f"{type(exc).__name__}: {exc}"), self._clock())
+            return False
+        self._keys = {k.key_id: k for k in snapshot.keys}
+        self._next_key_id = snapshot.next_key_id
+        self._windows = windows
+        if snapshot.note:
+            self._log(snapshot.note)
+        if self._store_error is not None:
+            self._log(f"key store available again: {len(self._keys)} key(s)")
+        self._store_error = None
+        return True
+
+    def _reload(self, now: int) -> bool:
+        assert self._store_error is not None
+        if not self._store_error.retry or now < self._retry_at:
+            return False
+        return self._load()
+
+    def _unavailable(self, exc: StoreError, now: int) -> None:
+        if self._store_error is None or str(self._store_error) != str(exc):
+            self._log(f"STORAGE: key store unavailable, answering STORAGE_ERROR: {exc}"
+                      + (" (will retry)" if exc.retry else " (not retried)"))
+        for key in self._keys.values():
+            key.zeroize()
+        self._keys.clear()
+        self._sequences.clear()
+        self._windows.clear()
+        self._store_error = exc
+        self._retry_at = now + self.config.store_retry_ms * 1_000_000
+
+    def _journal_windows(self, keys: list[Key]) -> dict[int, ReplayWindow]:
+        """Each key version's replay window as the journal left it (the journal is the truth)."""
+        if self._journal is None:
+            return {}
+        try:
+            records = self._journal.load()
+        except OSError as exc:
+            raise StoreError(f"cannot read the replay journal {self._journal.path}: {exc}") from exc
+        versions = {k.key_id: k.version for k in keys}
+        windows: dict[int, ReplayWindow] = {}
+        for kid, version, nonce in records:
+            if versions.get(kid) == version:
+                window = windows.get(kid)
+                if window is None:
+                    window = windows[kid] = self._new_window()
+                window.add(nonce)
+        return windows
+
+    def _new_window(self) -> ReplayWindow:
+        return ReplayWindow(self._rng(32), self.config.replay_window, self.config.replay_fp_rate)
 
     @property
     def key_count(self) -> int:
@@ -167,6 +268,9 @@ class CryptoService:
         self._keys.clear()
         self._sequences.clear()
         self._windows.clear()
+        if self._journal is not None:
+            self._journal.close()
+        self._store.close()
 
     # ------------------------------------------------------------------ helpers
 
@@ -181,11 +285,18 @@ class CryptoService:
         return key
 
     def _persist(self) -> bool:
+        """Save; False (and a log line) when the change is *not* in the store."""
         try:
             self._store.save(self._keys.values(), self._next_key_id)
-        except Exception:
+        except Exception as exc:  # StoreError, or a store bug: either way nothing was committed
+            self._log(f"STORAGE: saving the key store failed, change rolled back: {exc}")
             return False
         return True
+
+    def _drop(self, key: Key) -> None:
+        """A key version the service no longer holds: the device forgets it, memory is zeroed."""
+        self._store.discard(key)
+        key.zeroize()
 
     def _forget_state(self, key_id: int) -> None:
         """Nonce sequence and replay window belong to one key version."""
@@ -214,13 +325,16 @@ class CryptoService:
             key = build(kid)
         except ValueError:
             return Status.INVALID_PAYLOAD, None
+        except StoreError as exc:
+            self._log(f"STORAGE: cannot create key {kid}: {exc}")
+            return Status.STORAGE_ERROR, None
         self._keys[kid] = key
         if key_id == ALLOCATE_KEY_ID:
             self._next_key_id = kid + 1
         if not self._persist():
             del self._keys[kid]
             self._next_key_id = old_next
-            key.zeroize()
+            self._drop(key)
             return Status.STORAGE_ERROR, None
         return Status.SUCCESS, KeyResponse(key.info(), key.public_key)
 
@@ -230,8 +344,8 @@ class CryptoService:
         key = self._key(req.key_id, (Family.AES,), Usage.ENCRYPT)
         if isinstance(key, Status):
             return key, None
-        if len(req.plaintext) > MAX_PLAINTEXT:
-            return Status.PAYLOAD_TOO_LARGE, None
+        if len(req.plaintext) > MAX_PLAINTEXT or len(req.aad) + len(req.plaintext) > MAX_AAD_AND_PLAINTEXT:
+            return Status.PAYLOAD_TOO_LARGE, None  # the response, or the decrypt request, would pass 64 KiB
         seq = self._sequences.get(key.key_id)
         if seq is None:
             seq = NonceSequence(self._rng(4), key.nonce_lease, self.config.nonce_lease_block)
@@ -256,18 +370,32 @@ class CryptoService:
             return key, None
         window = self._windows.get(key.key_id)
         if window is None:
-            window = ReplayWindow(self._rng(32), self.config.replay_window, self.config.replay_fp_rate)
-            self._windows[key.key_id] = window
+            window = self._windows[key.key_id] = self._new_window()
         if window.seen(req.nonce):
             return Status.NONCE_REUSE, None
         try:
             plaintext = key.aead().decrypt(req.nonce, req.ciphertext + req.tag, req.aad)
         except InvalidTag:
             return Status.DECRYPTION_FAILED, None
+        if self._journal is not None:  # durable before any plaintext leaves
+            try:
+                self._journal.append(key.key_id, key.version, req.nonce)
+            except OSError as exc:
+                self._log(f"STORAGE: replay journal append failed, plaintext withheld: {exc}")
+                return Status.STORAGE_ERROR, None
+            if self._journal.count > 2 * self.config.replay_window * max(1, len(self._windows)):
+                self._compact_journal()
         window.add(req.nonce)  # only authenticated nonces: no poisoning
         return Status.SUCCESS, AesDecryptResponse(plaintext)
 
     # ------------------------------------------------------------------ ML-DSA
+
+    def _compact_journal(self) -> None:
+        assert self._journal is not None
+        try:
+            self._journal.compact(((k.key_id, k.version) for k in self._keys.values()), self.config.replay_window)
+        except OSError as exc:  # the old journal is intact (atomic replace); try again later
+            self._log(f"STORAGE: replay journal compaction failed: {exc}")
 
     def _mldsa_sign(self, req: Any) -> Result:
         key = self._key(req.key_id, (Family.MLDSA,), Usage.SIGN)
@@ -292,7 +420,7 @@ class CryptoService:
     def _mlkem_keygen(self, req: Any) -> Result:
         if SPECS[req.key_type].family is not Family.MLKEM:
             return Status.WRONG_KEY_TYPE, None
-        return self._create(req.key_id, lambda kid: Key.generate(kid, req.key_type, Usage(0), self._rng))
+        return self._create(req.key_id, lambda kid: self._store.generate(kid, req.key_type, Usage(0), self._rng))
 
     def _mlkem_encaps(self, req: Any) -> Result:
         key = self._key(req.key_id, (Family.MLKEM,), Usage.ENCAPS)
@@ -316,14 +444,14 @@ class CryptoService:
     # ------------------------------------------------------------------ key management
 
     def _key_generate(self, req: Any) -> Result:
-        return self._create(req.key_id, lambda kid: Key.generate(kid, req.key_type, req.usage, self._rng))
+        return self._create(req.key_id, lambda kid: self._store.generate(kid, req.key_type, req.usage, self._rng))
 
     def _key_import(self, req: Any) -> Result:
         allowed = self.config.allow_import if req.format is KeyFormat.SECRET else self.config.allow_public_import
         if not allowed:
             return Status.IMPORT_DISABLED, None
         return self._create(
-            req.key_id, lambda kid: Key.from_material(kid, req.key_type, req.usage, req.format, req.material)
+            req.key_id, lambda kid: self._store.import_key(kid, req.key_type, req.usage, req.format, req.material)
         )
 
     def _key_export_public(self, req: Any) -> Result:
@@ -340,7 +468,7 @@ class CryptoService:
         if not self._persist():
             self._keys[key.key_id] = key
             return Status.STORAGE_ERROR, None
-        key.zeroize()
+        self._drop(key)
         self._forget_state(key.key_id)
         return Status.SUCCESS, EmptyResponse()
 
@@ -348,13 +476,19 @@ class CryptoService:
         old = self._key(req.key_id, None, Usage.ROTATE)
         if isinstance(old, Status):
             return old, None
-        new = old.rotated(self._rng)
+        if not old.has_secret:
+            return Status.INVALID_PAYLOAD, None
+        try:
+            new = self._store.generate(old.key_id, old.key_type, old.usage, self._rng, old.version + 1)
+        except StoreError as exc:
+            self._log(f"STORAGE: cannot rotate key {old.key_id}: {exc}")
+            return Status.STORAGE_ERROR, None
         self._keys[old.key_id] = new
         if not self._persist():
             self._keys[old.key_id] = old
-            new.zeroize()
+            self._drop(new)
             return Status.STORAGE_ERROR, None
-        old.zeroize()
+        self._drop(old)
         self._forget_state(old.key_id)  # WvdS: the tracker is reset on rotation
         return Status.SUCCESS, KeyResponse(new.info(), new.public_key)
 

@@ -8,32 +8,33 @@ Image config::
                   allow: [AES_ENCRYPT, AES_DECRYPT]}   # optional per-operation allowlist
       service_rom: crypto-config   # optional: a config.json boot module (WvdS delivery style)
       service: {...}               # or the service config inline (ServiceConfig keys)
+      devices: {...}               # for the boot: the swtpm / SoftHSM2 token it starts (keystore_devices)
 
 Every client has its own key namespace: one ``CryptoService`` per client, each
-with its own store (``storage.path`` gets ``.<client>`` appended), rate limit
-and nonce trackers, so a client can only ever name its own keys (no confused
-deputy, capability-systems.md V11). A client's ``allow`` list limits the
-request types it may send; others get POLICY_DENIED (0x40) after the header
-checks (V15). For the file key store, ``storage.kek_rom`` names the boot module
-holding the 32-byte key-encryption key (``rom`` capability needed);
-``storage.path`` is relative to the task's private work directory. The five-step flow and the
-area layout are ``tasks.runtime.shm``'s. Clients are told apart by the
-kernel-set gate label (per-client rate limits); nothing a client sends can
-claim another client's identity.
+with its own store (``storage.path`` gets ``.<client>`` appended; a TPM
+``nv_index`` gets the client's position among the sorted client names added),
+rate limit and nonce trackers, so a client can only ever name its own keys (no
+confused deputy, capability-systems.md V11). A client's ``allow`` list limits
+the request types it may send; others get POLICY_DENIED (0x40) after the rate
+limiter and the header checks (V15; docs/crypto_protocol.md). Secrets come
+from boot modules: ``storage.kek_rom`` (File backend: the 32-byte KEK) and
+``storage.pin_rom`` (HSM backend: the token's user PIN), both needing the
+``rom`` capability. Paths are relative to the task's private work directory.
+The five-step flow and the area layout are ``tasks.runtime.shm``'s. Clients are
+told apart by the kernel-set gate label (per-client rate limits); nothing a
+client sends can claim another client's identity. A key store that cannot be
+loaded does not stop the task: that client gets STORAGE_ERROR and the log
+says why (docs/crypto_keystore.md).
 """
 from __future__ import annotations
 
 import json
 import os
 
-from tasks.crypto_service.keystore import KEK_SIZE, FileKeyStore
-from tasks.crypto_service.protocol import (HEADER_SIZE, REQUEST_MAGIC, VERSION, RequestType, Status,
-                                           encode_response)
+from tasks.crypto_service.keystore import KEK_SIZE, open_keystore
+from tasks.crypto_service.protocol import RequestType
 from tasks.crypto_service.service import CryptoService
 from tasks.runtime.shm import bind_peers, serve_shm
-
-
-KNOWN_TYPES = frozenset(int(t) for t in RequestType)
 
 
 def read_rom(env, name: str) -> bytes:
@@ -49,25 +50,35 @@ def service_config(env) -> dict:
     return cfg
 
 
-def load_service(env, cfg: dict, client: str) -> CryptoService:
+def client_storage(storage: dict, client: str, position: int) -> dict:
+    """The storage config of one client's key namespace."""
+    storage = dict(storage)
+    if storage.get("backend") in ("file", "tpm", "hsm") and "path" in storage:
+        storage["path"] = f"{storage['path']}.{client}"
+    if storage.get("backend") == "tpm" and isinstance(storage.get("nv_index"), int):
+        storage["nv_index"] += position
+    return storage
+
+
+def load_service(env, cfg: dict, client: str, position: int = 0, allowed: frozenset[int] | None = None,
+                 log=None) -> CryptoService:
     """The service instance (and key namespace) of one client."""
     cfg = dict(cfg)
-    storage = dict(cfg.get("storage", {}))
-    if storage.get("backend") == "file":
-        storage["path"] = f"{storage['path']}.{client}"
-    if storage.get("backend") == "file" and "kek_rom" in storage:
-        kek = bytearray(read_rom(env, storage.pop("kek_rom"))[:KEK_SIZE])
+    storage = client_storage(cfg.pop("storage", {"backend": "memory"}), client, position)
+    kek = pin = None
+    if "kek_rom" in storage:
+        kek = bytearray(read_rom(env, storage.pop("kek_rom"))[:KEK_SIZE + 1])
         if len(kek) != KEK_SIZE:
+            kek[:] = bytes(len(kek))
             raise ValueError(f"the KEK boot module must hold {KEK_SIZE} bytes")
-        try:
-            store = FileKeyStore(storage["path"], bytearray(kek), os.urandom)
-        finally:
-            kek[:] = bytes(KEK_SIZE)
-        cfg.pop("storage")
-        return CryptoService(cfg, store=store)
-    if storage:
-        cfg["storage"] = storage
-    return CryptoService(cfg)
+    if "pin_rom" in storage:
+        pin = read_rom(env, storage.pop("pin_rom")).decode().strip()
+    try:
+        store = open_keystore(storage, os.urandom, kek=kek, pin=pin)  # consumes (zeroes) kek
+    finally:
+        if kek is not None:
+            kek[:] = bytes(len(kek))
+    return CryptoService(cfg, store=store, allowed=allowed, log=log)
 
 
 def allowlist(names: list[str] | None) -> frozenset[int] | None:
@@ -76,26 +87,19 @@ def allowlist(names: list[str] | None) -> frozenset[int] | None:
     return frozenset(int(RequestType[name]) for name in names)
 
 
-def gatekeeper(service: CryptoService, allowed: frozenset[int] | None):
-    """``handle`` with the client's allowlist applied after the header checks the service does first."""
-    def handle(request: bytes) -> bytes:
-        if allowed is not None and len(request) >= HEADER_SIZE and request[0] == REQUEST_MAGIC \
-                and request[1] == VERSION and request[2] in KNOWN_TYPES and request[2] not in allowed:
-            return encode_response(Status.POLICY_DENIED)
-        return service.handle(request)
-    return handle
-
-
 def main(env) -> int:
     clients = env.config.get("clients", {})
     try:
         cfg = service_config(env)
-        handlers = {name: gatekeeper(load_service(env, cfg, name), allowlist(spec.get("allow")))
-                    for name, spec in clients.items()}
+        services = {}
+        for position, (name, spec) in enumerate(sorted(clients.items())):
+            log = (lambda client: lambda line: env.log(f"[{client}] {line}"))(name)
+            services[name] = load_service(env, cfg, name, position, allowlist(spec.get("allow")), log)
     except Exception as exc:  # noqa: BLE001 - a service that cannot start says why and exits
         env.log(f"cannot start: {type(exc).__name__}: {exc}")
         return 2
     peers = bind_peers(env, {name: {"gate": spec["gate"], "shm": spec["shm"]} for name, spec in clients.items()})
-    env.log(f"serving {', '.join(sorted(clients))}, each with its own key namespace")
-    serve_shm(env, peers, lambda peer, request: handlers[peer.name](request))
+    backend = cfg.get("storage", {}).get("backend", "memory")
+    env.log(f"serving {', '.join(sorted(clients))}, each with its own key namespace ({backend} key storage)")
+    serve_shm(env, peers, lambda peer, request: services[peer.name].handle(request))
     return 0

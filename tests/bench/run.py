@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crypto-rounds", type=int, default=50)
     parser.add_argument("--flood-rounds", type=int, default=2000)
     parser.add_argument("--flood-burst", type=int, default=32)
-    parser.add_argument("--only", choices=["ipc", "crypto", "flood"], default=None)
+    parser.add_argument("--only", choices=["ipc", "crypto", "flood", "keystore"], default=None)
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_crypto(args)
     if args.only in (None, "flood"):
         rows += bench_flood(args)
+    if args.only in (None, "keystore"):
+        from tests.bench.keystore import bench_keystore  # the crypto service's key-storage backends
+        rows += bench_keystore(args)
     for row in rows:
         table.add_row(*row)
     Console().print(table)

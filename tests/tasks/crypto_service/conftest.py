@@ -1,11 +1,17 @@
 """Fixtures for the crypto service tests: fake clock, deterministic RNGs, a service harness,
-the Wycheproof vectors.
+the Wycheproof vectors, and the three key-storage backends with their devices.
+
+``harness`` / ``make_harness`` are parametrised over the delivery's backends (File, TPM
+through a swtpm started for the test, HSM through a fresh SoftHSM2 token), so every test
+that uses them runs once per backend.
 
 Everything the tests need is a fixture (no helper imports), so the suite works under both
 ``--import-mode=prepend`` and ``--import-mode=importlib``."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,24 +83,130 @@ class Harness:
         return self.ok(p.KeyGenerateRequest(key_id, key_type, p.Usage(usage)))
 
 
-def build_harness(config: dict[str, Any] | None = None, *, rng: Any = None, store: Any = None) -> Harness:
+def build_harness(config: dict[str, Any] | None = None, *, rng: Any = None, store: Any = None,
+                  log: Any = None) -> Harness:
     """A service with a memory store, rate limit off unless given, fake clock, seeded RNG."""
     config = dict(config or {})
     config.setdefault("rate_limit", {"enabled": False})
     clock = FakeClock()
     store = store if store is not None else MemoryKeyStore()
-    service = CryptoService(config, store=store, clock=clock, rng=rng or seeded_rng(1))
+    service = CryptoService(config, store=store, clock=clock, rng=rng or seeded_rng(1), log=log)
     return Harness(service, clock, store)
 
 
-@pytest.fixture
-def make_harness() -> Callable[..., Harness]:
-    """``make_harness(config=None, *, rng=None, store=None) -> Harness``."""
-    return build_harness
+# --------------------------------------------------------------------------- key-storage backends
+
+BACKENDS = ("file", "tpm", "hsm")
+_tokens = itertools.count(1)
+
+
+class Devices:
+    """Starts a swtpm / makes a SoftHSM2 token on first use by a test."""
+
+    def __init__(self, tmp_path: Path, softhsm_conf: Path) -> None:
+        self.tmp_path, self.softhsm_conf = tmp_path, softhsm_conf
+        self.swtpm: Any = None
+        self.token: tuple[str, str] | None = None
+
+    def tpm(self) -> Any:
+        if self.swtpm is None:
+            from kernel_model.host.keystore_devices import Swtpm
+
+            self.swtpm = Swtpm(self.tmp_path / "swtpm-state")
+            self.swtpm.start()
+        return self.swtpm
+
+    def hsm(self) -> tuple[str, str]:
+        if self.token is None:
+            from kernel_model.host.keystore_devices import init_softhsm_token
+
+            label, pin = f"t{os.getpid()}-{next(_tokens)}", "1234"
+            init_softhsm_token(self.softhsm_conf, label, pin, so_pin="12345678")
+            self.token = (label, pin)
+        return self.token
+
+    def close(self) -> None:
+        if self.swtpm is not None:
+            from tasks.crypto_service import keystore_tpm
+
+            esapi = keystore_tpm._CONNECTIONS.pop(self.swtpm.tcti, None)
+            if esapi is not None:
+                esapi.close()
+            self.swtpm.close()
+
+
+@dataclass
+class StoreFactory:
+    """``factory(name="keys.store", **kw)``: a store of this backend over files in tmp_path.
+    Calling it again with the same name is a restart (a new instance over the same files)."""
+
+    backend: str
+    tmp_path: Path
+    devices: Devices
+
+    def config(self, name: str = "keys.store", **kw: Any) -> dict[str, Any]:
+        path = str(self.tmp_path / name)
+        if self.backend == "file":
+            kek = self.tmp_path / "kek.bin"
+            if not kek.exists():
+                kek.write_bytes(seeded_rng(99)(32))
+            cfg = {"backend": "file", "path": path, "kek_file": str(kek)}
+        elif self.backend == "tpm":
+            cfg = {"backend": "tpm", "path": path, "tcti": self.devices.tpm().tcti}
+        else:
+            label, pin = self.devices.hsm()
+            pin_file = self.tmp_path / "hsm.pin"
+            pin_file.write_text(pin)
+            cfg = {"backend": "hsm", "path": path, "module": "/usr/lib/softhsm/libsofthsm2.so",
+                   "token_label": label, "pin_file": str(pin_file), "softhsm2_conf": str(self.devices.softhsm_conf)}
+        return {**cfg, **kw}
+
+    def __call__(self, name: str = "keys.store", **kw: Any) -> Any:
+        from tasks.crypto_service.keystore import open_keystore
+
+        return open_keystore(self.config(name, **kw), seeded_rng(5))
+
+
+@pytest.fixture(scope="session")
+def softhsm_conf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kernel_model.host.keystore_devices import write_softhsm_conf
+
+    return write_softhsm_conf(tmp_path_factory.mktemp("softhsm"))
 
 
 @pytest.fixture
-def harness() -> Harness:
+def devices(tmp_path: Path, softhsm_conf: Path) -> Any:
+    d = Devices(tmp_path, softhsm_conf)
+    yield d
+    d.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def key_backend(request: pytest.FixtureRequest, tmp_path: Path, devices: Devices) -> StoreFactory:
+    """One of the delivery's three key-storage backends (the test runs once per backend)."""
+    return StoreFactory(request.param, tmp_path, devices)
+
+
+@pytest.fixture
+def make_harness(key_backend: StoreFactory) -> Callable[..., Harness]:
+    """``make_harness(config=None, *, rng=None, store=None) -> Harness``, by default over a
+    fresh store of the test's backend."""
+
+    def make(config: dict[str, Any] | None = None, *, rng: Any = None, store: Any = None, log: Any = None) -> Harness:
+        return build_harness(config, rng=rng, store=store if store is not None else key_backend(), log=log)
+
+    return make
+
+
+@pytest.fixture
+def harness(make_harness: Callable[..., Harness]) -> Harness:
+    return make_harness()
+
+
+@pytest.fixture
+def memory_harness() -> Harness:
+    """Over the memory store, once: for tests of algorithms whose keys live in process memory
+    on every backend (ML-DSA, ML-KEM); persisting them is what the parametrised suite covers."""
     return build_harness()
 
 

@@ -63,7 +63,7 @@ def file_store(path: Path, kek: bytearray, hook=None) -> FileKeyStore:  # type: 
 
 def test_memory_store_round_trip() -> None:
     store = MemoryKeyStore()
-    assert store.load() == ([], 1)
+    assert store.load()[:2] == ([], 1)
     keys = keyset(1)
     store.save(keys, 77)
     loaded = store.load()
@@ -86,7 +86,7 @@ def test_no_key_material_in_the_file(tmp_path: Path, kek: bytearray) -> None:
     path = tmp_path / "keys.bin"
     file_store(path, kek).save(keys, 2)
     blob = path.read_bytes()
-    assert blob[:5] == b"L4KS\x01"
+    assert blob[:6] == b"L4KS\x02\x00"  # format 2, File backend
     for secret in secrets_of(keys):
         for i in range(0, len(secret) - 8, 8):  # not even an 8-byte window of it
             assert secret[i : i + 8] not in blob
@@ -103,7 +103,9 @@ def test_no_key_material_in_the_file(tmp_path: Path, kek: bytearray) -> None:
         lambda b: b[:9] + bytes([b[9] ^ 1]) + b[10:],  # nonce (authenticated as AAD too)
         lambda b: b[:-5],  # truncated
         lambda b: b"L4KX" + b[4:],  # magic
-        lambda b: b[:4] + b"\x02" + b[5:],  # format version
+        lambda b: b[:4] + b"\x03" + b[5:],  # format version
+        lambda b: b[:5] + b"\x01" + b[6:],  # backend byte (authenticated)
+        lambda b: b[:8] + bytes([b[8] ^ 1]) + b[9:],  # generation (authenticated)
     ],
 )
 def test_damaged_file_is_detected_not_loaded(tmp_path: Path, kek: bytearray, damage) -> None:  # type: ignore[no-untyped-def]
@@ -163,7 +165,7 @@ def test_failed_write_raises_store_error_and_keeps_old_state(tmp_path: Path, kek
 def test_stale_garbage_tmp_is_ignored(tmp_path: Path, kek: bytearray) -> None:
     path = tmp_path / "keys.bin"
     (tmp_path / "keys.bin.tmp").write_bytes(b"half a write")
-    assert file_store(path, kek).load() == ([], 1)  # never written: empty store
+    assert file_store(path, kek).load()[:2] == ([], 1)  # never written: empty store
     file_store(path, kek).save(keyset(10), 2)
     assert len(file_store(path, kek).load().keys) == len(keyset(10))
 
@@ -222,3 +224,23 @@ def test_service_keys_survive_a_restart_from_config(tmp_path: Path) -> None:
     second = CryptoService(config, clock=lambda: 0)
     req = p.AesDecryptRequest(kid, b"a", sealed.nonce, sealed.ciphertext, sealed.tag)
     assert p.parse_response(second.handle(req.encode()), req.TYPE) == (p.Status.SUCCESS, p.AesDecryptResponse(b"kept"))
+
+
+def test_version_1_store_files_still_load_and_are_upgraded(tmp_path: Path, kek: bytearray) -> None:
+    """The File backend keeps working unchanged for stores written before the generation field."""
+    import struct
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from tasks.crypto_service.keystore import serialize
+
+    keys = keyset(11)
+    header = struct.pack("<4sB3x12s", b"L4KS", 1, bytes(range(12)))
+    image = serialize(keys, 5)
+    path = tmp_path / "keys.bin"
+    path.write_bytes(header + AESGCM(bytes(kek)).encrypt(header[8:], bytes(image), header))
+    store = file_store(path, kek)
+    loaded = store.load()
+    assert same(loaded.keys, keys) and loaded.next_key_id == 5
+    store.save(loaded.keys, 6)
+    assert path.read_bytes()[4] == 2 and file_store(path, kek).load().next_key_id == 6

@@ -128,8 +128,8 @@ def s_internal_error(h: Any) -> bytes:
     def broken_rng(n: int) -> bytes:
         raise RuntimeError("entropy source failed")
 
-    h.service._rng = broken_rng
-    return h.raw(p.KeyGenerateRequest(0, KeyType.AES_256).encode())
+    h.service._rng = broken_rng  # (an ML-DSA seed is drawn by the service on every backend)
+    return h.raw(p.KeyGenerateRequest(0, KeyType.MLDSA_44).encode())
 
 
 STATUS_SCENARIOS: list[tuple[Status, Callable[[Any], bytes]]] = [
@@ -180,11 +180,32 @@ def test_aes_round_trip_with_aad(harness: Any) -> None:
     assert harness.call(right)[0] == Status.NONCE_REUSE
 
 
-def test_encrypt_limit_keeps_the_response_within_64k(harness: Any) -> None:
+@pytest.mark.parametrize("aad_len", [0, 1, 1000, 65502])
+def test_encrypt_refuses_what_decrypt_could_not_take_exact_boundary(harness: Any, aad_len: int) -> None:
+    """A + P <= 65502: the decrypt request (34 + A + P bytes) must fit in 64 KiB too."""
     kid = harness.new_key(KeyType.AES_256).info.key_id
-    enc = harness.ok(p.AesEncryptRequest(kid, b"", bytes(p.MAX_PLAINTEXT)))
-    assert len(enc.to_payload()) == 65536
-    assert harness.call(p.AesEncryptRequest(kid, b"", bytes(p.MAX_PLAINTEXT + 1)))[0] == Status.PAYLOAD_TOO_LARGE
+    aad = bytes(range(256)) * (aad_len // 256) + bytes(aad_len % 256)
+    plain = b"\x5a" * (p.MAX_AAD_AND_PLAINTEXT - aad_len)
+    assert p.MAX_AAD_AND_PLAINTEXT == 65502
+    enc = harness.ok(p.AesEncryptRequest(kid, aad, plain))  # largest that fits
+    back = p.AesDecryptRequest(kid, aad, enc.nonce, enc.ciphertext, enc.tag)
+    assert len(back.encode()) == 8 + 65536  # exactly the limit
+    assert harness.ok(back).plaintext == plain
+    assert harness.call(p.AesEncryptRequest(kid, aad, plain + b"x"))[0] == Status.PAYLOAD_TOO_LARGE
+    if aad_len:  # one more AAD byte, one less plaintext byte would fit; one more of each would not
+        assert harness.call(p.AesEncryptRequest(kid, aad + b"a", plain))[0] == Status.PAYLOAD_TOO_LARGE
+
+
+def test_every_encrypt_that_succeeds_can_be_decrypted_near_the_limit(harness: Any) -> None:
+    kid = harness.new_key(KeyType.AES_256).info.key_id
+    for aad_len, plain_len in [(0, 65508), (0, 65503), (6, 65497), (2, 65500), (100, 65402), (0, 65502)]:
+        status, enc = harness.call(p.AesEncryptRequest(kid, bytes(aad_len), bytes(plain_len)))
+        if aad_len + plain_len > 65502:
+            assert status == Status.PAYLOAD_TOO_LARGE, (aad_len, plain_len)
+            continue
+        assert status == Status.SUCCESS
+        dec = p.AesDecryptRequest(kid, bytes(aad_len), enc.nonce, enc.ciphertext, enc.tag)
+        assert harness.call(dec)[0] == Status.SUCCESS, (aad_len, plain_len)
 
 
 def test_encrypt_nonces_are_unique_and_leases_persisted(make_harness: Any) -> None:
@@ -211,9 +232,9 @@ def test_nonces_never_repeat_across_a_restart_even_with_a_stuck_rng(make_harness
 
 
 def test_rotation_resets_the_nonce_tracker(make_harness: Any) -> None:
-    # A stuck RNG makes the rotated key and its nonce salt identical to the old ones, so
-    # the very same ciphertext can be offered again: only the tracker reset lets it through.
-    h = make_harness(rng=lambda n: b"\x24" * n)
+    # NONCE_REUSE is checked before the tag: the old ciphertext reaching DECRYPTION_FAILED
+    # after the rotation shows the replay window was reset (a kept window would say NONCE_REUSE).
+    h = make_harness()
     kid = h.new_key(KeyType.AES_256).info.key_id
     enc = h.ok(p.AesEncryptRequest(kid, b"", b"m"))
     dec = p.AesDecryptRequest(kid, b"", enc.nonce, enc.ciphertext, enc.tag)
@@ -221,8 +242,8 @@ def test_rotation_resets_the_nonce_tracker(make_harness: Any) -> None:
     assert h.call(dec)[0] == Status.NONCE_REUSE
     rotated = h.ok(p.KeyRotateRequest(kid))
     assert rotated.info.version == 2
-    assert h.call(dec)[0] == Status.SUCCESS  # tracker reset on rotation
-    assert h.ok(p.AesEncryptRequest(kid, b"", b"m")).nonce == enc.nonce  # counter restarted too
+    assert h.call(dec)[0] == Status.DECRYPTION_FAILED  # tracker reset on rotation
+    assert h.ok(p.AesEncryptRequest(kid, b"", b"m")).nonce[4:] == bytes(8)  # counter restarted too
 
 
 def test_rotated_key_no_longer_decrypts_old_ciphertext(harness: Any) -> None:
@@ -394,14 +415,14 @@ def test_no_response_ever_contains_secret_material(make_harness: Any, recording_
         h.ok(p.KeyRotateRequest(kid))
     h.ok(p.KeyListRequest())
     secrets = [o for o in recording_rng.outputs if len(o) in (32, 64)]  # AES keys and seeds
-    assert len(secrets) >= 2 * len(KeyType)
+    assert len(secrets) >= 2 * (len(KeyType) - 1)  # (the HSM makes AES keys inside the token)
     wire = b"".join(h.frames)
     for secret in secrets:
         assert secret[:16] not in wire and secret[-16:] not in wire
 
 
 def test_close_zeroizes_memory(harness: Any) -> None:
-    kid = harness.new_key(KeyType.AES_256).info.key_id
+    kid = harness.new_key(KeyType.MLDSA_65).info.key_id
     secret = harness.service._keys[kid].storage_material()[1]
     harness.service.close()
     assert secret == bytearray(32)
@@ -440,3 +461,37 @@ def test_config_defaults_match_wvds() -> None:
         100,
         100,
     )
+
+
+# --------------------------------------------------------------------------- per-client allowlist: order of checks
+
+
+def allowlisted(**rate: Any) -> CryptoService:
+    config = {"rate_limit": rate or {"enabled": False}}
+    return CryptoService(config, store=MemoryKeyStore(), clock=lambda: 0,
+                         allowed=frozenset({RequestType.KEY_LIST, RequestType.AES_DECRYPT}))
+
+
+@pytest.mark.parametrize(
+    "frame,expected",
+    [
+        (bytes([0xC7, 1, RequestType.AES_ENCRYPT, 1]) + (7).to_bytes(4, "little") + bytes(7), Status.INVALID_HEADER),
+        (bytes([0xC6]) + p.AesEncryptRequest(7, b"", b"x").encode()[1:], Status.INVALID_HEADER),
+        (bytes([0xC7, 1, 0x7F, 0]) + bytes(4), Status.INVALID_TYPE),
+        (hdr(RequestType.AES_ENCRYPT, b"", length=65537), Status.PAYLOAD_TOO_LARGE),
+        (hdr(RequestType.AES_ENCRYPT, bytes(3)), Status.INVALID_PAYLOAD),
+        (p.AesEncryptRequest(7, b"", b"x").encode(), Status.POLICY_DENIED),
+        (p.KeyListRequest(0).encode(), Status.SUCCESS),
+    ],
+)
+def test_allowlist_answers_after_the_header_size_and_layout_checks(frame: bytes, expected: Status) -> None:
+    assert status_of(allowlisted().handle(frame)) == expected
+
+
+def test_the_rate_limiter_counts_requests_the_allowlist_refuses() -> None:
+    svc = allowlisted(burst=100)
+    denied = p.KeyGenerateRequest(0, KeyType.AES_256).encode()  # not on the list
+    statuses = [status_of(svc.handle(denied)) for _ in range(500)]
+    assert statuses[:100] == [Status.POLICY_DENIED] * 100
+    assert set(statuses[100:]) == {Status.RATE_LIMITED}
+    assert status_of(svc.handle(p.KeyListRequest(0).encode())) == Status.RATE_LIMITED  # same bucket

@@ -1,0 +1,142 @@
+"""The three key-storage backends in a booted, fully confined system.
+
+The crypto task runs as its own process (own uid when root, own network namespace, read-only
+filesystem but its work directory, seccomp); the boot's device module starts its swtpm (reached
+through the FIFO relay: the task may not open sockets) or its SoftHSM2 token. Keys, and the
+replay window, survive a reboot of the system.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernel_model.host.images import load_image
+from kernel_model.host.keystore_devices import keystore_devices
+from tasks.crypto_service import protocol as p
+from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
+
+KEY = bytes(range(32))
+
+STORAGE = {
+    "file": ("{}", "{backend: file, path: keys.store, kek_rom: kek}"),
+    "tpm": ("{swtpm: {}}", "{backend: tpm, path: keys.store, tcti: 'fifo:tpm'}"),
+    "hsm": ("{softhsm2: {label: e2e, pin_module: pin}}",
+            "{backend: hsm, path: keys.store, module: /usr/lib/softhsm/libsofthsm2.so, token_label: e2e, "
+            "pin_rom: pin, softhsm2_conf: softhsm/softhsm2.conf}"),
+}
+
+
+def image(backend: str) -> str:
+    devices, storage = STORAGE[backend]
+    return textwrap.dedent(f"""
+        name: crypto-{backend}
+        run: {{until: [client]}}
+        modules: {{script: script.json, kek: kek.bin, pin: hsm.pin}}
+        objects:
+          crypto: {{type: gate}}
+          crypto_shm: {{type: dataspace, size: 160KiB}}
+        tasks:
+          crypto:
+            program: crypto_service.task
+            config:
+              devices: {devices}
+              clients: {{client: {{gate: crypto, shm: crypto_shm}}}}
+              service:
+                rate_limit: {{enabled: false}}
+                storage: {storage}
+            caps: {{crypto: "crypto:svr", crypto_shm: "crypto_shm:rw", rom: "rom:r"}}
+          client:
+            program: testing.crypto_probe
+            args: [script]
+            caps: {{crypto: "crypto:rw", crypto_shm: "crypto_shm:rw", rom: "rom:r"}}
+        """)
+
+
+def run(boot: Any, tmp_path: Path, backend: str, frames: list[bytes]) -> tuple[Any, list[dict]]:
+    path = tmp_path / "image.yaml"
+    path.write_text(image(backend))
+    (tmp_path / "script.json").write_text(json.dumps([{"hex": f.hex()} for f in frames]))
+    if not (tmp_path / "kek.bin").exists():
+        (tmp_path / "kek.bin").write_bytes(bytes(range(100, 132)))
+        (tmp_path / "hsm.pin").write_text("4321\n")
+    lines: list[str] = []
+    with keystore_devices(load_image(path), tmp_path / "run", lines.append):
+        system = boot(path)
+        code = system.run(timeout=180)
+        text = system.console.text()
+        system.sup.shutdown()
+    assert code == 0, text
+    return system, system.results("client")
+
+
+@pytest.mark.parametrize("backend", ["file", "tpm", "hsm"])
+def test_keys_and_replay_window_survive_a_reboot_confined(boot: Any, tmp_path: Path, backend: str) -> None:
+    first = [
+        p.KeyImportRequest(9, KeyType.AES_256, Usage(0), KeyFormat.SECRET, KEY).encode(),
+        p.KeyGenerateRequest(10, KeyType.MLDSA_44).encode(),
+        p.AesEncryptRequest(9, b"hdr", b"across reboots").encode(),
+    ]
+    system, results = run(boot, tmp_path, backend, first)
+    assert [r["status"] for r in results] == [Status.SUCCESS] * 3, system.console.text()
+    enc = p.parse_response(bytes.fromhex(results[2]["response"]), p.RequestType.AES_ENCRYPT)[1]
+    if backend != "file":  # confined as the machine allows: the first task's boot line says what
+        assert "crypto" in system.console.text()
+    stored = (tmp_path / "run" / "crypto" / "keys.store.client").read_bytes()
+    assert KEY not in stored
+    dec = p.AesDecryptRequest(9, b"hdr", enc.nonce, enc.ciphertext, enc.tag).encode()
+    bad_sig = p.MldsaVerifyRequest(10, b"", bytes(2420), b"m").encode()  # the key is there: a verdict
+    second = [dec, dec, bad_sig, p.KeyListRequest(0).encode()]
+    system, results = run(boot, tmp_path, backend, second)  # reboot: same run directory
+    assert [r["status"] for r in results] == [Status.SUCCESS, Status.NONCE_REUSE, Status.INVALID_SIGNATURE,
+                                              Status.SUCCESS]
+    listed = p.parse_response(bytes.fromhex(results[3]["response"]), p.RequestType.KEY_LIST)[1]
+    assert [k.key_id for k in listed.keys] == [9, 10]
+    assert bytes.fromhex(results[0]["response"])[8:] == b"across reboots"
+    third = [dec]
+    system, results = run(boot, tmp_path, backend, third)
+    assert results[0]["status"] == Status.NONCE_REUSE  # the journal, not luck
+
+
+def test_tpm_down_at_boot_gives_storage_error_not_a_hang(boot: Any, tmp_path: Path) -> None:
+    """The relay answers 'unreachable' when swtpm is gone: clients get STORAGE_ERROR at once."""
+    path = tmp_path / "image.yaml"
+    path.write_text(image("tpm"))
+    (tmp_path / "kek.bin").write_bytes(bytes(32))
+    (tmp_path / "hsm.pin").write_text("1")
+    (tmp_path / "script.json").write_text(json.dumps([{"hex": p.KeyListRequest(0).encode().hex()}]))
+    from kernel_model.host.keystore_devices import FifoRelay
+
+    relay = FifoRelay(tmp_path / "run" / "crypto" / "tpm", tmp_path / "nowhere.sock").start()
+    try:
+        system = boot(path)
+        code = system.run(timeout=180)
+    finally:
+        relay.stop()
+    assert code == 0, system.console.text()
+    assert [r["status"] for r in system.results("client")] == [Status.STORAGE_ERROR]
+    assert "TPM" in system.console.text() and "STORAGE" in system.console.text()
+
+
+def test_corrupt_store_in_a_booted_system_is_a_status_not_a_timeout(boot: Any, tmp_path: Path) -> None:
+    frames = [p.KeyImportRequest(9, KeyType.AES_256, Usage(0), KeyFormat.SECRET, KEY).encode()]
+    run(boot, tmp_path, "file", frames)
+    store = tmp_path / "run" / "crypto" / "keys.store.client"
+    damaged = bytearray(store.read_bytes())
+    damaged[-3] ^= 0x10
+    store.write_bytes(bytes(damaged))
+    system, results = run(boot, tmp_path, "file", [p.AesEncryptRequest(9, b"", b"x").encode()])
+    assert [r["status"] for r in results] == [Status.STORAGE_ERROR]
+    assert "modified" in system.console.text() and "STORAGE" in system.console.text()
+    assert store.read_bytes() == bytes(damaged)  # the evidence is kept, nothing written over it
+
+
+def test_relay_and_tcti_agree_on_framing() -> None:
+    from kernel_model.host import keystore_devices
+    from tasks.crypto_service import keystore_tpm
+
+    assert keystore_devices.RELAY_UNREACHABLE == keystore_tpm.RELAY_UNREACHABLE
+    assert keystore_devices.MAX_TPM_FRAME == keystore_tpm.MAX_RESPONSE
