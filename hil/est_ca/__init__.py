@@ -8,11 +8,13 @@ Modules: `store` (state directory), `authority` (CA and issuance), `identity` (w
 asking), `server` (HTTP handler, faults), `serving` (start/stop), `cli` (`l4emu est-ca`).
 """
 
-from .authority import CURVES, EstCa, EstCaError, Refused
+from .authority import CURVES, EstCa, EstCaError
+from .policy import DevicePolicy, Refused, ServerNames
 from .server import DEFAULT_CSRATTRS, Fault, RequestRecord, ServerOptions
 from .serving import RunningServer, serve
 
 __all__ = [
-    "CURVES", "DEFAULT_CSRATTRS", "EstCa", "EstCaError", "Fault", "Refused", "RequestRecord",
+    "CURVES", "DEFAULT_CSRATTRS", "DevicePolicy", "EstCa", "EstCaError", "Fault", "Refused",
+    "RequestRecord", "ServerNames",
     "RunningServer", "ServerOptions", "serve",
 ]

@@ -47,7 +47,7 @@ def test_serve_prints_url_serves_and_stops_on_sigterm(tmp_path, tools) -> None:
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert re.search(r"est-ca GET /\.well-known/est/cacerts peer=127\.0\.0\.1:\d+ "
-                     r"client=anonymous -> 200 sent CA certificate", err), err
+                     r"client=anonymous -> 200 sent 2 CA certificates", err), err
 
 
 def test_ca_cert_prints_the_trust_anchor(tmp_path, capsys) -> None:
