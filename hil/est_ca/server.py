@@ -112,6 +112,12 @@ class ServerOptions:
     max_request_bytes: int = 64 * 1024
     hang_limit: float = 60.0
     realm: str = "l4emu EST"
+    basic_paths: frozenset[str] = frozenset({"simpleenroll"})
+    """Operations that need HTTP Basic (401 + WWW-Authenticate otherwise) when ``basic_auth``
+    is set; on /simplereenroll it is asked for in addition to the device certificate."""
+    redirect_label: str | None = None
+    """Answer requests without a CA label with 307 to the same operation under this label (a
+    same-origin redirect, as a load balancer or a CA moved behind a label would send)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,12 +307,33 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if operation not in routes:
             return _text(404, f"unknown EST operation {operation!r}")
+        if label is None and self.options.redirect_label is not None:
+            reply = _Reply(307, f"redirected to label {self.options.redirect_label}")
+            reply.headers.append(("Location", f"{PREFIX}{self.options.redirect_label}/{operation}"))
+            return reply
         method, handler = routes[operation]
         if self.command != method and not (method == "GET" and self.command == "HEAD"):
             reply = _text(405, f"{operation} takes {method}")
             reply.headers.append(("Allow", method))
             return reply
+        if operation in self.options.basic_paths:
+            refused = self._basic(identity)
+            if refused is not None:
+                return refused
         return handler(identity)
+
+    def _basic(self, identity: ClientIdentity) -> _Reply | None:
+        """None if HTTP Basic is satisfied (or not configured), else the 401."""
+        creds = self.options.basic_auth
+        if creds is None:
+            return None
+        if identity.basic is not None and _same_credentials(identity.basic, creds):
+            return None
+        # a client certificate never stands in for the credentials
+        reply = _text(401, "authentication required: HTTP Basic",
+                      "wrong credentials" if identity.basic else "no credentials")
+        reply.headers.append(("WWW-Authenticate", f'Basic realm="{self.options.realm}"'))
+        return reply
 
     def _cacerts(self, identity: ClientIdentity) -> _Reply:
         certs = self.server.ca.ca_certificates
@@ -321,14 +348,6 @@ class _Handler(BaseHTTPRequestHandler):
                       "application/csrattrs", [("Content-Transfer-Encoding", "base64")])
 
     def _simpleenroll(self, identity: ClientIdentity) -> _Reply:
-        creds = self.options.basic_auth
-        if creds is not None:  # a client certificate never stands in for the credentials
-            if identity.basic is None or not _same_credentials(identity.basic, creds):
-                reply = _text(401, "authentication required: HTTP Basic",
-                              "wrong credentials" if identity.basic else "no credentials")
-                reply.headers.append(("WWW-Authenticate",
-                                      f'Basic realm="{self.options.realm}"'))
-                return reply
         csr = self._read_csr()
         return csr if isinstance(csr, _Reply) else self._enroll(csr)
 
