@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from hil.est_ca import EstCa
+from tasks.est_service.http_transport import HttpTransport, make_ssl_context
+from tasks.est_service.messages import HttpRequest
+from tasks.est_service.results import ErrorKind, EstError
 
 pytestmark = pytest.mark.usefixtures("tools")
 
@@ -191,24 +194,32 @@ def test_curl_device_certificate_cannot_become_the_est_server(curl, running, est
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
-    def accept_one() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            try:
-                context.wrap_socket(conn, server_side=True).close()
-            except (ssl.SSLError, OSError):
-                pass  # the client aborts the handshake: that is the point
+    def accept(count: int) -> None:
+        for _ in range(count):
+            conn, _ = listener.accept()
+            with conn:
+                try:
+                    context.wrap_socket(conn, server_side=True).close()
+                except (ssl.SSLError, OSError):
+                    pass  # the client aborts the handshake: that is the point
 
-    thread = threading.Thread(target=accept_one)
+    thread = threading.Thread(target=accept, args=(2,))
     thread.start()
     try:
         done = run("curl", "--silent", "--show-error", "--max-time", "20", "--cacert",
                    str(est_ca.ca_cert_path), "--resolve", f"gateway-0001.local:{port}:127.0.0.1",
                    f"https://gateway-0001.local:{port}/.well-known/est/cacerts", cwd=cwd)
+        # est_service's own TLS client (the context the task uses) refuses it too, before any
+        # HTTP -- so no Basic credentials can go to an impostor.
+        ours = HttpTransport.tls("127.0.0.1", port, make_ssl_context([est_ca.certificate]),
+                                 server_hostname="gateway-0001.local").send(
+            HttpRequest("GET", "/.well-known/est/cacerts", (("Host", "gateway-0001.local"),)))
     finally:
         thread.join(timeout=30)
         listener.close()
     assert done.returncode == 60, done.stderr  # CURLE_PEER_FAILED_VERIFICATION
     assert b"unsuitable certificate purpose" in done.stderr
+    assert isinstance(ours, EstError) and ours.kind is ErrorKind.TLS_FAILED, ours
+    assert "unsuitable certificate purpose" in ours.detail
     assert list(device.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.CLIENT_AUTH]
