@@ -72,7 +72,8 @@ def test_config_defaults_and_errors():
     for bad, message in [({"server": {"endpoint": "nohost"}}, "server.endpoint"),
                          ({"curve": "P-521"}, "curve"), ({"subject": {"XX": "1"}}, "unknown attribute"),
                          ({"sans": ["ip:not-an-ip"]}, "sans"), ({"renew_at_fraction": 1.5}, "renew_at_fraction"),
-                         ({"subject": {}}, "must not be empty"), ({"timeout_s": 0}, "timeout_s")]:
+                         ({"subject": {}}, "must not be empty"), ({"timeout_s": 0}, "timeout_s"),
+                         ({"deferral": {"max_delay_s": 60}}, "never shortened")]:
         with pytest.raises(ConfigError, match=message):
             Config.parse(config(**bad))
 
