@@ -20,8 +20,10 @@ Proof of possession (§3.5): a CSR carrying a challengePassword over TLS 1.2 mus
 base64 of this session's tls-unique, or it is refused (400). Over TLS 1.3 tls-unique is
 undefined (RFC 9266); the value is then not checked, and the log line says so.
 
-Every request produces exactly one log line on the ``l4emu.est_ca`` logger, and the same
-record in `RunningServer.records`: method, path, client identity, status, outcome.
+Every request produces exactly one record in `RunningServer.records` and the same line on the
+``l4emu.est_ca`` logger: method, path, client identity, status, outcome. It is written before
+the answer is sent, so a client that has its answer finds the record; if sending then fails,
+a second log line says so.
 
 Faults (`Fault`) make the server misbehave on purpose, so clients can be tested against
 hangs, truncated answers, garbage and certificates that do not chain.
@@ -54,16 +56,15 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
 from cryptography.x509.oid import AttributeOID
-from OpenSSL import SSL
 
 from tasks.est_service.csrattrs import (
     OID_EC_PUBLIC_KEY, OID_ECDSA_WITH_SHA256, OID_SECP256R1, CsrAttribute, CsrAttrs,
     encode_csrattrs, encode_oid,
 )
 
-from .authority import EstCa, Refused
+from .authority import EstCa, EstCaError, Refused
 from .identity import ClientIdentity, identity_matches, parse_basic
-from .tls import TlsConnection, make_context
+from .tls import TlsConnection  # the type only; pyOpenSSL is imported when a server starts
 
 __all__ = ["DEFAULT_CSRATTRS", "Fault", "RequestRecord", "ServerOptions", "make_server"]
 
@@ -172,7 +173,7 @@ class _EstHttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily, ca: EstCa,
-                 options: ServerOptions, context: SSL.Context) -> None:
+                 options: ServerOptions, context: object) -> None:
         self.address_family = family
         self.ca = ca
         self.options = options
@@ -189,7 +190,7 @@ class _EstHttpServer(ThreadingHTTPServer):
         try:
             try:
                 tls.handshake()
-            except (SSL.Error, OSError) as exc:
+            except OSError as exc:
                 log.info("TLS handshake with %s:%s failed: %s", *client_address[:2], exc)
                 return
             _Handler(tls, client_address, self)
@@ -225,6 +226,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.options = self.server.options  # one consistent snapshot per request
         identity = self._identity()
         fault = self.options.fault
+        recorded = False
+
+        def record(reply: _Reply) -> None:
+            # Recorded (and logged) *before* the answer goes out: whoever got the answer finds
+            # its record already there (tests read `records` right after a request).
+            nonlocal recorded
+            recorded = True
+            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            self.server.record(RequestRecord(self.command, self.path, peer, identity.describe(),
+                                             reply.status, reply.outcome))
+
         try:
             reply = self._route(identity)
             if fault is Fault.HANG:
@@ -232,18 +244,24 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = _Reply(0, "hung up without answering (fault HANG)")
             elif reply.pkcs7:
                 reply = self._rewrite(reply, fault)
+            truncate = bool(reply.status) and fault is Fault.CLOSE_MID_RESPONSE
+            if truncate:
+                reply.outcome += " (fault CLOSE_MID_RESPONSE: body cut in half)"
+            record(reply)
             if reply.status:
-                self._send(reply, truncate=fault is Fault.CLOSE_MID_RESPONSE)
+                self._send(reply, truncate=truncate)
         except OSError as exc:  # the client went away (or timed out) mid-request
-            reply = _Reply(0, f"connection lost: {exc}")
+            if recorded:
+                log.info("connection lost while answering %s %s: %s", _safe(self.command),
+                         _safe(self.path), exc)
+            else:
+                record(_Reply(0, f"connection lost: {exc}"))
         except Exception as exc:  # a bug here must still produce a log line and an answer
             log.exception("internal error handling %s %s", self.command, self.path)
             reply = _text(500, f"internal error: {type(exc).__name__}")
+            record(reply)
             with contextlib.suppress(OSError):
                 self._send(reply, truncate=False)
-        peer = f"{self.client_address[0]}:{self.client_address[1]}"
-        self.server.record(RequestRecord(self.command, self.path, peer, identity.describe(),
-                                         reply.status, reply.outcome))
 
     def _send(self, reply: _Reply, *, truncate: bool) -> None:
         self.send_response(reply.status)
@@ -257,7 +275,6 @@ class _Handler(BaseHTTPRequestHandler):
         if truncate:
             self.wfile.write(reply.body[: len(reply.body) // 2])
             self.wfile.flush()
-            reply.outcome += " (fault CLOSE_MID_RESPONSE: body cut in half)"
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         if self.command != "HEAD":
@@ -473,6 +490,12 @@ class _Writer(io.RawIOBase):
 def make_server(ca: EstCa, address: tuple[str, int], family: socket.AddressFamily,
                 options: ServerOptions) -> _EstHttpServer:
     """Bind (not yet serve) an EST server; `serving.serve` is the public entry point."""
+    from .tls import make_context
+
     cert_path, key_path = ca.server_credentials(extra_hosts=[address[0]])
-    context = make_context(cert_path, key_path, ca.certificate)
+    try:
+        context = make_context(cert_path, key_path, ca.certificate)
+    except ImportError as exc:  # pyOpenSSL is the `est-ca` extra (./bootstrap.sh installs it)
+        raise EstCaError(f"the development EST CA needs pyOpenSSL ({exc}): "
+                         "pip install -e '.[est-ca]' or run ./bootstrap.sh") from None
     return _EstHttpServer(address, family, ca, options, context)

@@ -19,9 +19,12 @@ from __future__ import annotations
 import socket
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
-from OpenSSL import SSL
+
+if TYPE_CHECKING:  # pyOpenSSL is imported by make_context (the `est-ca` extra)
+    from OpenSSL import SSL
 
 __all__ = ["TlsConnection", "make_context"]
 
@@ -31,6 +34,9 @@ def _accept_any(conn, cert, errnum, depth, ok) -> bool:  # noqa: ANN001
 
 
 def make_context(cert_path: Path, key_path: Path, root: x509.Certificate) -> SSL.Context:
+    """Raises ImportError without pyOpenSSL."""
+    from OpenSSL import SSL
+
     context = SSL.Context(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.use_certificate_chain_file(str(cert_path))
@@ -47,6 +53,9 @@ class TlsConnection:
     """A server-side TLS connection over a blocking socket with kernel send/receive timeouts."""
 
     def __init__(self, context: SSL.Context, sock: socket.socket, timeout: float) -> None:
+        from OpenSSL import SSL
+
+        self._ssl = SSL
         sock.settimeout(None)  # blocking; the kernel enforces the timeouts below
         seconds = int(timeout)
         micros = int((timeout - seconds) * 1_000_000)
@@ -54,15 +63,18 @@ class TlsConnection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self._sock = sock
-        self._conn = SSL.Connection(context, sock)
+        self._conn = SSL.Connection(context, sock)  # noqa: F821
         self._conn.set_accept_state()
 
     def handshake(self) -> None:
-        """Raises OSError (including timeouts) or `SSL.Error`."""
+        """Raises OSError: TimeoutError, or ConnectionError for a failed handshake."""
+        SSL = self._ssl  # noqa: N806
         try:
             self._conn.do_handshake()
         except SSL.WantReadError as exc:
             raise TimeoutError("TLS handshake timed out") from exc
+        except SSL.Error as exc:
+            raise ConnectionError(f"TLS handshake failed: {exc}") from exc
 
     @property
     def version(self) -> str:
@@ -78,6 +90,7 @@ class TlsConnection:
         return self._conn.get_peer_finished()  # full handshake: the client's Finished
 
     def recv_into(self, buffer, nbytes: int = 0) -> int:  # noqa: ANN001
+        SSL = self._ssl  # noqa: N806
         try:
             return self._conn.recv_into(buffer, nbytes or None)
         except SSL.ZeroReturnError:
@@ -92,6 +105,7 @@ class TlsConnection:
             raise ConnectionError(f"TLS error: {exc}") from exc
 
     def sendall(self, data: bytes) -> None:
+        SSL = self._ssl  # noqa: N806
         try:
             self._conn.sendall(data)
         except SSL.WantWriteError as exc:
@@ -105,6 +119,6 @@ class TlsConnection:
     def close(self) -> None:
         try:
             self._conn.shutdown()
-        except (SSL.Error, OSError):
+        except (self._ssl.Error, OSError):
             pass
         self._sock.close()
