@@ -1,7 +1,7 @@
 # Thin wrappers: each target is one command. `make boot` and `make test` set up
 # everything themselves (Debian packages, .venv) on a fresh machine.
 IMAGE ?= images/wvds.yaml
-BOOT_ARGS ?= --est-ca 127.0.0.1:8443
+BOOT_ARGS ?= --est-ca
 VENV := .venv/bin
 
 .PHONY: setup boot test bench hil hil-boot clean fuzz

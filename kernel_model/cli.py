@@ -41,8 +41,15 @@ def render_dump(dump: dict[str, list[dict]], console: Console) -> None:
 def cmd_boot(args: argparse.Namespace) -> int:
     from kernel_model.host.boot import boot_image
 
+    from hil.est_ca.binding import est_target_from_args
+
+    try:
+        est_server = est_target_from_args(args)
+    except ValueError as exc:
+        raise BootError(str(exc)) from None
     return boot_image(Path(args.image), dump_caps=args.dump_caps, confine=not args.no_confine,
-                      timeout_s=args.timeout, est_ca=args.est_ca, trace=args.trace)
+                      timeout_s=args.timeout, est_ca=args.est_ca, trace=args.trace,
+                      est_server=est_server)
 
 
 def cmd_est_ca(args: argparse.Namespace) -> int:
@@ -98,9 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="do not confine task processes by the OS (namespaces, uid, seccomp); for debugging")
     boot.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                       help="stop the system after this many seconds (exit status 124)")
-    boot.add_argument("--est-ca", metavar="HOST:PORT", default=None,
-                      help="first start the development EST CA on this loopback address (state in var/est-ca; "
-                           "its trust anchor var/est-ca/ca.crt is what images/wvds.yaml boots with)")
+    from hil.est_ca.binding import add_boot_options
+    add_boot_options(boot)  # --est-ca [HOST:PORT], --est-server URL, --est-ta, --est-user, --est-password-file
     boot.set_defaults(func=cmd_boot)
     check = sub.add_parser(
         "check", help="before boot: who can reach whom, what each task could ever obtain, and fail-open patterns",

@@ -2,6 +2,7 @@
 
     l4emu est-ca serve [--state-dir var/est-ca] [--host 127.0.0.1] [--port 0] ...
     l4emu est-ca ca-cert [--state-dir var/est-ca]      # print the trust anchor (PEM)
+    l4emu est-ca rotate [--state-dir var/est-ca]       # issue from a new intermediate from now on
 
 `main(argv)` is the whole CLI: it parses, calls the library (`EstCa`, `serve`) and turns
 library errors into a one-line message and an exit status (0 ok, 1 error, 2 usage). It never
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("ca-cert", help="print the CA certificate (trust anchor) as PEM "
                                "(creates the CA if the state directory is empty)")
     show.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+
+    rotate = commands.add_parser("rotate", help="start a new issuing CA (intermediate): certificates are issued "
+                                 "from it from the next start of `serve` on; older ones stay valid")
+    rotate.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     return parser
 
 
@@ -96,6 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
             if options.basic_auth is not None:
                 print(f"HTTP Basic for /simpleenroll: {options.basic_auth[0]} / "
                       f"{options.basic_auth[1]}", flush=True)
+            print(f"issuing CA: {ca.issuing.subject.rfc4514_string()}", flush=True)
             stop.wait()
     finally:
         for signum, handler in previous.items():
@@ -120,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "ca-cert":
             sys.stdout.write(EstCa(args.state_dir).certificate_pem.decode("ascii"))
+            return 0
+        if args.command == "rotate":
+            issuing = EstCa(args.state_dir).rotate_issuing()
+            print(f"now issuing from {issuing.subject.rfc4514_string()} "
+                  f"(serial {issuing.serial_number:x}, until {issuing.not_valid_after_utc:%Y-%m-%d})")
             return 0
         return _serve(args)
     except EstCaError as exc:

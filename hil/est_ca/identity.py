@@ -1,8 +1,13 @@
 """Who is asking: the client identity the EST server sees, and the re-enrollment identity rule.
 
-A request can carry a TLS client certificate (already verified by OpenSSL against the CA, and
-checked again with `EstCa.issued_by_us`) and/or HTTP Basic credentials. The log shows the
-certificate if there is one, else the Basic user name (never the password), else "anonymous".
+A request can carry a TLS client certificate and/or HTTP Basic credentials. The TLS layer
+accepts *any* client certificate (no handshake abort: a manufacturer IDevID, an expired or a
+foreign certificate are simply "no client identity"); `EstCa.device_identity` then decides
+whether it is one of the CA's current device certificates. Only such a certificate
+authenticates /simplereenroll; /simpleenroll is authenticated by HTTP Basic alone.
+
+The log shows the accepted certificate, else the Basic user name (never the password), else
+"anonymous", plus why a presented certificate was not accepted.
 """
 
 from __future__ import annotations
@@ -12,25 +17,27 @@ import binascii
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID
+
+from .policy import san_of
 
 __all__ = ["ClientIdentity", "identity_matches", "parse_basic"]
 
 
 @dataclass(frozen=True, slots=True, repr=False)
 class ClientIdentity:
-    """The TLS client certificate (if valid and ours) and the Basic credentials (if sent)."""
+    """The accepted device certificate (if any), the Basic credentials (if sent), and why a
+    presented certificate was not accepted (``rejected``, empty if none was presented)."""
 
     certificate: x509.Certificate | None
     basic: tuple[str, str] | None
+    rejected: str = ""
 
     def describe(self) -> str:
         if self.certificate is not None:
             subject = self.certificate.subject.rfc4514_string() or "<empty subject>"
             return f"cert:{subject} serial={self.certificate.serial_number:x}"
-        if self.basic is not None:
-            return f"basic:{self.basic[0]}"
-        return "anonymous"
+        who = f"basic:{self.basic[0]}" if self.basic is not None else "anonymous"
+        return f"{who} (client cert ignored: {self.rejected})" if self.rejected else who
 
     def __repr__(self) -> str:
         return f"ClientIdentity({self.describe()})"
@@ -51,18 +58,8 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return (user, password) if sep else None
 
 
-def _san(
-    obj: x509.Certificate | x509.CertificateSigningRequest,
-) -> x509.SubjectAlternativeName | None:
-    try:
-        ext = obj.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-    except x509.ExtensionNotFound:
-        return None
-    return ext.value  # type: ignore[return-value]
-
-
 def identity_matches(csr: x509.CertificateSigningRequest, current: x509.Certificate) -> bool:
     """RFC 7030 §4.2.2: Subject byte-identical and SubjectAltName identical (or both absent)."""
     if csr.subject.public_bytes() != current.subject.public_bytes():
         return False
-    return _san(csr) == _san(current)
+    return san_of(csr) == san_of(current)

@@ -4,24 +4,34 @@ Endpoints, each also under one additional path segment (CA label)::
 
     GET  /.well-known/est/[label/]cacerts         no client authentication (§4.1)
     GET  /.well-known/est/[label/]csrattrs        204 unless attributes are configured (§4.5)
-    POST /.well-known/est/[label/]simpleenroll    HTTP Basic, or a client cert from this CA
-    POST /.well-known/est/[label/]simplereenroll  TLS client certificate from this CA, and the
-                                                  CSR must keep its Subject and SAN (§4.2.2)
+    POST /.well-known/est/[label/]simpleenroll    HTTP Basic (a client certificate does not
+                                                  replace it); subject/SAN within the policy
+    POST /.well-known/est/[label/]simplereenroll  the CA's current device certificate as TLS
+                                                  client certificate; the new certificate gets
+                                                  its Subject and SAN exactly (§3.3.2, §4.2.2)
 
-Status codes: 400 bad CSR / identity change / PEM armour, 401 + WWW-Authenticate for missing
-or wrong Basic credentials, 403 re-enrollment without a valid client certificate, 404 unknown
-path or label, 405 wrong method, 411/413 body length, 415 wrong Content-Type, 202 +
-Retry-After in deferred mode. Errors carry a one-line text/plain explanation.
+Status codes: 400 bad CSR / identity change / name outside the policy / PEM armour / wrong
+tls-unique, 401 + WWW-Authenticate for missing or wrong Basic credentials, 403 re-enrollment
+without a current device certificate, 404 unknown path or label, 405 wrong method, 411/413
+body length, 415 wrong Content-Type, 202 + Retry-After in deferred mode. Errors carry a
+one-line text/plain explanation.
 
-Every request produces exactly one log line on the ``l4emu.est_ca`` logger, and the same
-record in `RunningServer.records`: method, path, client identity, status, outcome.
+Proof of possession (§3.5): a CSR carrying a challengePassword over TLS 1.2 must carry the
+base64 of this session's tls-unique, or it is refused (400). Over TLS 1.3 tls-unique is
+undefined (RFC 9266); the value is then not checked, and the log line says so.
+
+Every request produces exactly one record in `RunningServer.records` and the same line on the
+``l4emu.est_ca`` logger: method, path, client identity, status, outcome. It is written before
+the answer is sent, so a client that has its answer finds the record; if sending then fails,
+a second log line says so.
 
 Faults (`Fault`) make the server misbehave on purpose, so clients can be tested against
 hangs, truncated answers, garbage and certificates that do not chain.
 
-TLS: the server presents a certificate issued by the CA; it *asks* for a client certificate
-(CERT_OPTIONAL) and OpenSSL verifies any that is offered against the CA. Handshakes run in the
-per-connection thread, so a stalled client cannot block the accept loop.
+TLS (`tls.py`, pyOpenSSL): the server presents its serverAuth certificate and the issuing CA;
+it *asks* for a client certificate and accepts any in the handshake -- one that is not a
+current device certificate of this CA is "no client identity", never a handshake abort.
+Handshakes run in the per-connection thread, so a stalled client cannot block the accept loop.
 """
 
 from __future__ import annotations
@@ -33,9 +43,9 @@ import datetime as dt
 import email.utils
 import hashlib
 import hmac
+import io
 import logging
 import socket
-import ssl
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -45,14 +55,16 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
+from cryptography.x509.oid import AttributeOID
 
 from tasks.est_service.csrattrs import (
     OID_EC_PUBLIC_KEY, OID_ECDSA_WITH_SHA256, OID_SECP256R1, CsrAttribute, CsrAttrs,
     encode_csrattrs, encode_oid,
 )
 
-from .authority import EstCa, Refused
+from .authority import EstCa, EstCaError, Refused
 from .identity import ClientIdentity, identity_matches, parse_basic
+from .tls import TlsConnection  # the type only; pyOpenSSL is imported when a server starts
 
 __all__ = ["DEFAULT_CSRATTRS", "Fault", "RequestRecord", "ServerOptions", "make_server"]
 
@@ -101,6 +113,12 @@ class ServerOptions:
     max_request_bytes: int = 64 * 1024
     hang_limit: float = 60.0
     realm: str = "l4emu EST"
+    basic_paths: frozenset[str] = frozenset({"simpleenroll"})
+    """Operations that need HTTP Basic (401 + WWW-Authenticate otherwise) when ``basic_auth``
+    is set; on /simplereenroll it is asked for in addition to the device certificate."""
+    redirect_label: str | None = None
+    """Answer requests without a CA label with 307 to the same operation under this label (a
+    same-origin redirect, as a load balancer or a CA moved behind a label would send)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +173,7 @@ class _EstHttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily, ca: EstCa,
-                 options: ServerOptions, context: ssl.SSLContext) -> None:
+                 options: ServerOptions, context: object) -> None:
         self.address_family = family
         self.ca = ca
         self.options = options
@@ -168,12 +186,11 @@ class _EstHttpServer(ThreadingHTTPServer):
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[override]
         """Runs in the connection's thread: TLS handshake first, then HTTP."""
-        tls = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        tls = TlsConnection(self.tls, request, self.options.request_timeout)
         try:
-            tls.settimeout(self.options.request_timeout)
             try:
-                tls.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
+                tls.handshake()
+            except OSError as exc:
                 log.info("TLS handshake with %s:%s failed: %s", *client_address[:2], exc)
                 return
             _Handler(tls, client_address, self)
@@ -188,8 +205,13 @@ class _EstHttpServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _EstHttpServer
-    connection: ssl.SSLSocket
+    connection: TlsConnection
     options: ServerOptions
+
+    def setup(self) -> None:
+        self.connection = self.request
+        self.rfile = io.BufferedReader(_Reader(self.request), 8192)
+        self.wfile = _Writer(self.request)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         """Silence http.server's own access log: `_EstHttpServer.record` replaces it."""
@@ -204,6 +226,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.options = self.server.options  # one consistent snapshot per request
         identity = self._identity()
         fault = self.options.fault
+        recorded = False
+
+        def record(reply: _Reply) -> None:
+            # Recorded (and logged) *before* the answer goes out: whoever got the answer finds
+            # its record already there (tests read `records` right after a request).
+            nonlocal recorded
+            recorded = True
+            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            self.server.record(RequestRecord(self.command, self.path, peer, identity.describe(),
+                                             reply.status, reply.outcome))
+
         try:
             reply = self._route(identity)
             if fault is Fault.HANG:
@@ -211,18 +244,24 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = _Reply(0, "hung up without answering (fault HANG)")
             elif reply.pkcs7:
                 reply = self._rewrite(reply, fault)
+            truncate = bool(reply.status) and fault is Fault.CLOSE_MID_RESPONSE
+            if truncate:
+                reply.outcome += " (fault CLOSE_MID_RESPONSE: body cut in half)"
+            record(reply)
             if reply.status:
-                self._send(reply, truncate=fault is Fault.CLOSE_MID_RESPONSE)
+                self._send(reply, truncate=truncate)
         except OSError as exc:  # the client went away (or timed out) mid-request
-            reply = _Reply(0, f"connection lost: {exc}")
+            if recorded:
+                log.info("connection lost while answering %s %s: %s", _safe(self.command),
+                         _safe(self.path), exc)
+            else:
+                record(_Reply(0, f"connection lost: {exc}"))
         except Exception as exc:  # a bug here must still produce a log line and an answer
             log.exception("internal error handling %s %s", self.command, self.path)
             reply = _text(500, f"internal error: {type(exc).__name__}")
+            record(reply)
             with contextlib.suppress(OSError):
                 self._send(reply, truncate=False)
-        peer = f"{self.client_address[0]}:{self.client_address[1]}"
-        self.server.record(RequestRecord(self.command, self.path, peer, identity.describe(),
-                                         reply.status, reply.outcome))
 
     def _send(self, reply: _Reply, *, truncate: bool) -> None:
         self.send_response(reply.status)
@@ -236,7 +275,6 @@ class _Handler(BaseHTTPRequestHandler):
         if truncate:
             self.wfile.write(reply.body[: len(reply.body) // 2])
             self.wfile.flush()
-            reply.outcome += " (fault CLOSE_MID_RESPONSE: body cut in half)"
             self.connection.shutdown(socket.SHUT_RDWR)
             return
         if self.command != "HEAD":
@@ -257,11 +295,15 @@ class _Handler(BaseHTTPRequestHandler):
         return reply
 
     def _identity(self) -> ClientIdentity:
-        der = self.connection.getpeercert(binary_form=True)
-        cert = x509.load_der_x509_certificate(der) if der else None
-        if cert is not None and not self.server.ca.issued_by_us(cert):
-            cert = None  # OpenSSL already verified it; this is belt and braces
-        return ClientIdentity(cert, parse_basic(self.headers.get("Authorization")))
+        basic = parse_basic(self.headers.get("Authorization"))
+        presented = self.connection.peer_certificate()
+        if presented is None:
+            return ClientIdentity(None, basic)
+        device = self.server.ca.device_identity(presented)
+        if isinstance(device, str):
+            subject = presented.subject.rfc4514_string() or "<empty subject>"
+            return ClientIdentity(None, basic, f"{subject}: {device}")
+        return ClientIdentity(device, basic)
 
     def _route(self, identity: ClientIdentity) -> _Reply:
         path = urlsplit(self.path).path
@@ -282,15 +324,38 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if operation not in routes:
             return _text(404, f"unknown EST operation {operation!r}")
+        if label is None and self.options.redirect_label is not None:
+            reply = _Reply(307, f"redirected to label {self.options.redirect_label}")
+            reply.headers.append(("Location", f"{PREFIX}{self.options.redirect_label}/{operation}"))
+            return reply
         method, handler = routes[operation]
         if self.command != method and not (method == "GET" and self.command == "HEAD"):
             reply = _text(405, f"{operation} takes {method}")
             reply.headers.append(("Allow", method))
             return reply
+        if operation in self.options.basic_paths:
+            refused = self._basic(identity)
+            if refused is not None:
+                return refused
         return handler(identity)
 
+    def _basic(self, identity: ClientIdentity) -> _Reply | None:
+        """None if HTTP Basic is satisfied (or not configured), else the 401."""
+        creds = self.options.basic_auth
+        if creds is None:
+            return None
+        if identity.basic is not None and _same_credentials(identity.basic, creds):
+            return None
+        # a client certificate never stands in for the credentials
+        reply = _text(401, "authentication required: HTTP Basic",
+                      "wrong credentials" if identity.basic else "no credentials")
+        reply.headers.append(("WWW-Authenticate", f'Basic realm="{self.options.realm}"'))
+        return reply
+
     def _cacerts(self, identity: ClientIdentity) -> _Reply:
-        return _certs_reply([self.server.ca.certificate], "sent CA certificate")
+        certs = self.server.ca.ca_certificates
+        return _certs_reply(certs, f"sent {len(certs)} CA certificates (issuing CA "
+                                   f"{certs[0].subject.rfc4514_string()})")
 
     def _csrattrs(self, identity: ClientIdentity) -> _Reply:
         attrs = self.options.csrattrs
@@ -300,29 +365,23 @@ class _Handler(BaseHTTPRequestHandler):
                       "application/csrattrs", [("Content-Transfer-Encoding", "base64")])
 
     def _simpleenroll(self, identity: ClientIdentity) -> _Reply:
-        creds = self.options.basic_auth
-        if identity.certificate is None and creds is not None:
-            if identity.basic is None or not _same_credentials(identity.basic, creds):
-                reply = _text(401, "authentication required: HTTP Basic or a client certificate",
-                              "wrong credentials" if identity.basic else "no credentials")
-                reply.headers.append(("WWW-Authenticate",
-                                      f'Basic realm="{self.options.realm}"'))
-                return reply
         csr = self._read_csr()
         return csr if isinstance(csr, _Reply) else self._enroll(csr)
 
     def _simplereenroll(self, identity: ClientIdentity) -> _Reply:
         current = identity.certificate
         if current is None:
-            return _text(403, "re-enrollment requires a TLS client certificate issued by this "
-                              "CA (RFC 7030 §3.3.2)")
+            why = f" ({identity.rejected})" if identity.rejected else ""
+            return _text(403, "re-enrollment requires this CA's current device certificate as "
+                              f"TLS client certificate (RFC 7030 §3.3.2){why}",
+                         f"no client identity{why}")
         csr = self._read_csr()
         if isinstance(csr, _Reply):
             return csr
         if not identity_matches(csr, current):
             return _text(400, "re-enrollment must keep the Subject and SubjectAltName of the "
                               "current certificate (RFC 7030 §4.2.2)", "identity changed")
-        return self._enroll(csr)
+        return self._enroll(csr, current)
 
     def _read_csr(self) -> x509.CertificateSigningRequest | _Reply:
         length = self.headers.get("Content-Length")
@@ -343,8 +402,29 @@ class _Handler(BaseHTTPRequestHandler):
         except (binascii.Error, ValueError) as exc:
             return _text(400, f"body is not a base64 DER PKCS#10 request: {exc}", "bad CSR")
 
-    def _enroll(self, csr: x509.CertificateSigningRequest) -> _Reply:
+    def _proof_of_possession(self, csr: x509.CertificateSigningRequest) -> _Reply | str:
+        """RFC 7030 §3.5: a challengePassword must be this TLS session's tls-unique (base64)."""
+        try:
+            attribute = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
+        except x509.AttributeNotFound:
+            return ""
+        unique = self.connection.tls_unique()
+        if unique is None:
+            return f" (challengePassword not checked: tls-unique is undefined for " \
+                   f"{self.connection.version})"
+        expected = base64.b64encode(unique)
+        given = attribute.value if isinstance(attribute.value, bytes) else bytes(attribute.value)
+        if not hmac.compare_digest(given.strip(), expected):
+            return _text(400, "the CSR's challengePassword is not this TLS session's tls-unique "
+                              "(RFC 7030 §3.5 proof of possession)", "tls-unique mismatch")
+        return " (tls-unique verified)"
+
+    def _enroll(self, csr: x509.CertificateSigningRequest,
+                current: x509.Certificate | None = None) -> _Reply:
         server, options = self.server, self.options
+        pop = self._proof_of_possession(csr)
+        if isinstance(pop, _Reply):
+            return pop
         spki = csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         key_id = hashlib.sha256(spki).digest()
         with server.lock:
@@ -355,12 +435,15 @@ class _Handler(BaseHTTPRequestHandler):
             server.deferrals.pop(key_id, None)
         if options.fault is Fault.ROGUE_ISSUER:
             issued = server.ca.issue_from_rogue_ca(csr)
+        elif current is not None:
+            issued = server.ca.reissue(csr, current, validity=options.validity)
         else:
             issued = server.ca.issue(csr, validity=options.validity)
         if isinstance(issued, Refused):
             return _text(400, f"CSR refused: {issued.reason}")
+        # RFC 7030 §4.2.3: the answer holds only the issued certificate (/cacerts has the rest).
         return _certs_reply([issued], f"issued serial={issued.serial_number:x} "
-                                      f"subject={issued.subject.rfc4514_string()}")
+                                      f"subject={issued.subject.rfc4514_string()}{pop}")
 
     def _deferred(self, count: int) -> _Reply:
         options = self.options
@@ -381,13 +464,38 @@ def _same_credentials(given: tuple[str, str], expected: tuple[str, str]) -> bool
     return user_ok and password_ok
 
 
+class _Reader(io.RawIOBase):
+    def __init__(self, conn: TlsConnection) -> None:
+        self._conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001
+        return self._conn.recv_into(buffer, len(buffer))
+
+
+class _Writer(io.RawIOBase):
+    def __init__(self, conn: TlsConnection) -> None:
+        self._conn = conn
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # noqa: ANN001
+        self._conn.sendall(bytes(data))
+        return len(data)
+
+
 def make_server(ca: EstCa, address: tuple[str, int], family: socket.AddressFamily,
                 options: ServerOptions) -> _EstHttpServer:
     """Bind (not yet serve) an EST server; `serving.serve` is the public entry point."""
+    from .tls import make_context
+
     cert_path, key_path = ca.server_credentials(extra_hosts=[address[0]])
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert_path, key_path)
-    context.load_verify_locations(cadata=ca.certificate_pem.decode("ascii"))
-    context.verify_mode = ssl.CERT_OPTIONAL
+    try:
+        context = make_context(cert_path, key_path, ca.certificate)
+    except ImportError as exc:  # pyOpenSSL is the `est-ca` extra (./bootstrap.sh installs it)
+        raise EstCaError(f"the development EST CA needs pyOpenSSL ({exc}): "
+                         "pip install -e '.[est-ca]' or run ./bootstrap.sh") from None
     return _EstHttpServer(address, family, ca, options, context)

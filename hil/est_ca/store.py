@@ -3,10 +3,13 @@
 Layout (all PEM)::
 
     <state_dir>/            mode 0700
-        ca.key              CA private key, PKCS#8, mode 0600
-        ca.crt              CA certificate: the trust anchor clients bootstrap with
+        ca.key              root CA private key, PKCS#8, mode 0600
+        ca.crt              root CA certificate: the trust anchor clients bootstrap with
+        issuing-NNNN.key    issuing CA keys (the highest number issues), mode 0600
+        issuing-NNNN.crt    issuing CA certificates, signed by the root
+        devices.json        serials issued per device identity, and which are still current
         server.key          TLS server key (re-issued on every start), mode 0600
-        server.crt          TLS server certificate, issued by the CA
+        server.crt          TLS server certificate + its issuing CA
         .lock               flock(2) target, so two CAs starting at once cannot mix files
 
 Every file is written to a temporary name in the same directory, fsync'ed, then renamed over

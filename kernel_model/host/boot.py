@@ -27,33 +27,45 @@ def boot_complete(sup: Supervisor) -> bool:
 
 def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, timeout_s: float | None = None,
                console: Console | None = None, est_ca: str | None = None, trace: bool = False,
-               summary: bool = True) -> int:
+               summary: bool = True, est_server=None) -> int:
+    """``est_ca``: "HOST:PORT", or "" for the image's own EST endpoint; ``est_server``: a
+    `hil.est_ca.binding.EstTarget` (see hil/est_ca/binding.py: the image, the CA and the CLI agree)."""
     out = console or Console(highlight=False, soft_wrap=True)
     sink = RichConsole(out)
     with contextlib.ExitStack() as stack:
-        if est_ca:  # the device's environment: started first, its trust anchor is a boot module
-            stack.enter_context(start_est_ca(est_ca, sink))
+        if est_ca is not None or est_server is not None:
+            _validate(path)  # an invalid image is reported against its own file, before anything starts
+            path = stack.enter_context(start_est(path, est_ca, est_server, sink))
         return _boot(path, sink, out, dump_caps=dump_caps, confine=confine, timeout_s=timeout_s, trace=trace,
                      summary=summary)
 
 
-@contextlib.contextmanager
-def start_est_ca(address: str, sink: RichConsole):
-    from hil.est_ca import EstCa, serve
+def _validate(path: Path) -> None:
+    """The image's own checks (file, line, field), without reading its boot modules: the trust
+    anchor module may be created by the CA that is about to start."""
+    from capabilities.image import ImageError, Problem, parse_image
+    from kernel_model.host.images import program_exists
 
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise BootError(f"--est-ca expects HOST:PORT, got {address!r}")
-    ca = EstCa(PROJECT_ROOT / "var" / "est-ca")
     try:
-        server = serve(ca, host, int(port))
-    except Exception as exc:  # noqa: BLE001 - e.g. the port is taken: say so, start nothing
-        raise BootError(f"cannot start the development EST CA on {address}: {exc}") from None
-    sink.kernel(f"development EST CA at {server.url} (trust anchor {ca.ca_cert_path})")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImageError([Problem(str(path), 1, 1, "<file>", f"cannot read the image: {exc}")]) from None
+    parse_image(text, str(path), program_exists)
+
+
+@contextlib.contextmanager
+def start_est(path: Path, est_ca: str | None, target, sink: RichConsole):
+    """The device's environment: the development EST CA (started first) and/or the image bound to
+    the EST server the CLI names; yields the image path to boot."""
+    from hil.est_ca import EstCaError
+    from hil.est_ca.binding import EstBindingError, bind
+
     try:
-        yield server
-    finally:
-        server.stop()
+        with bind(path, est_ca=est_ca, target=target, state_dir=PROJECT_ROOT / "var" / "est-ca",
+                  announce=sink.kernel) as bound:
+            yield bound
+    except (EstBindingError, EstCaError) as exc:
+        raise BootError(str(exc)) from None
 
 
 class BootError(Exception):

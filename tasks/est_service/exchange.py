@@ -8,8 +8,19 @@ Every outcome of `Exchange.receive` moves the state along `TRANSITIONS`::
 
     AWAITING_RESPONSE --result--------> DONE
     AWAITING_RESPONSE --202-----------> DEFERRED --resend()--> AWAITING_RESPONSE
-    AWAITING_RESPONSE --401-----------> AUTH_REQUIRED
+    AWAITING_RESPONSE --307/308-------> REDIRECTED --resend()--> AWAITING_RESPONSE
+    AWAITING_RESPONSE --401-----------> AUTH_REQUIRED --authenticate()--> AWAITING_RESPONSE
     AWAITING_RESPONSE --error/fail()--> FAILED
+
+* 202 (RFC 7030 §4.2.3): the client waits *at least* the server's Retry-After -- never less
+  (``min_delay`` only raises a 0 to avoid a busy loop) -- then resends the same request.
+* 307/308 to the same origin (https, same host and port): the same request (method, body,
+  headers) goes to the new target, at most ``MAX_REDIRECTS`` times; another origin, or any
+  other 3xx, is an error (RFC 7030 §3.2.1: the client follows redirects only to where it
+  already authenticated the server).
+* 401 on any operation: `authenticate` answers the challenge once with the configured HTTP
+  Basic credentials (the caller has authenticated the server through TLS, §3.2.3); a 401 to
+  a request that already carried them is final.
 
 Anything not in the table is a bug in the caller and raises `ProtocolMisuse`, the only
 exception raised on purpose; every problem with what the *server* sent is an `EstError`.
@@ -17,18 +28,21 @@ exception raised on purpose; every problem with what the *server* sent is an `Es
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email.utils
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from urllib.parse import urljoin, urlsplit
 
-from .messages import HttpRequest, HttpResponse, Operation
-from .results import AuthRequired, Deferred, ErrorKind, EstError, Outcome
+from .messages import BasicAuth, HttpRequest, HttpResponse, Operation
+from .results import AuthRequired, Deferred, ErrorKind, EstError, Outcome, Redirected
 
 __all__ = [
     "TRANSITIONS",
+    "MAX_REDIRECTS",
     "DeferralLimits",
     "Event",
     "Exchange",
@@ -43,20 +57,18 @@ __all__ = [
 class DeferralLimits:
     """Bounds on honouring ``202 Accepted`` + ``Retry-After`` (RFC 7030 §4.2.3).
 
-    A Retry-After above ``max_delay`` is clamped to it (a server asking for a week must not
-    park the device for a week; asking again early only costs one more 202). One below
-    ``min_delay`` is raised to it, so ``Retry-After: 0`` cannot cause a busy loop. After
-    ``max_deferrals`` consecutive 202s the exchange fails with TOO_MANY_DEFERRALS and the
-    renewal policy's backoff takes over.
+    The client waits at least what the server asked for: there is no upper clamp (the RFC
+    says the client MUST wait). A Retry-After below ``min_delay`` is raised to it, so
+    ``Retry-After: 0`` cannot cause a busy loop. After ``max_deferrals`` consecutive 202s the
+    exchange fails with TOO_MANY_DEFERRALS and the renewal policy's backoff takes over.
     """
 
-    max_delay: float = 3600.0
     min_delay: float = 1.0
     max_deferrals: int = 10
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_delay <= self.max_delay:
-            raise ValueError("DeferralLimits needs 0 <= min_delay <= max_delay")
+        if not 0 <= self.min_delay:
+            raise ValueError("DeferralLimits needs min_delay >= 0")
         if self.max_deferrals < 0:
             raise ValueError("DeferralLimits.max_deferrals must be >= 0")
 
@@ -69,6 +81,7 @@ class State(IntEnum):
     DONE = 3
     AUTH_REQUIRED = 4
     FAILED = 5
+    REDIRECTED = 6
 
 
 class Event(IntEnum):
@@ -79,6 +92,8 @@ class Event(IntEnum):
     AUTH_REQUIRED = 3
     ERROR = 4
     RESEND = 5
+    REDIRECTED = 6
+    AUTHENTICATE = 7
 
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
@@ -86,8 +101,13 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.AWAITING_RESPONSE, Event.DEFERRED): State.DEFERRED,
     (State.AWAITING_RESPONSE, Event.AUTH_REQUIRED): State.AUTH_REQUIRED,
     (State.AWAITING_RESPONSE, Event.ERROR): State.FAILED,
+    (State.AWAITING_RESPONSE, Event.REDIRECTED): State.REDIRECTED,
     (State.DEFERRED, Event.RESEND): State.AWAITING_RESPONSE,
+    (State.REDIRECTED, Event.RESEND): State.AWAITING_RESPONSE,
+    (State.AUTH_REQUIRED, Event.AUTHENTICATE): State.AWAITING_RESPONSE,
 }
+
+MAX_REDIRECTS = 5
 
 
 class ProtocolMisuse(RuntimeError):
@@ -97,6 +117,8 @@ class ProtocolMisuse(RuntimeError):
 def _event_of(outcome: Outcome) -> Event:
     if isinstance(outcome, Deferred):
         return Event.DEFERRED
+    if isinstance(outcome, Redirected):
+        return Event.REDIRECTED
     if isinstance(outcome, AuthRequired):
         return Event.AUTH_REQUIRED
     if isinstance(outcome, EstError):
@@ -116,7 +138,7 @@ class Exchange:
     """
 
     __slots__ = ("_operation", "_request", "_interpret", "_limits", "_state", "_deferrals",
-                 "_outcome")
+                 "_outcome", "_response", "_redirects")
 
     def __init__(
         self,
@@ -131,7 +153,9 @@ class Exchange:
         self._limits = limits
         self._state = State.AWAITING_RESPONSE
         self._deferrals = 0
+        self._redirects = 0
         self._outcome: Outcome | None = None
+        self._response: HttpResponse | None = None
 
     def __repr__(self) -> str:
         return f"<Exchange {self._operation.value} {self._state.name} deferrals={self._deferrals}>"
@@ -142,8 +166,14 @@ class Exchange:
 
     @property
     def request(self) -> HttpRequest:
-        """The request to send; identical on every resend (§4.2.3: "resend the same")."""
+        """The request to send; identical on every resend (§4.2.3: "resend the same"), except
+        for the target after a same-origin redirect and the credentials after a 401."""
         return self._request
+
+    @property
+    def response(self) -> HttpResponse | None:
+        """The last response given to `receive` (e.g. to re-check it against fresh /cacerts)."""
+        return self._response
 
     @property
     def state(self) -> State:
@@ -168,6 +198,7 @@ class Exchange:
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware (UTC)")
         self._require(Event.RESULT)  # any outcome event is legal exactly where RESULT is
+        self._response = response
         outcome = self._classify(response, now)
         return self._advance(outcome)
 
@@ -177,8 +208,22 @@ class Exchange:
         return self._advance(error)  # type: ignore[return-value]
 
     def resend(self) -> HttpRequest:
-        """After `Deferred` (and after waiting): the same request again."""
+        """After `Deferred` (and after waiting) or `Redirected`: the same request again."""
         self._transition(Event.RESEND)
+        return self._request
+
+    def authenticate(self, auth: BasicAuth) -> HttpRequest:
+        """After `AuthRequired` for a request without credentials: the same request with
+        HTTP Basic ``auth``. Raises `ProtocolMisuse` if credentials were already sent."""
+        self._require(Event.AUTHENTICATE)
+        if self._request.header("Authorization") is not None:
+            raise ProtocolMisuse(f"{self._operation.value}: credentials were already refused")
+        headers = list(self._request.headers)
+        index = next((i for i, (k, _) in enumerate(headers) if k.lower() == "connection"),
+                     len(headers))
+        headers.insert(index, ("Authorization", auth.header_value()))
+        self._request = dataclasses.replace(self._request, headers=tuple(headers))
+        self._transition(Event.AUTHENTICATE)
         return self._request
 
     def _require(self, event: Event) -> None:
@@ -204,7 +249,36 @@ class Exchange:
             )
         if response.status == 202 and self._operation in _ENROLL_OPS:
             return self._deferred(response, now)
+        if response.status in (307, 308):
+            return self._redirected(response)
         return self._interpret(response, now)
+
+    def _redirected(self, response: HttpResponse) -> Redirected | EstError:
+        location = response.header("Location")
+        if not location:
+            return EstError(ErrorKind.HTTP_STATUS, f"{response.status} without a Location",
+                            status=response.status)
+        origin = self._request.header("Host") or ""
+        base = f"https://{origin}{self._request.target}"
+        target = urlsplit(urljoin(base, location.strip()))
+        netloc = target.netloc.lower()
+        if netloc.endswith(":443"):
+            netloc = netloc[:-4]
+        if target.scheme != "https" or netloc != origin.lower():
+            return EstError(ErrorKind.HTTP_STATUS,
+                            f"redirect to another origin refused: {location!r} "
+                            f"(we authenticated https://{origin})", status=response.status)
+        if self._redirects >= MAX_REDIRECTS:
+            return EstError(ErrorKind.HTTP_STATUS, f"more than {MAX_REDIRECTS} redirects",
+                            status=response.status)
+        path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        try:
+            self._request = dataclasses.replace(self._request, target=path)
+        except ValueError as exc:
+            return EstError(ErrorKind.HTTP_STATUS, f"unusable redirect target: {exc}",
+                            status=response.status)
+        self._redirects += 1
+        return Redirected(path, response.status, self._redirects)
 
     def _deferred(self, response: HttpResponse, now: dt.datetime) -> Deferred | EstError:
         raw = response.header("Retry-After")
@@ -223,7 +297,7 @@ class Exchange:
                 status=202,
             )
         self._deferrals += 1
-        delay = min(max(requested, self._limits.min_delay), self._limits.max_delay)
+        delay = max(requested, self._limits.min_delay)  # at least what the server asked for
         return Deferred(
             delay=delay,
             requested=requested,

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from .messages import HttpRequest, HttpResponse
+from .messages import BasicAuth, HttpRequest, HttpResponse
 from .protocol import Exchange
-from .results import Deferred, ErrorKind, EstError, Outcome
+from .results import AuthRequired, Deferred, ErrorKind, EstError, Outcome, Redirected
 
 __all__ = ["HttpTransport", "make_ssl_context", "run_exchange"]
 
@@ -171,8 +171,10 @@ def run_exchange(
     *,
     clock: Callable[[], dt.datetime] = _utc_now,
     sleep: Callable[[float], None] = time.sleep,
+    auth: BasicAuth | None = None,
 ) -> Outcome:
-    """Drive ``exchange`` to its final outcome, waiting out each `Deferred` with ``sleep``.
+    """Drive ``exchange`` to its final outcome, waiting out each `Deferred` with ``sleep``,
+    following same-origin redirects, and answering a 401 once with ``auth`` if given.
 
     ``clock`` and ``sleep`` are injectable so tests run deferrals without waiting.
     """
@@ -183,6 +185,12 @@ def run_exchange(
         if isinstance(response, EstError):
             return exchange.fail(response)
         outcome = exchange.receive(response, clock())
+        if isinstance(outcome, Redirected):
+            request = exchange.resend()
+            continue
+        if isinstance(outcome, AuthRequired) and auth is not None and not outcome.credentials_sent:
+            request = exchange.authenticate(auth)
+            continue
         if not isinstance(outcome, Deferred):
             return outcome
         sleep(max(0.0, (outcome.not_before - clock()).total_seconds()))

@@ -29,6 +29,7 @@ __all__ = [
     "ErrorKind",
     "EstError",
     "Outcome",
+    "Redirected",
 ]
 
 
@@ -117,6 +118,16 @@ class Deferred:
 
 
 @dataclass(frozen=True, slots=True)
+class Redirected:
+    """HTTP 307/308 to the same origin: send the same request (`Exchange.resend`) at once; its
+    target is now ``target``. ``redirects`` counts the redirects of this exchange."""
+
+    target: str
+    status: int
+    redirects: int
+
+
+@dataclass(frozen=True, slots=True)
 class CaCerts:
     """A verified /cacerts answer: every certificate chains to the explicit trust anchor."""
 
@@ -142,4 +153,5 @@ class CsrAttributes:
     attrs: CsrAttrs
 
 
-Outcome: TypeAlias = CaCerts | Enrolled | CsrAttributes | Deferred | AuthRequired | EstError
+Outcome: TypeAlias = (CaCerts | Enrolled | CsrAttributes | Deferred | Redirected | AuthRequired
+                      | EstError)

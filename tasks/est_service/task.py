@@ -22,7 +22,7 @@ Config (``env.config``; docs/est.md lists every key with its default)::
     curve: P-256                      # or P-384
     renew_at_fraction: 0.66
     backoff: {initial_s: 30, factor: 2, max_s: 3600}
-    deferral: {min_delay_s: 1, max_delay_s: 3600, max_deferrals: 10}
+    deferral: {min_delay_s: 1, max_deferrals: 10}   # Retry-After is honoured, never shortened
     timeout_s: 10                     # per connection (connect .. last byte)
     min_reenroll_interval_s: 60       # never re-enroll more often than this
     check_interval_s: 3600            # re-check the clock at least this often
@@ -42,6 +42,7 @@ import tempfile
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption, PrivateFormat,
@@ -49,18 +50,19 @@ from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption
 from cryptography.x509.oid import NameOID
 
 from tasks.est_service import protocol
-from tasks.est_service.csr import Curve, build_csr, build_reenroll_csr, generate_key
+from tasks.est_service.csr import Curve, build_csr, build_reenroll_csr, generate_key, same_identity
 from tasks.est_service.exchange import DeferralLimits, Exchange
 from tasks.est_service.http_transport import HttpTransport, make_ssl_context
 from tasks.est_service.messages import BasicAuth, EstServer
 from tasks.est_service.renewal import (Action, RenewalPolicy, RenewalState, decide, record_failure,
                                        record_success)
-from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, EstError
+from tasks.est_service.results import (AuthRequired, CaCerts, Deferred, Enrolled, ErrorKind, EstError,
+                                       Redirected)
 from tasks.est_service.service_protocol import (AUTH_REFUSED, LOCAL_ERROR, Activity, CertState,
                                                 Op, ServiceStatus, Status, decode_request, encode_cert,
                                                 encode_chain, encode_response, too_large)
 from tasks.est_service.tls_stream import proxy_connector
-from tasks.est_service.trust import TrustAnchors
+from tasks.est_service.trust import TrustAnchors, still_valid
 from tasks.runtime.files import atomic_write
 from tasks.runtime.shm import ShmClient, ShmPeer, bind_peers, handle_shm_call
 
@@ -68,6 +70,7 @@ UTC = dt.timezone.utc
 STATE_FILE = "est-state.json"
 KEK_FILE = "est-kek.bin"
 STATE_FORMAT = "l4emu-est-state"
+STATE_VERSION = 2  # 2 adds "pending"; version 1 files are still read
 KEY_AAD = b"l4emu est_service device key v1"
 MAX_WAIT_US = 24 * 3600 * 1_000_000  # one day: well inside l4_timeout_t's range
 
@@ -174,8 +177,10 @@ class Config:
                                backoff_factor=float(backoff.get("factor", 2.0)),
                                max_backoff=float(backoff.get("max_s", 3600.0)))
         deferral = raw.get("deferral") or {}
-        limits = DeferralLimits(max_delay=float(deferral.get("max_delay_s", 3600.0)),
-                                min_delay=float(deferral.get("min_delay_s", 1.0)),
+        if "max_delay_s" in deferral:
+            raise ConfigError("deferral.max_delay_s is gone: RFC 7030 §4.2.3 says the client waits at least "
+                              "the server's Retry-After, so it is never shortened")
+        limits = DeferralLimits(min_delay=float(deferral.get("min_delay_s", 1.0)),
                                 max_deferrals=int(deferral.get("max_deferrals", 10)))
         timeout_s = float(raw.get("timeout_s", 10.0))
         if timeout_s <= 0:
@@ -198,13 +203,30 @@ class Config:
 
 # ---------------------------------------------------------------------------- persistence
 @dataclasses.dataclass(frozen=True)
-class Persisted:
-    """What survives a restart: the key, and the certificate, chain and CA certificates if any."""
+class Pending:
+    """A (re-)enrollment request sent, or about to be sent, without a final answer yet.
 
+    Kept on disk so that a restart resends *the same* request (RFC 7030 §4.2.3: after a 202 the
+    client repeats the request), with the same key, and not before the server's Retry-After.
+    """
+
+    action: Action
     key: ec.EllipticCurvePrivateKey
+    csr: x509.CertificateSigningRequest
+    not_before: dt.datetime | None = None
+    for_serial: str | None = None  # re-enrollment: serial of the certificate being renewed
+
+
+@dataclasses.dataclass(frozen=True)
+class Persisted:
+    """What survives a restart: the certificate's key, the certificate, chain and CA
+    certificates if any, and the pending request if any."""
+
+    key: ec.EllipticCurvePrivateKey | None
     certificate: x509.Certificate | None = None
     chain: tuple[x509.Certificate, ...] = ()
     ca_certs: tuple[x509.Certificate, ...] = ()
+    pending: Pending | None = None
 
 
 def _pem(cert: x509.Certificate) -> str:
@@ -213,6 +235,10 @@ def _pem(cert: x509.Certificate) -> str:
 
 def _spki(public_key) -> bytes:
     return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def same_public_key_of(key: ec.EllipticCurvePrivateKey, csr: x509.CertificateSigningRequest) -> bool:
+    return _spki(key.public_key()) == _spki(csr.public_key())
 
 
 class Store:
@@ -244,6 +270,23 @@ class Store:
             raise StoreError(f"{self.kek_path.name} is not a 256-bit key ({len(kek)} bytes)")
         return kek
 
+    @staticmethod
+    def _seal(kek: bytes, key: ec.EllipticCurvePrivateKey) -> dict:
+        nonce = os.urandom(12)
+        der = key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+        return {"alg": "AES-256-GCM", "kek": KEK_FILE, "curve": Curve.of(key).name,
+                "nonce": base64.b64encode(nonce).decode(),
+                "ciphertext": base64.b64encode(AESGCM(kek).encrypt(nonce, der, KEY_AAD)).decode()}
+
+    @staticmethod
+    def _unseal(kek: bytes, blob: dict) -> ec.EllipticCurvePrivateKey:
+        der = AESGCM(kek).decrypt(base64.b64decode(blob["nonce"]), base64.b64decode(blob["ciphertext"]),
+                                  KEY_AAD)
+        key = load_der_private_key(der, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise StoreError("the stored key is not an EC key")
+        return key
+
     def load(self) -> Persisted | None:
         try:
             doc = json.loads(self.state_path.read_text())
@@ -252,18 +295,22 @@ class Store:
         except (OSError, ValueError) as exc:
             raise StoreError(f"{self.state_path.name} is unreadable: {exc}") from None
         try:
-            if doc.get("format") != STATE_FORMAT or doc.get("version") != 1:
+            if doc.get("format") != STATE_FORMAT or doc.get("version") not in (1, STATE_VERSION):
                 raise StoreError(f"{self.state_path.name}: unknown format {doc.get('format')!r} "
                                  f"v{doc.get('version')!r}")
             kek = self._kek(create=False)
             if kek is None:
                 raise StoreError(f"{self.kek_path.name} is missing: the stored key cannot be decrypted")
-            blob = doc["key"]
-            der = AESGCM(kek).decrypt(base64.b64decode(blob["nonce"]), base64.b64decode(blob["ciphertext"]),
-                                      KEY_AAD)
-            key = load_der_private_key(der, password=None)
-            if not isinstance(key, ec.EllipticCurvePrivateKey):
-                raise StoreError("the stored key is not an EC key")
+            key = self._unseal(kek, doc["key"]) if doc.get("key") else None
+            pending = None
+            if doc.get("pending"):
+                raw = doc["pending"]
+                when = raw.get("not_before")
+                pending = Pending(Action[raw["action"]], self._unseal(kek, raw["key"]),
+                                  x509.load_der_x509_csr(base64.b64decode(raw["csr"])),
+                                  dt.datetime.fromisoformat(when) if when else None, raw.get("for_serial"))
+                if not same_public_key_of(pending.key, pending.csr):
+                    raise StoreError(f"{self.state_path.name}: the pending CSR does not hold the pending key")
             cert = doc.get("certificate")
             certificate = x509.load_pem_x509_certificate(cert.encode()) if cert else None
             chain = tuple(x509.load_pem_x509_certificate(p.encode()) for p in doc.get("chain", []))
@@ -272,24 +319,26 @@ class Store:
             raise
         except Exception as exc:  # noqa: BLE001 - InvalidTag, base64, PEM, missing fields
             raise StoreError(f"{self.state_path.name} cannot be loaded: {type(exc).__name__}: {exc}") from None
-        if certificate is not None and _spki(certificate.public_key()) != _spki(key.public_key()):
+        if certificate is not None and (key is None or _spki(certificate.public_key()) != _spki(key.public_key())):
             raise StoreError(f"{self.state_path.name}: the certificate does not hold the stored key")
-        return Persisted(key, certificate, chain, ca_certs)
+        return Persisted(key, certificate, chain, ca_certs, pending)
 
     def save(self, state: Persisted) -> None:
         kek = self._kek(create=True)
         assert kek is not None
-        nonce = os.urandom(12)
-        der = state.key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+        pending = state.pending
         doc = {
-            "format": STATE_FORMAT, "version": 1,
+            "format": STATE_FORMAT, "version": STATE_VERSION,
             "saved_at": utc_now().isoformat(timespec="seconds"),
-            "key": {"alg": "AES-256-GCM", "kek": self.kek_path.name, "curve": Curve.of(state.key).name,
-                    "nonce": base64.b64encode(nonce).decode(),
-                    "ciphertext": base64.b64encode(AESGCM(kek).encrypt(nonce, der, KEY_AAD)).decode()},
+            "key": self._seal(kek, state.key) if state.key is not None else None,
             "certificate": _pem(state.certificate) if state.certificate is not None else None,
             "chain": [_pem(c) for c in state.chain],
             "ca_certs": [_pem(c) for c in state.ca_certs],
+            "pending": None if pending is None else {
+                "action": pending.action.name, "key": self._seal(kek, pending.key),
+                "csr": base64.b64encode(pending.csr.public_bytes(Encoding.DER)).decode(),
+                "not_before": pending.not_before.isoformat() if pending.not_before else None,
+                "for_serial": pending.for_serial},
         }
         atomic_write(self.state_path, json.dumps(doc, indent=1).encode())
 
@@ -303,6 +352,23 @@ class Store:
 
 
 # ---------------------------------------------------------------------------- the service
+def _op(action: Action) -> str:
+    return "simplereenroll" if action is Action.REENROLL else "simpleenroll"
+
+
+def _describe(outcome) -> str:
+    if isinstance(outcome, AuthRequired):
+        return "HTTP 401: " + ("credentials refused" if outcome.credentials_sent else "credentials required")
+    return str(outcome)
+
+
+def _csr_sans(csr: x509.CertificateSigningRequest) -> list:
+    try:
+        return list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
 def _serial(cert: x509.Certificate | None) -> str:
     return f"{cert.serial_number:x}" if cert is not None else "-"
 
@@ -317,9 +383,9 @@ class Attempt:
 
     action: Action
     key: ec.EllipticCurvePrivateKey
+    csr: x509.CertificateSigningRequest
     exchange: Exchange
     transport: HttpTransport
-    ca_certs: tuple[x509.Certificate, ...]
     not_before: dt.datetime
     client_auth: str  # "none" or "serial=..." of the certificate presented
 
@@ -340,6 +406,7 @@ class EstService:
         self.successes = self.errors = 0
         self.last_error: tuple[int, int, str] = (0, 0, "")
         self.reenroll_not_before: dt.datetime | None = None
+        self.pending: Pending | None = None
 
     # -- startup -------------------------------------------------------------------------
     def load(self) -> None:
@@ -358,13 +425,18 @@ class EstService:
         if state is None:
             self.log("state: no stored certificate (first start)")
             return
-        self.key, self.ca_certs = state.key, state.ca_certs
+        self.key, self.ca_certs, self.pending = state.key, state.ca_certs, state.pending
+        if state.pending is not None:
+            wait = f", not before {state.pending.not_before.isoformat()} (Retry-After)" \
+                if state.pending.not_before else ""
+            self.log(f"state: a pending {_op(state.pending.action)} request (CSR for "
+                     f"{state.pending.csr.subject.rfc4514_string()}) will be resent with the same key{wait}")
         if state.certificate is not None:
             self.renewal = RenewalState(certificate=state.certificate, chain=state.chain)
             self.log(f"state: loaded certificate serial={_serial(state.certificate)} "
                      f"subject={state.certificate.subject.rfc4514_string()} "
                      f"not_after={state.certificate.not_valid_after_utc.isoformat()}")
-        else:
+        elif state.key is not None:
             self.log("state: loaded a key that has no certificate yet")
 
     # -- scheduling ----------------------------------------------------------------------
@@ -375,7 +447,17 @@ class EstService:
         at = decision.at
         if decision.action is Action.REENROLL and self.reenroll_not_before is not None:
             at = max(at, self.reenroll_not_before)
+        hold = self._retry_after_hold(decision.action)
+        if hold is not None:
+            at = max(at, hold)
         return min(at, now + dt.timedelta(seconds=self.cfg.check_interval_s))
+
+    def _retry_after_hold(self, action: Action) -> dt.datetime | None:
+        """A persisted Retry-After that still holds back the pending request for ``action``."""
+        pending = self.pending
+        if pending is None or pending.action is not action or pending.not_before is None:
+            return None
+        return pending.not_before
 
     def work(self, now: dt.datetime) -> None:
         """Do whatever is due at ``now`` (the caller checked `next_wakeup`). Never raises: a bug
@@ -398,55 +480,137 @@ class EstService:
         if (decision.action is Action.REENROLL and self.reenroll_not_before is not None
                 and now < self.reenroll_not_before):
             return
+        hold = self._retry_after_hold(decision.action)
+        if hold is not None and now < hold:
+            return
         self._start(decision.action, decision.reason)
 
     # -- one attempt -----------------------------------------------------------------------
     def _start(self, action: Action, reason: str) -> None:
-        op = "simplereenroll" if action is Action.REENROLL else "simpleenroll"
+        op = _op(action)
         self.log(f"{op}: starting ({reason})")
         self.activity = Activity.EXCHANGING
-        plain = self.transport_for(None, None, ())
-        ca_certs = self.ca_certs
-        if not ca_certs:  # first enrollment (or lost state): ask for the CA certificates first
-            outcome = self._run_once(protocol.cacerts(self.cfg.server, self.trust), plain)
-            if not isinstance(outcome, CaCerts):
-                self._failed(op, "cacerts", outcome)
+        # The CA certificates: fetched before every (re-)enrollment -- the renewal schedule --
+        # so a CA that moved to a new issuing CA is followed (RFC 7030 §4.1.3).
+        failed = self._refresh_cacerts("before " + op)
+        if failed is not None:
+            if not self.ca_certs:
+                self._failed(op, "cacerts", failed)
                 return
-            ca_certs = outcome.certificates
-            self.log(f"cacerts: {len(ca_certs)} CA certificate(s), verified against the trust anchor")
+            self.log(f"cacerts: refresh FAILED ({_describe(failed)}); continuing with the "
+                     f"{len(self.ca_certs)} stored CA certificate(s)")
         current = self.renewal.certificate
         try:
+            key, csr = self._request_for(action, current)
             if action is Action.REENROLL:
                 assert current is not None and self.key is not None
-                key = generate_key(self.cfg.curve) if self.cfg.rekey else self.key
-                csr = build_reenroll_csr(key, current)
                 intermediates = tuple(c for c in self.renewal.chain[1:] if not self.trust.is_anchor(c))
                 transport = self.transport_for(current, self.key, intermediates)
-                exchange = protocol.simplereenroll(self.cfg.server, self.trust, csr, ca_certs=ca_certs,
+                exchange = protocol.simplereenroll(self.cfg.server, self.trust, csr, ca_certs=self.ca_certs,
                                                    limits=self.cfg.limits)
                 client_auth = f"serial={_serial(current)}"
             else:
-                if self.key is not None and current is None and Curve.of(self.key) is self.cfg.curve:
-                    key = self.key  # the key a previous (deferred) enrollment asked for
-                elif current is None or self.cfg.rekey:
-                    key = generate_key(self.cfg.curve)
-                else:
-                    key = self.key
-                if current is None and key is not self.key:
-                    # Persist the pending key at once: a restart during a 202 deferral must ask
-                    # for the same key (the CA tracks the deferred request by its public key).
-                    self.store.save(Persisted(key, None, (), self.ca_certs))
-                    self.key = key
-                csr = build_csr(key, self.cfg.subject, self.cfg.sans)
-                transport = plain
+                transport = self.transport_for(None, None, ())
                 exchange = protocol.simpleenroll(self.cfg.server, self.trust, csr, auth=self.cfg.auth,
-                                                 ca_certs=ca_certs, limits=self.cfg.limits)
+                                                 ca_certs=self.ca_certs, limits=self.cfg.limits)
                 client_auth = "none"
         except (OSError, ValueError, TypeError) as exc:
             self._local_failure(op, f"preparing the request failed: {type(exc).__name__}: {exc}")
             return
-        attempt = Attempt(action, key, exchange, transport, ca_certs, self.clock(), client_auth)
+        attempt = Attempt(action, key, csr, exchange, transport, self.clock(), client_auth)
         self._send(attempt, exchange.request)
+
+    def _request_for(self, action: Action, current: x509.Certificate | None):
+        """The pending request if it still fits (same key, same CSR: "the same request"), else a
+        new one -- stored before it is sent, so a restart resends exactly this request."""
+        pending, op = self.pending, _op(action)
+        if pending is not None and self._pending_fits(pending, action, current):
+            self.log(f"{op}: resending the pending request (same key and CSR)")
+            return pending.key, pending.csr
+        if action is Action.REENROLL:
+            assert current is not None and self.key is not None
+            key = generate_key(self.cfg.curve) if self.cfg.rekey else self.key
+            csr = build_reenroll_csr(key, current)
+            for_serial = _serial(current)
+        else:
+            if self.key is not None and current is None and Curve.of(self.key) is self.cfg.curve:
+                key = self.key  # a key stored without certificate by an older version
+            elif current is None or self.cfg.rekey:
+                key = generate_key(self.cfg.curve)
+            else:
+                key = self.key
+            csr = build_csr(key, self.cfg.subject, self.cfg.sans)
+            for_serial = None
+        self.pending = Pending(action, key, csr, None, for_serial)
+        self._save()
+        return key, csr
+
+    def _pending_fits(self, pending: Pending, action: Action, current: x509.Certificate | None) -> bool:
+        if pending.action is not action:
+            return False
+        if action is Action.REENROLL:
+            return (current is not None and pending.for_serial == _serial(current)
+                    and same_identity(pending.csr, current))
+        return (pending.csr.subject == self.cfg.subject and _csr_sans(pending.csr) == list(self.cfg.sans)
+                and Curve.of(pending.key) is self.cfg.curve)
+
+    def _save(self) -> None:
+        self.store.save(Persisted(self.key, self.renewal.certificate, self.renewal.chain, self.ca_certs,
+                                  self.pending))
+
+    def _cacerts_trust(self, now: dt.datetime) -> TrustAnchors:
+        """What a new /cacerts answer must chain to: the bootstrap TA, or a certificate of the
+        current set that is still valid."""
+        current = tuple(c for c in self.ca_certs if still_valid(c, now) and not self.trust.is_anchor(c))
+        return TrustAnchors(self.trust.anchors + current)
+
+    def _refresh_cacerts(self, why: str):
+        """GET /cacerts; None on success (self.ca_certs updated and stored), else the outcome."""
+        now = self.clock()
+        anchors = self._cacerts_trust(now)
+        outcome = self._drive(protocol.cacerts(self.cfg.server, anchors), self.transport_for(None, None, ()))
+        if not isinstance(outcome, CaCerts):
+            return outcome
+        new = outcome.certificates
+
+        def fingerprints(certs) -> list[bytes]:
+            return sorted(c.fingerprint(hashes.SHA256()) for c in certs)
+
+        if fingerprints(new) == fingerprints(self.ca_certs):
+            self.log(f"cacerts ({why}): {len(new)} CA certificate(s), unchanged")
+            return None
+        names = "; ".join(c.subject.rfc4514_string() for c in new)
+        via = ("the bootstrap trust anchor" if len(anchors.anchors) == len(self.trust.anchors)
+               else "the bootstrap trust anchor or the current, still valid CA certificates")
+        self.log(f"cacerts ({why}): {'now ' if self.ca_certs else ''}{len(new)} CA certificate(s) [{names}], "
+                 f"verified against {via}")
+        self.ca_certs = new
+        try:
+            self._save()
+        except OSError as exc:
+            self.log(f"cacerts: could not store the new CA certificates ({exc}); kept in memory")
+        return None
+
+    def _drive(self, exchange: Exchange, transport: HttpTransport, request=None):
+        """Send until a final outcome or a 202: same-origin redirects are followed, a 401 is
+        answered once with the configured credentials (the server is TLS-authenticated)."""
+        op = exchange.operation.value
+        request = request or exchange.request
+        while True:
+            response = transport.send(request)
+            if isinstance(response, EstError):
+                return exchange.fail(response)
+            outcome = exchange.receive(response, self.clock())
+            if isinstance(outcome, Redirected):
+                self.log(f"{op}: {outcome.status} redirect to {outcome.target} (same origin): following")
+                request = exchange.resend()
+                continue
+            if isinstance(outcome, AuthRequired) and not outcome.credentials_sent and self.cfg.auth is not None:
+                self.log(f"{op}: the server asks for credentials ({outcome.challenge or 'no challenge'}); "
+                         f"answering with the configured HTTP Basic credentials (user {self.cfg.auth.username})")
+                request = exchange.authenticate(self.cfg.auth)
+                continue
+            return outcome
 
     def _resend(self, attempt: Attempt) -> None:
         self.activity = Activity.EXCHANGING
@@ -454,39 +618,55 @@ class EstService:
 
     def _send(self, attempt: Attempt, request) -> None:
         op = attempt.exchange.operation.value
-        response = attempt.transport.send(request)
-        if isinstance(response, EstError):
-            outcome = attempt.exchange.fail(response)
-        else:
-            outcome = attempt.exchange.receive(response, self.clock())
+        outcome = self._drive(attempt.exchange, attempt.transport, request)
         if isinstance(outcome, Deferred):
             attempt.not_before = outcome.not_before
             self.attempt = attempt
             self.activity = Activity.DEFERRED
+            if self.pending is not None:
+                self.pending = dataclasses.replace(self.pending, not_before=outcome.not_before)
+                try:
+                    self._save()
+                except OSError as exc:
+                    self.log(f"{op}: could not store the Retry-After time ({exc})")
             self.log(f"{op}: deferred by the server (202, Retry-After {outcome.requested:g}s): "
-                     f"retrying in {outcome.delay:g}s (deferral {outcome.deferrals})")
+                     f"resending the same request in {outcome.delay:g}s (deferral {outcome.deferrals})")
             return
         self.attempt = None
+        if (isinstance(outcome, EstError) and outcome.kind is ErrorKind.UNTRUSTED_CHAIN
+                and attempt.exchange.response is not None):
+            outcome = self._recheck_with_fresh_cacerts(attempt, outcome)
         if isinstance(outcome, Enrolled):
             self._enrolled(attempt, outcome)
         else:
+            if isinstance(outcome, EstError) and outcome.status is not None and 400 <= outcome.status < 500:
+                self.pending = None  # the server has seen this request and refused it: build anew
             self._failed(op, op, outcome)
 
-    def _run_once(self, exchange: Exchange, transport: HttpTransport):
-        response = transport.send(exchange.request)
-        if isinstance(response, EstError):
-            return exchange.fail(response)
-        return exchange.receive(response, self.clock())
+    def _recheck_with_fresh_cacerts(self, attempt: Attempt, error: EstError):
+        """The issued certificate does not chain with the CA certificates we hold: the CA may have
+        moved to a new issuing CA. Refresh /cacerts and check the *same* answer again (asking
+        again would make the CA issue a second certificate)."""
+        op = attempt.exchange.operation.value
+        self.log(f"{op}: the answer does not chain with our {len(self.ca_certs)} CA certificate(s): "
+                 "refreshing /cacerts")
+        failed = self._refresh_cacerts("untrusted chain")
+        if failed is not None:
+            self.log(f"cacerts: refresh FAILED ({_describe(failed)})")
+            return error
+        make = protocol.simplereenroll if attempt.action is Action.REENROLL else protocol.simpleenroll
+        again = make(self.cfg.server, self.trust, attempt.csr, ca_certs=self.ca_certs)
+        return again.receive(attempt.exchange.response, self.clock())
 
     def _enrolled(self, attempt: Attempt, enrolled: Enrolled) -> None:
         op = attempt.exchange.operation.value
         old = self.renewal.certificate
         try:
-            self.store.save(Persisted(attempt.key, enrolled.certificate, enrolled.chain, attempt.ca_certs))
+            self.store.save(Persisted(attempt.key, enrolled.certificate, enrolled.chain, self.ca_certs, None))
         except OSError as exc:
             self._local_failure(op, f"the new certificate could not be stored ({exc}); keeping the old one")
             return
-        self.key, self.ca_certs = attempt.key, attempt.ca_certs
+        self.key, self.pending = attempt.key, None
         self.renewal = record_success(self.renewal, enrolled)
         self.successes += 1
         self.activity = Activity.IDLE
@@ -494,19 +674,25 @@ class EstService:
         self.reenroll_not_before = now + dt.timedelta(seconds=self.cfg.min_reenroll_interval_s)
         cert = enrolled.certificate
         verb = "re-enrolled" if attempt.action is Action.REENROLL else "enrolled"
+        basic = (f"user {self.cfg.auth.username}" if attempt.exchange.request.header("Authorization")
+                 and self.cfg.auth else "none")
         self.log(f"{verb}: serial={_serial(cert)} subject={cert.subject.rfc4514_string()} "
                  f"not_after={cert.not_valid_after_utc.isoformat()} chain={len(enrolled.chain)} "
-                 f"via {op} (TLS client auth: {attempt.client_auth}; previous serial={_serial(old)})")
+                 f"issuer={cert.issuer.rfc4514_string()} via {op} (TLS client auth: {attempt.client_auth}; "
+                 f"HTTP Basic: {basic}; previous serial={_serial(old)})")
 
     def _note_error(self, code: int, http: int, detail: str) -> None:
         self.last_error = (code, http, detail)
 
     def _failed(self, op: str, step: str, outcome) -> None:
         if isinstance(outcome, AuthRequired):
-            why = ("the server refused our credentials" if outcome.credentials_sent
-                   else "the server wants credentials and none are configured")
-            user = f" (user {self.cfg.auth.username})" if self.cfg.auth else ""
-            detail = f"AUTH_REFUSED (HTTP 401): {why}{user}"
+            if outcome.credentials_sent:
+                user = f" (user {self.cfg.auth.username})" if self.cfg.auth else ""
+                why = f"the server refused our credentials{user}"
+            else:
+                why = "the server wants credentials and none are configured (est config auth.username/password)"
+            challenge = f"; challenge: {outcome.challenge}" if outcome.challenge else ""
+            detail = f"AUTH_REFUSED (HTTP 401) at /{step}: {why}{challenge}"
             self._note_error(AUTH_REFUSED, 401, detail)
             failure = outcome
         elif isinstance(outcome, EstError):

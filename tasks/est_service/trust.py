@@ -22,7 +22,12 @@ from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store
 
 from .results import ErrorKind, EstError
 
-__all__ = ["TrustAnchors", "verify_ca_certs", "verify_issued"]
+__all__ = ["TrustAnchors", "still_valid", "verify_ca_certs", "verify_issued"]
+
+
+def still_valid(cert: x509.Certificate, now: dt.datetime) -> bool:
+    """``cert`` is inside its validity period at ``now``."""
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +78,10 @@ def verify_ca_certs(
     """Accept a /cacerts answer only if *every* certificate is an anchor or chains to one.
 
     The other certificates of the same answer may serve as intermediates. Being strict (one
-    foreign certificate spoils the answer) keeps the rule simple to state; a CA rollover
-    (§4.1.3 OldWithNew/NewWithOld) is handled by provisioning the new root as an extra anchor.
+    foreign certificate spoils the answer) keeps the rule simple to state. est_service passes
+    the bootstrap TA plus the still-valid certificates of its current set as ``trust``, so a
+    CA that moves to a new issuing CA (or publishes a new root certified by its current one,
+    §4.1.3 NewWithOld) is followed, and nothing else is.
     """
     if not certs:
         return EstError(ErrorKind.NO_CERTIFICATES, "/cacerts returned no certificate")

@@ -62,10 +62,22 @@ class Kit:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         return key, build_csr(key, subject, sans)
 
+    @property
+    def ca_certs(self) -> tuple[x509.Certificate, ...]:
+        """What /cacerts answers (issuing CA, root): the intermediates a client has."""
+        return tuple(self.ca.ca_certificates)
+
     def enroll(self, **csr_kwargs) -> tuple[ec.EllipticCurvePrivateKey, Outcome]:
         key, csr = self.csr(**csr_kwargs)
         return key, self.run(protocol.simpleenroll(self.server(), self.trust, csr,
-                                                   auth=self.auth))
+                                                   auth=self.auth, ca_certs=self.ca_certs))
+
+    def reenroll(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey,
+                 csr: x509.CertificateSigningRequest, **kwargs) -> Outcome:
+        """/simplereenroll with ``cert``/``key`` as the TLS client certificate."""
+        kwargs.setdefault("ca_certs", self.ca_certs)
+        return self.run(protocol.simplereenroll(self.server(), self.trust, csr, **kwargs),
+                        self.transport(cert=cert, key=key))
 
 
 @pytest.fixture

@@ -47,7 +47,7 @@ def test_serve_prints_url_serves_and_stops_on_sigterm(tmp_path, tools) -> None:
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert re.search(r"est-ca GET /\.well-known/est/cacerts peer=127\.0\.0\.1:\d+ "
-                     r"client=anonymous -> 200 sent CA certificate", err), err
+                     r"client=anonymous -> 200 sent 2 CA certificates", err), err
 
 
 def test_ca_cert_prints_the_trust_anchor(tmp_path, capsys) -> None:
@@ -67,3 +67,11 @@ def test_usage_errors(tmp_path, capsys) -> None:
     assert main(["serve", "--fault", "explode"]) == 2
     assert main(["serve", "--state-dir", str(tmp_path), "--defer", "-1"]) == 1
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_rotate_starts_a_new_issuing_ca(tmp_path, capsys) -> None:
+    state = tmp_path / "s"
+    assert main(["ca-cert", "--state-dir", str(state)]) == 0
+    assert main(["rotate", "--state-dir", str(state)]) == 0
+    assert "now issuing from CN=l4emu development EST issuing CA 2" in capsys.readouterr().out
+    assert (state / "issuing-0002.crt").exists()

@@ -7,13 +7,21 @@ issued certificate as TLS client certificate), openssl decodes and verifies the 
 
 from __future__ import annotations
 
+import socket
+import ssl
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from hil.est_ca import EstCa
+from tasks.est_service.http_transport import HttpTransport, make_ssl_context
+from tasks.est_service.messages import HttpRequest
+from tasks.est_service.results import ErrorKind, EstError
 
 pytestmark = pytest.mark.usefixtures("tools")
 
@@ -49,12 +57,12 @@ class Curl:
 
 
 def make_csr(cwd: Path, name: str, subject: str, *, key: str | None = None,
-             pem: bool = False) -> None:
+             pem: bool = False, san: str = SAN) -> None:
     """openssl req: new P-256 key (or reuse ``key``) and a base64 DER CSR in ``name``.b64."""
     key_args = (["-key", key] if key else
                 ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                  "-keyout", f"{name}.key"])
-    ok("openssl", "req", "-new", *key_args, "-subj", subject, "-addext", SAN,
+    ok("openssl", "req", "-new", *key_args, "-subj", subject, "-addext", san,
        "-outform", "PEM" if pem else "DER", "-out", f"{name}.csr", cwd=cwd)
     if pem:
         (cwd / f"{name}.b64").write_bytes((cwd / f"{name}.csr").read_bytes())
@@ -81,7 +89,7 @@ def test_curl_openssl_enroll_and_reenroll(curl, est_ca, tmp_path) -> None:
     # 1. CA certificates, decoded and checked by openssl.
     status, _, body = curl("cacerts")
     assert status == 200
-    assert p7_to_pem(cwd, body, "cacerts.pem") == [est_ca.certificate]
+    assert set(p7_to_pem(cwd, body, "cacerts.pem")) == {est_ca.issuing, est_ca.certificate}
 
     # 2. First enrollment with HTTP Basic.
     make_csr(cwd, "dev", "/CN=gateway-0001")
@@ -154,3 +162,64 @@ def test_curl_rejects_server_with_wrong_trust_anchor(running, tmp_path) -> None:
     done = run("curl", "--silent", "--cacert", str(other.ca_cert_path),
                f"{running.url}/cacerts", cwd=tmp_path)
     assert done.returncode == 60  # CURLE_PEER_FAILED_VERIFICATION
+
+
+def test_curl_device_certificate_cannot_become_the_est_server(curl, running, est_ca,
+                                                                tmp_path) -> None:
+    """The issue's attack, replayed with curl + openssl: a device certificate asks for the
+    server's identity and is refused everywhere; the device certificate itself is refused by
+    TLS clients as a server certificate (clientAuth only)."""
+    cwd = tmp_path
+    make_csr(cwd, "dev", "/CN=gateway-0001")
+    status, _, body = curl("simpleenroll", "-u", "estuser:estpwd", data="dev.b64")
+    assert status == 200
+    [device] = p7_to_pem(cwd, body, "dev.pem")
+    make_csr(cwd, "srv", "/CN=l4emu EST server", san="subjectAltName=IP:127.0.0.1,DNS:localhost")
+    as_device = ("--cert", "dev.pem", "--key", "dev.key")
+    # 1. the device certificate instead of HTTP Basic: 401, no certificate.
+    status, _, _ = curl("simpleenroll", *as_device, data="srv.b64")
+    assert status == 401
+    # 2. as a re-enrollment of the device: the identity cannot change.
+    status, _, body = curl("simplereenroll", *as_device, data="srv.b64")
+    assert (status, b"Subject and SubjectAltName" in body) == (400, True)
+    # 3. even with the bootstrap credentials, a device cannot be named like the server.
+    status, _, body = curl("simpleenroll", "-u", "estuser:estpwd", data="srv.b64")
+    assert (status, b"cannot name the EST server" in body) == (400, True)
+    assert [r.status for r in running.records] == [200, 401, 400, 400]
+    # 4. the device certificate presented as a TLS server certificate: curl refuses it.
+    chain = cwd / "dev-chain.pem"
+    chain.write_bytes((cwd / "dev.pem").read_bytes() + est_ca.issuing.public_bytes(Encoding.PEM))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain, cwd / "dev.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def accept(count: int) -> None:
+        for _ in range(count):
+            conn, _ = listener.accept()
+            with conn:
+                try:
+                    context.wrap_socket(conn, server_side=True).close()
+                except (ssl.SSLError, OSError):
+                    pass  # the client aborts the handshake: that is the point
+
+    thread = threading.Thread(target=accept, args=(2,))
+    thread.start()
+    try:
+        done = run("curl", "--silent", "--show-error", "--max-time", "20", "--cacert",
+                   str(est_ca.ca_cert_path), "--resolve", f"gateway-0001.local:{port}:127.0.0.1",
+                   f"https://gateway-0001.local:{port}/.well-known/est/cacerts", cwd=cwd)
+        # est_service's own TLS client (the context the task uses) refuses it too, before any
+        # HTTP -- so no Basic credentials can go to an impostor.
+        ours = HttpTransport.tls("127.0.0.1", port, make_ssl_context([est_ca.certificate]),
+                                 server_hostname="gateway-0001.local").send(
+            HttpRequest("GET", "/.well-known/est/cacerts", (("Host", "gateway-0001.local"),)))
+    finally:
+        thread.join(timeout=30)
+        listener.close()
+    assert done.returncode == 60, done.stderr  # CURLE_PEER_FAILED_VERIFICATION
+    assert b"unsuitable certificate purpose" in done.stderr
+    assert isinstance(ours, EstError) and ours.kind is ErrorKind.TLS_FAILED, ours
+    assert "unsuitable certificate purpose" in ours.detail
+    assert list(device.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH]

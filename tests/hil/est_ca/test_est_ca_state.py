@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hil.est_ca import EstCa, EstCaError, Refused, serve
@@ -33,7 +33,10 @@ def test_first_start_creates_a_private_ca(tmp_path) -> None:
     assert ca.created
     assert mode(ca.state_dir) == 0o700
     assert mode(ca.ca_key_path) == 0o600
-    assert sorted(p.name for p in ca.state_dir.iterdir()) == [".lock", "ca.crt", "ca.key"]
+    assert sorted(p.name for p in ca.state_dir.iterdir()) == [
+        ".lock", "ca.crt", "ca.key", "issuing-0001.crt", "issuing-0001.key"]
+    assert mode(ca.state_dir / "issuing-0001.key") == 0o600
+    ca.issuing.verify_directly_issued_by(ca.certificate)
     cert = x509.load_pem_x509_certificate(ca.ca_cert_path.read_bytes())
     assert cert == ca.certificate
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -50,7 +53,8 @@ def test_second_start_reloads_the_same_ca(tmp_path) -> None:
     assert second.certificate.public_key().curve.name == "secp384r1"
     issued = second.issue(csr_for(ec.generate_private_key(ec.SECP256R1())))
     assert isinstance(issued, x509.Certificate)
-    issued.verify_directly_issued_by(first.certificate)
+    issued.verify_directly_issued_by(first.issuing)
+    assert second.issuing == first.issuing
     assert isinstance(issued.signature_hash_algorithm, hashes.SHA384)
 
 
@@ -78,7 +82,7 @@ def test_issue_copies_subject_and_san_with_configured_validity(tmp_path) -> None
     assert (cert.not_valid_before_utc, cert.not_valid_after_utc) == (
         now, now + dt.timedelta(hours=5))
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert ca.issued_by_us(cert)
     assert ca.issue(csr_for(ec.generate_private_key(ec.SECP256R1())),
@@ -112,7 +116,7 @@ def test_server_credentials(tmp_path) -> None:
     cert_path, key_path = ca.server_credentials(extra_hosts=["est.lab", "127.0.0.1"])
     assert mode(key_path) == 0o600
     leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
-    leaf.verify_directly_issued_by(ca.certificate)
+    leaf.verify_directly_issued_by(ca.issuing)
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"),
                                                         ipaddress.ip_address("::1")]
@@ -131,3 +135,46 @@ def test_loose_key_permissions_are_reported(tmp_path, caplog) -> None:
     ca.ca_key_path.chmod(0o644)
     EstCa(tmp_path / "s")
     assert "should be mode 0600" in caplog.text
+
+
+def test_rotation_issues_from_a_new_intermediate_and_keeps_devices(tmp_path) -> None:
+    ca = EstCa(tmp_path / "s")
+    key = ec.generate_private_key(ec.SECP256R1())
+    before = ca.issue(csr_for(key, "gw", [x509.DNSName("gw.local")]))
+    first_issuing = ca.issuing
+    second_issuing = ca.rotate_issuing()
+    assert second_issuing != first_issuing and ca.ca_certificates == [second_issuing, ca.certificate]
+    second_issuing.verify_directly_issued_by(ca.certificate)
+    after = ca.reissue(csr_for(key, "gw", [x509.DNSName("gw.local")]), before)
+    after.verify_directly_issued_by(second_issuing)
+    # Reloaded from disk: the same issuing CAs, the old device certificate still a device.
+    again = EstCa(tmp_path / "s")
+    assert again.issuing == second_issuing
+    assert again.device_identity(before) is before
+    assert again.device_identity(after) is after  # using the new one retires the old one ...
+    assert again.device_identity(before) == "superseded: the device has used a newer certificate"
+    assert EstCa(tmp_path / "s").device_identity(before).startswith("superseded")  # ... durably
+
+
+def test_reissue_takes_the_identity_of_the_current_certificate(tmp_path) -> None:
+    ca = EstCa(tmp_path / "s")
+    key = ec.generate_private_key(ec.SECP256R1())
+    current = ca.issue(csr_for(key, "gw", [x509.DNSName("gw.local")]))
+    assert ca.reissue(csr_for(key, "l4emu EST server", [x509.DNSName("gw.local")]), current) == \
+        Refused("re-enrollment must keep the Subject and SubjectAltName of the current "
+                "certificate (RFC 7030 §4.2.2)")
+    assert isinstance(ca.reissue(csr_for(key, "gw"), current), Refused)  # SAN dropped
+
+
+def test_state_from_an_older_single_tier_ca_is_refused_clearly(tmp_path) -> None:
+    ca = EstCa(tmp_path / "s")
+    key = load_pem_private_key(ca.ca_key_path.read_bytes(), None)
+    old = (x509.CertificateBuilder().subject_name(ca.certificate.subject)
+           .issuer_name(ca.certificate.subject).public_key(key.public_key())
+           .serial_number(1).not_valid_before(ca.certificate.not_valid_before_utc)
+           .not_valid_after(ca.certificate.not_valid_after_utc)
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+           .sign(key, hashes.SHA256()))
+    ca.ca_cert_path.write_bytes(old.public_bytes(Encoding.PEM))
+    with pytest.raises(EstCaError, match="older l4emu"):
+        EstCa(tmp_path / "s")

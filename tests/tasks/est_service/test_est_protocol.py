@@ -20,6 +20,7 @@ from tasks.est_service.messages import BasicAuth, EstServer, HttpResponse
 from tasks.est_service.protocol import (
     TRANSITIONS,
     DeferralLimits,
+    Event,
     Exchange,
     ProtocolMisuse,
     State,
@@ -37,6 +38,7 @@ from tasks.est_service.results import (
     Enrolled,
     ErrorKind,
     EstError,
+    Redirected,
 )
 from tasks.est_service.trust import TrustAnchors
 
@@ -186,7 +188,7 @@ def accepted(retry_after: str | None) -> HttpResponse:
         ("Mon, 01 Dec 2025 12:05:00 GMT", 300.0, 300.0),     # HTTP-date, 5 minutes after NOW
         ("Mon, 01 Dec 2025 11:00:00 GMT", 1.0, 0.0),         # in the past: min_delay
         ("0", 1.0, 0.0),                                     # no busy loop
-        ("999999", 3600.0, 999999.0),                        # clamped to max_delay
+        ("999999", 999999.0, 999999.0),                      # never less than asked (§4.2.3)
     ],
 )
 def test_enroll_202_is_deferred_with_bounds(golden, retry_after: str, delay: float,
@@ -240,6 +242,69 @@ def test_401_is_auth_required(golden, auth: BasicAuth | None, now) -> None:
     outcome = exchange.receive(response, now)
     assert outcome == AuthRequired('Basic realm="estrealm"', credentials_sent=auth is not None)
     assert exchange.state is State.AUTH_REQUIRED
+
+
+UNAUTHORIZED = HttpResponse(401, (("WWW-Authenticate", 'Basic realm="estrealm"'),))
+
+
+@pytest.mark.parametrize("operation", ["cacerts", "csrattrs", "simplereenroll"])
+def test_401_on_any_path_is_answered_once_with_the_credentials(golden, now, operation) -> None:
+    exchange = {"cacerts": lambda: cacerts(SERVER, golden.trust),
+                "csrattrs": lambda: csrattrs(SERVER),
+                "simplereenroll": lambda: simplereenroll(SERVER, golden.trust, golden.csr)}[operation]()
+    first = exchange.request
+    assert first.header("Authorization") is None
+    assert exchange.receive(UNAUTHORIZED, now) == AuthRequired('Basic realm="estrealm"', False)
+    again = exchange.authenticate(AUTH)
+    assert exchange.state is State.AWAITING_RESPONSE
+    assert again.header("Authorization") == AUTH.header_value()
+    assert (again.method, again.target, again.body) == (first.method, first.target, first.body)
+    assert again.headers[-1] == ("Connection", "close")
+    # Refused again: final, and the same credentials are not sent a second time.
+    assert exchange.receive(UNAUTHORIZED, now) == AuthRequired('Basic realm="estrealm"', True)
+    with pytest.raises(ProtocolMisuse):
+        exchange.authenticate(AUTH)
+
+
+@pytest.mark.parametrize("location", [
+    "/.well-known/est/other/simpleenroll",
+    "https://est.example:8443/.well-known/est/other/simpleenroll",
+    "other/simpleenroll",
+])
+def test_same_origin_307_is_followed_with_the_same_request(golden, now, location) -> None:
+    exchange = enroll(golden, auth=AUTH)
+    first = exchange.request
+    outcome = exchange.receive(HttpResponse(307, (("Location", location),)), now)
+    assert outcome == Redirected("/.well-known/est/other/simpleenroll", 307, 1)
+    assert exchange.state is State.REDIRECTED
+    again = exchange.resend()
+    assert again.target == "/.well-known/est/other/simpleenroll"
+    assert (again.method, again.headers, again.body) == (first.method, first.headers, first.body)
+    assert isinstance(exchange.receive(ok(golden.bytes("enroll.b64")), now), Enrolled)
+
+
+@pytest.mark.parametrize(("status", "location", "why"), [
+    (307, "https://evil.example/.well-known/est/simpleenroll", "another origin"),
+    (307, "http://est.example:8443/.well-known/est/simpleenroll", "another origin"),
+    (308, "https://est.example:9443/.well-known/est/simpleenroll", "another origin"),
+    (307, None, "without a Location"),
+    (302, "/.well-known/est/simpleenroll", "302"),
+])
+def test_other_redirects_are_errors(golden, now, status, location, why) -> None:
+    headers = (("Location", location),) if location else ()
+    outcome = enroll(golden, auth=AUTH).receive(HttpResponse(status, headers), now)
+    assert isinstance(outcome, EstError) and outcome.status == status
+    assert why in str(outcome)
+
+
+def test_redirect_loops_end(golden, now) -> None:
+    exchange = enroll(golden)
+    loop = HttpResponse(307, (("Location", "/.well-known/est/simpleenroll"),))
+    for _ in range(5):
+        assert isinstance(exchange.receive(loop, now), Redirected)
+        exchange.resend()
+    outcome = exchange.receive(loop, now)
+    assert isinstance(outcome, EstError) and "more than 5 redirects" in outcome.detail
 
 
 # -- /simpleenroll: bad answers ---------------------------------------------------------------
@@ -332,8 +397,11 @@ def test_csrattrs_errors(response: HttpResponse, kind: ErrorKind, now) -> None:
 # -- the state machine ------------------------------------------------------------------------
 
 def test_final_states_have_no_way_out() -> None:
-    finals = {State.DONE, State.AUTH_REQUIRED, State.FAILED}
+    finals = {State.DONE, State.FAILED}
     assert not [key for key in TRANSITIONS if key[0] in finals]
+    # AUTH_REQUIRED is left only by answering the challenge, once.
+    assert [key for key in TRANSITIONS if key[0] is State.AUTH_REQUIRED] == [
+        (State.AUTH_REQUIRED, Event.AUTHENTICATE)]
 
 
 def test_misuse_raises(golden, now) -> None:

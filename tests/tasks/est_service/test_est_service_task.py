@@ -4,6 +4,7 @@ the real development CA, reached through the network proxy's handler running in-
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 
@@ -71,7 +72,8 @@ def test_config_defaults_and_errors():
     for bad, message in [({"server": {"endpoint": "nohost"}}, "server.endpoint"),
                          ({"curve": "P-521"}, "curve"), ({"subject": {"XX": "1"}}, "unknown attribute"),
                          ({"sans": ["ip:not-an-ip"]}, "sans"), ({"renew_at_fraction": 1.5}, "renew_at_fraction"),
-                         ({"subject": {}}, "must not be empty"), ({"timeout_s": 0}, "timeout_s")]:
+                         ({"subject": {}}, "must not be empty"), ({"timeout_s": 0}, "timeout_s"),
+                         ({"deferral": {"max_delay_s": 60}}, "never shortened")]:
         with pytest.raises(ConfigError, match=message):
             Config.parse(config(**bad))
 
@@ -155,7 +157,8 @@ def service(tmp_path, ca, running):
     svc = EstService(cfg, trust, Store(tmp_path), log=lines.append, transport_for=transport_for, clock=clock)
     svc.lines, svc.fake_clock = lines, clock  # type: ignore[attr-defined]
     yield svc
-    running.update(fault=Fault.NONE, basic_auth=("estuser", "estpwd"))
+    defaults = ServerOptions(hang_limit=10)
+    running.update(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(ServerOptions)})
 
 
 def test_enroll_then_reenroll_is_rate_limited(service):
@@ -213,3 +216,154 @@ def test_refused_credentials_leave_no_certificate(service, running):
     assert service.store.load().certificate is None, "only the pending key is stored"
     peer = ShmPeer("gw", 16, type("R", (), {"size": 64})())  # type: ignore[arg-type]
     assert decode_response(service.handle(peer, Request(Op.GET_CERT).encode()))[0] is Status.NO_CERTIFICATE
+
+
+# ------------------------------------------------------------------------------ real CAs
+def restarted(service):
+    """A new EstService on the same work directory (what a restart of the task does)."""
+    again = EstService(service.cfg, service.trust, service.store, log=service.lines.append,
+                       transport_for=service.transport_for, clock=service.fake_clock)
+    again.lines, again.fake_clock = service.lines, service.fake_clock  # type: ignore[attr-defined]
+    again.load()
+    return again
+
+
+def ops(running, first: int = 0) -> list[tuple[str, int]]:
+    return [(r.path.rsplit("/", 1)[1], r.status) for r in running.records[first:]]
+
+
+def test_rotated_issuing_ca_is_followed_at_renewal(service, running, ca):
+    clock = service.fake_clock
+    service.load()
+    service.work(clock())
+    old = service.renewal.certificate
+    assert service.renewal.chain[1] == ca.issuing
+    first = len(running.records)
+    new_issuing = ca.rotate_issuing()
+    service.work(clock.advance(61))
+    new = service.renewal.certificate
+    assert new is not old and new.issuer == new_issuing.subject, service.lines
+    assert service.renewal.chain == (new, new_issuing, ca.certificate)
+    assert ops(running, first) == [("cacerts", 200), ("simplereenroll", 200)]
+    assert any(line.startswith("cacerts (before simplereenroll): now 2 CA certificate(s)") for line in service.lines)
+    assert set(service.store.load().ca_certs) == {new_issuing, ca.certificate}
+
+
+def test_untrusted_chain_refreshes_cacerts_and_rechecks_the_same_answer(service, running, ca):
+    clock = service.fake_clock
+    service.load()
+    service.work(clock())
+    running.update(defer=1, retry_after=30)
+    service.work(clock.advance(61))             # /cacerts (old issuing CA), then 202
+    assert service.attempt is not None
+    new_issuing = ca.rotate_issuing()           # the CA moves on while the device waits
+    first = len(running.records)
+    service.work(clock.advance(30))             # the answer is from the new issuing CA
+    assert service.renewal.certificate.issuer == new_issuing.subject, service.lines
+    # One issuance: the refreshed /cacerts made the same answer check out; nothing was re-requested.
+    assert ops(running, first) == [("simplereenroll", 200), ("cacerts", 200)]
+    assert "simplereenroll: the answer does not chain with our 2 CA certificate(s): refreshing /cacerts" \
+        in service.lines
+
+
+def test_retry_after_is_honoured_in_full_and_survives_a_restart(service, running):
+    clock = service.fake_clock
+    running.update(defer=1, retry_after=7200)   # two hours: more than any old client-side cap
+    service.load()
+    start = clock()
+    service.work(start)
+    pending = service.store.load().pending
+    assert pending is not None and pending.not_before == start + dt.timedelta(seconds=7200)
+    assert service.next_wakeup(clock()) == start + dt.timedelta(seconds=7200)
+    # The task restarts (kill -9, reboot): the same request, and not before Retry-After.
+    again = restarted(service)
+    assert again.pending.csr == pending.csr
+    first = len(running.records)
+    for _ in range(3):  # it wakes up (check_interval_s) but sends nothing before Retry-After
+        wake = again.next_wakeup(clock())
+        assert clock() < wake <= start + dt.timedelta(seconds=7200)
+        again.work(clock.advance((wake - clock()).total_seconds() - 1))
+    assert len(running.records) == first, "resent before the server's Retry-After"
+    again.work(clock.advance((start + dt.timedelta(seconds=7200) - clock()).total_seconds()))
+    cert = again.renewal.certificate
+    assert cert is not None and cert.public_key() == pending.key.public_key(), again.lines
+    assert "simpleenroll: resending the pending request (same key and CSR)" in again.lines
+    assert again.store.load().pending is None
+
+
+def test_deferred_reenrollment_keeps_its_new_key_across_a_restart(service, running):
+    clock = service.fake_clock
+    service.load()
+    service.work(clock())
+    old = service.renewal.certificate
+    running.update(defer=1, retry_after=10)
+    service.work(clock.advance(61))
+    pending = service.store.load().pending
+    assert pending.action.name == "REENROLL" and pending.for_serial == f"{old.serial_number:x}"
+    assert pending.key.public_key() != service.key.public_key(), "rekey: a new key was made once"
+    again = restarted(service)
+    again.work(clock.advance(10))
+    assert again.renewal.certificate.public_key() == pending.key.public_key(), again.lines
+
+
+def test_401_on_any_path_is_answered_with_the_configured_credentials(service, running):
+    running.update(basic_paths=frozenset({"cacerts", "simpleenroll", "simplereenroll"}))
+    first = len(running.records)
+    clock = service.fake_clock
+    service.load()
+    service.work(clock())
+    service.work(clock.advance(61))
+    assert service.successes == 2, service.lines
+    assert ops(running, first) == [("cacerts", 401), ("cacerts", 200), ("simpleenroll", 200),
+                            ("cacerts", 401), ("cacerts", 200), ("simplereenroll", 401),
+                            ("simplereenroll", 200)]
+    assert any("cacerts: the server asks for credentials (Basic realm=\"l4emu EST\"); answering with the "
+               "configured HTTP Basic credentials (user estuser)" in line for line in service.lines)
+    assert not any("none are configured" in line for line in service.lines)
+
+
+def test_401_without_configured_credentials_says_so(tmp_path, ca, running):
+    cfg = Config.parse({k: v for k, v in config(running.port).items() if k != "auth"})
+    proxy = Proxy(type("E", (), {"log": staticmethod(lambda text: None)})(), [f"127.0.0.1:{running.port}"])
+    peer = ShmPeer("est", 16, None)  # type: ignore[arg-type]
+    trust = TrustAnchors((ca.certificate,))
+
+    def transport_for(cert, key, chain):
+        context = make_ssl_context(trust.anchors, client_cert=cert, client_key=key, client_chain=chain)
+        return HttpTransport(proxy_connector(lambda raw: proxy.handle(peer, raw), cfg.endpoint, context,
+                                             "127.0.0.1", timeout=cfg.timeout_s), timeout=cfg.timeout_s)
+
+    lines: list[str] = []
+    svc = EstService(cfg, trust, Store(tmp_path), log=lines.append, transport_for=transport_for, clock=Clock())
+    svc.load()
+    svc.work(svc.clock())
+    assert "none are configured" in svc.status().detail and "/simpleenroll" in svc.status().detail
+
+
+def test_same_origin_307_is_followed(service, running):
+    running.update(redirect_label="moved")
+    first = len(running.records)
+    service.load()
+    service.work(service.fake_clock())
+    assert service.successes == 1, service.lines
+    assert ops(running, first) == [("cacerts", 307), ("cacerts", 200), ("simpleenroll", 307), ("simpleenroll", 200)]
+    assert running.records[-1].path == "/.well-known/est/moved/simpleenroll"
+    assert "simpleenroll: 307 redirect to /.well-known/est/moved/simpleenroll (same origin): following" \
+        in service.lines
+
+
+def test_new_cacerts_are_trusted_only_through_the_bootstrap_ta_or_the_current_valid_set(
+        tmp_path, make_pki, now):
+    bootstrap = make_pki("Bootstrap root")
+    current = make_pki("Current issuing")      # held from an earlier /cacerts answer
+    svc = EstService(Config.parse(config()), TrustAnchors((bootstrap.cert,)), Store(tmp_path),
+                     log=lambda line: None, transport_for=None)
+    svc.ca_certs = (current.cert,)
+    successor = current.issue(generate_key().public_key(), ca=True)  # certified by the current set
+    stranger = make_pki("Stranger").cert
+    from tasks.est_service.trust import verify_ca_certs
+    assert verify_ca_certs((successor,), svc._cacerts_trust(now), now) == (successor,)
+    assert verify_ca_certs((stranger,), svc._cacerts_trust(now), now).kind is ErrorKind.UNTRUSTED_CHAIN
+    # Once the current set has expired it vouches for nothing.
+    later = current.cert.not_valid_after_utc + dt.timedelta(days=1)
+    assert svc._cacerts_trust(later).anchors == (bootstrap.cert,)

@@ -57,7 +57,7 @@ def est_config(port: int, **overrides) -> dict:
         "curve": "P-256",
         "renew_at_fraction": 0.66,
         "backoff": {"initial_s": 0.2, "factor": 2, "max_s": 2},
-        "deferral": {"min_delay_s": 0.1, "max_delay_s": 5, "max_deferrals": 3},
+        "deferral": {"min_delay_s": 0.1, "max_deferrals": 3},
         "timeout_s": 30,  # only the HANG fault is meant to time out
         "min_reenroll_interval_s": 3600,
         "net": {"gate": "net", "shm": "net_shm"},
@@ -226,9 +226,9 @@ def test_first_enrollment_through_the_proxy(enrolled, ca):
     state = stored(enrolled["workdir"])
     cert = state.certificate
     assert hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest() == result["cert_sha256"]
-    cert.verify_directly_issued_by(ca.certificate)
+    cert.verify_directly_issued_by(ca.issuing)
     assert result["chain_sha256"] == [hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest()
-                                      for c in (cert, ca.certificate)]
+                                      for c in (cert, ca.issuing, ca.certificate)]
     assert cert.subject.rfc4514_string() == "O=WvdS,CN=gateway-0001"
     assert [str(n.value) for n in san(cert)] == ["gateway-0001.local", "10.0.0.7"]
     assert f"enrolled: serial={result['serial']}" in enrolled["est_log"]
@@ -271,9 +271,10 @@ def test_reenrollment_uses_the_current_certificate_for_tls_client_auth(boot, ser
     result = run_client(system)
     records = server.records[first:]
     assert result["successes"] == 1 and result["serial"] != f"{old.serial_number:x}", system.console.text()
-    assert [(r.path.rsplit("/", 1)[1], r.status) for r in records] == [("simplereenroll", 200)]
+    # /cacerts first (the renewal schedule refreshes the CA certificates), then the renewal.
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in records] == [("cacerts", 200), ("simplereenroll", 200)]
     # Authenticated by the TLS client certificate being renewed, not by a password.
-    assert records[0].client == f"cert:{old.subject.rfc4514_string()} serial={old.serial_number:x}"
+    assert records[1].client == f"cert:{old.subject.rfc4514_string()} serial={old.serial_number:x}"
     new = stored(device).certificate
     assert f"{new.serial_number:x}" == result["serial"]
     assert new.subject.public_bytes() == old.subject.public_bytes() and san(new) == san(old)
@@ -389,3 +390,40 @@ def test_task_without_a_proxy_gate_cannot_reach_the_ca(boot, server):
                     "boot fixture yet (no 'confine' in the boot record): a task process can still open "
                     f"sockets ({result['direct_connect']})")
     assert result["direct_connect"].startswith("failed"), result
+
+
+# ------------------------------------------------------------------------------------ identity
+def test_a_device_cannot_enroll_under_the_servers_name(boot, server, ta_files):
+    cfg = est_config(server.port, subject={"CN": "l4emu EST server"}, sans=["ip:127.0.0.1", "dns:localhost"])
+    first = len(server.records)
+    system = boot(image(server.port, cfg, ["until=failure"]), ta_files)
+    result = run_client(system)
+    assert result["http_status"] == 400 and "cannot name the EST server" in result["detail"], result
+    assert result["get_cert"] == "NO_CERTIFICATE"
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in server.records[first:]] == [
+        ("cacerts", 200), ("simpleenroll", 400)]
+
+
+# ------------------------------------------------------------------------------------ rotation
+# Last in the module: it moves the module's CA to a new issuing CA.
+def test_device_renews_through_a_rotated_issuing_ca(boot, server, device, ta_files, ca):
+    old = stored(device).certificate
+    old.verify_directly_issued_by(ca.issuing)
+    new_issuing = ca.rotate_issuing()
+    first = len(server.records)
+    system = boot(image(server.port, est_config(server.port, renew_at_fraction=1e-6), ["until=success"]),
+                  ta_files)
+    result = run_client(system)
+    assert result["successes"] == 1 and result["serial"] != f"{old.serial_number:x}", system.console.text()
+    # The renewal schedule fetched /cacerts first: the new issuing CA came from there (the enroll
+    # answer holds only the new certificate, RFC 7030 §4.2.3).
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in server.records[first:]] == [
+        ("cacerts", 200), ("simplereenroll", 200)]
+    new = stored(device).certificate
+    new.verify_directly_issued_by(new_issuing)
+    assert result["chain_sha256"] == [hashlib.sha256(c.public_bytes(Encoding.DER)).hexdigest()
+                                      for c in (new, new_issuing, ca.certificate)]
+    assert set(stored(device).ca_certs) == {new_issuing, ca.certificate}
+    log = est_log(system)
+    assert "cacerts (before simplereenroll): now 2 CA certificate(s)" in log
+    assert f"issuer={new_issuing.subject.rfc4514_string()}" in log

@@ -110,7 +110,8 @@ def test_enroll_and_reenroll_over_the_proxy_stream(ca, server, proxy):
     outcome = run(protocol.cacerts(est_server(server), trust), transport(ca, server, proxy))
     assert isinstance(outcome, CaCerts)
     key, request = csr()
-    enrolled = run(protocol.simpleenroll(est_server(server), trust, request, auth=BasicAuth("estuser", "estpwd")),
+    enrolled = run(protocol.simpleenroll(est_server(server), trust, request, auth=BasicAuth("estuser", "estpwd"),
+                                         ca_certs=outcome.certificates),
                    transport(ca, server, proxy))
     assert isinstance(enrolled, Enrolled)
     # Re-enroll with TLS client auth: the certificate and key go into our TLS, not to the proxy.
