@@ -57,6 +57,7 @@ COLOR_NAMES = {"black": "n", "red": "r", "green": "g", "yellow": "y", "blue": "b
 RESERVED_CAPS = ("log", "parent", "mem_alloc", "task", "thread")
 BUILTIN_OBJECTS = {"rom": "namespace"}
 PAGE = 4096
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  #: libyaml when present: same nodes and marks, faster
 MAX_IMAGE_BYTES = 1 << 20  #: an image file is text a person writes: refuse anything larger before parsing
 MAX_EXPANDED_NODES = 100_000  #: YAML nodes after expanding aliases (an "alias bomb" expands exponentially)
 
@@ -271,7 +272,10 @@ def parse_image(text: str, filename: str = "<image>",
         raise ImageError([Problem(filename, 1, 1, "<file>", f"the image is {len(text)} characters; at most "
                                                             f"{MAX_IMAGE_BYTES} are accepted")])
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            root = yaml.compose(text, Loader=LOADER)
+        except yaml.YAMLError:  # say it in the pure-Python parser's words (the reference wording)
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
