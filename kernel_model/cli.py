@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import enum
+import os
+import signal
 import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
-
 from rich.markup import escape
 
 from capabilities.image import ImageError
@@ -24,37 +24,73 @@ class Exit(enum.IntEnum):
 
 
 def render_dump(dump: dict[str, list[dict]], console: Console) -> None:
+    """Per task: its capabilities (selector, object, type, rights, label, derived from), then the memory
+    mapped into it (address, object, rights, size, offset) in a table of its own."""
+    from kernel_model.host.tables import emit_table
     for task, rows in dump.items():
-        table = Table(title=f"capabilities of {task}", title_justify="left", show_edge=False)
-        for col in ("selector", "object", "type", "rights", "label", "derived from"):
-            table.add_column(col)
-        for row in rows:
-            if row["type"] == "memory":
-                table.add_row(f"{row['address']:#x}", row["object"], "memory", row["rights"],
-                              f"{row['size']} bytes", f"offset {row['offset']:#x}")
-            else:
-                table.add_row(f"{row['selector']:#x}", row["object"], row["type"], row["rights"],
-                              "" if row["label"] is None else f"{row['label']:#x}", row["derived_from"] or "")
-        console.print(table)
+        caps = [(f"{row['selector']:#x}", escape(row["object"]), row["type"], row["rights"],
+                 "" if row["label"] is None else f"{row['label']:#x}", escape(row["derived_from"] or ""))
+                for row in rows if row["type"] != "memory"]
+        emit_table(console, ("selector", "object", "type", "rights", "label", "derived from"), caps,
+                   title=f"capabilities of {task}")
+        memory = [(f"{row['address']:#x}", escape(row["object"]), row["rights"], str(row["size"]),
+                   f"{row['offset']:#x}") for row in rows if row["type"] == "memory"]
+        if memory:
+            emit_table(console, ("address", "object", "rights", "size (bytes)", "offset"), memory,
+                       title=f"memory mapped into {task}", right=("size (bytes)",))
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from kernel_model.host.boot import boot_image
 
+    live = False if args.headless else None
     return boot_image(Path(args.image), dump_caps=args.dump_caps, confine=not args.no_confine,
-                      timeout_s=args.timeout, est_ca=args.est_ca, trace=args.trace)
+                      timeout_s=args.timeout, est_ca=args.est_ca, trace=args.trace, duration_s=args.duration,
+                      live=live, json_summary=Path(args.json_summary) if args.json_summary else None)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def cmd_est_ca(args: argparse.Namespace) -> int:
-    from hil.est_ca.cli import main as est_main
+    return est_ca_main(args.est_args)
 
-    return est_main(args.est_args or ["--help"])
+
+def est_ca_main(argv: list[str]) -> int:
+    """``l4emu est-ca ...``: the EST CA's own CLI; its state is the project's var/est-ca wherever it is run from
+    (the directory ``make boot`` and images/wvds.yaml use), unless --state-dir says otherwise."""
+    from hil.est_ca.cli import main as est_main
+    from kernel_model.host.images import PROJECT_ROOT
+
+    argv = list(argv) or ["--help"]
+    if argv[0] in ("serve", "ca-cert") and not any(a == "--state-dir" or a.startswith("--state-dir=")
+                                                    for a in argv[1:]):
+        argv[1:1] = ["--state-dir", str(PROJECT_ROOT / "var" / "est-ca")]
+    return est_main(argv)
 
 
 def cmd_hil(args: argparse.Namespace) -> int:
-    from hil.qemu.cli import main as hil_main
+    return hil_main(args.hil_args)
 
-    return hil_main(args.hil_args or ["--help"])
+
+def hil_main(argv: list[str]) -> int:
+    from hil.qemu.cli import main as qemu_main
+
+    try:
+        return qemu_main(list(argv) or ["--help"])
+    except SystemExit as exc:  # its argparse exits on --help and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
+#: Commands whose arguments belong to another CLI: passed on untouched (argparse would take their --help).
+PASS_THROUGH = {"est-ca": est_ca_main, "hil": hil_main}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -96,8 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "words, typed items), every reply, kernel operation and IRQ delivery")
     boot.add_argument("--no-confine", action="store_true",
                       help="do not confine task processes by the OS (namespaces, uid, seccomp); for debugging")
-    boot.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                      help="stop the system after this many seconds (exit status 124)")
+    boot.add_argument("--timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                      help="stop the system after this many seconds as a failure (exit status 124)")
+    boot.add_argument("--duration", type=positive_seconds, default=None, metavar="SECONDS",
+                      help="run for this many seconds, then stop as planned (exit status 0, or 1 if a run.until "
+                           "task failed); without it a system whose tasks run forever runs until Ctrl-C")
+    boot.add_argument("--headless", action="store_true",
+                      help="no live view, even on a terminal: plain lines as they happen (as when output is piped)")
+    boot.add_argument("--json-summary", metavar="FILE", default=None,
+                      help="write the final summary (every task: pid, restarts, IPCs, denials, memory, exit "
+                           "statuses; service metrics) as JSON to FILE, for CI")
     boot.add_argument("--est-ca", metavar="HOST:PORT", default=None,
                       help="first start the development EST CA on this loopback address (state in var/est-ca; "
                            "its trust anchor var/est-ca/ca.crt is what images/wvds.yaml boots with)")
@@ -144,10 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     err = Console(stderr=True, highlight=False)
+    parser = build_parser()
     try:
+        if argv and argv[0] in PASS_THROUGH:
+            return int(PASS_THROUGH[argv[0]](argv[1:]))
+        args = parser.parse_args(argv)
         return int(args.func(args))
     except ImageError as exc:
         for problem in exc.problems:
@@ -158,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): every task was already shut down on the way out. Say so on
+        # stderr, and keep Python from complaining about the closed stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        err.print("l4emu: output closed (broken pipe): the system was stopped")
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

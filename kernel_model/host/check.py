@@ -27,8 +27,12 @@ SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severi
 
 def check_image(path: str | Path, console: Console) -> int:
     """Validate, analyse and print reach, authority closure, flows and findings; 1 if any error."""
-    analysis = Analysis(load_image(path).image)
+    loaded = load_image(path, missing_ok=True)
+    analysis = Analysis(loaded.image)
     render_report(analysis, console)
+    for problem in loaded.missing:  # the analysis does not read modules; boot would refuse to start
+        console.print(f"[cyan]note[/]: {escape(str(problem))} (boot needs it; e.g. the EST CA's trust anchor is "
+                      f"created by the CA's first start: `l4emu est-ca ca-cert` or `make boot`)", soft_wrap=True)
     return 1 if any(f.severity is Severity.ERROR for f in analysis.findings) else 0
 
 

@@ -20,10 +20,14 @@ class LoadedImage:
     image: Image
     path: Path
     modules: tuple[tuple[str, bytes], ...]  # what bootstrap copies into memory; "image" first
+    missing: tuple[Problem, ...] = ()  # modules that could not be read (only with missing_ok)
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Validate the image file and read its modules; ``ImageError`` names file, line and field."""
+def load_image(path: str | Path, *, missing_ok: bool = False) -> LoadedImage:
+    """Validate the image file and read its modules; ``ImageError`` names file, line and field.
+
+    ``missing_ok``: an unreadable module is listed in ``missing`` instead (``l4emu check`` on a fresh
+    clone, where images/wvds.yaml's EST trust anchor is made by the CA at first boot)."""
     path = Path(path)
     try:
         with open(path, "rb") as f:  # bounded: a FIFO or /dev/zero must not exhaust memory
@@ -46,6 +50,6 @@ def load_image(path: str | Path) -> LoadedImage:
         except OSError as exc:
             problems.append(Problem(str(path), mod.line, 1, f"modules.{mod.name}",
                                     f"cannot read boot module {str(file)!r}: {exc.strerror or exc}"))
-    if problems:
+    if problems and not missing_ok:
         raise ImageError(problems)
-    return LoadedImage(image, path, tuple(modules))
+    return LoadedImage(image, path, tuple(modules), tuple(problems))
