@@ -109,6 +109,13 @@ def cmd_graph(args: argparse.Namespace) -> int:
                        obtainable=args.obtainable)
 
 
+def cmd_verify_outbox(args: argparse.Namespace) -> int:
+    from kernel_model.host.verify import DEFAULT_CA, verify_outbox
+
+    return verify_outbox(Path(args.directory), Console(highlight=False), Path(args.ca) if args.ca else DEFAULT_CA,
+                         Path(args.key) if args.key else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l4emu",
@@ -168,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--obtainable", action="store_true",
                        help="also draw (dashed) the caps each task could obtain through map/grant")
     graph.set_defaults(func=cmd_graph)
+    vo = sub.add_parser(
+        "verify-outbox", help="verify the OEM gateway's sealed batches: signatures, chain to the EST CA, sequence",
+        description="Check every batch-*.json in DIR (default: var/run/wvds/gateway/outbox, where `make boot` puts "
+                    "them): the ML-DSA-65 signature, the device certificate chain to the EST CA (valid when the "
+                    "batch was sealed, CN = the device id), the AES-GCM AAD binding device id and sequence number, "
+                    "one signing key throughout, and sequence continuity (no gaps, repeats or edited records: each "
+                    "record carries the previous one's hash). Exit status 0 if all verify, 1 if not, 2 if DIR or "
+                    "the CA certificate cannot be read.")
+    vo.add_argument("directory", nargs="?", default=str(Path(__file__).resolve().parents[1] / "var" / "run" /
+                                                        "wvds" / "gateway" / "outbox"), metavar="DIR")
+    vo.add_argument("--ca", metavar="FILE", default=None,
+                    help="the EST CA certificate (PEM) the chain must lead to (default: var/est-ca/ca.crt)")
+    vo.add_argument("--key", metavar="FILE", default=None,
+                    help="the gateway's ML-DSA-65 public key (raw bytes) every record must be signed with")
+    vo.set_defaults(func=cmd_verify_outbox)
     hil = sub.add_parser(
         "hil", help="boot the system inside an emulated aarch64 board (QEMU): build, run IMAGE, shell",
         description="Hardware in the loop: `l4emu hil build` (Debian arm64 kernel + initramfs with Python and the "
