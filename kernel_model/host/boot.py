@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -87,6 +88,18 @@ def _boot(loaded: LoadedImage, sink: ViewSink, out: Console, *, dump_caps: bool,
         sink.kernel("the image has no run.until: it runs until Ctrl-C" + (
             f" or --duration {duration_s:g} s" if duration_s else "") + (f" or --timeout {timeout_s:g} s"
                                                                         if timeout_s else ""))
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(loaded, sink, out, confine=confine, dump_caps=dump_caps, timeout_s=timeout_s, summary=summary,
+                    duration_s=duration_s, json_summary=json_summary)
+    finally:
+        for sig, handler in previous.items():  # a library call leaves the caller's handlers as they were
+            signal.signal(sig, handler)
+
+
+def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, dump_caps: bool,
+         timeout_s: float | None, summary: bool, duration_s: float | None, json_summary: Path | None) -> int:
+    from kernel_model.host.confinement import policy_for
     with Supervisor(loaded, sink, confinement=policy_for if confine else None) as sup:
         sup.kernel.trace = True  # the view counts served IPCs from trace events; printed only with --trace
         sup.handle_signals()

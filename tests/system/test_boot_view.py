@@ -1,0 +1,63 @@
+"""l4emu boot's output: the live view on a terminal, plain lines otherwise, --duration, --json-summary."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+from rich.console import Console
+
+from kernel_model.host.boot import boot_image
+from systemlib import ROOT
+
+FOREVER = """
+name: forever
+objects:
+  ping: {type: gate}
+tasks:
+  server:
+    program: hello.ping_server
+    caps: {ping: "ping:svr"}
+  idle:
+    program: hello.ping_server
+    memory: 128KiB
+"""
+
+
+def test_live_view_on_a_terminal_shows_a_row_per_task(tmp_path):
+    buf = io.StringIO()
+    out = Console(file=buf, force_terminal=True, width=160, color_system=None)
+    code = boot_image(ROOT / "images" / "hello.yaml", console=out, timeout_s=60, live=True)
+    assert code == 0
+    text = buf.getvalue()
+    # the live region was drawn (cursor movement) and the final summary names every task
+    assert "\x1b[" in text
+    summary = text[text.rindex("peak memory / quota"):]
+    for name in ("sigma0", "moe", "server", "client"):
+        assert f"{name} " in summary or f"{name}│" in summary, (name, summary)
+    assert "exited 0" in summary
+
+
+def test_duration_stops_a_system_that_runs_forever_and_writes_the_summary(tmp_path):
+    image = tmp_path / "forever.yaml"
+    image.write_text(FOREVER)
+    summary = tmp_path / "summary.json"
+    out = subprocess.run([sys.executable, "-m", "kernel_model.cli", "boot", str(image), "--duration", "2",
+                          "--json-summary", str(summary), "--headless"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "runs until Ctrl-C or --duration 2 s" in out.stdout
+    assert "--duration 2 s reached: stopping the system" in out.stdout
+    data = json.loads(summary.read_text())
+    assert data["exit_status"] == 0 and data["image"] == "forever"
+    rows = {t["name"]: t for t in data["tasks"]}
+    assert set(rows) == {"sigma0", "moe", "server", "idle"}  # including a task that never made a call
+    assert rows["idle"]["memory_quota"] == 128 * 1024 and rows["server"]["state"] == "running"
+    assert rows["server"]["ipcs"] > 0 and rows["server"]["denied"] == 0
+
+
+def test_timeout_is_still_a_failure(tmp_path):
+    image = tmp_path / "forever.yaml"
+    image.write_text(FOREVER)
+    out = Console(file=io.StringIO(), width=200)
+    assert boot_image(image, console=out, timeout_s=1) == 124
