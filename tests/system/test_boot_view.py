@@ -14,11 +14,13 @@ from systemlib import ROOT
 FOREVER = """
 name: forever
 objects:
-  ping: {type: gate}
+  readings: {type: dataspace, size: 4KiB}
+  ready: {type: irq}
 tasks:
   server:
-    program: hello.ping_server
-    caps: {ping: "ping:svr"}
+    program: sensor.task
+    config: {rate_hz: 20}
+    caps: {readings: "readings:rw", ready: "ready:rs"}
   idle:
     program: hello.ping_server
     memory: 128KiB
