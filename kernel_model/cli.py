@@ -116,6 +116,22 @@ def cmd_verify_outbox(args: argparse.Namespace) -> int:
                          Path(args.key) if args.key else None)
 
 
+def cmd_new_task(args: argparse.Namespace) -> int:
+    from kernel_model.host.scaffold import ScaffoldError, scaffold
+
+    console = Console(highlight=False)
+    try:
+        paths = scaffold(args.name)
+    except ScaffoldError as exc:
+        Console(stderr=True, highlight=False).print(f"[bold red]error[/]: {escape(str(exc))}")
+        return Exit.BAD_INPUT
+    for path in paths:
+        console.print(f"wrote {escape(str(path))}")
+    console.print(f"boot it: l4emu boot images/{args.name}.yaml; test it: "
+                  f".venv/bin/python -m pytest tests/tasks/{args.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="l4emu",
@@ -175,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--obtainable", action="store_true",
                        help="also draw (dashed) the caps each task could obtain through map/grant")
     graph.set_defaults(func=cmd_graph)
+    new = sub.add_parser(
+        "new-task", help="scaffold a task: tasks/NAME/task.py, images/NAME.yaml and a test, ready to boot",
+        description="Write tasks/NAME/task.py (a server and a client of one protocol), images/NAME.yaml (the two "
+                    "tasks with a gate between them) and tests/tasks/NAME/test_NAME.py (boots the image). Never "
+                    "overwrites a file. NAME is a Python identifier of at most 16 characters.")
+    new.add_argument("name", metavar="NAME")
+    new.set_defaults(func=cmd_new_task)
     vo = sub.add_parser(
         "verify-outbox", help="verify the OEM gateway's sealed batches: signatures, chain to the EST CA, sequence",
         description="Check every batch-*.json in DIR (default: var/run/wvds/gateway/outbox, where `make boot` puts "
