@@ -122,3 +122,26 @@ def test_integrator_guide_covers_every_schema_key_right_and_rule():
     assert f"`{COLORS}`" in text
     for rule in Rule:
         assert f"| `{rule.value}` |" in text, rule
+
+
+def test_docs_say_what_is_true():
+    """Found by a new user: the README never mentioned var/, claimed fd 2 is a console pipe; docs/hil.md said
+    `l4emu hil` was not wired into the CLI."""
+    readme = (ROOT / "README.md").read_text()
+    assert "var/est-ca/" in readme and "var/run/<image>/<task>/" in readme and "`make clean` deletes `var/`" in readme
+    assert "fd 2 (a write-only pipe" not in readme and "/dev/null on fds 0-2" in readme
+    assert "docs/integrator.md" in readme
+    hil = (ROOT / "docs" / "hil.md").read_text()
+    assert "Until `l4emu hil` is wired" not in hil and "`l4emu hil` is the CLI's command" in hil
+    makefile = (ROOT / "Makefile").read_text()
+    assert "rm -rf .venv .pytest_cache var" in makefile  # what the README says make clean does
+
+
+def test_make_boot_runs_the_gateway_until_stopped():
+    """images/wvds.yaml (what `make boot` boots): the gateway seals batches with no limit, and the boot ends
+    only when the gateway does, so the system runs until Ctrl-C or --duration."""
+    image = yaml.safe_load((ROOT / "images" / "wvds.yaml").read_text())
+    gateway = image["tasks"]["gateway"]["config"]
+    assert "sensor" in gateway and gateway["outbox"].get("batches", 0) == 0
+    assert image["run"]["until"] == ["gateway"]
+    assert image["tasks"]["sensor"]["config"].get("count", 0) == 0

@@ -92,3 +92,12 @@ def test_an_endless_input_is_refused(tmp_path):
 def test_deep_nesting_is_an_error_not_a_crash():
     found = problems("name: t\ntasks: " + "[" * 5000 + "]" * 5000 + "\n")
     assert found[0].field == "<yaml>"
+
+
+def test_cli_refuses_an_oversized_dataspace_with_status_2(tmp_path, capsys):
+    from kernel_model.cli import main
+    path = tmp_path / "big.yaml"
+    path.write_text("name: t\nram: 1MiB\nobjects:\n  big: {type: dataspace, size: 2MiB}\ntasks:\n"
+                    "  a: {program: hello.ping_server, caps: {big: 'big:rw'}}\n")
+    assert main(["boot", str(path)]) == 2
+    assert "objects.big.size" in capsys.readouterr().err

@@ -63,3 +63,21 @@ def test_timeout_is_still_a_failure(tmp_path):
     image.write_text(FOREVER)
     out = Console(file=io.StringIO(), width=200)
     assert boot_image(image, console=out, timeout_s=1) == 124
+
+
+def test_ctrl_c_stops_a_forever_system_with_a_summary(tmp_path):
+    import signal
+    image = tmp_path / "forever.yaml"
+    image.write_text(FOREVER)
+    proc = subprocess.Popen([sys.executable, "-m", "kernel_model.cli", "boot", str(image), "--headless"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if "sampling channel 0" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "SIGINT: shutting down" in rest and "peak memory / quota" in rest
