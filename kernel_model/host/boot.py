@@ -39,12 +39,13 @@ def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, tim
     ``timeout_s``: stop after this long as a failure (124). ``json_summary``: the summary as data.
     """
     out = console or OutputConsole(highlight=False, soft_wrap=True)
-    loaded = load_image(path)  # raises ImageError before anything starts
-    tags = {t.log.tag: t.name for t in loaded.image.tasks}
+    image = load_image(path, missing_ok=True).image  # an invalid image: ImageError before anything starts
+    tags = {t.log.tag: t.name for t in image.tasks}
     sink = ViewSink(out, tags, show_trace=trace, live=out.is_terminal if live is None else live)
     with contextlib.ExitStack() as stack:
         if est_ca:  # the device's environment: started first, its trust anchor is a boot module
             stack.enter_context(start_est_ca(est_ca, sink))
+        loaded = load_image(path)  # now every module must be there (the CA has made its trust anchor)
         return _boot(loaded, sink, out, dump_caps=dump_caps, confine=confine, timeout_s=timeout_s, trace=trace,
                      summary=summary, duration_s=duration_s, json_summary=json_summary)
 

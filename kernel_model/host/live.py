@@ -40,7 +40,7 @@ from kernel_model.host.console import RecordingConsole, strip_ansi
 METRIC_PREFIX = "METRIC "
 LOG_TAIL = 12
 _PROTO = re.compile(r"\bproto (-?0x[0-9a-fA-F]+|-?\d+)")
-_SERVED = re.compile(r"^(?:irq \S+|\S+) -> (\S+) (?:call|send|irq)\b")
+_SERVED = re.compile(r"^(?:irq \S+ -> (\S+) label |(?!irq )\S+ -> (?!kernel )(\S+) (?:call|send) )")
 COLOR_STYLE = {"n": "black", "r": "red", "g": "green", "y": "yellow", "b": "blue", "m": "magenta", "c": "cyan",
                "w": "white"}
 
@@ -132,7 +132,8 @@ class LiveSink(RecordingConsole):
         text = name_protocols(text)
         m = _SERVED.match(text)
         if m:
-            self.served[m.group(1)] = self.served.get(m.group(1), 0) + 1
+            target = m.group(1) or m.group(2)
+            self.served[target] = self.served.get(target, 0) + 1
         if self.show_trace:
             super().trace(text)
             self.on_trace(text)

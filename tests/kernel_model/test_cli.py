@@ -103,3 +103,16 @@ def test_plain_output_is_not_wrapped_at_80_columns(tmp_path):
     assert any(len(line) > 80 and "confinement: enforced" in line for line in lines)
     header = next(line for line in lines if line.startswith("task "))
     assert "peak memory / quota" in header and len(header) > 80
+
+
+def test_served_counts_calls_and_irq_deliveries_not_kernel_operations():
+    from kernel_model.host.live import LiveSink
+    sink = LiveSink()
+    for line in ("client -> server call proto 0x100 label 0x11 2w 0 item(s)",
+                 "evil -> server send proto 0x100 label 0x0 1w 0 item(s)",
+                 "irq kick -> server label 0x20",
+                 "server -> kernel irq kick proto -18 -> 0",
+                 "server -> client reply status 0"):
+        sink.trace(line)
+    assert sink.served == {"server": 3}
+    assert sink.lines == []  # trace lines are counted, printed only with --trace
