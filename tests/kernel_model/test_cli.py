@@ -116,3 +116,13 @@ def test_served_counts_calls_and_irq_deliveries_not_kernel_operations():
         sink.trace(line)
     assert sink.served == {"server": 3}
     assert sink.lines == []  # trace lines are counted, printed only with --trace
+
+
+def test_boot_flags_reach_the_library(monkeypatch, tmp_path):
+    import kernel_model.host.boot as boot_mod
+    seen = {}
+    monkeypatch.setattr(boot_mod, "boot_image", lambda path, **kw: seen.update(kw, path=path) or 0)
+    assert main(["boot", "x.yaml", "--headless", "--duration", "5", "--json-summary", str(tmp_path / "s.json")]) == 0
+    assert seen["live"] is False and seen["duration_s"] == 5.0 and seen["json_summary"] == tmp_path / "s.json"
+    assert main(["boot", "x.yaml"]) == 0
+    assert seen["live"] is None and seen["duration_s"] is None  # live view decided by the terminal
