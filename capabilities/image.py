@@ -274,7 +274,9 @@ def parse_image(text: str, filename: str = "<image>",
     try:
         try:
             root = yaml.compose(text, Loader=LOADER)
-        except yaml.YAMLError:  # say it in the pure-Python parser's words (the reference wording)
+        except yaml.YAMLError as exc:  # say it in the pure-Python parser's words (the reference wording) ...
+            if "nesting depth" in str(exc):  # ... unless it is libyaml's depth limit (Python would recurse out)
+                raise RecursionError from None
             root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
