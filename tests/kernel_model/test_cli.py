@@ -126,3 +126,13 @@ def test_boot_flags_reach_the_library(monkeypatch, tmp_path):
     assert seen["live"] is False and seen["duration_s"] == 5.0 and seen["json_summary"] == tmp_path / "s.json"
     assert main(["boot", "x.yaml"]) == 0
     assert seen["live"] is None and seen["duration_s"] is None  # live view decided by the terminal
+
+
+def test_image_errors_are_one_line_each(tmp_path):
+    path = tmp_path / ("a-rather-long-directory-name-" * 3) / "image.yaml"
+    path.parent.mkdir()
+    path.write_text("name: t\ntasks:\n  a: {program: hello.ping_server, restart: sometimes-but-not-always-please}\n")
+    out = subprocess.run(L4EMU + ["boot", str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}:3:") and len(lines[0]) > 80
