@@ -166,6 +166,8 @@ class Analysis:
         self.types = {o.name: o.type for o in image.objects} | dict(BUILTIN_OBJECTS)
         self._declared = {t.name: tuple(Holding(t.name, c.object, c.rights, c.name) for c in t.caps)
                           for t in image.tasks}
+        self.work = 0  #: inner-loop steps taken (tests check it grows linearly with the image)
+        self._adjacency: dict[int, dict[str, list[Step]]] = {}
         self._held = self._saturate()
         self.edges = tuple(self._edges(self._declared))
         known = {e.key for e in self.edges}
@@ -258,19 +260,32 @@ class Analysis:
         Per pair, the client's first cap is used, plus its first cap with S if that is another
         one (S changes what the call carries); the server's first cap that can bind.
         """
+        by_object = self._by_object(held)
         for gate in (o for o in self.objects if self.types[o] == ObjectType.GATE):
-            servers = {}
-            for t in self.tasks:
-                caps = [h for h in held[t] if h.object == gate and h.rights.covers(BIND)]
-                if caps:
-                    servers[t] = caps[0]
-            for client in self.tasks:
-                caps = [h for h in held[client] if h.object == gate]
+            hs = by_object.get(gate, [])
+            servers: dict[str, Holding] = {}
+            for h in hs:
+                if h.rights.covers(BIND):
+                    servers.setdefault(h.task, h)
+            per_client: dict[str, list[Holding]] = {}
+            for h in hs:
+                per_client.setdefault(h.task, []).append(h)
+            for client, caps in per_client.items():
                 with_s = [h for h in caps if CapRights.S in h.rights]
                 for ccap in caps[:1] + [h for h in with_s[:1] if h is not caps[0]]:
                     for server, scap in servers.items():
+                        self.work += 1
                         if server != client:
                             yield client, ccap, server, scap, gate
+
+    def _by_object(self, held) -> dict[str, list[Holding]]:
+        """object -> its holdings, tasks in image order (one pass over all holdings)."""
+        out: dict[str, list[Holding]] = {}
+        for t in self.tasks:
+            for h in held[t]:
+                self.work += 1
+                out.setdefault(h.object, []).append(h)
+        return out
 
     # ------------------------------------------------------------------ edges
     def _edges(self, held: dict[str, list[Holding]] | dict[str, tuple[Holding, ...]]) -> list[Edge]:
@@ -279,23 +294,28 @@ class Analysis:
 
         def add(kind: EdgeKind, src: Holding | None, dst: Holding, obj: str) -> None:
             source = src.task if src is not None else ROM_NODE
+            self.work += 1
             if source != dst.task:
                 edge = Edge(kind, source, dst.task, obj, self.types[obj], src, dst)
                 out.setdefault(edge.key, edge)
 
+        by_object = self._by_object(held)
         for obj in self.objects:
-            hs = [h for t in self.tasks for h in held[t] if h.object == obj]
+            hs = by_object.get(obj, [])
             otype = self.types[obj]
+            # the receiving side is filtered once per object, not once per holder
             if otype == ObjectType.GATE:
+                servers = [h for h in hs if h.rights.covers(BIND)]
                 for c in hs:
-                    for s in (h for h in hs if h.rights.covers(BIND)):
+                    for s in servers:
                         add(EdgeKind.CALL, c, s, obj)
             elif otype == ObjectType.IRQ:
+                binders = [x for x in hs if CapRights.S in x.rights]
                 for h in hs:
-                    for b in (x for x in hs if CapRights.S in x.rights):
+                    for b in binders:
                         add(EdgeKind.IRQ, h, b, obj)
             elif otype == ObjectType.DATASPACE:
-                for w in (x for x in hs if CapRights.W in x.rights):
+                for w in [x for x in hs if CapRights.W in x.rights]:
                     for r in hs:
                         add(EdgeKind.MEMORY, w, r, obj)
             elif otype == ObjectType.NAMESPACE:
@@ -306,20 +326,33 @@ class Analysis:
     def _bfs(self, a: str) -> dict[str, Witness]:
         """Shortest flow paths from ``a``: over declared edges where they reach, else over all edges."""
         found: dict[str, tuple[Step, ...]] = {}
-        for edges in (self.edges, self.edges + self.derived_edges):
-            adjacency: dict[str, list[Step]] = {}
-            for e in edges:
-                adjacency.setdefault(e.source, []).append(e.step())
-                if e.kind is EdgeKind.CALL:
-                    adjacency.setdefault(e.target, []).append(e.step(EdgeKind.REPLY, reverse=True))
-            paths: dict[str, tuple[Step, ...]] = {a: ()}
+        for which, edges in enumerate((self.edges, self.edges + self.derived_edges)):
+            adjacency = self._adjacency.get(which)
+            if adjacency is None:  # built once per edge set, not once per query
+                adjacency = self._adjacency[which] = {}
+                for e in edges:
+                    self.work += 1
+                    adjacency.setdefault(e.source, []).append(e.step())
+                    if e.kind is EdgeKind.CALL:
+                        adjacency.setdefault(e.target, []).append(e.step(EdgeKind.REPLY, reverse=True))
+            parent: dict[str, tuple[str, Step] | None] = {a: None}
             queue = deque([a])
             while queue:
                 node = queue.popleft()
                 for step in adjacency.get(node, ()):
-                    if step.target not in paths:
-                        paths[step.target] = paths[node] + (step,)
+                    self.work += 1
+                    if step.target not in parent:
+                        parent[step.target] = (node, step)
                         queue.append(step.target)
+            paths: dict[str, tuple[Step, ...]] = {}
+            for b in parent:
+                if b not in found:
+                    steps: list[Step] = []
+                    node = b
+                    while parent[node] is not None:
+                        node, step = parent[node]
+                        steps.append(step)
+                    paths[b] = tuple(reversed(steps))
             for b, steps in paths.items():
                 found.setdefault(b, steps)
         return {b: Witness(f"{a} can influence {b}", a, steps) for b, steps in found.items() if b != a}

@@ -64,6 +64,9 @@ RESERVED_CAPS = ("log", "parent", "mem_alloc", "task", "thread")
 RESERVED_TAGS = ("kernel", "moe", "sigma0", "ipc")  # the console's own lines
 BUILTIN_OBJECTS = {"rom": "namespace"}
 PAGE = 4096
+LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  #: libyaml when present: same nodes and marks, faster
+MAX_IMAGE_BYTES = 1 << 20  #: an image file is text a person writes: refuse anything larger before parsing
+MAX_EXPANDED_NODES = 100_000  #: YAML nodes after expanding aliases (an "alias bomb" expands exponentially)
 
 
 class ObjectType:
@@ -291,14 +294,32 @@ def parse_image(text: str, filename: str = "<image>",
                 program_exists: Callable[[str], bool] | None = None) -> Image:
     """Validate the whole image; raise ``ImageError`` listing every problem found."""
     ck = _Checker(filename)
+    if len(text) > MAX_IMAGE_BYTES:
+        raise ImageError([Problem(filename, 1, 1, "<file>", f"the image is {len(text)} characters; at most "
+                                                            f"{MAX_IMAGE_BYTES} are accepted")])
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        try:
+            root = yaml.compose(text, Loader=LOADER)
+        except yaml.YAMLError as exc:  # say it in the pure-Python parser's words (the reference wording) ...
+            if "nesting depth" in str(exc):  # ... unless it is libyaml's depth limit (Python would recurse out)
+                raise RecursionError from None
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise ImageError([Problem(filename, line, col, "<yaml>", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    except RecursionError:
+        raise ImageError([Problem(filename, 1, 1, "<yaml>", "nested too deeply")]) from None
     if root is None:
         raise ImageError([Problem(filename, 1, 1, "<image>", "empty file: expected a mapping with 'name' and 'tasks'")])
+    try:
+        expanded, bomb = expanded_size(root, MAX_EXPANDED_NODES)
+    except RecursionError:
+        raise ImageError([Problem(filename, 1, 1, "<yaml>", "nested too deeply")]) from None
+    if expanded > MAX_EXPANDED_NODES:
+        ck.problem(bomb, "<yaml>", f"aliases expand this document past {MAX_EXPANDED_NODES} nodes "
+                                   f"(an alias bomb?); write the data out or make it smaller")
+        raise ImageError(ck.problems)
     top = ck.mapping(root, "", TOP_KEYS)
 
     name = ck.name(top["name"][1], "name", "image") if "name" in top else None
@@ -321,9 +342,11 @@ def parse_image(text: str, filename: str = "<image>",
 
     objects: dict[str, ObjectDecl] = {}
     object_nodes: dict[str, yaml.Node] = {}
+    broken_objects: set[str] = set()  # declared, but invalid (already reported): caps to them say nothing more
     if "objects" in top:
         for oname, (knode, vnode) in ck.mapping(top["objects"][1], "objects", None).items():
             field = f"objects.{oname}"
+            broken_objects.add(oname)
             if not ck.name(knode, field, "object"):
                 continue
             if oname in BUILTIN_OBJECTS or oname in RESERVED_CAPS:
@@ -345,8 +368,10 @@ def parse_image(text: str, filename: str = "<image>",
                 if "size" not in body:
                     ck.problem(vnode, f"{field}.size", "missing required key 'size' for a dataspace")
                     continue
-                size = ck.size(body["size"][1], f"{field}.size") or 0
-                if size <= 0:
+                size = ck.size(body["size"][1], f"{field}.size")
+                if size is None:  # already reported
+                    size = 0
+                elif size <= 0:
                     ck.problem(body["size"][1], f"{field}.size", "expected a dataspace size > 0")
             if otype == ObjectType.FACTORY:
                 quota = ck.integer(body["quota"][1], f"{field}.quota", 1) or 0 if "quota" in body else 0
@@ -354,9 +379,17 @@ def parse_image(text: str, filename: str = "<image>",
                     ck.problem(vnode, f"{field}.quota", "missing required key 'quota' (objects it may create)")
             objects[oname] = ObjectDecl(oname, otype, size, quota)
             object_nodes[oname] = knode
+            broken_objects.discard(oname)
+        total = sum(-(-o.size // PAGE) * PAGE for o in objects.values() if o.type == ObjectType.DATASPACE)
+        if ram is not None and total > ram:
+            biggest = max((o for o in objects.values() if o.type == ObjectType.DATASPACE), key=lambda o: o.size)
+            ck.problem(object_nodes[biggest.name], f"objects.{biggest.name}.size",
+                       f"the image's dataspaces need {total} bytes but ram is {ram} bytes (Moe allocates every "
+                       f"dataspace from RAM at boot); raise 'ram' or shrink the dataspaces")
 
     tasks: list[TaskDecl] = []
     task_nodes: dict[str, yaml.Node] = {}
+    declared_tasks: set[str] = set()  # every task key, valid or not (run.until names them)
     used_objects: set[str] = set()
     if "tasks" not in top:
         if isinstance(root, yaml.MappingNode):
@@ -365,9 +398,10 @@ def parse_image(text: str, filename: str = "<image>",
         tags: dict[str, str] = {}
         for tname, (knode, vnode) in ck.mapping(top["tasks"][1], "tasks", None).items():
             field = f"tasks.{tname}"
+            declared_tasks.add(tname)
             if not ck.name(knode, field, "task"):
                 continue
-            task = _task(ck, field, tname, vnode, objects, used_objects, program_exists)
+            task = _task(ck, field, tname, vnode, objects, used_objects, program_exists, broken_objects)
             if task is None:
                 continue
             if task.log.tag in tags:
@@ -383,8 +417,14 @@ def parse_image(text: str, filename: str = "<image>",
     if "run" in top:
         run = ck.mapping(top["run"][1], "run", {"until"})
         if "until" in run:
-            for item in ck.sequence(run["until"][1], "run.until"):
+            items = ck.sequence(run["until"][1], "run.until")
+            if isinstance(run["until"][1], yaml.SequenceNode) and not items:
+                ck.problem(run["until"][1], "run.until", "expected at least one task: an empty list never ends "
+                                                         "(leave 'run' out to run until Ctrl-C or --duration)")
+            for item in items:
                 tname = ck.scalar(item, "run.until", "a task name")
+                if tname is not None and tname in declared_tasks and tname not in task_nodes:
+                    continue  # the task itself is invalid, and that is reported where it is declared
                 if tname is not None and tname not in task_nodes:
                     ck.problem(item, "run.until", f"unknown task {tname!r} (tasks: {', '.join(task_nodes) or 'none'})")
                 elif tname is not None:
@@ -401,7 +441,8 @@ def parse_image(text: str, filename: str = "<image>",
 
 
 def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[str, ObjectDecl],
-          used: set[str], program_exists: Callable[[str], bool] | None) -> TaskDecl | None:
+          used: set[str], program_exists: Callable[[str], bool] | None,
+          broken: set[str] = frozenset()) -> TaskDecl | None:
     body = ck.mapping(node, field, TASK_KEYS)
     if not isinstance(node, yaml.MappingNode):
         return None
@@ -458,7 +499,7 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
             if cname in RESERVED_CAPS:
                 ck.problem(knode, cfield, f"{cname!r} is reserved: every task gets it from Moe")
                 continue
-            cap = _cap(ck, cfield, cname, vnode, objects)
+            cap = _cap(ck, cfield, cname, vnode, objects, broken)
             if cap is not None:
                 caps.append(cap)
                 used.add(cap.object)
@@ -499,12 +540,41 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
                     config, tuple(connect), limits, wd_bytes, wd_files)
 
 
+def expanded_size(root: yaml.Node | None, limit: int) -> tuple[int, yaml.Node | None]:
+    """Nodes in ``root`` with every alias expanded (stops counting past ``limit``), and the node where it got
+    there. Linear in the composed (unexpanded) graph: each distinct node is sized once."""
+    sizes: dict[int, int] = {}
+    worst: list[yaml.Node | None] = [root]
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = limit + 1  # a node inside itself (recursive anchor) counts as too big
+        total = 1
+        children = node.value if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)) else ()
+        for child in children:
+            for sub in (child if isinstance(child, tuple) else (child,)):
+                total = min(limit + 1, total + size(sub))
+        sizes[key] = total
+        if total > limit and worst[0] is root:
+            worst[0] = node
+        return total
+
+    if root is None:
+        return 0, None
+    # iterative post-order would avoid recursion limits; YAML nesting is bounded by the 1 MiB text and
+    # PyYAML's own composer recursion, so plain recursion is enough here
+    return size(root), worst[0]
+
+
 def _plain(node: yaml.Node) -> Any:
     """A YAML subtree as plain Python data (for ``config``)."""
     return yaml.safe_load(yaml.serialize(node))
 
 
-def _cap(ck: _Checker, field: str, cname: str, node: yaml.Node, objects: dict[str, ObjectDecl]) -> CapDecl | None:
+def _cap(ck: _Checker, field: str, cname: str, node: yaml.Node, objects: dict[str, ObjectDecl],
+         broken: set[str] = frozenset()) -> CapDecl | None:
     if isinstance(node, yaml.MappingNode):
         body = ck.mapping(node, field, {"object", "rights"})
         if "object" not in body:
@@ -520,7 +590,7 @@ def _cap(ck: _Checker, field: str, cname: str, node: yaml.Node, objects: dict[st
         oname, _, letters = text.partition(":")
         letters = letters or "r"
         onode = rnode = node
-    if oname is None or letters is None:
+    if oname is None or letters is None or oname in broken:
         return None
     otype = BUILTIN_OBJECTS.get(oname) or (objects[oname].type if oname in objects else None)
     if otype is None:

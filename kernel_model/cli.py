@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import enum
+import os
+import signal
 import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
-
 from rich.markup import escape
 
 from capabilities.image import ImageError
@@ -24,44 +24,79 @@ class Exit(enum.IntEnum):
 
 
 def render_dump(dump: dict[str, list[dict]], console: Console) -> None:
+    """Per task: its capabilities (selector, object, type, rights, label, derived from), then the memory
+    mapped into it (address, object, rights, size, offset) in a table of its own."""
+    from kernel_model.host.tables import emit_table
     for task, rows in dump.items():
-        table = Table(title=f"capabilities of {task}", title_justify="left", show_edge=False)
-        for col in ("selector", "object", "type", "rights", "label", "derived from"):
-            table.add_column(col)
-        for row in rows:
-            if row["type"] == "memory":
-                table.add_row(f"{row['address']:#x}", row["object"], "memory", row["rights"],
-                              f"{row['size']} bytes", f"offset {row['offset']:#x}")
-            else:
-                table.add_row(f"{row['selector']:#x}", row["object"], row["type"], row["rights"],
-                              "" if row["label"] is None else f"{row['label']:#x}", row["derived_from"] or "")
-        console.print(table)
+        caps = [(f"{row['selector']:#x}", escape(row["object"]), row["type"], row["rights"],
+                 "" if row["label"] is None else f"{row['label']:#x}", escape(row["derived_from"] or ""))
+                for row in rows if row["type"] != "memory"]
+        emit_table(console, ("selector", "object", "type", "rights", "label", "derived from"), caps,
+                   title=f"capabilities of {task}")
+        memory = [(f"{row['address']:#x}", escape(row["object"]), row["rights"], str(row["size"]),
+                   f"{row['offset']:#x}") for row in rows if row["type"] == "memory"]
+        if memory:
+            emit_table(console, ("address", "object", "rights", "size (bytes)", "offset"), memory,
+                       title=f"memory mapped into {task}", right=("size (bytes)",))
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from kernel_model.host.boot import boot_image
-
     from hil.est_ca.binding import est_target_from_args
+    from kernel_model.host.boot import boot_image
 
     try:
         est_server = est_target_from_args(args)
     except ValueError as exc:
         raise BootError(str(exc)) from None
+    live = False if args.headless else None
     return boot_image(Path(args.image), dump_caps=args.dump_caps, confine=not args.no_confine,
-                      timeout_s=args.timeout, est_ca=args.est_ca, trace=args.trace,
-                      est_server=est_server)
+                      timeout_s=args.timeout, est_ca=args.est_ca, trace=args.trace, est_server=est_server,
+                      duration_s=args.duration, live=live,
+                      json_summary=Path(args.json_summary) if args.json_summary else None)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
 
 
 def cmd_est_ca(args: argparse.Namespace) -> int:
-    from hil.est_ca.cli import main as est_main
+    return est_ca_main(args.est_args)
 
-    return est_main(args.est_args or ["--help"])
+
+def est_ca_main(argv: list[str]) -> int:
+    """``l4emu est-ca ...``: the EST CA's own CLI; its state is the project's var/est-ca wherever it is run from
+    (the directory ``make boot`` and images/wvds.yaml use), unless --state-dir says otherwise."""
+    from hil.est_ca.cli import main as est_main
+    from kernel_model.host.images import PROJECT_ROOT
+
+    argv = list(argv) or ["--help"]
+    if argv[0] in ("serve", "ca-cert") and not any(a == "--state-dir" or a.startswith("--state-dir=")
+                                                    for a in argv[1:]):
+        argv[1:1] = ["--state-dir", str(PROJECT_ROOT / "var" / "est-ca")]
+    return est_main(argv)
 
 
 def cmd_hil(args: argparse.Namespace) -> int:
-    from hil.qemu.cli import main as hil_main
+    return hil_main(args.hil_args)
 
-    return hil_main(args.hil_args or ["--help"])
+
+def hil_main(argv: list[str]) -> int:
+    from hil.qemu.cli import main as qemu_main
+
+    try:
+        return qemu_main(list(argv) or ["--help"])
+    except SystemExit as exc:  # its argparse exits on --help and usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+
+#: Commands whose arguments belong to another CLI: passed on untouched (argparse would take their --help).
+PASS_THROUGH = {"est-ca": est_ca_main, "hil": hil_main}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -78,6 +113,29 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     return graph_image(Path(args.image), args.output, args.format, Console(highlight=False),
                        obtainable=args.obtainable)
+
+
+def cmd_verify_outbox(args: argparse.Namespace) -> int:
+    from kernel_model.host.verify import DEFAULT_CA, verify_outbox
+
+    return verify_outbox(Path(args.directory), Console(highlight=False), Path(args.ca) if args.ca else DEFAULT_CA,
+                         Path(args.key) if args.key else None)
+
+
+def cmd_new_task(args: argparse.Namespace) -> int:
+    from kernel_model.host.scaffold import ScaffoldError, scaffold
+
+    console = Console(highlight=False)
+    try:
+        paths = scaffold(args.name)
+    except ScaffoldError as exc:
+        Console(stderr=True, highlight=False).print(f"[bold red]error[/]: {escape(str(exc))}")
+        return Exit.BAD_INPUT
+    for path in paths:
+        console.print(f"wrote {escape(str(path))}")
+    console.print(f"boot it: l4emu boot images/{args.name}.yaml; test it: "
+                  f".venv/bin/python -m pytest tests/tasks/{args.name}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
                            "words, typed items), every reply, kernel operation and IRQ delivery")
     boot.add_argument("--no-confine", action="store_true",
                       help="do not confine task processes by the OS (namespaces, uid, seccomp); for debugging")
-    boot.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                      help="stop the system after this many seconds (exit status 124)")
+    boot.add_argument("--timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                      help="stop the system after this many seconds as a failure (exit status 124)")
+    boot.add_argument("--duration", type=positive_seconds, default=None, metavar="SECONDS",
+                      help="run for this many seconds, then stop as planned (exit status 0, or 1 if a run.until "
+                           "task failed); without it a system whose tasks run forever runs until Ctrl-C")
+    boot.add_argument("--headless", action="store_true",
+                      help="no live view, even on a terminal: plain lines as they happen (as when output is piped)")
+    boot.add_argument("--json-summary", metavar="FILE", default=None,
+                      help="write the final summary (every task: pid, restarts, IPCs, denials, memory, exit "
+                           "statuses; service metrics) as JSON to FILE, for CI")
     from hil.est_ca.binding import add_boot_options
     add_boot_options(boot)  # --est-ca [HOST:PORT], --est-server URL, --est-ta, --est-user, --est-password-file
     boot.set_defaults(func=cmd_boot)
@@ -130,6 +196,28 @@ def build_parser() -> argparse.ArgumentParser:
     graph.add_argument("--obtainable", action="store_true",
                        help="also draw (dashed) the caps each task could obtain through map/grant")
     graph.set_defaults(func=cmd_graph)
+    new = sub.add_parser(
+        "new-task", help="scaffold a task: tasks/NAME/task.py, images/NAME.yaml and a test, ready to boot",
+        description="Write tasks/NAME/task.py (a server and a client of one protocol), images/NAME.yaml (the two "
+                    "tasks with a gate between them) and tests/tasks/NAME/test_NAME.py (boots the image). Never "
+                    "overwrites a file. NAME is a Python identifier of at most 16 characters.")
+    new.add_argument("name", metavar="NAME")
+    new.set_defaults(func=cmd_new_task)
+    vo = sub.add_parser(
+        "verify-outbox", help="verify the OEM gateway's sealed batches: signatures, chain to the EST CA, sequence",
+        description="Check every batch-*.json in DIR (default: var/run/wvds/gateway/outbox, where `make boot` puts "
+                    "them): the ML-DSA-65 signature, the device certificate chain to the EST CA (valid when the "
+                    "batch was sealed, CN = the device id), the AES-GCM AAD binding device id and sequence number, "
+                    "one signing key throughout, and sequence continuity (no gaps, repeats or edited records: each "
+                    "record carries the previous one's hash). Exit status 0 if all verify, 1 if not, 2 if DIR or "
+                    "the CA certificate cannot be read.")
+    vo.add_argument("directory", nargs="?", default=str(Path(__file__).resolve().parents[1] / "var" / "run" /
+                                                        "wvds" / "gateway" / "outbox"), metavar="DIR")
+    vo.add_argument("--ca", metavar="FILE", default=None,
+                    help="the EST CA certificate (PEM) the chain must lead to (default: var/est-ca/ca.crt)")
+    vo.add_argument("--key", metavar="FILE", default=None,
+                    help="the gateway's ML-DSA-65 public key (raw bytes) every record must be signed with")
+    vo.set_defaults(func=cmd_verify_outbox)
     hil = sub.add_parser(
         "hil", help="boot the system inside an emulated aarch64 board (QEMU): build, run IMAGE, shell",
         description="Hardware in the loop: `l4emu hil build` (Debian arm64 kernel + initramfs with Python and the "
@@ -150,10 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)  # an error line is never broken in two
     parser = build_parser()
-    args = parser.parse_args(argv)
-    err = Console(stderr=True, highlight=False)
     try:
+        if argv and argv[0] in PASS_THROUGH:
+            return int(PASS_THROUGH[argv[0]](argv[1:]))
+        args = parser.parse_args(argv)
         return int(args.func(args))
     except ImageError as exc:
         for problem in exc.problems:
@@ -164,6 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): every task was already shut down on the way out. Say so on
+        # stderr, and keep Python from complaining about the closed stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        err.print("l4emu: output closed (broken pipe): the system was stopped")
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

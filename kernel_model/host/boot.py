@@ -1,15 +1,18 @@
 """``l4emu boot``: validate, boot, run, summarise. The CLI's one library call."""
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
+import time
 from pathlib import Path
 
-import contextlib
-
 from rich.console import Console
-from rich.table import Table
 
-from kernel_model.host.console import RichConsole
-from kernel_model.host.images import PROJECT_ROOT, load_image
+from kernel_model.host.images import PROJECT_ROOT, LoadedImage, load_image
+from kernel_model.host.live import RIGHT, SUMMARY_COLUMNS, OutputConsole, ViewSink, service_lines, snapshot, summary_data, task_cells
+from kernel_model.host.tables import emit_table
+from tasks.runtime.files import atomic_write
 from kernel_model.host.supervisor import Supervisor, now_us
 from kernel_model.objects import ThreadState
 
@@ -27,34 +30,30 @@ def boot_complete(sup: Supervisor) -> bool:
 
 def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, timeout_s: float | None = None,
                console: Console | None = None, est_ca: str | None = None, trace: bool = False,
-               summary: bool = True, est_server=None) -> int:
-    """``est_ca``: "HOST:PORT", or "" for the image's own EST endpoint; ``est_server``: a
-    `hil.est_ca.binding.EstTarget` (see hil/est_ca/binding.py: the image, the CA and the CLI agree)."""
-    out = console or Console(highlight=False, soft_wrap=True)
-    sink = RichConsole(out)
+               summary: bool = True, est_server=None, duration_s: float | None = None, live: bool | None = None,
+               json_summary: Path | None = None) -> int:
+    """Boot ``path`` and run it; the exit status as documented in the README.
+
+    ``est_ca``: "HOST:PORT", or "" for the image's own EST endpoint; ``est_server``: a
+    `hil.est_ca.binding.EstTarget` (see hil/est_ca/binding.py: the image, the CA and the CLI agree).
+    ``live``: the rich live view (None: only when the console is a terminal); otherwise plain lines.
+    ``duration_s``: stop after this long as planned (0, or 1 if a ``run.until`` task failed);
+    ``timeout_s``: stop after this long as a failure (124). ``json_summary``: the summary as data.
+    """
+    out = console or OutputConsole(highlight=False, soft_wrap=True)
+    image = load_image(path, missing_ok=True).image  # an invalid image: ImageError before anything starts
+    tags = {t.log.tag: t.name for t in image.tasks}
+    sink = ViewSink(out, tags, show_trace=trace, live=out.is_terminal if live is None else live)
     with contextlib.ExitStack() as stack:
-        if est_ca is not None or est_server is not None:
-            _validate(path)  # an invalid image is reported against its own file, before anything starts
+        if est_ca is not None or est_server is not None:  # the device's environment, started first
             path = stack.enter_context(start_est(path, est_ca, est_server, sink))
-        return _boot(path, sink, out, dump_caps=dump_caps, confine=confine, timeout_s=timeout_s, trace=trace,
-                     summary=summary)
-
-
-def _validate(path: Path) -> None:
-    """The image's own checks (file, line, field), without reading its boot modules: the trust
-    anchor module may be created by the CA that is about to start."""
-    from capabilities.image import ImageError, Problem, parse_image
-    from kernel_model.host.images import program_exists
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImageError([Problem(str(path), 1, 1, "<file>", f"cannot read the image: {exc}")]) from None
-    parse_image(text, str(path), program_exists)
+        loaded = load_image(path)  # now every module must be there (the CA has made its trust anchor)
+        return _boot(loaded, sink, out, dump_caps=dump_caps, confine=confine, timeout_s=timeout_s, trace=trace,
+                     summary=summary, duration_s=duration_s, json_summary=json_summary)
 
 
 @contextlib.contextmanager
-def start_est(path: Path, est_ca: str | None, target, sink: RichConsole):
+def start_est(path: Path, est_ca: str | None, target, sink: ViewSink):
     """The device's environment: the development EST CA (started first) and/or the image bound to
     the EST server the CLI names; yields the image path to boot."""
     from hil.est_ca import EstCaError
@@ -72,49 +71,86 @@ class BootError(Exception):
     """Something around the boot (not the image) is wrong; nothing was started."""
 
 
-def _boot(path: Path, sink: RichConsole, out: Console, *, dump_caps: bool, confine: bool,
-          timeout_s: float | None, trace: bool, summary: bool) -> int:
-    loaded = load_image(path)  # raises ImageError before anything starts
+REFRESH_S = 0.25  #: live view refresh period
+SAMPLE_S = 0.5  #: without a live view: how often memory is sampled for the summary's peak
+
+
+def _boot(loaded: LoadedImage, sink: ViewSink, out: Console, *, dump_caps: bool, confine: bool,
+          timeout_s: float | None, trace: bool, summary: bool, duration_s: float | None = None,
+          json_summary: Path | None = None) -> int:
+    from kernel_model.host.confinement import policy_for
+    if not confine:
+        Console(stderr=True, highlight=False).print(
+            "[bold yellow]warning[/]: --no-confine: task processes run WITHOUT OS confinement (no namespaces, own "
+            "uid, seccomp or rlimits); only the kernel model isolates them. For debugging only.")
+    if not loaded.image.run_until:
+        sink.kernel("the image has no run.until: it runs until Ctrl-C" + (
+            f" or --duration {duration_s:g} s" if duration_s else "") + (f" or --timeout {timeout_s:g} s"
+                                                                        if timeout_s else ""))
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(loaded, sink, out, confine=confine, dump_caps=dump_caps, timeout_s=timeout_s, summary=summary,
+                    duration_s=duration_s, json_summary=json_summary)
+    finally:
+        for sig, handler in previous.items():  # a library call leaves the caller's handlers as they were
+            signal.signal(sig, handler)
+
+
+def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, dump_caps: bool,
+         timeout_s: float | None, summary: bool, duration_s: float | None, json_summary: Path | None) -> int:
     from kernel_model.host.confinement import policy_for
     from kernel_model.host.keystore_devices import keystore_devices
     sup = Supervisor(loaded, sink, confinement=policy_for if confine else None)
     with keystore_devices(loaded, sup.run_dir, sink.kernel, BootError), sup:  # TPM/HSM up first, down last
-        sup.kernel.trace = trace
+        sup.kernel.trace = True  # the view counts served IPCs from trace events; printed only with --trace
         sup.handle_signals()
+        sup.on_exit = lambda task, code: snapshot(sup, sink)  # the exiting task's memory, for the peak
+        started = time.monotonic()
         sup.start()
         code = None
-        if dump_caps:
-            code = sup.run(timeout_s=timeout_s, until=lambda: boot_complete(sup))
-            if code is None and boot_complete(sup):
-                from kernel_model.cli import render_dump
-                sink.kernel(f"boot complete after {(now_us() - sup.boot_started_us) / 1000:.0f} ms")
-                render_dump(sup.kernel.dump(), out)
+        try:
+            if dump_caps:
+                code = sup.run(timeout_s=timeout_s, until=lambda: boot_complete(sup))
+                if code is None and boot_complete(sup):
+                    from kernel_model.cli import render_dump
+                    sink.kernel(f"boot complete after {(now_us() - sup.boot_started_us) / 1000:.0f} ms")
+                    render_dump(sup.kernel.dump(), out)
+            sink.start_live(sup)
+            limits = [x for x in (timeout_s, duration_s) if x is not None]
+            end = started + min(limits) if limits else None
+            while code is None:
+                slice_s = REFRESH_S if sink.live is not None else SAMPLE_S
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                wait = left if slice_s is None else (slice_s if left is None else min(slice_s, left))
+                code = sup.run(timeout_s=wait)
+                if sink.live is not None:
+                    sink.refresh()
+                else:
+                    snapshot(sup, sink)  # samples peak memory for the summary
+        finally:
+            sink.stop_live()
         if code is None:
-            code = sup.run(timeout_s=timeout_s)
-        if code is None:
-            sink.kernel(f"timeout after {timeout_s} s: stopping the system")
-            code = 124
+            if duration_s is not None and (timeout_s is None or duration_s <= timeout_s):
+                failed = [n for n, status in sup.exited if n in loaded.image.run_until and status != 0]
+                code = 1 if failed else 0
+                sink.kernel(f"--duration {duration_s:g} s reached: stopping the system"
+                            + (f" ({', '.join(failed)} failed)" if failed else ""))
+            else:
+                sink.kernel(f"timeout after {timeout_s} s: stopping the system")
+                code = 124
         denied = len(sup.kernel.violations)
         sink.kernel(f"system stopped with status {code}; {sup.kernel.ipc_count} IPCs, {denied} denied operation(s)")
         if summary:
-            out.print(summary_table(sup))
+            emit_table(out, SUMMARY_COLUMNS, [task_cells(r, peak=True) for r in snapshot(sup, sink)], title="tasks",
+                       right=RIGHT, plain=not out.is_terminal)
+            if any(r.generation is None for r in snapshot(sup, sink)):
+                out.print("[dim]generation n* = no task generation from the kernel: the restart count stands in[/]",
+                          soft_wrap=True)
+            for line in service_lines(sink):
+                out.print(line, soft_wrap=True)
+        if json_summary is not None:
+            data = summary_data(sup, sink, code, time.monotonic() - started)
+            atomic_write(Path(json_summary), (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
         return code
-
-
-def summary_table(sup: Supervisor) -> Table:
-    """Per task: IPCs it made, operations denied to it, how it ended (tasks that ran more than once: each run)."""
-    k = sup.kernel
-    denied: dict[str, int] = {}
-    for v in k.violations:
-        denied[v.task] = denied.get(v.task, 0) + 1
-    ended: dict[str, list[str]] = {}
-    for name, status in sup.exited:
-        ended.setdefault(name, []).append(str(status))
-    table = Table(title="tasks", title_justify="left", show_edge=False)
-    for col, justify in (("task", "left"), ("IPCs", "right"), ("denied", "right"), ("exit status", "left")):
-        table.add_column(col, justify=justify)
-    for name in sorted(set(k.ipc_by_task) | set(ended) | set(denied), key=lambda n: (n not in ("sigma0", "moe"), n)):
-        count = denied.get(name, 0)
-        table.add_row(name, str(k.ipc_by_task.get(name, 0)), f"[red]{count}[/]" if count else "0",
-                      ", ".join(ended.get(name, ["running at shutdown"])))
-    return table

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from capabilities.analysis import ROM_NODE, Analysis, Severity
 from capabilities.graph import render_dot
 from kernel_model.host.images import load_image
+from kernel_model.host.tables import emit_table
 
 FORMATS = ("dot", "svg", "png", "pdf")
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -27,8 +27,12 @@ SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severi
 
 def check_image(path: str | Path, console: Console) -> int:
     """Validate, analyse and print reach, authority closure, flows and findings; 1 if any error."""
-    analysis = Analysis(load_image(path).image)
+    loaded = load_image(path, missing_ok=True)
+    analysis = Analysis(loaded.image)
     render_report(analysis, console)
+    for problem in loaded.missing:  # the analysis does not read modules; boot would refuse to start
+        console.print(f"[cyan]note[/]: {escape(str(problem))} (boot needs it; e.g. the EST CA's trust anchor is "
+                      f"created by the CA's first start: `l4emu est-ca ca-cert` or `make boot`)", soft_wrap=True)
     return 1 if any(f.severity is Severity.ERROR for f in analysis.findings) else 0
 
 
@@ -39,14 +43,12 @@ def render_report(a: Analysis, console: Console) -> None:
                   f"{len(image.objects)} objects, {ncaps} declared caps")
 
     console.print("\n[bold]reachability[/]: who can invoke, notify or write to whom (directly, declared caps)")
-    table = Table(show_edge=False)
-    for col in ("from", "kind", "to", "through", "caps (source -> target)"):
-        table.add_column(col)
+    rows = []
     for e in a.edges:
         caps = f"{e.source_cap} -> {e.target_cap}" if e.source_cap else str(e.target_cap)
-        table.add_row(escape(e.source), e.kind.value, escape(e.target), f"{e.object_type} {escape(e.object)}",
-                      escape(caps))
-    console.print(table)
+        rows.append((escape(e.source), e.kind.value, escape(e.target), f"{e.object_type} {escape(e.object)}",
+                     escape(caps)))
+    emit_table(console, ("from", "kind", "to", "through", "caps (source -> target)"), rows)
     direct = {(e.source, e.target) for e in a.edges}
     gained = list(dict.fromkeys((e.source, e.target) for e in a.derived_edges if (e.source, e.target) not in direct))
     if gained:
@@ -56,35 +58,29 @@ def render_report(a: Analysis, console: Console) -> None:
     rows = [(t, obj, rights, w) for t in a.tasks for (obj, rights), w in a.obtainable(t).items()]
     if rows:
         console.print("\n[bold]authority closure[/]: caps a task can obtain beyond its declared ones")
-        table = Table(show_edge=False)
-        for col in ("task", "can obtain", "witness"):
-            table.add_column(col)
-        for t, obj, rights, w in rows:
-            table.add_row(escape(t), escape(f"{obj}:{rights.letters()}"), escape(str(w).split(" via: ", 1)[1]))
-        console.print(table)
+        emit_table(console, ("task", "can obtain", "witness"),
+                   [(escape(t), escape(f"{obj}:{rights.letters()}"), escape(str(w).split(" via: ", 1)[1]))
+                    for t, obj, rights, w in rows])
     else:
         console.print("\n[bold]authority closure[/]: no task can obtain anything beyond its declared caps")
 
     console.print("\n[bold]information flow[/]: who can influence whom (transitively)")
-    table = Table(show_edge=False)
-    table.add_column("from")
-    table.add_column("can influence")
+    rows = []
+    order = {t: i for i, t in enumerate(a.tasks)}
     for src in (ROM_NODE,) + a.tasks:
-        reached = [t for t in a.tasks if t in a.influences(src)]
+        reached = sorted((t for t in a.influences(src) if t in order), key=order.__getitem__)
         if src != ROM_NODE or reached:
-            table.add_row(escape(src), escape(", ".join(reached)) or "[dim]nobody[/]")
-    console.print(table)
+            rows.append((escape(src), escape(", ".join(reached)) or "[dim]nobody[/]"))
+    emit_table(console, ("from", "can influence"), rows)
 
     if a.findings:
         console.print("\n[bold]findings[/]")
-        table = Table(show_edge=False)
-        for col in ("severity", "rule", "where", "message"):
-            table.add_column(col)
+        rows = []
         for f in a.findings:
             where = f"tasks.{f.task}.caps.{f.cap}" if f.task else f"objects.{f.object}"
             style = SEVERITY_STYLE[f.severity]
-            table.add_row(f"[{style}]{f.severity.name.lower()}[/]", f.rule.id, escape(where), escape(f.message))
-        console.print(table)
+            rows.append((f"[{style}]{f.severity.name.lower()}[/]", f.rule.id, escape(where), escape(f.message)))
+        emit_table(console, ("severity", "rule", "where", "message"), rows)
     count = {s: sum(f.severity is s for f in a.findings) for s in Severity}
     console.print(f"\n{count[Severity.ERROR]} errors, {count[Severity.WARNING]} warnings, {count[Severity.INFO]} notes")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from capabilities.image import Image, ImageError, Problem, parse_image
+from capabilities.image import MAX_IMAGE_BYTES, Image, ImageError, Problem, parse_image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 MAX_MODULE = 16 << 20
@@ -20,13 +20,22 @@ class LoadedImage:
     image: Image
     path: Path
     modules: tuple[tuple[str, bytes], ...]  # what bootstrap copies into memory; "image" first
+    missing: tuple[Problem, ...] = ()  # modules that could not be read (only with missing_ok)
 
 
-def load_image(path: str | Path) -> LoadedImage:
-    """Validate the image file and read its modules; ``ImageError`` names file, line and field."""
+def load_image(path: str | Path, *, missing_ok: bool = False) -> LoadedImage:
+    """Validate the image file and read its modules; ``ImageError`` names file, line and field.
+
+    ``missing_ok``: an unreadable module is listed in ``missing`` instead (``l4emu check`` on a fresh
+    clone, where images/wvds.yaml's EST trust anchor is made by the CA at first boot)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:  # bounded: a FIFO or /dev/zero must not exhaust memory
+            raw = f.read(MAX_IMAGE_BYTES + 1)
+        if len(raw) > MAX_IMAGE_BYTES:
+            raise ImageError([Problem(str(path), 1, 1, "<file>", f"the image is larger than {MAX_IMAGE_BYTES} "
+                                                                 f"bytes; at most {MAX_IMAGE_BYTES} are accepted")])
+        text = raw.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ImageError([Problem(str(path), 1, 1, "<file>", f"cannot read the image: {exc}")]) from None
     image = parse_image(text, str(path), program_exists)
@@ -41,6 +50,6 @@ def load_image(path: str | Path) -> LoadedImage:
         except OSError as exc:
             problems.append(Problem(str(path), mod.line, 1, f"modules.{mod.name}",
                                     f"cannot read boot module {str(file)!r}: {exc.strerror or exc}"))
-    if problems:
+    if problems and not missing_ok:
         raise ImageError(problems)
-    return LoadedImage(image, path, tuple(modules))
+    return LoadedImage(image, path, tuple(modules), tuple(problems))

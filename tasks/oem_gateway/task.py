@@ -10,6 +10,10 @@ device certificate comes from est_service. Config::
       est: {gate: est, shm: est_shm}      # optional
       enrollment_wait_s: 60               # how long to wait for est_service's first certificate
       payload_kib: 200                     # size of the chunked-encryption demo
+      sensor: {shm: readings, irq: ready}  # optional: seal the sensor's readings into the outbox
+      outbox: {batch: 10, max_wait_s: 5, batches: 0}   # (tasks/oem_gateway/sealer.py)
+
+Without ``sensor`` it runs its demo and exits; with it, it then seals batches until the system stops.
 """
 from __future__ import annotations
 
@@ -21,10 +25,11 @@ from tasks.runtime.shm import ShmClient
 
 
 def crypto_client(env) -> CryptoClient:
+    from tasks.oem_gateway.sealer import CountingClient
     caps = env.config.get("crypto", {"gate": "crypto", "shm": "crypto_shm"})
     shm = ShmClient(env, env.cap(caps["gate"]), env.cap(caps["shm"]), timeout_us=60_000_000)
     # backoff on RATE_LIMITED sleeps in the kernel (a receive timeout), not in Python
-    return CryptoClient(shm.transact, sleep=lambda s: env.sleep(int(s * 1_000_000)))
+    return CountingClient(shm.transact, sleep=lambda s: env.sleep(int(s * 1_000_000)))
 
 
 def key_of_type(crypto: CryptoClient, existing: dict, key_type: KeyType) -> int:
@@ -77,5 +82,12 @@ def main(env) -> int:
         from tasks.oem_gateway.enrollment import show_certificate
         if not show_certificate(env, env.config["est"], float(env.config.get("enrollment_wait_s", 60))):
             return 1
+    if "sensor" in env.config:
+        from tasks.oem_gateway import sealer
+        existing = {}
+        for info in crypto.list_keys():
+            existing.setdefault(info.key_type, info.key_id)
+        keys = {t: key_of_type(crypto, existing, t) for t in (KeyType.AES_256, KeyType.MLDSA_65)}
+        return sealer.run(env, crypto, keys)
     env.log("gateway done")
     return 0

@@ -461,3 +461,22 @@ def test_kernel_agrees_any_irq_holder_triggers():
                         "  binder: {program: testing.adversary, caps: {q: 'q:rs'}}\n"
                         "  trigger: {program: testing.adversary, caps: {q: 'q:r'}}\n", "t.yaml", program_exists)
     assert keys(Analysis(image).edges) == {("irq", "trigger", "binder", "q")}
+
+
+def _pairs(n: int):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("check_scale", Path(__file__).parents[1] / "bench" / "check_scale.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from capabilities.image import parse_image
+    return parse_image(mod.pairs_image(n), "pairs.yaml")
+
+
+def test_analysis_work_grows_linearly_with_the_image():
+    """Counted inner-loop steps, not time: doubling the tasks (independent pairs + one shared IRQ) at most
+    doubles the work (plus a little); the old per-object scans made it grow with the square."""
+    small, big = Analysis(_pairs(201)), Analysis(_pairs(401))
+    for a in (small, big):
+        for t in a.tasks:
+            a.influences(t)
+    assert big.work <= 2.2 * small.work, (small.work, big.work)

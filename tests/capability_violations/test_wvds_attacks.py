@@ -57,10 +57,12 @@ def attack(tmp_path_factory):
     image["tasks"]["est"]["config"]["server"]["endpoint"] = endpoint
     image["tasks"]["netproxy"]["network"]["connect"] = [endpoint]
     image["objects"]["go"] = {"type": "irq"}
+    image["tasks"]["gateway"]["config"]["outbox"] = {"batch": 1, "max_wait_s": 1, "batches": 1}  # then it exits
     evil = copy.deepcopy(image["tasks"]["gateway"])
     evil.update(program="testing.adversary", log={"tag": "evil", "color": "r"},
                 args=[a.format(port=server.port, crypto_gate_id=0x43000) for a in ATTACKS])
     evil.pop("config")
+    evil["caps"] = {k: v for k, v in evil["caps"].items() if k not in ("readings", "ready")}
     evil["caps"]["go"] = "go:rws"
     image["tasks"]["evil"] = evil
     image["run"] = {"until": ["evil"]}
