@@ -84,7 +84,7 @@ SKIP_NAMES = {"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache"}
 SKIP_DIRS = {"hil/build", "hil/runs"}  # build output and run records are not source
 # The NIC the guest gets when it may reach the EST CA on the host (virtio-mmio on -M virt):
 # Debian's cloud kernel builds virtio as modules. /init loads them in this (dependency) order.
-NET_MODULES = ("drivers/virtio/virtio.ko", "drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio_mmio.ko",
+NET_MODULES = ("drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko", "drivers/virtio/virtio_mmio.ko",
                "net/core/failover.ko", "drivers/net/net_failover.ko", "drivers/net/virtio_net.ko")
 Log = Callable[[str], None]
 

@@ -21,7 +21,9 @@ import contextlib
 import enum
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -183,7 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             record.machine(qemu=None if args.serial else args.qemu, argv=machine.argv,
                            kernel=image.kernel if image else None, initrd=image.initrd if image else None,
                            manifest=image.manifest if image else None, multiplier=config.timeout_multiplier,
-                           person_argv=qemu_argv(image.kernel, image.initrd, config) if image else None)
+                           person_argv=qemu_argv(image.kernel, image.initrd, config) if image else None,
+                           base=args.out / "base.cpio")
         verdict, status = "error", None
         try:
             with machine:
@@ -327,8 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds every `with`: QEMU is stopped, the run record finished
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args))
     except HilError as exc:

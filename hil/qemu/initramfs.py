@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-NET_MODULES = ("virtio.ko", "virtio_ring.ko", "virtio_mmio.ko", "failover.ko", "net_failover.ko", "virtio_net.ko")
+NET_MODULES = ("virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "failover.ko", "net_failover.ko", "virtio_net.ko")
 
 GUEST_PROJECT = "/opt/l4emu"  # the project's source tree in the guest (the guest shell's cwd)
 SENTINEL = "etc/hil/overlay"  # written last into the overlay; its text is the overlay id

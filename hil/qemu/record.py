@@ -60,14 +60,31 @@ class RunRecord:
         return self.dir / "qemu-stderr.log"
 
     def machine(self, *, qemu: str | None, argv: list[str], kernel: Path | None, initrd: Path | None,
-                manifest: dict | None, multiplier: float, person_argv: list[str] | None = None) -> None:
-        """What was booted: QEMU's version and command line, the images' hashes, the lock."""
-        import shlex
+                manifest: dict | None, multiplier: float, person_argv: list[str] | None = None,
+                base: Path | None = None) -> None:
+        """What was booted: QEMU's version and command line, the images' hashes, the lock.
 
-        if person_argv is not None:
-            (self.dir / "qemu-cmdline.sh").write_text(
-                "#!/bin/sh\n# QEMU as this run started it, with the serial port on this terminal\n"
-                + shlex.join(person_argv) + "\n")
+        The run's initrd (108 MiB) is not kept: its overlay (a few MiB) is, and ``qemu-cmdline.sh``
+        puts the initrd together again from the base and checks its sha256 before it boots.
+        """
+        import shlex
+        import shutil
+
+        if person_argv is not None and initrd is not None:
+            overlay = initrd.with_name("overlay.cpio")
+            lines = ["#!/bin/sh", "# QEMU as this run started it, with the serial port on this terminal",
+                     "# (type `poweroff -f` in the guest to leave). Run it from anywhere.", "set -e",
+                     'cd "$(dirname "$0")"']
+            argv_here = list(person_argv)
+            if base is not None and overlay.is_file():
+                shutil.copyfile(overlay, self.dir / "overlay.cpio")
+                lines += [f"cat {shlex.quote(str(base))} overlay.cpio > initrd.cpio",
+                          f"echo '{sha256_file(initrd)}  initrd.cpio' | sha256sum -c -"]
+                argv_here[argv_here.index(str(initrd))] = "initrd.cpio"
+            lines.append(shlex.join(argv_here))
+            script = self.dir / "qemu-cmdline.sh"
+            script.write_text("\n".join(lines) + "\n")
+            script.chmod(0o755)
         self.data.update({
             "qemu_version": qemu_version(qemu) if qemu else None,
             "qemu_argv": argv,
