@@ -101,11 +101,11 @@ def _timeouts(args: argparse.Namespace):
     return timeouts
 
 
-def _config(args: argparse.Namespace, est_ca: str | None = None):
+def _config(args: argparse.Namespace, est_ca: str | None = None, guest_port: int | None = None):
     from hil.qemu.machine import MachineConfig
 
     return MachineConfig(qemu=args.qemu, cpu=args.cpu, memory_mib=args.memory, smp=args.smp,
-                         timeouts=_timeouts(args), est_ca=est_ca)
+                         timeouts=_timeouts(args), est_ca=est_ca, est_ca_guest_port=guest_port)
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -160,7 +160,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"# then, in the guest: {command}")
         return Exit.OK
     with contextlib.ExitStack() as stack:
-        stack.enter_context(host_est_ca(est_ca if not args.serial else None))
+        server = stack.enter_context(host_est_ca(est_ca if not args.serial else None))
+        if server is not None:  # the CA may listen elsewhere than where the guest's tasks connect
+            from hil.qemu.relay import parse_address
+
+            config = _config(args, f"{server.host}:{server.port}", parse_address(est_ca)[1])
         check_image(PROJECT_ROOT / guest_image)  # after the CA: its trust anchor is one of wvds' modules
         record = None if args.no_record else RunRecord.create(args.runs, label="run")
         if record is not None:
@@ -193,8 +197,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if record is not None:
                     record.data.update(boot_s=round(machine.boot_seconds, 2), overlay_id=machine.overlay_id)
                 print(f"\nhil: guest ready after {machine.boot_seconds:.2f} s; running: {command}", file=sys.stderr)
-                if est_ca is not None:
-                    _start_guest_relay(machine, est_ca)
+                if config.est_ca is not None:
+                    start_guest_relay(machine, config.guest_port)
                 started = time.monotonic()
                 try:
                     _, status = machine.run(command, timeout=args.timeout)
@@ -213,11 +217,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return status
 
 
-def _start_guest_relay(machine, est_ca: str) -> None:
+def start_guest_relay(machine, port: int) -> None:
     """In the guest: 127.0.0.1:PORT -> 10.0.2.100:PORT (QEMU's guestfwd -> the host's CA)."""
-    from hil.qemu.relay import GUESTFWD_ADDRESS, READY, parse_address
+    from hil.qemu.relay import GUESTFWD_ADDRESS, READY
 
-    port = parse_address(est_ca)[1]
     log = "/tmp/relay.log"
     out, status = machine.run(
         f"(python3 -I /opt/l4emu/hil/qemu/relay.py listen 127.0.0.1:{port} {GUESTFWD_ADDRESS}:{port} "

@@ -73,13 +73,22 @@ class MachineConfig:
     cmdline: tuple[str, ...] = ("console=ttyAMA0", "rdinit=/init", "quiet", "panic=-1")
     timeouts: Timeouts = field(default_factory=Timeouts.from_env)
     est_ca: str | None = None  # HOST:PORT of the EST CA on the host the guest may reach, or no NIC
+    est_ca_guest_port: int | None = None  # the port the guest's tasks use (default: the host's)
+
+    @property
+    def guest_port(self) -> int | None:
+        if self.est_ca is None:
+            return None
+        from hil.qemu.relay import parse_address
+
+        return self.est_ca_guest_port or parse_address(self.est_ca)[1]
 
     @property
     def timeout_multiplier(self) -> float:
         return self.timeouts.multiplier
 
 
-def network_args(est_ca: str | None, python: str = sys.executable) -> list[str]:
+def network_args(est_ca: str | None, guest_port: int | None = None, python: str = sys.executable) -> list[str]:
     """QEMU's network: none, or a user-mode NIC that reaches exactly one host port (the EST CA).
 
     ``restrict=on`` isolates the guest (no route to the host or beyond); the single ``guestfwd``
@@ -91,10 +100,11 @@ def network_args(est_ca: str | None, python: str = sys.executable) -> list[str]:
     from hil.qemu.relay import GUESTFWD_ADDRESS, parse_address
 
     host, port = parse_address(est_ca)
+    guest_port = guest_port or port
     command = f"{python} -I {RELAY_SCRIPT} stdio {host}:{port}"
     if "," in command:
         raise HarnessError("relay-path-has-comma", f"QEMU cannot take a ',' in the guestfwd command: {command}")
-    return ["-netdev", f"user,id=net0,restrict=on,guestfwd=tcp:{GUESTFWD_ADDRESS}:{port}-cmd:{command}",
+    return ["-netdev", f"user,id=net0,restrict=on,guestfwd=tcp:{GUESTFWD_ADDRESS}:{guest_port}-cmd:{command}",
             "-device", "virtio-net-device,netdev=net0"]
 
 
@@ -114,12 +124,10 @@ def qemu_argv(kernel: Path, initrd: Path, config: MachineConfig = MachineConfig(
     chardev = f"socket,id=console,path={console_socket}" if console_socket else "stdio,id=console,signal=off"
     cmdline = list(config.cmdline)
     if config.est_ca is not None:
-        from hil.qemu.relay import parse_address
-
-        cmdline.append(f"l4emu_est_ca_port={parse_address(config.est_ca)[1]}")  # /init's environment
+        cmdline.append(f"l4emu_est_ca_port={config.guest_port}")  # /init's environment
     return [
         config.qemu, "-M", "virt", "-cpu", config.cpu, "-smp", str(config.smp), "-m", str(config.memory_mib),
-        "-nodefaults", *network_args(config.est_ca), "-no-reboot", "-display", "none", "-monitor", "none",
+        "-nodefaults", *network_args(config.est_ca, config.guest_port), "-no-reboot", "-display", "none", "-monitor", "none",
         "-chardev", chardev, "-serial", "chardev:console",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", " ".join(cmdline),
     ]
