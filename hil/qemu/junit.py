@@ -14,8 +14,11 @@ import base64
 import gzip
 import re
 import shlex
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from pathlib import Path
 
 from hil.qemu.errors import HarnessError
 
@@ -61,6 +64,17 @@ def parse(xml: bytes | str) -> list[CaseResult]:
         results.append(CaseResult(case.get("classname", ""), case.get("name", ""), outcome, message, details,
                                   float(case.get("time", "0") or 0)))
     return results
+
+
+def collect(args: tuple[str, ...], cwd: Path) -> list[str]:
+    """The node ids pytest collects for ``args`` here (the guest runs the same source, so the same tests)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=cwd, capture_output=True, text=True)
+    ids = [line.strip() for line in proc.stdout.splitlines() if "::" in line]
+    if proc.returncode != 0 or not ids:
+        raise HarnessError("collect-failed", f"pytest --collect-only {shlex.join(args)} found nothing",
+                           context=(proc.stdout + proc.stderr).splitlines()[-20:])
+    return ids
 
 
 def decode_transfer(text: str) -> bytes:

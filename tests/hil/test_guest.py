@@ -46,13 +46,9 @@ def hil_selected(config) -> bool:
 
 
 def collect_on_host(args: tuple[str, ...]) -> list[str]:
-    """The node ids pytest collects for ``args`` on the host: the guest runs the same source."""
-    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True)
-    ids = [line.strip() for line in proc.stdout.splitlines() if "::" in line]
-    if proc.returncode != 0 or not ids:
-        raise RuntimeError(f"collecting {args} on the host failed:\n{proc.stdout}\n{proc.stderr}")
-    return ids
+    from hil.qemu.junit import collect
+
+    return collect(args, PROJECT_ROOT)
 
 
 def pytest_generate_tests(metafunc):
