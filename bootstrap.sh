@@ -22,6 +22,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
+# The aarch64 HIL guest (QEMU, the arm64 package index, lava-common): hil/qemu/setup.sh, root only.
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    ./hil/qemu/setup.sh
+fi
+
 PY=${PYTHON:-python3}
 stamp=.venv/.l4emu-installed
 if [ ! -x .venv/bin/python ]; then
@@ -29,6 +34,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q -e '.[test,hil]'
     touch "$stamp"
 fi
