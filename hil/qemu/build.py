@@ -50,10 +50,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = PROJECT_ROOT / "hil" / "build"
 RECIPE = 2  # bump when the base's content changes for a reason the cache key cannot see
 
-KERNEL_META = "linux-image-cloud-arm64"  # 21 MB deb; PL011, initrd, devtmpfs, tmpfs built in (hil-guest.md 2.2)
-# The working set of hil-guest.md 2.3, plus libc-bin (ldconfig, for ctypes.util.find_library)
-# and libseccomp2 (pyseccomp loads it). libgcc-s1: cryptography's _rust.abi3.so needs it (G2).
-# libnsl2/libtirpc3 are left out on purpose (they pull in krb5, G3); the nis module goes instead.
+# Debian's cloud kernel flavour (a 21 MB .deb): PL011, initrd, devtmpfs and tmpfs are built in
+# (see the package's /boot/config-*); virtio comes as modules (NET_MODULES below).
+KERNEL_META = "linux-image-cloud-arm64"
+# Python 3.11's minimal and stdlib packages with the libraries their extension modules need
+# (`readelf -d` on every ELF checks the closure at build time), plus libc-bin (ldconfig, for
+# ctypes.util.find_library) and libseccomp2 (pyseccomp loads it). libgcc-s1: cryptography's
+# _rust.abi3.so needs libgcc_s.so.1. libnsl2/libtirpc3 are left out on purpose (they pull in
+# krb5); the nis module, their only user, is deleted instead.
 USERLAND_DEBS = (
     "busybox-static", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
     "python3-minimal", "libc6", "libc-bin", "libgcc-s1", "libffi8", "libssl3", "zlib1g", "libexpat1",

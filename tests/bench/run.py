@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--boot-runs", type=int, default=5)
     parser.add_argument("--no-confine", action="store_true")
     parser.add_argument("--crypto-rounds", type=int, default=50)
-    parser.add_argument("--only", choices=["ipc", "crypto"], default=None)
+    parser.add_argument("--only", choices=["ipc", "crypto", "hil"], default=None)
+    parser.add_argument("--hil-runs", type=int, default=1, help="guest boots in the hil section")
     args = parser.parse_args(argv)
     from rich.console import Console
     from rich.table import Table
@@ -233,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_ipc(args)
     if args.only in (None, "crypto"):
         rows += bench_crypto(args)
+    if args.only in (None, "hil"):
+        from hil_bench import bench_hil  # tests/bench/hil_bench.py: the aarch64 guest next to the host
+
+        rows += bench_hil(args)
     for row in rows:
         table.add_row(*row)
     Console().print(table)
