@@ -88,9 +88,15 @@ def image(record, tmp_path_factory):
         pytest.skip(f"no HIL image: {exc.message} (l4emu hil build)")
     from hil.qemu.build import refresh
 
+    from hil.qemu.build import DEFAULT_OUT
+    from hil.qemu.machine import qemu_argv
+
     built = refresh(dest=tmp_path_factory.mktemp("hil-image"), log=lambda _: None)
-    record.machine(qemu="qemu-system-aarch64", argv=[], kernel=built.kernel, initrd=built.initrd,
-                   manifest=built.manifest, multiplier=TIMEOUTS.multiplier)
+    config = MachineConfig(timeouts=TIMEOUTS)
+    record.machine(qemu=config.qemu, argv=qemu_argv(built.kernel, built.initrd, config, Path("<console socket>")),
+                   kernel=built.kernel, initrd=built.initrd, manifest=built.manifest,
+                   multiplier=TIMEOUTS.multiplier, person_argv=qemu_argv(built.kernel, built.initrd, config),
+                   base=DEFAULT_OUT / "base.cpio")
     return built
 
 
@@ -100,7 +106,6 @@ def pool(image, record):
 
     config = MachineConfig(timeouts=TIMEOUTS)
     with GuestPool(image, config, log_path=record.transcript, stderr_path=record.qemu_stderr) as p:
-        record.data["qemu_argv"] = Machine(image, config).argv
         yield p
         record.data.update(boots=p.boots, boot_s=[round(s, 2) for s in p.boot_seconds])
 

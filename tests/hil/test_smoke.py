@@ -76,8 +76,12 @@ def smoke(tmp_path_factory):
     image = refresh(dest=tmp_path_factory.mktemp("smoke-image"), log=lambda _: None)
     machine = Machine(image, MachineConfig(timeouts=TIMEOUTS), log_path=record.transcript,
                       stderr_path=record.qemu_stderr)
+    from hil.qemu.build import DEFAULT_OUT
+    from hil.qemu.machine import qemu_argv
+
     record.machine(qemu="qemu-system-aarch64", argv=machine.argv, kernel=image.kernel, initrd=image.initrd,
-                   manifest=image.manifest, multiplier=TIMEOUTS.multiplier)
+                   manifest=image.manifest, multiplier=TIMEOUTS.multiplier,
+                   person_argv=qemu_argv(image.kernel, image.initrd, machine.config), base=DEFAULT_OUT / "base.cpio")
     state.started = time.monotonic()
     try:
         machine.start()
