@@ -26,6 +26,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 
+# The aarch64 HIL guest (QEMU, the arm64 package index, lava-common): hil/qemu/setup.sh, root only.
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    ./hil/qemu/setup.sh
+fi
+
 PY=${PYTHON:-python3}
 stamp=.venv/.l4emu-installed
 if [ ! -x .venv/bin/python ]; then
@@ -33,7 +38,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test,keystore,est-ca]'
+    .venv/bin/python -m pip install -q -e '.[test,keystore,est-ca,hil]'
     # atheris (make fuzz) only where a wheel exists for this Python: it is never built from source
     .venv/bin/python -m pip install -q --only-binary=:all: 'atheris>=2.3' \
         || echo "bootstrap: no atheris wheel for this Python; make fuzz runs only the hypothesis fuzzer"

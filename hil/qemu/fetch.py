@@ -1,12 +1,14 @@
 """Where the guest image's inputs come from, and the download cache that keeps a second build fast.
 
-- Debian arm64 ``.deb`` files: the candidate version of each package (one ``apt-cache show``
-  for all of them, since every call costs about a second), fetched with ``apt-get
-  download`` into ``cache/debs`` only if that exact version is not there yet.
-- aarch64 wheels for the distributions with compiled code, pinned to the host's versions
-  (hil-guest.md G18), fetched with ``pip download`` into ``cache/wheels``.
-- Pure-Python distributions are copied from the host environment, file by file from their
-  RECORD, so the guest runs the very versions the host tests.
+Every input is pinned in ``hil/qemu/lock.json`` (``lock.py``): the build asks for exactly
+those files and checks each one's sha256 whenever it uses it.
+
+- Debian arm64 ``.deb`` files: ``apt-get download pkg:arch=version`` into ``cache/debs``.
+- Wheels (aarch64 for compiled code, ``py3-none-any`` for pure Python):
+  ``pip download --require-hashes`` into ``cache/wheels``.
+- ``resolve_debs``/``resolve_wheels`` pick the versions for a new lock (``l4emu hil lock``):
+  the package index's candidates (one ``apt-cache show`` for all of them) and the wheels of
+  the versions installed on the host, so the guest runs the code the host tests.
 
 Only Debian's mirror and PyPI are contacted, and only for what the cache lacks. Nothing
 arm64 is executed: ``.deb`` files are read with ``dpkg-deb``.
@@ -22,11 +24,12 @@ import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from hil.qemu import lock
 from hil.qemu.errors import HarnessError
 
 SETUP_HINT = "run hil/qemu/setup.sh as root (adds the arm64 architecture, installs qemu-system-arm)"
 WHEEL_PLATFORMS = ("manylinux_2_34_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64",
-                   "manylinux2014_aarch64")  # the guest's glibc is 2.36
+                   "manylinux2014_aarch64", "any")  # the guest's glibc is 2.36
 GUEST_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.2", "platform_machine": "aarch64",
                 "platform_python_implementation": "CPython", "implementation_name": "cpython",
                 "sys_platform": "linux", "os_name": "posix", "platform_system": "Linux"}
@@ -54,7 +57,7 @@ def parse_stanzas(text: str) -> dict[str, dict[str, str]]:
     """``apt-cache show`` output, keyed ``package:arch`` (``:all`` for architecture-independent ones)."""
     result: dict[str, dict[str, str]] = {}
     for stanza in text.split("\n\n"):
-        fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", stanza, re.M))
+        fields = dict(re.findall(r"^([A-Za-z0-9-]+): (.*)$", stanza, re.M))
         if "Package" in fields:
             result.setdefault(f"{fields['Package']}:{fields['Architecture']}", fields)
     return result
@@ -80,24 +83,39 @@ def kernel_package(meta: str) -> str:
     return m.group(1)
 
 
-def ensure_debs(specs: list[str], cache: Path, log: Log) -> list[Path]:
-    """The candidate version of each ``pkg:arch`` spec (``pkg`` alone: arch ``all``), in ``cache``."""
+def ensure_debs(debs: "list[lock.Deb]", cache: Path, log: Log) -> list[Path]:
+    """Exactly the locked .debs in ``cache``, each one's sha256 checked now (cached or not).
+
+    A cached file that does not match is fetched again; a version the archive no longer
+    serves fails with the command that renews the lock.
+    """
     cache.mkdir(parents=True, exist_ok=True)
-    found = _candidates(specs)
-    paths = []
-    for spec in specs:
-        fields = found.get(spec if ":" in spec else f"{spec}:all")
-        if fields is None:
-            raise HarnessError("deb-not-found", f"apt knows no candidate for {spec}", hint=SETUP_HINT)
-        paths.append(cache / deb_filename(fields))
-    missing = [spec for spec, path in zip(specs, paths) if not path.is_file()]
+    paths = [cache / d.filename for d in debs]
+    missing = [d for d, p in zip(debs, paths) if not lock.verify(p, d.sha256)]
     if missing:
-        log(f"downloading {len(missing)} .deb(s): {' '.join(missing)}")
-        run_tool(["apt-get", "download", *missing], "deb-download-failed", cwd=cache,
-                 hint="only Debian's mirror is needed; check that `apt-get update` works")
-    for path in paths:
+        for d in missing:
+            (cache / d.filename).unlink(missing_ok=True)
+        log(f"downloading {len(missing)} .deb(s): {' '.join(d.spec for d in missing)}")
+        proc = subprocess.run(["apt-get", "download", *(d.spec for d in missing)], cwd=cache,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            gone = re.findall(r"Version '([^']+)' for '([^']+)' was not found", proc.stderr)
+            if gone:
+                raise HarnessError("lock-version-gone",
+                                   "the package archive no longer serves pinned version(s): "
+                                   + ", ".join(f"{pkg}={ver}" for ver, pkg in gone),
+                                   context=proc.stderr.splitlines()[-10:], hint=lock.UPDATE_HINT)
+            raise HarnessError("deb-download-failed", f"apt-get download exited with status {proc.returncode}",
+                               context=proc.stderr.splitlines()[-20:],
+                               hint="only Debian's mirror is needed; run hil/qemu/setup.sh (apt-get update)")
+    for d, path in zip(debs, paths):
         if not path.is_file():
             raise HarnessError("deb-download-failed", f"apt-get download did not produce {path.name}")
+        actual = lock.sha256_file(path)
+        if actual != d.sha256:
+            path.unlink()
+            raise HarnessError("deb-hash-mismatch", f"{d.filename}: sha256 {actual}, the lock says {d.sha256}",
+                               hint="the archive serves different bytes under a pinned version; " + lock.UPDATE_HINT)
     return paths
 
 
@@ -120,29 +138,69 @@ def extract(deb: Path, members: Callable[[str], Path | None]) -> int:
 
 
 # ----------------------------------------------------------------------------- Python
-def ensure_wheels(names: Iterable[str], cache: Path, log: Log) -> list[Path]:
-    """An aarch64 CPython 3.11 wheel of each distribution, at the host's installed version."""
+def pip_download_argv(dest: Path) -> list[str]:
+    argv = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
+            "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3",
+            "--abi", "none", "-d", str(dest)]
+    for platform in WHEEL_PLATFORMS:
+        argv += ["--platform", platform]
+    return argv
+
+
+def ensure_wheels(wheels: "list[lock.Wheel]", cache: Path, log: Log) -> list[Path]:
+    """Exactly the locked wheels in ``cache``; pip checks the hashes (``--require-hashes``) and so do we, every time."""
     cache.mkdir(parents=True, exist_ok=True)
-    pins = {name: md.version(name) for name in names}
-
-    def cached(name: str, version: str) -> Path | None:
-        stem = f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
-        return next((w for w in sorted(cache.glob("*.whl"))
-                     if w.name.lower().startswith(stem) and "aarch64" in w.name), None)
-
-    missing = [f"{n}=={v}" for n, v in pins.items() if cached(n, v) is None]
+    paths = [cache / w.filename for w in wheels]
+    missing = [w for w, p in zip(wheels, paths) if not lock.verify(p, w.sha256)]
     if missing:
-        log(f"downloading aarch64 wheels: {' '.join(missing)}")
-        argv = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
-                "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3",
-                "--abi", "none", "-d", str(cache)]
-        for platform in WHEEL_PLATFORMS:
-            argv += ["--platform", platform]
-        run_tool(argv + missing, "wheel-download-failed", hint="PyPI must be reachable for the first build")
-    wheels = [cached(n, v) for n, v in pins.items()]
-    if any(w is None for w in wheels):
-        raise HarnessError("wheel-download-failed", f"pip downloaded no aarch64 wheel for one of {missing}")
-    return wheels  # type: ignore[return-value]
+        for w in missing:
+            (cache / w.filename).unlink(missing_ok=True)
+        log(f"downloading wheels: {' '.join(f'{w.name}=={w.version}' for w in missing)}")
+        req = cache / "requirements.lock.txt"
+        req.write_text("".join(w.requirement + "\n" for w in missing))
+        run_tool(pip_download_argv(cache) + ["--require-hashes", "-r", str(req)], "wheel-download-failed",
+                 hint="PyPI must be reachable for the first build; a version PyPI no longer serves: "
+                      + lock.UPDATE_HINT)
+    for w, path in zip(wheels, paths):
+        if not path.is_file():
+            raise HarnessError("wheel-download-failed", f"pip did not produce {w.filename}",
+                               hint="the lock names a file for another platform? " + lock.UPDATE_HINT)
+        actual = lock.sha256_file(path)
+        if actual != w.sha256:
+            path.unlink()
+            raise HarnessError("wheel-hash-mismatch", f"{w.filename}: sha256 {actual}, the lock says {w.sha256}",
+                               hint=lock.UPDATE_HINT)
+    return paths
+
+
+def resolve_debs(specs: list[str]) -> "list[lock.Deb]":
+    """The index's candidate version of each ``pkg:arch`` (``pkg`` alone: ``all``), with its sha256."""
+    found = _candidates(specs)
+    debs = []
+    for spec in specs:
+        fields = found.get(spec if ":" in spec else f"{spec}:all")
+        if fields is None or "SHA256" not in fields:
+            raise HarnessError("deb-not-found", f"apt knows no candidate for {spec}", hint=SETUP_HINT)
+        debs.append(lock.Deb(fields["Package"], fields["Architecture"], fields["Version"], deb_filename(fields),
+                             fields["SHA256"]))
+    return debs
+
+
+def resolve_wheels(names: Iterable[str], scratch: Path, log: Log) -> "list[lock.Wheel]":
+    """Each distribution at this environment's installed version, as the aarch64/any wheel PyPI serves."""
+    pins = {name: md.version(name) for name in names}
+    scratch.mkdir(parents=True, exist_ok=True)
+    log(f"resolving wheels: {' '.join(f'{n}=={v}' for n, v in pins.items())}")
+    run_tool(pip_download_argv(scratch) + [f"{n}=={v}" for n, v in pins.items()], "wheel-download-failed",
+             hint="PyPI must be reachable to write the lock")
+    wheels = []
+    for name, version in pins.items():
+        stem = f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
+        found = [w for w in sorted(scratch.glob("*.whl")) if w.name.lower().startswith(stem)]
+        if len(found) != 1:
+            raise HarnessError("wheel-download-failed", f"expected one wheel for {name}=={version}, got {found}")
+        wheels.append(lock.Wheel(name, version, found[0].name, lock.sha256_file(found[0])))
+    return wheels
 
 
 def copy_distribution(name: str, site: Path) -> int:

@@ -7,8 +7,9 @@ The initrd QEMU boots is two concatenated newc archives (the kernel unpacks them
 order, a later entry replacing an earlier one): the *base* (Debian arm64 userland,
 Python, the wheels; cached) and the *overlay* (the project's source; rebuilt for every
 run, so the guest always runs the checkout's current code). The overlay's last entry is
-``SENTINEL``: ``/init`` refuses to start without it, because an initramfs that did not
-fit in RAM is unpacked only partly and the kernel carries on (hil-guest.md G6).
+``SENTINEL``: ``/init`` refuses to start without it, because an initramfs that does not
+fit in RAM is unpacked only partly and the kernel carries on after printing "Initramfs
+unpacking failed" (init/initramfs.c in the Linux sources).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+NET_MODULES = ("virtio_ring.ko", "virtio.ko", "virtio_mmio.ko", "failover.ko", "net_failover.ko", "virtio_net.ko")
+
 GUEST_PROJECT = "/opt/l4emu"  # the project's source tree in the guest (the guest shell's cwd)
 SENTINEL = "etc/hil/overlay"  # written last into the overlay; its text is the overlay id
 READY = "HIL-READY"  # /init prints "HIL-READY <overlay id>" when the shell is about to start
@@ -29,9 +32,12 @@ INIT_FAILED = "HIL-INIT-FAILED"  # /init prints "HIL-INIT-FAILED <why>" and powe
 # /init runs as PID 1 from busybox-static. Every line is a step a reader can check:
 # mounts first (DEVTMPFS_MOUNT is off in Debian's kernels), then the ld.so cache
 # (ctypes.util.find_library, which pyseccomp uses, reads `ldconfig -p`; the cache cannot
-# be built on the host without running arm64 code), the loopback interface (the EST CA
-# and the network proxy talk over 127.0.0.1 inside the guest), then the sentinel check,
-# the ready marker and a shell with a controlling tty so that ^C reaches commands (G15).
+# be built on the host without running arm64 code), the loopback interface (the network
+# proxy connects to 127.0.0.1 inside the guest), and, when the kernel command line carries
+# l4emu_est_ca_port=PORT (the kernel hands unknown name=value parameters to init as
+# environment variables, see the kernel's admin-guide/kernel-parameters), the virtio NIC on
+# QEMU's user-mode network (10.0.2.15/24, QEMU's defaults), then the sentinel check, the ready
+# marker and a shell with a controlling tty (busybox cttyhack), so that ^C reaches commands.
 INIT_SCRIPT = f"""#!/bin/busybox sh
 # /init of the l4emu HIL guest, written by hil/qemu/build.py. See docs/hil.md.
 /bin/busybox mkdir -p /proc /sys /dev /tmp /run /root
@@ -47,6 +53,10 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 dmesg -n 1
 /sbin/ldconfig
 ifconfig lo 127.0.0.1 netmask 255.0.0.0 up
+if [ -n "$l4emu_est_ca_port" ]; then
+    for m in {' '.join(NET_MODULES)}; do insmod /lib/modules/hil/$m || echo "HIL-NET module $m failed"; done
+    ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up && route add default gw 10.0.2.2 || echo "HIL-NET eth0 failed"
+fi
 hostname l4emu-hil
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb NO_COLOR=1 COLUMNS=160
@@ -75,17 +85,21 @@ sys.exit(main())
 class CpioWriter:
     """Writes a newc ("070701") archive, the format the Linux initramfs unpacker reads.
 
-    Every entry is owned by root. Parents must come before children (the kernel does
-    not create missing directories); ``add_tree`` walks top-down, so it does.
+    Every entry is owned by root and carries ``mtime`` (SOURCE_DATE_EPOCH), whatever the
+    file's own timestamp: two archives of the same tree are byte-identical. Parents must come
+    before children (the kernel does not create missing directories); ``add_tree`` walks
+    top-down in sorted order, so it does.
     """
 
     out: BinaryIO
+    mtime: int = 0
     _ino: int = 1
     _offset: int = 0
 
-    def _header(self, name: str, mode: int, size: int, mtime: int, rdev: tuple[int, int] = (0, 0)) -> None:
+    def _header(self, name: str, mode: int, size: int, mtime: int | None = None,
+                rdev: tuple[int, int] = (0, 0)) -> None:
         encoded = name.encode() + b"\0"
-        fields = [self._ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, mtime, size, 0, 0,
+        fields = [self._ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, self.mtime, size, 0, 0,
                   rdev[0], rdev[1], len(encoded), 0]
         self._ino += 1
         self._write(b"070701" + b"".join(b"%08X" % f for f in fields) + encoded)

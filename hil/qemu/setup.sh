@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Host setup for the QEMU aarch64 HIL runs (hil/qemu, docs/hil.md). Root only; idempotent:
-#   - adds the arm64 dpkg architecture (build.py downloads arm64 .debs with `apt-get download`;
-#     nothing arm64 is installed or run on the host),
+# Host setup for the QEMU aarch64 HIL runs (hil/qemu, docs/hil.md). Root only; idempotent;
+# bootstrap.sh runs it when it runs as root:
+#   - adds the arm64 dpkg architecture (build.py downloads the locked arm64 .debs with
+#     `apt-get download`; nothing arm64 is installed or run on the host),
 #   - installs qemu-system-arm (provides qemu-system-aarch64) without recommends: ipxe-qemu
-#     is left out, which is why the machine is started with `-nic none` (hil-guest.md G1),
+#     (the option ROMs of PCI NICs) is left out, so the guest gets no NIC (`-nic none`) or the
+#     virtio-mmio one, which needs no ROM,
+#   - installs lava-common (Debian's package of LAVA's job schema), which the tests use to
+#     validate `l4emu hil export lava`,
 #   - checks the other build tools: dpkg-deb, readelf (binutils), apt-get.
 set -euo pipefail
 
@@ -28,6 +32,7 @@ missing=()
 command -v qemu-system-aarch64 >/dev/null || missing+=(qemu-system-arm)
 command -v readelf >/dev/null || missing+=(binutils)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
+dpkg-query -W -f='${Status}' lava-common 2>/dev/null | grep -q "install ok installed" || missing+=(lava-common)
 
 if [ "$need_update" -eq 1 ] || [ ${#missing[@]} -gt 0 ]; then
     echo "setup: apt-get update"
