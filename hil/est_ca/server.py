@@ -179,6 +179,12 @@ class _EstHttpServer(ThreadingHTTPServer):
         self.options = options
         self.tls = context
         self.stopping = threading.Event()
+        # Connections are numbered as they are accepted; `release_hung` ends (or prevents) the
+        # HANG of every connection up to ``released`` and waits until those are recorded.
+        self.changed = threading.Condition()
+        self.accepted = 0
+        self.released = 0
+        self.inflight: set[int] = set()
         self.lock = threading.Lock()
         self.deferrals: dict[bytes, int] = {}
         self.records: deque[RequestRecord] = deque(maxlen=10_000)
@@ -186,7 +192,20 @@ class _EstHttpServer(ThreadingHTTPServer):
 
     def finish_request(self, request, client_address) -> None:  # type: ignore[override]
         """Runs in the connection's thread: TLS handshake first, then HTTP."""
+        with self.changed:
+            self.accepted += 1
+            seq = self.accepted
+            self.inflight.add(seq)
+        try:
+            self._serve_connection(request, client_address, seq)
+        finally:
+            with self.changed:
+                self.inflight.discard(seq)
+                self.changed.notify_all()
+
+    def _serve_connection(self, request, client_address, seq: int) -> None:  # noqa: ANN001
         tls = TlsConnection(self.tls, request, self.options.request_timeout)
+        tls.seq = seq
         try:
             try:
                 tls.handshake()
@@ -240,9 +259,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             reply = self._route(identity)
             if fault is Fault.HANG:
-                self.server.stopping.wait(self.options.hang_limit)
-                reply = _Reply(0, "hung up without answering (fault HANG)")
-            elif reply.pkcs7:
+                self._hang(record)
+                return
+            if reply.pkcs7:
                 reply = self._rewrite(reply, fault)
             truncate = bool(reply.status) and fault is Fault.CLOSE_MID_RESPONSE
             if truncate:
@@ -262,6 +281,13 @@ class _Handler(BaseHTTPRequestHandler):
             record(reply)
             with contextlib.suppress(OSError):
                 self._send(reply, truncate=False)
+
+    def _hang(self, record) -> None:  # noqa: ANN001
+        server, seq = self.server, self.connection.seq
+        with server.changed:
+            server.changed.wait_for(lambda: server.released >= seq or server.stopping.is_set(),
+                                    timeout=self.options.hang_limit)
+        record(_Reply(0, "hung up without answering (fault HANG)"))
 
     def _send(self, reply: _Reply, *, truncate: bool) -> None:
         self.send_response(reply.status)

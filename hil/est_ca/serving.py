@@ -75,12 +75,27 @@ class RunningServer:
         self._httpd.options = dataclasses.replace(self._httpd.options, **changes)
         return self._httpd.options
 
+    def release_hung(self, guard_s: float = 60.0) -> None:
+        """End the `Fault.HANG` of every connection accepted so far (also of one that has not
+        reached its hang yet) and wait until all of them have been recorded, so the next
+        test's records start clean. ``guard_s`` only bounds a stuck handler; it is not a speed
+        expectation."""
+        httpd = self._httpd
+        with httpd.changed:
+            target = httpd.accepted
+            httpd.released = max(httpd.released, target)
+            httpd.changed.notify_all()
+            httpd.changed.wait_for(lambda: not any(seq <= target for seq in httpd.inflight),
+                                   timeout=guard_s)
+
     def stop(self) -> None:
         """Stop accepting, release hanging handlers, wait for all handler threads. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         self._httpd.stopping.set()
+        with self._httpd.changed:
+            self._httpd.changed.notify_all()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()

@@ -56,6 +56,7 @@ class TlsConnection:
         from OpenSSL import SSL
 
         self._ssl = SSL
+        self.seq = 0  # the server's number for this connection (see `RunningServer.release_hung`)
         sock.settimeout(None)  # blocking; the kernel enforces the timeouts below
         seconds = int(timeout)
         micros = int((timeout - seconds) * 1_000_000)

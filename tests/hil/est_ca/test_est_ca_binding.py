@@ -133,3 +133,31 @@ def test_est_ca_on_another_port_and_the_image_agree(tmp_path):
     assert any("device certificate: subject CN=gateway-0001" in line for line in system.lines("gateway")), \
         console.text()
     assert not Path(path).exists(), "the rewritten image is temporary"
+
+
+def test_est_server_points_wvds_at_another_rfc7030_server(tmp_path):
+    """`--est-server URL --est-ta --est-user --est-password-file`: a server with a CA label and
+    its own credentials, none of which the image knows; the image file stays as it is."""
+    from hil.est_ca import EstCa, ServerOptions, serve
+
+    ca = EstCa(tmp_path / "other-ca")
+    password = tmp_path / "password.txt"
+    password.write_text("not-the-image-password\n")
+    options = ServerOptions(basic_auth=("gw-0001", "not-the-image-password"), labels=frozenset({"gw"}))
+    with serve(ca, "127.0.0.1", 0, options) as running:
+        target = est_target_from_args(parse(
+            "--est-server", f"https://127.0.0.1:{running.port}/.well-known/est/gw", "--est-ta",
+            str(ca.ca_cert_path), "--est-user", "gw-0001", "--est-password-file", str(password)))
+        with bind(WVDS, target=target, state_dir=tmp_path / "unused", announce=lambda line: None) as path:
+            console = RecordingConsole()
+            sup = Supervisor(load_image(path), console, run_dir=tmp_path / "run")
+            system = System(sup, console)
+            try:
+                sup.start()
+                assert system.run(timeout=120) == 0, console.text()
+            finally:
+                sup.shutdown()
+        records = [(r.path, r.status, r.client) for r in running.records]
+    assert records[:2] == [("/.well-known/est/gw/cacerts", 200, "anonymous"),
+                           ("/.well-known/est/gw/simpleenroll", 200, "basic:gw-0001")], records
+    assert not (tmp_path / "unused").exists(), "--est-server starts no CA"

@@ -246,3 +246,13 @@ def test_internal_error_is_a_500_and_a_log_line(kit, running, est_ca, monkeypatc
     assert outcome.detail == "internal error: RuntimeError"
     assert (running.records[-1].status, running.records[-1].outcome) == (
         500, "internal error: RuntimeError")
+
+
+def test_release_hung_ends_hanging_requests_and_records_them(kit, running) -> None:
+    running.update(fault=Fault.HANG, hang_limit=600)
+    outcome = kit.run(protocol.cacerts(kit.server(), kit.trust), kit.transport(timeout=0.5))
+    assert kind_of(outcome) is ErrorKind.TIMEOUT
+    running.update(fault=Fault.NONE)
+    running.release_hung()  # returns once the hung request has been recorded, long before 600 s
+    assert [(r.status, r.outcome) for r in running.records] == [
+        (0, "hung up without answering (fault HANG)")]

@@ -157,6 +157,7 @@ def service(tmp_path, ca, running):
     svc = EstService(cfg, trust, Store(tmp_path), log=lines.append, transport_for=transport_for, clock=clock)
     svc.lines, svc.fake_clock = lines, clock  # type: ignore[attr-defined]
     yield svc
+    running.release_hung()
     defaults = ServerOptions(hang_limit=10)
     running.update(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(ServerOptions)})
 

@@ -166,6 +166,7 @@ def reset_server(request):
     yield
     if "server" in request.fixturenames:
         running = request.getfixturevalue("server")
+        running.release_hung()  # a HANG test's requests end (and are recorded) before the next test
         defaults = ServerOptions(hang_limit=10)
         running.update(**{f.name: getattr(defaults, f.name) for f in dataclasses.fields(ServerOptions)})
 
