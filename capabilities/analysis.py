@@ -273,11 +273,15 @@ class Analysis:
                     self.work += 1
                     mask |= bit[nxt] | reach[comp[nxt]]
             reach[c] = mask
-        names = {i: n for n, i in ((n, i) for i, n in enumerate(nodes))}
         out = {}
         for n in nodes:
-            mask = reach[comp[n]] & ~bit[n]
-            out[n] = frozenset(names[i] for i in range(mask.bit_length()) if mask >> i & 1)
+            mask, found = reach[comp[n]] & ~bit[n], []
+            while mask:  # set bits only: the cost is the size of the answer
+                low = mask & -mask
+                found.append(nodes[low.bit_length() - 1])
+                mask ^= low
+                self.work += 1
+            out[n] = frozenset(found)
         return out
 
     def influences(self, a: str) -> dict[str, Witness]:
