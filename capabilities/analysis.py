@@ -170,8 +170,8 @@ class Analysis:
         self._adjacency: dict[int, dict[str, list[Step]]] = {}
         self._held = self._saturate()
         self.edges = tuple(self._edges(self._declared))
-        known = {e.key for e in self.edges}
-        self.derived_edges = tuple(e for e in self._edges(self._held) if e.key not in known)
+        known = {e.key[:3] for e in self.edges}
+        self.derived_edges = tuple(e for e in self._edges(self._held, per_pair=True) if e.key[:3] not in known)
         self.findings = tuple(lint(image))
         self._flows: dict[str, dict[str, Witness]] = {}
 
@@ -205,6 +205,85 @@ class Analysis:
         """``a`` can influence ``b``, transitively (``a`` may be ``ROM_NODE``); None if not or a == b."""
         return self.influences(a).get(b) if a != b else None
 
+    def influence_set(self, a: str) -> frozenset[str]:
+        """Everyone ``a`` can influence (the keys of ``influences(a)``), without building witness paths.
+
+        All sources at once: strongly connected components of the flow graph (declared and obtainable
+        edges, replies included), then reachability over the condensed DAG as bit sets. Linear in the
+        graph plus the size of the answer.
+        """
+        if not hasattr(self, "_reach"):
+            self._reach = self._reachability()
+        return self._reach.get(a, frozenset())
+
+    def _reachability(self) -> dict[str, frozenset[str]]:
+        succ: dict[str, set[str]] = {}
+        for e in self.edges + self.derived_edges:
+            self.work += 1
+            succ.setdefault(e.source, set()).add(e.target)
+            if e.kind is EdgeKind.CALL:
+                succ.setdefault(e.target, set()).add(e.source)
+        nodes = list(dict.fromkeys([ROM_NODE, *self.tasks, *succ, *(t for ts in succ.values() for t in ts)]))
+        # Tarjan's algorithm, iteratively; components come out in reverse topological order
+        index: dict[str, int] = {}
+        low: dict[str, int] = {}
+        comp: dict[str, int] = {}
+        stack: list[str] = []
+        on_stack: set[str] = set()
+        comps: list[list[str]] = []
+        for root in nodes:
+            if root in index:
+                continue
+            work = [(root, iter(sorted(succ.get(root, ()))))]
+            index[root] = low[root] = len(index)
+            stack.append(root)
+            on_stack.add(root)
+            while work:
+                node, it = work[-1]
+                for nxt in it:
+                    self.work += 1
+                    if nxt not in index:
+                        index[nxt] = low[nxt] = len(index)
+                        stack.append(nxt)
+                        on_stack.add(nxt)
+                        work.append((nxt, iter(sorted(succ.get(nxt, ())))))
+                        break
+                    if nxt in on_stack:
+                        low[node] = min(low[node], index[nxt])
+                else:
+                    work.pop()
+                    if work:
+                        low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                    if low[node] == index[node]:
+                        members = []
+                        while True:
+                            m = stack.pop()
+                            on_stack.discard(m)
+                            comp[m] = len(comps)
+                            members.append(m)
+                            if m == node:
+                                break
+                        comps.append(members)
+        bit = {n: 1 << i for i, n in enumerate(nodes)}
+        reach = [0] * len(comps)  # everything reachable from the component, itself included if cyclic
+        for c, members in enumerate(comps):  # successors' components come first
+            mask = 0
+            for m in members:
+                for nxt in succ.get(m, ()):
+                    self.work += 1
+                    mask |= bit[nxt] | reach[comp[nxt]]
+            reach[c] = mask
+        out = {}
+        for n in nodes:
+            mask, found = reach[comp[n]] & ~bit[n], []
+            while mask:  # set bits only: the cost is the size of the answer
+                low = mask & -mask
+                found.append(nodes[low.bit_length() - 1])
+                mask ^= low
+                self.work += 1
+            out[n] = frozenset(found)
+        return out
+
     def influences(self, a: str) -> dict[str, Witness]:
         """Everyone ``a`` can influence -> a shortest flow path (ties go to the object declared first)."""
         if a not in self._flows:
@@ -220,9 +299,13 @@ class Analysis:
         """
         held = {t: list(self._declared[t]) for t in self.tasks}
         index: dict[tuple[str, str], list[int]] = {}  # (task, object) -> rights held, for the cover test
+        slots: dict[tuple[str, str], list[Holding]] = {}  # (task, object) -> its holdings
+        order: dict[str, dict[int, Holding]] = {t: {} for t in self.tasks}  # a task's holdings, in order
         for t in self.tasks:
             for h in held[t]:
                 index.setdefault((t, h.object), []).append(int(h.rights))
+                slots.setdefault((t, h.object), []).append(h)
+                order[t][id(h)] = h
         while True:
             offers: list[tuple[Holding, str, EdgeKind, str, bool, tuple[Witness, ...]]] = []
             for client, ccap, server, scap, gate in self._channels(held):
@@ -241,18 +324,27 @@ class Analysis:
                 rights = derive_cap_rights(h.rights, FULL, partner_has_s=keep_s)
                 if not rights:
                     continue
-                mine = held[receiver]
                 src = h.witness or Witness("", h.task, origin_rights=h.rights)
                 step = Step(kind, h.task, receiver, gate, ObjectType.GATE, rights, needs)
                 claim = f"{receiver} obtains {h.object}:{rights.letters()}"
                 cost = src.cost + 1 + sum(n.cost for n in needs)
                 w = Witness(claim, src.origin, src.steps + (step,), src.origin_rights, cost=cost)
-                mine[:] = [o for o in mine if o.cap is not None or o.object != h.object or not rights.covers(o.rights)]
-                mine.append(Holding(receiver, h.object, rights, None, w))
-                have[:] = [int(o.rights) for o in mine if o.object == h.object]
+                # only this (task, object)'s holdings change: the task's list is rebuilt once per round
+                slot = slots.setdefault((receiver, h.object), [])
+                for o in slot:
+                    if o.cap is None and rights.covers(o.rights):
+                        del order[receiver][id(o)]
+                slot[:] = [o for o in slot if o.cap is not None or not rights.covers(o.rights)]
+                new = Holding(receiver, h.object, rights, None, w)
+                slot.append(new)
+                order[receiver][id(new)] = new
+                have[:] = [int(o.rights) for o in slot]
                 grew = True
+                self.work += 1
             if not grew:
                 return held
+            for t in self.tasks:
+                held[t] = list(order[t].values())
 
     def _channels(self, held: dict[str, list[Holding]]):
         """(client, its gate cap, server, its gate cap, gate) for every client/server pair of tasks.
@@ -288,21 +380,37 @@ class Analysis:
         return out
 
     # ------------------------------------------------------------------ edges
-    def _edges(self, held: dict[str, list[Holding]] | dict[str, tuple[Holding, ...]]) -> list[Edge]:
-        """Every direct edge; per (kind, source, target, object) the first pair of caps (declared first)."""
+    def _edges(self, held: dict[str, list[Holding]] | dict[str, tuple[Holding, ...]], *,
+               per_pair: bool = False) -> list[Edge]:
+        """Every direct edge; per (kind, source, target, object) the first pair of caps (declared first).
+
+        ``per_pair``: one edge per (kind, source, target), through the first object that gives it; an
+        object whose holders play the same roles as an earlier object's adds nothing and is skipped
+        (after saturation, a server's clients often all hold the same caps: this keeps the derived
+        edges proportional to the task pairs, not to pairs x objects).
+        """
         out: dict[tuple, Edge] = {}
+        signatures: set[tuple] = set()
 
         def add(kind: EdgeKind, src: Holding | None, dst: Holding, obj: str) -> None:
             source = src.task if src is not None else ROM_NODE
             self.work += 1
             if source != dst.task:
                 edge = Edge(kind, source, dst.task, obj, self.types[obj], src, dst)
-                out.setdefault(edge.key, edge)
+                out.setdefault(edge.key[:3] if per_pair else edge.key, edge)
 
         by_object = self._by_object(held)
         for obj in self.objects:
             hs = by_object.get(obj, [])
             otype = self.types[obj]
+            if per_pair:
+                role = {ObjectType.GATE: lambda h: h.rights.covers(BIND), ObjectType.IRQ: lambda h: CapRights.S in h.rights,
+                        ObjectType.DATASPACE: lambda h: CapRights.W in h.rights}.get(otype, lambda h: True)
+                signature = (otype, frozenset((h.task, role(h)) for h in hs))
+                self.work += len(hs)
+                if signature in signatures:
+                    continue
+                signatures.add(signature)
             # the receiving side is filtered once per object, not once per holder
             if otype == ObjectType.GATE:
                 servers = [h for h in hs if h.rights.covers(BIND)]

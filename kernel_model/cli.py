@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "log appears with its coloured tag; denied operations are printed as they happen. The run ends "
                     "when the image's run.until tasks have exited (exit status 0 if they all exited 0, else 1) or on "
                     "Ctrl-C/SIGTERM, which shuts every task process down. An invalid image exits with status 2 "
-                    "before anything starts.")
+                    "before anything starts. On a terminal a live view shows every task (state, pid, generation, "
+                    "restarts, IPCs made/served, denials, memory vs quota), the services and the latest log lines; "
+                    "otherwise (or with --headless) plain lines. A per-task summary ends every run.")
     boot.add_argument("image", help="system image (YAML), e.g. images/hello.yaml")
     boot.add_argument("--dump-caps", action="store_true",
                       help="print every task's capability table (selector, object, rights, label, derived-from) "

@@ -43,7 +43,9 @@ def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, tim
     out = console or OutputConsole(highlight=False, soft_wrap=True)
     image = load_image(path, missing_ok=True).image  # an invalid image: ImageError before anything starts
     tags = {t.log.tag: t.name for t in image.tasks}
-    sink = ViewSink(out, tags, show_trace=trace, live=out.is_terminal if live is None else live)
+    if live is None:  # a terminal that can move its cursor (not TERM=dumb, as on the HIL board's serial line)
+        live = out.is_terminal and not out.is_dumb_terminal
+    sink = ViewSink(out, tags, show_trace=trace, live=live)
     with contextlib.ExitStack() as stack:
         if est_ca is not None or est_server is not None:  # the device's environment, started first
             path = stack.enter_context(start_est(path, est_ca, est_server, sink))
@@ -144,7 +146,7 @@ def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, du
         sink.kernel(f"system stopped with status {code}; {sup.kernel.ipc_count} IPCs, {denied} denied operation(s)")
         if summary:
             emit_table(out, SUMMARY_COLUMNS, [task_cells(r, peak=True) for r in snapshot(sup, sink)], title="tasks",
-                       right=RIGHT, plain=not out.is_terminal)
+                       right=RIGHT, plain=not out.is_terminal or out.is_dumb_terminal)
             if any(r.generation is None for r in snapshot(sup, sink)):
                 out.print("[dim]generation n* = no task generation from the kernel: the restart count stands in[/]",
                           soft_wrap=True)

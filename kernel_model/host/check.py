@@ -68,7 +68,7 @@ def render_report(a: Analysis, console: Console) -> None:
     rows = []
     order = {t: i for i, t in enumerate(a.tasks)}
     for src in (ROM_NODE,) + a.tasks:
-        reached = sorted((t for t in a.influences(src) if t in order), key=order.__getitem__)
+        reached = sorted((t for t in a.influence_set(src) if t in order), key=order.__getitem__)
         if src != ROM_NODE or reached:
             rows.append((escape(src), escape(", ".join(reached)) or "[dim]nobody[/]"))
     emit_table(console, ("from", "can influence"), rows)

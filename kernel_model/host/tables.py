@@ -17,7 +17,7 @@ RICH_MAX_ROWS = 400
 
 
 def plain_cell(markup: str) -> str:
-    return Text.from_markup(markup).plain
+    return Text.from_markup(markup).plain if "[" in markup else markup
 
 
 def plain_lines(columns: Sequence[str], rows: Sequence[Sequence[str]],
@@ -41,8 +41,7 @@ def emit_table(console: Console, columns: Sequence[str], rows: Sequence[Sequence
     if plain:
         if title:
             console.out(title, highlight=False)
-        for text in plain_lines(columns, rows, right):
-            console.out(text, highlight=False)
+        console.out("\n".join(plain_lines(columns, rows, right)), highlight=False)  # one write, not one per row
         return
     table = Table(title=title, title_justify="left", show_edge=False)
     for col in columns:

@@ -330,6 +330,7 @@ def test_closure_and_flows_match_a_naive_oracle(image, fiasco):
     flows = oracle_flows(image, have)
     for node in (ROM_NODE,) + analysis.tasks:
         assert set(analysis.influences(node)) == flows[node], node
+        assert analysis.influence_set(node) == flows[node], node  # what `l4emu check` prints
 
 
 @settings(max_examples=150, deadline=None)
@@ -480,3 +481,11 @@ def test_analysis_work_grows_linearly_with_the_image():
         for t in a.tasks:
             a.influences(t)
     assert big.work <= 2.2 * small.work, (small.work, big.work)
+
+
+@pytest.mark.parametrize("n", [7, 41])
+def test_influence_set_equals_the_witness_search(n):
+    """The report's fast reachability (components + bit sets) and the BFS with witnesses agree."""
+    a = Analysis(_pairs(n))
+    for src in (ROM_NODE,) + a.tasks:
+        assert a.influence_set(src) == frozenset(a.influences(src)), src

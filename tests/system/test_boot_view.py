@@ -101,3 +101,13 @@ def test_boot_with_est_ca_reads_modules_after_the_ca_made_them(tmp_path, monkeyp
                      .replace("greeting: hello/greeting.txt", f"greeting: {ROOT}/images/hello/greeting.txt\n  ta: var/ca.crt"))
     out = Console(file=io.StringIO(), width=200)
     assert boot_image(image, console=out, timeout_s=60, est_ca="127.0.0.1:1") == 0, out.file.getvalue()
+
+
+def test_a_dumb_terminal_gets_plain_lines(tmp_path):
+    """TERM=dumb (the HIL board's serial console): no live view, every task line kept."""
+    buf = io.StringIO()
+    out = Console(file=buf, force_terminal=True, width=160, color_system=None, _environ={"TERM": "dumb"})
+    assert boot_image(ROOT / "images" / "hello.yaml", console=out, timeout_s=60) == 0
+    text = buf.getvalue()
+    assert "client  | 5 calls answered" in text and "\x1b[" not in text
+    assert "peak memory / quota" in text
