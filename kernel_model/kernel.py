@@ -507,6 +507,11 @@ class Kernel:
                 if dest % PAGE_SIZE:
                     return Transfer(error=(IpcError.SEMAPFAILED, IpcError.REMAPFAILED))
                 plan.append((item, node, dest))
+        for item, node, dest in plan:
+            if node is not None and self._clears_own_source(dst, item, node, dest):
+                # Landing there would first unmap what the source itself is derived from (L4 flushes the
+                # receive slot first): the map could only fail half-way, so it fails before anything changes.
+                return Transfer(error=(IpcError.SEMAPFAILED, IpcError.REMAPFAILED))
         if dst.budget is not None:
             for item, node, dest in plan:
                 if node is not None and self._budget_refused(src, dst, item, dest):
@@ -514,6 +519,8 @@ class Kernel:
         received: list[RecvItem] = []
         memory: list[tuple[Memory, bool]] = []
         for item, node, dest in plan:
+            if node is not None and not node.live:  # an earlier item of this message revoked it
+                node = None
             if node is None:
                 self._deny_task(src, item.index, "map", Rule.MAP_SOURCE_EMPTY, "nothing mapped",
                                 f"typed item names {item.kind.name.lower()} {item.index:#x} the sender does not hold")
@@ -542,6 +549,23 @@ class Kernel:
                 received.append(RecvItem(ItemKind.MEMORY, dest, int(rights), item.size, offset))
                 memory.append((node.obj, MemRights.W in rights))
         return Transfer(tuple(received), tuple(memory))
+
+    def _clears_own_source(self, dst: Task, item, node: Mapping, dest: int) -> bool:
+        """Would emptying the destination (slot or address range) revoke ``node``, the item's source?"""
+        if item.kind is ItemKind.OBJECT:
+            cleared = [n for n in (self.db.get(dst.space, Kind.OBJECT, dest),) if n is not None and n is not node]
+        else:
+            cleared = [n for n in self.db.in_space(dst.space, Kind.MEMORY)
+                       if dest < n.index + n.size and n.index < dest + item.size]
+        if not cleared:
+            return False
+        ids = {id(n) for n in cleared}
+        p: Mapping | None = node
+        while p is not None:
+            if id(p) in ids:
+                return True
+            p = p.parent
+        return False
 
     def _mem_source(self, task: Task, addr: int, size: int) -> Mapping | None:
         best = None

@@ -14,10 +14,11 @@ from kernel_model import invoke
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, EnvSlot, Err, FactoryOp, GateOp, IpcError, IpcFlags, IrqOp,
                               MsgTag, Proto, ThreadOp, sel, timeouts)
 from kernel_model.events import Kill, Rule
-from kernel_model.objects import Factory, IpcGate, Irq, Log
-from kernel_model.wire import Invocation, ItemKind
+from kernel_model.objects import Factory, IpcGate, Irq, Log, Memory
+from kernel_model.wire import Invocation, Item, ItemKind
 
-from capabilities.rights import CapRights
+from capabilities.mapdb import Kind
+from capabilities.rights import CapRights, MemRights
 from kernel_world import RWS, World, call, frame, others_unchanged, words
 
 R, W, SVR = CapRights.R, CapRights.W, CapRights.parse("svr")
@@ -196,3 +197,49 @@ def test_a_kernel_bug_faults_only_the_task_that_triggered_it(monkeypatch):
     assert not evil.alive
     others_unchanged(w, before, "evil")
     honest_call_still_works(w, server, honest)
+
+
+# ------------------------------------------- found by the fuzzer: mapping back onto one's own source
+def pair():
+    """a calls b through a gate b serves; a owns two pages of memory and a cap."""
+    w = World()
+    a, b = w.task("a"), w.task("b")
+    gate = IpcGate(name="pair")
+    w.give(b, 16, gate, SVR)
+    w.give(a, 16, gate, R | W | CapRights.S)
+    w.give(a, 22, IpcGate(name="thing"), RWS)
+    mem = Memory(name="ram", size=0x2000, phys=0x300000)
+    w.k.db.insert_root(a.space, Kind.MEMORY, 0x4000_0000, mem, int(MemRights.R | MemRights.W), size=0x2000)
+    assert w.do(b, call(sel(16), Proto.KOBJECT, words(GateOp.BIND_THREAD, 0x20, sel(EnvSlot.THREAD)))).tag.label == 0
+    return w, a, b
+
+
+def exchange(w, a, b, give, back, *, rcv_obj=INVALID_CAP, window=(0, 0)):
+    w.do(b, Invocation(IpcFlags.WAIT, rcv_obj=rcv_obj, rcv_mem_base=window[0], rcv_mem_size=window[1]))
+    w.do(a, Invocation(IpcFlags.CALL, sel(16), MsgTag(0x100, 0, len(give)), items=give, rcv_obj=rcv_obj,
+                       rcv_mem_base=window[0], rcv_mem_size=window[1]))
+    return w.do(b, Invocation(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, MsgTag(0, 0, len(back)), items=back,
+                              timeout=timeouts(0, None)))
+
+
+def test_mapping_memory_back_onto_the_mapping_it_derives_from_fails_cleanly():
+    """b maps a's own pages back into a's window over the mapping they derive from: the receive window is
+    flushed first, which would revoke the source half-way. It was a ValueError in the kernel."""
+    w, a, b = pair()
+    window = (0x4000_0000, 0x2000)
+    exchange(w, a, b, (Item.mem(0x4000_0000, 0x2000, int(MemRights.R)),), (), window=window)
+    assert w.k.db.count(b.space, Kind.MEMORY) == 1 and w.last("a").error is IpcError.OK
+    before = w.tables()
+    res = exchange(w, a, b, (), (Item.mem(0x4000_1000, 0x1000, int(MemRights.R)),), window=window)
+    assert res.error is IpcError.SEMAPFAILED and w.last("a").error is IpcError.REMAPFAILED
+    assert w.tables() == before and not [v for v in w.k.violations if v.rule is Rule.KERNEL_BUG]
+
+
+def test_sending_a_cap_back_into_the_slot_it_derives_from_fails_cleanly():
+    w, a, b = pair()
+    exchange(w, a, b, (Item.obj(sel(22), int(RWS)),), (), rcv_obj=sel(22))
+    assert w.k.lookup(b, sel(22)).parent is w.k.lookup(a, sel(22))
+    before = w.tables()
+    res = exchange(w, a, b, (), (Item.obj(sel(22), int(RWS)),), rcv_obj=sel(22))
+    assert res.error is IpcError.SEMAPFAILED and w.last("a").error is IpcError.REMAPFAILED
+    assert w.tables() == before and not [v for v in w.k.violations if v.rule is Rule.KERNEL_BUG]

@@ -7,7 +7,8 @@ input without atheris (tests/fuzz/test_crashers.py replays every file in ``crash
   nothing else; what it returns re-encodes to the same bytes.
 - ``kernel``: the input is a script for ``kernel_world.Arena`` (two attackers next to an
   honest server and client): each step picks an attacker frame, a burst, time passing,
-  an attacker dying and coming back, or an honest call; ``Arena.check()`` after each.
+  an attacker dying and coming back, an honest call, or the attackers exchanging typed items;
+  ``Arena.check()`` after each.
 
 Run:  python tests/fuzz/fuzz_kernel.py decode|kernel [libFuzzer options, e.g. -max_total_time=600 CORPUS_DIR]
 A crash leaves ``crash-<sha1>`` in the working directory: copy it into ``tests/fuzz/crashers/``
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kernel_world, wh
 
 import struct  # noqa: E402
 
-from kernel_model.abi import INVALID_CAP, sel  # noqa: E402
+from kernel_model.abi import INVALID_CAP, IpcFlags, sel  # noqa: E402
 from kernel_model.wire import WireError, decode_invocation  # noqa: E402
 from kernel_world import Arena, frame  # noqa: E402
 
@@ -64,17 +65,22 @@ _WORDS = [0, 1, 2, 3, 4, 0x10, 0x11, 0x40, 1 << 63, (1 << 64) - 1, sel(16), sel(
 _WINDOWS = [(0, 0), (0x4000_0000, 0x2000), (0x4000_0000, 0x1000), (0x5000_0000, 0x1000), (0x1001, 0x1000)]
 
 
-def _invocation(src: _Bytes) -> bytes:
-    flags = src.byte() % 16
-    dest = _SELECTORS[src.byte() % len(_SELECTORS)]
-    proto = _PROTOS[src.byte() % len(_PROTOS)]
-    data = b"".join(struct.pack("<Q", _WORDS[src.byte() % len(_WORDS)]) for _ in range(src.byte() % 9))
+def _items(src: _Bytes) -> list[tuple]:
     items = []
     for _ in range(src.byte() % 4):
         b = src.byte()
         items.append((1 + (b & 1), (b >> 1) & 1, (0x4, 0x6, 0x7, 0x2F)[(b >> 2) & 3], 0,
                       _WORDS[src.byte() % len(_WORDS)], (1, 0x1000, 0x2000, 0)[(b >> 4) & 3],
                       (0, 0x1000, sel(30), 0x3000)[(b >> 6) & 3]))
+    return items
+
+
+def _invocation(src: _Bytes) -> bytes:
+    flags = src.byte() % 16
+    dest = _SELECTORS[src.byte() % len(_SELECTORS)]
+    proto = _PROTOS[src.byte() % len(_PROTOS)]
+    data = b"".join(struct.pack("<Q", _WORDS[src.byte() % len(_WORDS)]) for _ in range(src.byte() % 9))
+    items = _items(src)
     words = min(len(data) // 8, 63 - 2 * len(items))
     tag = ((proto << 16) | (len(items) << 6) | words) & (2**64 - 1)
     return frame(flags, dest, tag, timeout=_TIMEOUTS[src.byte() % len(_TIMEOUTS)],
@@ -99,8 +105,17 @@ def kernel(data: bytes) -> None:
             arena.tick((1, 1000, 1_000_000, 5_000_000)[src.byte() % 4])
         elif op == 5:
             arena.respawn(who, src.byte())
-        else:
+        elif op == 6:
             arena.honest_call()
+        else:  # the attackers exchange typed items through the gate evil1 serves
+            window = _WINDOWS[src.byte() % len(_WINDOWS)]
+            rcv = (INVALID_CAP, sel(22), sel(30))[src.byte() % 3]
+            arena.step(1, frame(IpcFlags.WAIT, INVALID_CAP, 0x100 << 16, rcv_obj=rcv, mem=window))
+            give, back = _items(src), _items(src)
+            arena.step(0, frame(IpcFlags.CALL, sel(20), (0x100 << 16) | (len(give) << 6), items=give, rcv_obj=rcv,
+                                mem=window, timeout=0x0400_0000))
+            arena.step(1, frame(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, len(back) << 6, items=back,
+                                timeout=0x0400_0000))
         arena.check()
 
 
