@@ -10,8 +10,10 @@ history fades without a clock.
 
 Kernel service is not the only thing a flooder takes: its process also competes for the host's
 CPUs with the honest tasks. ``over_share()`` names the tasks that have had more than ``factor``
-times an equal share of the recent frames while at least one other task was served too; the
-event loop lowers their CPU priority (nice 19) until they are back within it.
+times the recent frames of *every* other task (and at least ``minimum``); the event loop lowers
+their CPU priority (nice 19) and makes their next frame wait for another task's, until they are
+back within it. Compared with the busiest other task, not the mean: a client and its server
+trade frames one for one, so a busy pair is never over its share however idle the rest are.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from typing import Hashable, Iterable
 
 
 class FairScheduler:
-    def __init__(self, window: int = 1024, factor: float = 2.0):
-        self.window, self.factor = window, factor
+    def __init__(self, window: int = 1024, factor: float = 2.0, minimum: int = 32):
+        self.window, self.factor, self.minimum = window, factor, minimum
         self.served: dict[Hashable, int] = {}
         self._since_decay = 0
 
@@ -42,10 +44,11 @@ class FairScheduler:
         self.served.pop(who, None)
 
     def over_share(self) -> set[Hashable]:
-        """Tasks that have had more than ``factor`` x an equal share of the recent frames (never the only
-        task served: alone, a task takes what it likes)."""
-        active = {who: n for who, n in self.served.items() if n}
-        if len(active) < 2:
+        """Tasks that have had more than ``factor`` x the recent frames of the busiest other task (never
+        the only task served: alone, a task takes what it likes)."""
+        counts = sorted(self.served.values(), reverse=True)
+        if len(counts) < 2:
             return set()
-        fair = sum(active.values()) / len(active)
-        return {who for who, n in active.items() if n > self.factor * fair}
+        top, second = counts[0], counts[1]
+        return {who for who, n in self.served.items()
+                if n >= self.minimum and n > self.factor * (second if n == top else top)}

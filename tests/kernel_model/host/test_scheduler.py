@@ -24,19 +24,32 @@ def test_a_flooder_is_served_after_every_honest_task_waiting_in_the_same_turn():
     assert all(log[i - 1] != "client" or log[i] == "flooder" for i in range(1, len(log)))
 
 
-def test_over_share_names_a_task_with_more_than_twice_an_equal_share_and_never_a_lone_task():
-    s = FairScheduler(factor=2.0)
+def test_over_share_names_a_task_with_more_than_twice_the_busiest_other_and_never_a_lone_task():
+    s = FairScheduler(factor=2.0, minimum=32)
     for _ in range(100):
         s.charge("alone")
     assert s.over_share() == set()  # alone it takes what it likes
     for _ in range(10):
         s.charge("client")
         s.charge("server")
-    assert s.over_share() == {"alone"}  # 100 > 2 x (120 / 3)
+    assert s.over_share() == {"alone"}  # 100 > 2 x 10
     for _ in range(50):
         s.charge("client")
         s.charge("server")
-    assert s.over_share() == set()  # 100 vs 60 vs 60: within twice the mean
+    assert s.over_share() == set()  # 100 vs 60: within twice the busiest other
+
+
+def test_a_busy_client_server_pair_is_never_over_its_share_however_idle_the_rest_are():
+    s = FairScheduler(factor=2.0, minimum=32)
+    for who in ("moe", "sigma0", "est", "netproxy"):
+        s.charge(who)
+    for _ in range(500):
+        s.charge("gateway")
+        s.charge("crypto")
+    assert s.over_share() == set()
+    for _ in range(31):
+        s.charge("burst")
+    assert s.over_share() == set()  # under the minimum: a short burst is not a flood
 
 
 def test_history_fades_every_window_frames_without_a_clock():

@@ -121,7 +121,7 @@ def est_log(system: System) -> str:
 def files(workdir: Path) -> Path:
     """The work dir's files as a host directory (a booted task's live in its budget image)."""
     from kernel_model.host import workdirs
-    return workdirs.export_files(workdir, Path(tempfile.mkdtemp(prefix="l4emu-est-"))) \
+    return workdirs.export_files(workdir, Path(tempfile.mkdtemp(prefix="l4emu-est-")) / "est") \
         if workdirs.image_for(workdir).exists() else workdir
 
 
