@@ -12,6 +12,7 @@ the excess and, once the second is over, says how many lines it dropped.
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
 
 WINDOW_US = 1_000_000
@@ -34,6 +35,17 @@ def printable(text: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+_ESCAPE = re.compile(r"\\(?:([rte\\])|x([0-9a-f]{2})|u([0-9a-f]{4})|U([0-9a-f]{8}))")
+_UNNAMED = {"r": "\r", "t": "\t", "e": "\x1b", "\\": "\\"}
+
+
+def original(line: str) -> str:
+    """What the task wrote, from a line ``printable`` made (for tools that parse task output)."""
+    if "\\" not in line:
+        return line
+    return _ESCAPE.sub(lambda m: _UNNAMED[m[1]] if m[1] else chr(int(m[2] or m[3] or m[4], 16)), line)
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from kernel_model.host.console import RecordingConsole
 from kernel_model.host.supervisor import Supervisor
+from kernel_model.logs import original
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,8 @@ class System:
         return [line[len(prefix):] for line in self.console.lines if line.startswith(prefix)]
 
     def results(self, tag: str) -> list[dict]:
-        return [json.loads(line[len("RESULT "):]) for line in self.lines(tag) if line.startswith("RESULT ")]
+        # the kernel prints task text escaped (kernel_model.logs.printable): parse what the task wrote
+        return [json.loads(original(line[len("RESULT "):])) for line in self.lines(tag) if line.startswith("RESULT ")]
 
     def exited(self, name: str) -> int | None:
         return next((code for task, code in self.sup.exited if task == name), None)

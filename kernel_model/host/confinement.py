@@ -19,6 +19,7 @@ from pathlib import Path
 from capabilities.image import TaskDecl
 from kernel_model.host.images import PROJECT_ROOT
 from kernel_model.host import workdirs
+from kernel_model.host.keystore_devices import workdir_entries
 from kernel_model.host.uids import Lease, UidRegistry
 from kernel_model.objects import Task
 
@@ -47,11 +48,12 @@ class HostConfinement:
         hide = {str(p) for p in ALWAYS_HIDDEN if p.exists()} | {
             str(Path(p).resolve()) for p in hidden if os.path.exists(p)}
         image = None
+        passthrough = workdir_entries(decl.config) if decl is not None else ()
         if decl is not None and workdirs.available():  # a task of the image: its work dir has a budget
-            image = str(workdirs.ensure_image(workdir, decl.workdir_bytes, decl.workdir_files))
+            image = str(workdirs.ensure_image(workdir, decl.workdir_bytes, decl.workdir_files, exclude=passthrough))
         policy = ConfinementPolicy(allow_fds=(3,), uid=uid, writable_dir=str(workdir), parent_pid=os.getpid(),
                                    network=bool(decl and decl.connect), strict=root, hidden_paths=tuple(sorted(hide)),
-                                   workdir_image=image)
+                                   workdir_image=image, workdir_passthrough=passthrough)
         if policy.uid is not None:  # the work dir (and what earlier runs left in it) belongs to this incarnation
             gid = policy.gid if policy.gid is not None else policy.uid
             for path in [workdir, *workdir.rglob("*")]:

@@ -263,6 +263,17 @@ def _module(loaded, name: str) -> bytes:
     raise DeviceError(f"devices.softhsm2.pin_module: the image has no module {name!r}")
 
 
+#: what each device puts into its task's work dir (a directory the host serves; it stays the
+#: host's when the work dir is the task's own filesystem image: ConfinementPolicy.workdir_passthrough)
+WORKDIR_ENTRIES = {"swtpm": "tpm", "softhsm2": "softhsm"}
+
+
+def workdir_entries(config: object) -> tuple[str, ...]:
+    """The work-dir entries the devices declared in a task's ``config.devices`` provide."""
+    devices = config.get("devices") if isinstance(config, dict) else None
+    return tuple(WORKDIR_ENTRIES[d] for d in sorted(devices) if d in WORKDIR_ENTRIES) if isinstance(devices, dict) else ()
+
+
 @contextlib.contextmanager
 def keystore_devices(loaded, run_dir: Path, log: Callable[[str], None],
                      error: type[Exception] = DeviceError) -> Iterator[list[str]]:
@@ -298,7 +309,7 @@ def _start_all(loaded, run_dir: Path, log: Callable[[str], None], stack: context
             tpm = Swtpm(private / "swtpm")
             tpm.start()
             stack.callback(tpm.close)
-            relay = FifoRelay(workdir / "tpm", tpm.socket, log).start()
+            relay = FifoRelay(workdir / WORKDIR_ENTRIES["swtpm"], tpm.socket, log).start()
             stack.callback(relay.stop)
             started.append(f"{task.name}: software TPM 2.0 (swtpm, state {tpm.state_dir}) at {workdir / 'tpm'}")
         if "softhsm2" in devices:
@@ -308,7 +319,7 @@ def _start_all(loaded, run_dir: Path, log: Callable[[str], None], stack: context
                 else spec.get("pin")
             if not isinstance(pin, str) or not pin:
                 raise DeviceError(f"tasks.{task.name}.config.devices.softhsm2 needs pin_module (or pin)")
-            conf = write_softhsm_conf(workdir / "softhsm")
+            conf = write_softhsm_conf(workdir / WORKDIR_ENTRIES["softhsm2"])
             if not softhsm_has_token(conf, label):
                 so_pin = secrets.token_hex(8)
                 init_softhsm_token(conf, label, pin, so_pin)

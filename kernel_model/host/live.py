@@ -36,6 +36,7 @@ from capabilities.mapdb import Kind
 from kernel_model.abi import Proto
 from kernel_model.events import Violation
 from kernel_model.host.console import RecordingConsole, strip_ansi
+from kernel_model.logs import original
 
 METRIC_PREFIX = "METRIC "
 LOG_TAIL = 12
@@ -114,7 +115,7 @@ class LiveSink(RecordingConsole):
         task, text = self.split(line)
         if text.startswith(METRIC_PREFIX):
             try:
-                payload = json.loads(text[len(METRIC_PREFIX):])
+                payload = json.loads(original(text[len(METRIC_PREFIX):]))  # the kernel escaped it
             except ValueError:
                 payload = None
             if isinstance(payload, dict):

@@ -5,12 +5,15 @@ Exit status: 0 when every record verifies and the chain between them is whole, 1
 """
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
 
 from cryptography import x509
 from rich.console import Console
 from rich.markup import escape
 
+from kernel_model.host import workdirs
 from kernel_model.host.images import PROJECT_ROOT
 from tasks.oem_gateway import outbox
 
@@ -19,6 +22,24 @@ DEFAULT_OUTBOX = PROJECT_ROOT / "var" / "run" / "wvds" / "gateway" / "outbox"
 
 
 def verify_outbox(directory: Path, console: Console, ca_path: Path = DEFAULT_CA, key_path: Path | None = None) -> int:
+    with contextlib.ExitStack() as stack:
+        return _verify(_readable(directory, stack), directory, console, ca_path, key_path)
+
+
+def _readable(directory: Path, stack: contextlib.ExitStack) -> Path:
+    """Where the outbox's files can be read. A task's work dir is a filesystem image of its budget
+    (``<run>/<task>.ext4``, mounted only inside the task): read a copy of the image's files."""
+    if directory.is_dir() and any(directory.glob("batch-*.json")):
+        return directory
+    for parent in [directory, *directory.parents]:
+        if parent.name and workdirs.image_for(parent).is_file():
+            copy = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="l4emu-outbox-")))
+            workdirs.export_files(parent, copy)
+            return copy / directory.relative_to(parent)
+    return directory
+
+
+def _verify(directory: Path, shown: Path, console: Console, ca_path: Path, key_path: Path | None) -> int:
     try:
         ca = x509.load_pem_x509_certificate(ca_path.read_bytes())
     except (OSError, ValueError) as exc:
@@ -33,7 +54,7 @@ def verify_outbox(directory: Path, console: Console, ca_path: Path = DEFAULT_CA,
             console.print(f"[bold red]error[/]: cannot read {escape(str(key_path))}: {escape(str(exc))}")
             return 2
     if not directory.is_dir():
-        console.print(f"[bold red]error[/]: no outbox directory {escape(str(directory))}")
+        console.print(f"[bold red]error[/]: no outbox directory {escape(str(shown))}")
         return 2
     files = []
     for path in sorted(directory.glob("batch-*.json")):

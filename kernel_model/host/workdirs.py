@@ -35,12 +35,22 @@ def available() -> bool:
     return os.geteuid() == 0 and os.path.exists("/dev/loop-control") and shutil.which(MKFS) is not None
 
 
-def ensure_image(workdir: Path, size: int, files: int) -> Path:
-    """The work dir's filesystem image, created (atomically) on first use, seeded from a plain work dir."""
+def ensure_image(workdir: Path, size: int, files: int, exclude: tuple[str, ...] = ()) -> Path:
+    """The work dir's filesystem image, created (atomically) on first use, seeded from a plain work dir
+    (without the ``exclude`` entries: directories the host keeps serving there, such as device channels)."""
     image = image_for(workdir)
     if image.exists():
         return image
-    make_image(image, size, files, workdir if workdir.is_dir() and any(workdir.iterdir()) else None)
+    seed = [p for p in workdir.iterdir() if p.name not in exclude] if workdir.is_dir() else []
+    if not seed:
+        make_image(image, size, files)
+    elif not exclude:
+        make_image(image, size, files, workdir)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "seed"
+            shutil.copytree(workdir, copy, symlinks=True, ignore=lambda d, names: exclude if Path(d) == workdir else ())
+            make_image(image, size, files, copy)
     return image
 
 

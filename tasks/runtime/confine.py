@@ -56,6 +56,8 @@ class ConfinementPolicy:
     gid: int | None = None                   # defaults to uid
     writable_dir: str | None = None          # the one writable place; None = read-only fs
     workdir_image: str | None = None         # an ext4 image loop-mounted over writable_dir (its budget)
+    workdir_passthrough: tuple[str, ...] = ()  # host directories in writable_dir kept over the image
+                                             # (device channels the host serves: a TPM relay, a token)
     hidden_paths: tuple[str, ...] = ()       # directories covered by an empty tmpfs
     expose_paths: tuple[str, ...] = ()       # kept reachable for `uid` (interpreter paths are added)
     network: bool = False                    # False: own network namespace, loopback down
@@ -182,6 +184,29 @@ def _cover(parent: str, keep, flags: int) -> None:
         target = os.path.join(parent, c)
         os.mkdir(target) if os.path.isdir(f"/proc/self/fd/{fd}") else open(target, "w").close()
         _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND | MS_REC)
+        os.close(fd)
+
+
+def _hold_passthrough(wd: str, names: tuple[str, ...]) -> list[tuple[str, int]]:
+    """O_PATH handles on the host's directories ``wd/name`` before the image covers ``wd``."""
+    held = []
+    for name in names:
+        if not name or "/" in name or name in (".", ".."):
+            raise OSError(errno.EINVAL, f"workdir_passthrough: {name!r} is not a plain name")
+        path = os.path.join(wd, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            held.append((name, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)))
+    return held
+
+
+def _restore_passthrough(wd: str, held: list[tuple[str, int]]) -> None:
+    """Bind the held host directories back at ``wd/name``, over the image's own."""
+    for name, fd in held:
+        target = os.path.join(wd, name)
+        if os.path.lexists(target) and (os.path.islink(target) or not os.path.isdir(target)):
+            os.unlink(target)  # the image is the task's: it may have put anything there
+        os.makedirs(target, 0o700, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
         os.close(fd)
 
 
@@ -343,7 +368,9 @@ class _Confiner:
         _cover("/dev", {n for n in _DEV_NODES if os.path.exists("/dev/" + n)}, MS_NOSUID | MS_NOEXEC)
         budget = ""
         if wd and image is not None:
+            keep = _hold_passthrough(wd, self.p.workdir_passthrough)
             budget = _mount_image(loops, image, wd, self.p.uid, self.p.gid if self.p.gid is not None else self.p.uid)
+            _restore_passthrough(wd, keep)
             if os.path.lexists(img):
                 _mount("/dev/null", img, None, MS_BIND)
         elif wd:

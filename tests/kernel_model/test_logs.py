@@ -1,13 +1,24 @@
 """kernel_model.logs: escaping and the per-log rate window, on an injected clock (µs)."""
 from __future__ import annotations
 
-from kernel_model.logs import MAX_LINE, WINDOW_US, LogBudget, LogStream, printable
+import unicodedata
+
+from hypothesis import given, strategies as st
+
+from kernel_model.logs import MAX_LINE, WINDOW_US, LogBudget, LogStream, original, printable
 
 
 def test_printable_escapes_what_a_terminal_acts_on_and_keeps_the_rest():
     assert printable("plain text, ünïcode ✓") == "plain text, ünïcode ✓"
     assert printable("a\rb\tc\x1bd\\e") == "a\\rb\\tc\\ed\\\\e"
     assert printable("\x00\x7f\x9b\u202e\u2028") == "\\x00\\x7f\\x9b\\u202e\\u2028"
+
+
+@given(st.text())
+def test_printable_text_is_safe_and_tools_get_back_exactly_what_the_task_wrote(text):
+    shown = printable(text)
+    assert not any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" for c in shown)
+    assert original(shown) == text
 
 
 def test_lines_wait_for_their_end_and_an_endless_line_is_cut():

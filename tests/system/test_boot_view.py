@@ -90,12 +90,12 @@ def test_boot_with_est_ca_reads_modules_after_the_ca_made_them(tmp_path, monkeyp
     ta = tmp_path / "var" / "ca.crt"
 
     @contextlib.contextmanager
-    def fake_ca(address, sink):
+    def fake_ca(path, est_ca, target, sink):  # the CA makes its trust anchor, the image is unchanged
         ta.parent.mkdir()
         ta.write_text("trust anchor")
-        yield None
+        yield path
 
-    monkeypatch.setattr(boot_mod, "start_est_ca", fake_ca)
+    monkeypatch.setattr(boot_mod, "start_est", fake_ca)
     image = tmp_path / "i.yaml"
     image.write_text((ROOT / "images" / "hello.yaml").read_text()
                      .replace("greeting: hello/greeting.txt", f"greeting: {ROOT}/images/hello/greeting.txt\n  ta: var/ca.crt"))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -53,22 +55,31 @@ def wvds(tmp_path_factory):
         server.stop()
 
 
+def exported(tmp: Path) -> Path:
+    """The gateway's work-dir files as the host sees them (a copy out of its filesystem image)."""
+    from kernel_model.host.workdirs import export_files
+    dest = tmp / "gateway-files"
+    shutil.rmtree(dest, ignore_errors=True)
+    return export_files(tmp / "run" / "gateway", dest)
+
+
 def test_gateway_seals_the_sensors_readings(wvds):
     system, sink, _, tmp, _ = wvds
     assert system.exited("gateway") == 0, system.console.text()
     log = system.lines("gateway")
     assert sum(line.startswith("batch ") and "readings sealed and signed" in line for line in log) == BATCHES
     assert any(line.startswith("sampling channel 0 at 50 Hz") for line in system.lines("sensor"))
-    files = sorted((tmp / "run" / "gateway" / "outbox").glob("batch-*.json"))
+    files = sorted((exported(tmp) / "outbox").glob("batch-*.json"))
     assert len(files) == BATCHES
     assert system.kernel.violations == []
 
 
 def test_verify_outbox_accepts_the_real_outbox_and_rejects_an_edit(wvds):
     _, _, _, tmp, ca = wvds
-    box = tmp / "run" / "gateway" / "outbox"
+    box = tmp / "run" / "gateway" / "outbox"  # inside the gateway's work-dir image: verify-outbox reads a copy
     out = Console(file=io.StringIO(), width=200)
     assert verify_outbox(box, out, ca.ca_cert_path) == 0, out.file.getvalue()
+    box = exported(tmp) / "outbox"
     assert f"{BATCHES} records, 0 failed" in out.file.getvalue()
     copy = tmp / "tampered"
     copy.mkdir()

@@ -8,12 +8,15 @@ replay window, survive a reboot of the system.
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from capabilities.image import WORKDIR_BYTES, WORKDIR_FILES
+from kernel_model.host import workdirs
 from kernel_model.host.images import load_image
 from kernel_model.host.keystore_devices import keystore_devices
 from tasks.crypto_service import protocol as p
@@ -56,6 +59,22 @@ def image(backend: str) -> str:
         """)
 
 
+def crypto_files(tmp_path: Path, name: str = "files") -> Path:
+    """The crypto task's work-dir files (a copy out of its filesystem image, or the plain dir)."""
+    dest = tmp_path / name
+    shutil.rmtree(dest, ignore_errors=True)
+    return workdirs.export_files(tmp_path / "run" / "crypto", dest)
+
+
+def put_crypto_files(tmp_path: Path, files: Path) -> None:
+    """Replace the crypto task's work-dir files with ``files`` (a damaged store, as a disk would)."""
+    workdir = tmp_path / "run" / "crypto"
+    if workdirs.image_for(workdir).exists():
+        workdirs.import_files(files, workdir, WORKDIR_BYTES, WORKDIR_FILES)
+    else:
+        shutil.copytree(files, workdir, dirs_exist_ok=True)
+
+
 def run(boot: Any, tmp_path: Path, backend: str, frames: list[bytes]) -> tuple[Any, list[dict]]:
     path = tmp_path / "image.yaml"
     path.write_text(image(backend))
@@ -85,7 +104,7 @@ def test_keys_and_replay_window_survive_a_reboot_confined(boot: Any, tmp_path: P
     enc = p.parse_response(bytes.fromhex(results[2]["response"]), p.RequestType.AES_ENCRYPT)[1]
     if backend != "file":  # confined as the machine allows: the first task's boot line says what
         assert "crypto" in system.console.text()
-    stored = (tmp_path / "run" / "crypto" / "keys.store.client").read_bytes()
+    stored = (crypto_files(tmp_path) / "keys.store.client").read_bytes()
     assert KEY not in stored
     dec = p.AesDecryptRequest(9, b"hdr", enc.nonce, enc.ciphertext, enc.tag).encode()
     bad_sig = p.MldsaVerifyRequest(10, b"", bytes(2420), b"m").encode()  # the key is there: a verdict
@@ -124,14 +143,17 @@ def test_tpm_down_at_boot_gives_storage_error_not_a_hang(boot: Any, tmp_path: Pa
 def test_corrupt_store_in_a_booted_system_is_a_status_not_a_timeout(boot: Any, tmp_path: Path) -> None:
     frames = [p.KeyImportRequest(9, KeyType.AES_256, Usage(0), KeyFormat.SECRET, KEY).encode()]
     run(boot, tmp_path, "file", frames)
-    store = tmp_path / "run" / "crypto" / "keys.store.client"
+    files = crypto_files(tmp_path)
+    store = files / "keys.store.client"
     damaged = bytearray(store.read_bytes())
     damaged[-3] ^= 0x10
     store.write_bytes(bytes(damaged))
+    put_crypto_files(tmp_path, files)
     system, results = run(boot, tmp_path, "file", [p.AesEncryptRequest(9, b"", b"x").encode()])
     assert [r["status"] for r in results] == [Status.STORAGE_ERROR]
     assert "modified" in system.console.text() and "STORAGE" in system.console.text()
-    assert store.read_bytes() == bytes(damaged)  # the evidence is kept, nothing written over it
+    # the evidence is kept, nothing written over it
+    assert (crypto_files(tmp_path, "after") / "keys.store.client").read_bytes() == bytes(damaged)
 
 
 def test_relay_and_tcti_agree_on_framing() -> None:
