@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["hil"]:  # its own parser: options such as --help must reach it unparsed
+        return cmd_hil(argparse.Namespace(hil_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     err = Console(stderr=True, highlight=False)
