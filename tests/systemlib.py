@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from kernel_model.host.console import RecordingConsole
@@ -9,6 +10,9 @@ from kernel_model.host.supervisor import Supervisor
 from kernel_model.logs import original
 
 ROOT = Path(__file__).resolve().parents[1]
+# Scales every System wait: inside the emulated aarch64 guest the HIL harness sets it
+# (hil/qemu/timeouts.py), because a task boot there takes tens of times longer.
+TIMEOUT_MULTIPLIER = float(os.environ.get("L4EMU_TEST_TIMEOUT_MULTIPLIER", "1") or 1)
 
 
 class System:
@@ -20,10 +24,10 @@ class System:
         self.kernel = sup.kernel
 
     def run(self, timeout: float = 60, until=None) -> int | None:
-        return self.sup.run(timeout_s=timeout, until=until)
+        return self.sup.run(timeout_s=timeout * TIMEOUT_MULTIPLIER, until=until)
 
     def run_until_logged(self, text: str, timeout: float = 60) -> None:
-        self.sup.run(timeout_s=timeout, until=lambda: text in self.console.text())
+        self.sup.run(timeout_s=timeout * TIMEOUT_MULTIPLIER, until=lambda: text in self.console.text())
         assert text in self.console.text(), f"never logged {text!r}:\n{self.console.text()}"
 
     def lines(self, tag: str) -> list[str]:

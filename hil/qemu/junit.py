@@ -98,10 +98,11 @@ class GuestSuite:
     args: tuple[str, ...]
     budget_s: float = 600.0
 
-    def command(self, per_test_timeout_s: float) -> str:
+    def command(self, per_test_timeout_s: float, test_multiplier: float = 1.0) -> str:
         xml = f"/tmp/junit-{self.name}.xml"
-        return (f"rm -f {xml}; python3 -m pytest -q -p no:cacheprovider -o junit_family=xunit2 "
-                f"--junitxml={xml} --timeout={per_test_timeout_s:.0f} {shlex.join(self.args)}")
+        return (f"rm -f {xml}; L4EMU_TEST_TIMEOUT_MULTIPLIER={test_multiplier:g} python3 -m pytest -q "
+                f"-p no:cacheprovider -o junit_family=xunit2 --junitxml={xml} --timeout={per_test_timeout_s:.0f} "
+                f"{shlex.join(self.args)}")
 
     def fetch_command(self) -> str:
         return f"gzip -c /tmp/junit-{self.name}.xml | base64"
@@ -110,7 +111,7 @@ class GuestSuite:
         """Run in ``machine``; returns pytest's status, its console output and the per-test results."""
         timeouts = machine.timeouts
         per_test = timeouts.guest_pytest_timeout(self.budget_s)
-        out, status = machine.run(self.command(per_test), timeout=self.budget_s)
+        out, status = machine.run(self.command(per_test, timeouts.guest_test_multiplier()), timeout=self.budget_s)
         blob, fetched = machine.run(self.fetch_command(), timeout=timeouts.interrupt_s * 6)
         if fetched != 0:
             raise HarnessError("junit-missing", f"pytest in the guest wrote no JUnit XML (status {status})",

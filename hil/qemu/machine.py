@@ -570,11 +570,34 @@ class Machine:
                 return True
         return False
 
-    def interact(self) -> None:
-        """Hand the console to the user's terminal (Ctrl-] returns)."""
-        self._child.logfile_read = None
-        self._child.interact()
-        self._child.logfile_read = self._transcript
+    def interact(self, escape: bytes = b"\x1d") -> None:
+        """Hand the console to the user's terminal (raw mode) until ``escape`` (Ctrl-]) is typed."""
+        import select
+
+        fd, stdin = self._child.child_fd, sys.stdin.fileno()
+        saved = termios.tcgetattr(stdin)
+        tty.setraw(stdin)
+        try:
+            while True:
+                ready, _, _ = select.select([fd, stdin], [], [])
+                if fd in ready:
+                    data = os.read(fd, 4096)
+                    if not data:
+                        return
+                    os.write(sys.stdout.fileno(), data)
+                    if self._transcript is not None:
+                        self._transcript.write(data.decode("utf-8", "replace"))
+                if stdin in ready:
+                    data = os.read(stdin, 1024)
+                    if escape in data:
+                        data = data[:data.index(escape)]
+                        if data:
+                            os.write(fd, data)
+                        return
+                    os.write(fd, data)
+        finally:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+            self._busy = True  # the user may have left anything running: no polite poweroff
 
     def stop(self) -> None:
         """Power the guest off (``poweroff -f`` when the shell is idle), then make sure QEMU is gone."""

@@ -1,8 +1,9 @@
 """One timeout model for every HIL layer: boot, each command, console inactivity, poweroff, a hard cap.
 
 Every wait in ``hil/qemu`` (the console driver, ``l4emu hil run``), the pytest timeout of the
-HIL tests on the host and the ``--timeout`` given to pytest *inside* the guest come from one
-``Timeouts`` value, and all of them are multiplied by the same ``multiplier``. A slow host
+HIL tests on the host, the ``--timeout`` given to pytest *inside* the guest and the waits of the
+project's own tests run there (``L4EMU_TEST_TIMEOUT_MULTIPLIER``, read by tests/systemlib.py)
+come from one ``Timeouts`` value, and all of them are multiplied by the same ``multiplier``. A slow host
 sets it once, ``L4EMU_HIL_TIMEOUT_MULTIPLIER=3`` (or ``--timeout-multiplier 3``), and no layer
 is left behind: the outer layer always allows the inner one its whole budget plus a margin,
 so the innermost timeout fires first and reports what it was waiting for.
@@ -15,6 +16,8 @@ import os
 from dataclasses import dataclass, replace
 
 ENV = "L4EMU_HIL_TIMEOUT_MULTIPLIER"
+TEST_ENV = "L4EMU_TEST_TIMEOUT_MULTIPLIER"  # the project's test helpers (tests/systemlib.py) scale by it
+GUEST_SLOWDOWN = 10.0  # TCG runs this Python workload 10-40x slower than the host: the guest's tests get this
 
 
 def multiplier_from_env(default: float = 1.0, environ: dict[str, str] | None = None) -> float:
@@ -97,6 +100,10 @@ class Timeouts:
         fires (and names the test) before the host gives up on the command.
         """
         return self.scaled(max(command_s * 0.8, command_s - 60))
+
+    def guest_test_multiplier(self) -> float:
+        """``L4EMU_TEST_TIMEOUT_MULTIPLIER`` for the project's own tests run inside the guest."""
+        return GUEST_SLOWDOWN * self.multiplier
 
     def host_test_timeout(self, *command_budgets_s: float, boots: int = 1) -> float:
         """The pytest-timeout for a host test that boots ``boots`` guests and runs commands with these budgets.

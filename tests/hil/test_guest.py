@@ -35,8 +35,8 @@ from hil.qemu.timeouts import Timeouts
 
 TIMEOUTS = Timeouts.from_env()
 SUITES = {
-    "confine": GuestSuite("confine", ("tests/tasks/runtime/test_confine.py",), budget_s=900),
-    "violations": GuestSuite("violations", ("tests/capability_violations",), budget_s=900),
+    "confine": GuestSuite("confine", ("tests/tasks/runtime/test_confine.py",), budget_s=1200),
+    "violations": GuestSuite("violations", ("tests/capability_violations",), budget_s=2400),
 }
 BOOT_BUDGET_S = 420  # an l4emu boot in the guest: ~30 s idle, minutes on a loaded 2-core host
 
@@ -241,7 +241,8 @@ def _suite_results(pool, record, name: str) -> _Results:
         try:
             status, _out, cases = suite.run(guest, record)
         finally:
-            record.command(suite.command(TIMEOUTS.guest_pytest_timeout(suite.budget_s)), status,
+            record.command(suite.command(TIMEOUTS.guest_pytest_timeout(suite.budget_s),
+                                         TIMEOUTS.guest_test_multiplier()), status,
                            time.monotonic() - started)
         results = _Results({c.key: c for c in cases})
         results.status = status
@@ -260,7 +261,7 @@ def test_a_command_that_times_out_gets_the_next_test_a_fresh_guest(pool):
     assert not guest.clean
     fresh = pool.get()
     assert fresh is not guest and pool.boots == boots + 1
-    assert fresh.run("pgrep -f 'sleep 100000' || echo none", timeout=60) == ("none\n", 0)
+    assert fresh.run("ps | grep '[s]leep 100000' || echo none", timeout=60) == ("none\n", 0)
 
 
 @pytest.mark.hil
