@@ -5,7 +5,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the HIL guest ships pytest without hypothesis (its suites need none)
+    settings = None  # type: ignore[assignment]
 
 from kernel_model.host.console import RecordingConsole
 from kernel_model.host.images import load_image
@@ -14,9 +17,10 @@ from systemlib import System
 
 # Property tests judge results, never speed: no per-example deadline and no "too slow" health
 # check, both of which fail on a loaded 2-core CI machine although nothing is wrong.
-settings.register_profile("l4emu", deadline=None, print_blob=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("l4emu")
+if settings is not None:
+    settings.register_profile("l4emu", deadline=None, print_blob=True,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile("l4emu")
 
 
 @pytest.fixture

@@ -431,8 +431,6 @@ def test_cli_exit_codes_for_boot_failure_bad_images_and_harness_errors(tmp_path,
 def test_l4emu_hil_is_wired_into_the_cli(capsys):
     from kernel_model.cli import main as l4emu
 
-    with pytest.raises(SystemExit) as done:
-        l4emu(["hil", "run", "--help"])
-    assert done.value.code == 0
+    assert l4emu(["hil", "run", "--help"]) == 0  # --help reaches the hil parser unparsed
     assert "usage: l4emu hil run" in capsys.readouterr().out
     assert l4emu(["hil", "run", "--no-record", "images/nope.yaml"]) == cli.Exit.BAD_IMAGE
