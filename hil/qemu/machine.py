@@ -546,20 +546,22 @@ class Machine:
 
         busybox ash finishes the interrupted line (its END marker then carries 130); a shell
         that drops the line instead is resynchronised with ``true``. The line discipline may
-        discard a line that arrives right behind the ^C (ISIG flushes input), hence two tries.
+        discard a line that arrives right behind the ^C (ISIG flushes input), hence three tries.
         """
         child = self._child
-        try:
-            child.send("\x03")
-        except OSError:
-            return False
         wait = self.timeouts.interrupt
-        if self._expect([end_pattern(token)], self.clock() + wait, inactivity=False) == 0:
-            self._busy = False
-            return True
-        for _ in range(2):
+        # On a loaded machine the ^C can arrive before the command has even started (the shell
+        # takes it, then runs the command): each try interrupts again before resynchronising.
+        for _ in range(3):
             if not child.isalive():
                 return False
+            try:
+                child.send("\x03")
+            except OSError:
+                return False
+            if self._expect([end_pattern(token)], self.clock() + wait, inactivity=False) == 0:
+                self._busy = False
+                return True
             sync = next(self._tokens)
             try:
                 child.sendline(command_line("true", sync))
