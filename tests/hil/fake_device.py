@@ -14,6 +14,7 @@ import os
 import pty
 import re
 import select
+import signal
 import socket
 import sys
 import tty
@@ -22,6 +23,11 @@ import tty
 def relay(console_fd: int, body: str) -> int:
     pid, master = pty.fork()
     if pid == 0:
+        # A device's shell starts with default signal dispositions, whatever started the harness:
+        # a test run started in the background (`make test &`, nohup) ignores SIGINT, and ignored
+        # signals survive exec, so ^C from the console would never stop a command.
+        for sig in (signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
         os.execv("/bin/sh", ["sh", "-c", body])
     while True:
         try:
