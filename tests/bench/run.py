@@ -80,31 +80,20 @@ def socketpair_rtt(rounds: int, relay: bool) -> float:
 
 
 def kernel_rtt(rounds: int, confine: bool) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.yaml"
-        path.write_text(textwrap.dedent(f"""
-            name: bench
-            run: {{until: [client]}}
-            objects:
-              svc: {{type: gate}}
-            tasks:
-              server:
-                program: testing.echo_server
-                caps: {{svc: "svc:svr"}}
-              client:
-                program: testing.bench_client
-                args: ["{rounds}"]
-                caps: {{svc: "svc:rw"}}
-        """))
-        console = RecordingConsole()
-        with Supervisor(load_image(path), console, confinement=policy_for if confine else None,
-                        run_dir=Path(tmp) / "run") as sup:
-            sup.start()
-            code = sup.run(timeout_s=600)
-            line = next((l for l in console.lines if "BENCH " in l), None)
-            if code != 0 or line is None:
-                raise RuntimeError("benchmark image failed:\n" + console.text())
-            return json.loads(line.split("BENCH ", 1)[1])["rtt_us"]
+    return _run_image(f"""
+        name: bench
+        run: {{until: [client]}}
+        objects:
+          svc: {{type: gate}}
+        tasks:
+          server:
+            program: testing.echo_server
+            caps: {{svc: "svc:svr"}}
+          client:
+            program: testing.bench_client
+            args: ["{rounds}"]
+            caps: {{svc: "svc:rw"}}
+    """, confine)["rtt_us"]
 
 
 FLOOD_IMAGE = """
