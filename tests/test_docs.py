@@ -86,16 +86,13 @@ def test_readme_task_example_boots_and_prints_what_it_says(boot):
 
 def test_integrator_crypto_and_est_example_boots(boot, tmp_path):
     from hil.est_ca import EstCa, serve
+    from hil.est_ca.binding import EstTarget, rebind
     ca = EstCa(tmp_path / "est-ca")
     server = serve(ca, "127.0.0.1", 0)
     try:
-        image = yaml.safe_load((ROOT / "images" / "examples" / "crypto_and_est.yaml").read_text())
         base = ROOT / "images" / "examples"
-        image["modules"] = {k: str((base / v).resolve()) for k, v in image["modules"].items()}
-        image["modules"]["est-ta"] = str(ca.ca_cert_path)
-        endpoint = f"127.0.0.1:{server.port}"
-        image["tasks"]["est"]["config"]["server"]["endpoint"] = endpoint
-        image["tasks"]["netproxy"]["network"]["connect"] = [endpoint]
+        image = rebind(yaml.safe_load((base / "crypto_and_est.yaml").read_text()), base,
+                       EstTarget(endpoint=f"127.0.0.1:{server.port}", trust_anchor=ca.ca_cert_path))
         path = tmp_path / "example.yaml"
         path.write_text(yaml.safe_dump(image, sort_keys=False))
         system = boot(path)

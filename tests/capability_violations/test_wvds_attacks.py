@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from hil.est_ca import EstCa, serve
+from hil.est_ca.binding import EstTarget, rebind
 from kernel_model.events import Rule
 from kernel_model.host.boot import boot_complete
 from kernel_model.host.confinement import policy_for
@@ -50,12 +51,8 @@ def attack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wvds-attack")
     ca = EstCa(tmp / "est-ca")
     server = serve(ca, "127.0.0.1", 0)
-    image = yaml.safe_load((ROOT / "images" / "wvds.yaml").read_text())
-    image["modules"] = {name: str((ROOT / "images" / path).resolve()) for name, path in image["modules"].items()}
-    image["modules"]["est-ta"] = str(ca.ca_cert_path)
-    endpoint = f"127.0.0.1:{server.port}"
-    image["tasks"]["est"]["config"]["server"]["endpoint"] = endpoint
-    image["tasks"]["netproxy"]["network"]["connect"] = [endpoint]
+    image = rebind(yaml.safe_load((ROOT / "images" / "wvds.yaml").read_text()), ROOT / "images",
+                   EstTarget(endpoint=f"127.0.0.1:{server.port}", trust_anchor=ca.ca_cert_path))
     image["objects"]["go"] = {"type": "irq"}
     image["tasks"]["gateway"]["config"]["outbox"] = {"batch": 1, "max_wait_s": 1, "batches": 1}  # then it exits
     evil = copy.deepcopy(image["tasks"]["gateway"])

@@ -15,6 +15,7 @@ import yaml
 from rich.console import Console
 
 from hil.est_ca import EstCa, serve
+from hil.est_ca.binding import EstTarget, rebind
 from kernel_model.host.confinement import policy_for
 from kernel_model.host.images import load_image
 from kernel_model.host.live import ViewSink, render_live, snapshot
@@ -30,12 +31,8 @@ def wvds(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wvds-outbox")
     ca = EstCa(tmp / "est-ca")
     server = serve(ca, "127.0.0.1", 0)
-    image = yaml.safe_load((ROOT / "images" / "wvds.yaml").read_text())
-    image["modules"] = {name: str((ROOT / "images" / path).resolve()) for name, path in image["modules"].items()}
-    image["modules"]["est-ta"] = str(ca.ca_cert_path)
-    endpoint = f"127.0.0.1:{server.port}"
-    image["tasks"]["est"]["config"]["server"]["endpoint"] = endpoint
-    image["tasks"]["netproxy"]["network"]["connect"] = [endpoint]
+    image = rebind(yaml.safe_load((ROOT / "images" / "wvds.yaml").read_text()), ROOT / "images",
+                   EstTarget(endpoint=f"127.0.0.1:{server.port}", trust_anchor=ca.ca_cert_path))
     image["tasks"]["sensor"]["config"]["rate_hz"] = 50
     image["tasks"]["gateway"]["config"]["outbox"] = {"batch": 4, "max_wait_s": 2, "batches": BATCHES}
     path = tmp / "wvds.yaml"
