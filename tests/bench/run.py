@@ -79,23 +79,6 @@ def socketpair_rtt(rounds: int, relay: bool) -> float:
     return statistics.median(samples)
 
 
-def kernel_rtt(rounds: int, confine: bool) -> float:
-    return _run_image(f"""
-        name: bench
-        run: {{until: [client]}}
-        objects:
-          svc: {{type: gate}}
-        tasks:
-          server:
-            program: testing.echo_server
-            caps: {{svc: "svc:svr"}}
-          client:
-            program: testing.bench_client
-            args: ["{rounds}"]
-            caps: {{svc: "svc:rw"}}
-    """, confine)["rtt_us"]
-
-
 FLOOD_IMAGE = """
     name: flood-bench
     run: {{until: [client]}}
@@ -124,6 +107,11 @@ def flood_rtt(rounds: int, confine: bool, flooders: int, burst: int, kind: str =
     flood = "".join(FLOODER.replace("flooder:", f"flooder{i}:").format(burst=burst, kind=kind)
                     for i in range(flooders))
     return _run_image(FLOOD_IMAGE.format(rounds=rounds, flooder=flood), confine)["rtt_us"]
+
+
+def kernel_rtt(rounds: int, confine: bool) -> float:
+    """The kernel-mediated round trip: the flood bench's image without a flooder."""
+    return flood_rtt(rounds, confine, flooders=0, burst=0)
 
 
 def bench_flood(args) -> list[tuple[str, str, str]]:
