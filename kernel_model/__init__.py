@@ -11,5 +11,6 @@ Principles:
 4. Errors crossing a process boundary are values; every denial is a
    ``Violation`` record naming the rule it broke.
 5. Sigma0 and Moe are tasks on the same IPC path as everyone else
-   (``sigma0``, ``moe``), not shortcuts inside the kernel.
+   (``roottasks``), not shortcuts inside the kernel; the CLI and the boot
+   report are applications above it (``l4emu``).
 """

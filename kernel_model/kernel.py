@@ -111,9 +111,9 @@ class Kernel:
             boot_memory.append(mem)
             mods.append({"name": name, "address": addr, "size": len(content), "mapped": size})
             addr += size + PAGE_SIZE
-        self._start(sigma0, {"program": "kernel_model.sigma0", "name": "sigma0", "args": [],
+        self._start(sigma0, {"program": "roottasks.sigma0", "name": "sigma0", "args": [],
                              "ram": {"base": RAM_BASE, "size": ram}, "root": True})
-        self._start(moe, {"program": "kernel_model.moe", "name": "moe", "args": list(moe_args or []),
+        self._start(moe, {"program": "roottasks.moe", "name": "moe", "args": list(moe_args or []),
                           "modules": mods, "root": True}, tuple(boot_memory))
         return self._take()
 

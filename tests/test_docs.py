@@ -61,7 +61,7 @@ def test_readme_starts_with_the_two_commands():
 
 
 def test_documented_command_lines_parse():
-    from kernel_model.cli import PASS_THROUGH, build_parser
+    from l4emu.cli import PASS_THROUGH, build_parser
     parser = build_parser()
     seen = 0
     for doc in DOCS:

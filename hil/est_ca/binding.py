@@ -37,10 +37,10 @@ import yaml
 
 from .authority import EstCa
 from .server import ServerOptions
-from .serving import serve
+from .serving import RunningServer, serve
 
 __all__ = ["EstBindingError", "EstTarget", "add_boot_options", "bind", "est_target_from_args",
-           "image_endpoints", "parse_server", "rebind"]
+           "image_endpoints", "parse_server", "rebind", "start_dev_ca"]
 
 EST_PROGRAM = "est_service.task"
 WELL_KNOWN = "/.well-known/est"
@@ -63,7 +63,7 @@ class EstTarget:
     password: str | None = None
 
 
-def _host_port(text: str, what: str) -> tuple[str, int]:
+def host_port(text: str, what: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -79,7 +79,7 @@ def _endpoint(host: str, port: int) -> str:
 def parse_server(text: str) -> EstTarget:
     """``host:port`` or ``https://host[:port][/.well-known/est[/label]]``."""
     if "://" not in text:
-        host, port = _host_port(text, "--est-server")
+        host, port = host_port(text, "--est-server")
         return EstTarget(endpoint=_endpoint(host, port))
     url = urlsplit(text)
     if url.scheme != "https":
@@ -153,7 +153,7 @@ def rebind(doc: dict, image_dir: Path, target: EstTarget) -> dict:
     return doc
 
 
-def _load(path: Path) -> dict:
+def load_doc(path: Path) -> dict:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -164,6 +164,19 @@ def _load(path: Path) -> dict:
 
 
 @contextlib.contextmanager
+def start_dev_ca(host: str, port: int, *, state_dir: Path, auth: tuple[str, str] | None,
+                 announce: Callable[[str], None] = print) -> Iterator[RunningServer]:
+    """The development CA (state in ``state_dir``) serving at HOST:PORT with HTTP Basic ``auth``
+    (``None``: off) -- what ``l4emu boot --est-ca`` and ``l4emu hil run --est-ca`` both start.
+    Raises `EstCaError` when the CA cannot start (e.g. the port is taken)."""
+    ca = EstCa(state_dir)
+    with serve(ca, host, port, ServerOptions(basic_auth=auth)) as running:
+        announce(f"development EST CA at {running.url} (trust anchor {ca.ca_cert_path}; HTTP Basic "
+                 f"{'user ' + auth[0] + ' from the image' if auth else 'off'})")
+        yield running
+
+
+@contextlib.contextmanager
 def bind(image: Path, *, est_ca: str | None = None, target: EstTarget | None = None,
          state_dir: Path, announce: Callable[[str], None] = print) -> Iterator[Path]:
     """Start what ``--est-ca`` asks for and yield the image path to boot (a rebound copy).
@@ -171,7 +184,7 @@ def bind(image: Path, *, est_ca: str | None = None, target: EstTarget | None = N
     ``est_ca`` is ``"HOST:PORT"`` or ``""`` for the image's own endpoint. Raises
     `EstBindingError` (nothing started) or `EstCaError` (the CA cannot start).
     """
-    doc = _load(image)
+    doc = load_doc(image)
     target = target or EstTarget()
     with contextlib.ExitStack() as stack:
         if est_ca is not None:
@@ -179,13 +192,11 @@ def bind(image: Path, *, est_ca: str | None = None, target: EstTarget | None = N
             if not est_ca and len(endpoints) != 1:
                 raise EstBindingError(f"--est-ca without HOST:PORT needs exactly one EST endpoint in "
                                       f"{image}, found {len(endpoints)}")
-            host, port = _host_port(est_ca or endpoints[0], "--est-ca")
-            ca = EstCa(state_dir)
+            host, port = host_port(est_ca or endpoints[0], "--est-ca")
             auth = image_auth(doc) if target.username is None else (target.username, target.password or "")
-            options = ServerOptions(basic_auth=auth)
-            running = stack.enter_context(serve(ca, host, port, options))
-            announce(f"development EST CA at {running.url} (trust anchor {ca.ca_cert_path}; HTTP Basic "
-                     f"{'user ' + auth[0] + ' from the image' if auth else 'off'})")
+            running = stack.enter_context(start_dev_ca(host, port, state_dir=state_dir, auth=auth,
+                                                       announce=announce))
+            ca = running.ca
             target = EstTarget(endpoint=_endpoint(host, port), host=target.host, label=target.label, set_label=target.set_label,
                                trust_anchor=ca.ca_cert_path, username=target.username,
                                password=target.password)
@@ -204,7 +215,7 @@ def bind(image: Path, *, est_ca: str | None = None, target: EstTarget | None = N
 
 # ------------------------------------------------------------------------------ the CLI options
 def add_boot_options(parser: argparse.ArgumentParser) -> None:
-    """The EST options of ``l4emu boot`` (kernel_model/cli.py calls this)."""
+    """The EST options of ``l4emu boot`` (l4emu/cli.py calls this)."""
     group = parser.add_argument_group(
         "EST server", "which EST server the image's est_service enrolls with (default: the image's "
         "server.endpoint); the image file is not modified")

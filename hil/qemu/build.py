@@ -82,7 +82,7 @@ PURE_DISTS = ("rich", "markdown-it-py", "mdurl", "Pygments", "pexpect", "ptyproc
               # the test runner, so the guest runs the project's own confinement and attack tests
               "pytest", "pluggy", "iniconfig", "packaging", "pytest-timeout")
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"  # on Debian python3.11's sys.path
-PROJECT_DIRS = ("capabilities", "kernel_model", "tasks", "hil", "images", "tests")
+PROJECT_DIRS = ("l4emu", "capabilities", "kernel_model", "roottasks", "protocols", "durable", "tasks", "hil", "images", "tests")
 PROJECT_FILES = ("pyproject.toml",)  # pytest's configuration, for the tests run in the guest
 SKIP_NAMES = {"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache"}
 SKIP_DIRS = {"hil/build", "hil/runs"}  # build output and run records are not source

@@ -63,7 +63,7 @@ def guest_image_path(image: str, project_root: Path, cwd: Path | None = None) ->
 def check_image(path: Path) -> None:
     """Validate IMAGE on the host before booting anything (same check as `l4emu boot`)."""
     from capabilities.image import ImageError
-    from kernel_model.host.images import load_image
+    from kernel_model.host.images import load_image  # the I/O half of capabilities.image
 
     try:
         load_image(path)
@@ -126,20 +126,23 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def host_est_ca(address: str | None):
-    """The development EST CA on the host's loopback, exactly as `l4emu boot --est-ca` starts it."""
+def host_est_ca(address: str | None, image: Path):
+    """The development EST CA on the host's loopback, exactly as `l4emu boot --est-ca` starts it
+    (same state directory, the image's HTTP Basic credentials)."""
     if address is None:
         yield None
         return
-    from rich.console import Console
-
-    from kernel_model.host.boot import BootError, start_est_ca
-    from kernel_model.host.console import RichConsole
+    from hil.est_ca import EstCaError
+    from hil.est_ca.binding import EstBindingError, host_port, image_auth, load_doc, start_dev_ca
+    from hil.qemu.build import PROJECT_ROOT
 
     try:
-        with start_est_ca(address, RichConsole(Console(stderr=True, highlight=False))) as server:
+        host, port = host_port(address, "--est-ca")
+        auth = image_auth(load_doc(image))
+        with start_dev_ca(host, port, state_dir=PROJECT_ROOT / "var" / "est-ca", auth=auth,
+                          announce=lambda line: print(f"hil: {line}", file=sys.stderr)) as server:
             yield server
-    except BootError as exc:
+    except (EstBindingError, EstCaError) as exc:
         raise HarnessError("est-ca-failed", str(exc), hint="is another CA already serving that port?") from None
 
 
@@ -160,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"# then, in the guest: {command}")
         return Exit.OK
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(host_est_ca(est_ca if not args.serial else None))
+        server = stack.enter_context(host_est_ca(est_ca if not args.serial else None, PROJECT_ROOT / guest_image))
         if server is not None:  # the CA may listen elsewhere than where the guest's tasks connect
             from hil.qemu.relay import parse_address
 

@@ -74,7 +74,7 @@ exec setsid cttyhack sh
 L4EMU_SCRIPT = """#!/usr/bin/python3
 import sys
 
-from kernel_model.cli import main
+from l4emu.cli import main
 
 sys.exit(main())
 """

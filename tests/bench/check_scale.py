@@ -19,7 +19,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from kernel_model.host.check import check_image  # noqa: E402
+from l4emu.check import check_image  # noqa: E402
 
 
 def pairs_image(n: int) -> str:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _host_boot(image: str, *args: str) -> float:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "kernel_model.cli", "boot", image, *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "l4emu.cli", "boot", image, *args], cwd=ROOT,
                           capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from kernel_model.host.boot import boot_complete  # noqa: E402
+from l4emu.boot import boot_complete  # noqa: E402
 from kernel_model.host.console import RecordingConsole  # noqa: E402
 from kernel_model.host.confinement import policy_for  # noqa: E402
 from kernel_model.host.images import load_image  # noqa: E402

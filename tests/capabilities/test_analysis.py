@@ -23,7 +23,7 @@ from capabilities.analysis import BIND, ROM_NODE, Analysis, EdgeKind, Rule, Seve
 from capabilities.image import (ALLOWED_RIGHTS, CapDecl, Image, ImageError, LogDecl, ObjectDecl, ObjectType, TaskDecl,
                                 parse_image)
 from capabilities.rights import CapRights
-from kernel_model.host.check import check_image, explain
+from l4emu.check import check_image, explain
 from kernel_model.host.images import load_image, program_exists
 
 HERE = Path(__file__).parent

@@ -1,4 +1,4 @@
-"""capabilities.graph (DOT text) and ``l4emu graph`` (kernel_model.host.check.graph_image)."""
+"""capabilities.graph (DOT text) and ``l4emu graph`` (l4emu.check.graph_image)."""
 from __future__ import annotations
 
 import io
@@ -12,7 +12,7 @@ from rich.console import Console
 
 from capabilities.analysis import Analysis
 from capabilities.graph import quote, render_dot
-from kernel_model.host import check
+from l4emu import check
 from kernel_model.host.images import load_image
 
 HERE = Path(__file__).parent

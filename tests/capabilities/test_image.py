@@ -54,7 +54,7 @@ def test_unreadable_module_names_its_line(tmp_path):
 
 
 def test_cli_exits_2_and_names_the_problem(tmp_path, capsys):
-    from kernel_model.cli import main
+    from l4emu.cli import main
     path = tmp_path / "bad.yaml"
     path.write_text((HERE / "bad_images" / "unknown_rights_letter.yaml").read_text())
     assert main(["boot", str(path)]) == 2

@@ -95,7 +95,7 @@ def test_deep_nesting_is_an_error_not_a_crash():
 
 
 def test_cli_refuses_an_oversized_dataspace_with_status_2(tmp_path, capsys):
-    from kernel_model.cli import main
+    from l4emu.cli import main
     path = tmp_path / "big.yaml"
     path.write_text("name: t\nram: 1MiB\nobjects:\n  big: {type: dataspace, size: 2MiB}\ntasks:\n"
                     "  a: {program: hello.ping_server, caps: {big: 'big:rw'}}\n")

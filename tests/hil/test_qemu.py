@@ -433,7 +433,7 @@ def test_cli_exit_codes_for_boot_failure_bad_images_and_harness_errors(tmp_path,
 
 
 def test_l4emu_hil_is_wired_into_the_cli(capsys):
-    from kernel_model.cli import main as l4emu
+    from l4emu.cli import main as l4emu
 
     assert l4emu(["hil", "run", "--help"]) == 0  # --help reaches the hil parser unparsed
     assert "usage: l4emu hil run" in capsys.readouterr().out

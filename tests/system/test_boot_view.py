@@ -8,7 +8,7 @@ import sys
 
 from rich.console import Console
 
-from kernel_model.host.boot import boot_image
+from l4emu.boot import boot_image
 from systemlib import ROOT
 
 FOREVER = """
@@ -45,7 +45,7 @@ def test_duration_stops_a_system_that_runs_forever_and_writes_the_summary(tmp_pa
     image = tmp_path / "forever.yaml"
     image.write_text(FOREVER)
     summary = tmp_path / "summary.json"
-    out = subprocess.run([sys.executable, "-m", "kernel_model.cli", "boot", str(image), "--duration", "2",
+    out = subprocess.run([sys.executable, "-m", "l4emu.cli", "boot", str(image), "--duration", "2",
                           "--json-summary", str(summary), "--headless"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "runs until Ctrl-C or --duration 2 s" in out.stdout
@@ -69,7 +69,7 @@ def test_ctrl_c_stops_a_forever_system_with_a_summary(tmp_path):
     import signal
     image = tmp_path / "forever.yaml"
     image.write_text(FOREVER)
-    proc = subprocess.Popen([sys.executable, "-m", "kernel_model.cli", "boot", str(image), "--headless"],
+    proc = subprocess.Popen([sys.executable, "-m", "l4emu.cli", "boot", str(image), "--headless"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
@@ -86,7 +86,7 @@ def test_ctrl_c_stops_a_forever_system_with_a_summary(tmp_path):
 def test_boot_with_est_ca_reads_modules_after_the_ca_made_them(tmp_path, monkeypatch):
     """A fresh clone: the trust anchor module appears only when the EST CA first starts (make boot)."""
     import contextlib
-    import kernel_model.host.boot as boot_mod
+    import l4emu.boot as boot_mod
     ta = tmp_path / "var" / "ca.crt"
 
     @contextlib.contextmanager

@@ -25,7 +25,7 @@ def test_hello_boots_runs_and_exits_zero(boot):
 
 def test_live_capability_tables_equal_the_image(boot):
     system = boot(ROOT / "images" / "hello.yaml")
-    from kernel_model.host.boot import boot_complete
+    from l4emu.boot import boot_complete
     system.run(timeout=60, until=lambda: boot_complete(system.sup))
     dump = system.kernel.dump()
     image = system.sup.loaded.image
@@ -43,7 +43,7 @@ def test_live_capability_tables_equal_the_image(boot):
 
 
 def test_cli_boot_exit_status_and_help():
-    l4emu = [sys.executable, "-m", "kernel_model.cli"]
+    l4emu = [sys.executable, "-m", "l4emu.cli"]
     out = subprocess.run(l4emu + ["boot", str(ROOT / "images" / "hello.yaml"), "--timeout", "60"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -65,7 +65,7 @@ tasks:
     program: testing.stall_server
     caps: {svc: "svc:svr"}
 """)
-    proc = subprocess.Popen([sys.executable, "-m", "kernel_model.cli", "boot", str(image)],
+    proc = subprocess.Popen([sys.executable, "-m", "l4emu.cli", "boot", str(image)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:  # wait until the task is up: its log line is the signal
         if "waiting for a call" in line:
@@ -102,7 +102,7 @@ def _zombie_or_gone(pid: int) -> bool:
 
 
 def test_trace_shows_every_ipc_and_the_summary_counts_them():
-    out = subprocess.run([sys.executable, "-m", "kernel_model.cli", "boot", str(ROOT / "images" / "hello.yaml"),
+    out = subprocess.run([sys.executable, "-m", "l4emu.cli", "boot", str(ROOT / "images" / "hello.yaml"),
                           "--trace", "--timeout", "60"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()

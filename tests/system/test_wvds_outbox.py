@@ -18,9 +18,9 @@ from hil.est_ca import EstCa, serve
 from hil.est_ca.binding import EstTarget, rebind
 from kernel_model.host.confinement import policy_for
 from kernel_model.host.images import load_image
-from kernel_model.host.live import ViewSink, render_live, snapshot
+from l4emu.live import ViewSink, render_live, snapshot
 from kernel_model.host.supervisor import Supervisor
-from kernel_model.host.verify import verify_outbox
+from l4emu.verify import verify_outbox
 from systemlib import ROOT, System
 
 BATCHES = 3

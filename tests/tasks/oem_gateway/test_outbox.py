@@ -179,7 +179,7 @@ def test_an_outbox_that_starts_later_is_noted_not_failed(pki, signer):
 
 
 def test_cli_verify_outbox(tmp_path, pki, signer):
-    from kernel_model.cli import main
+    from l4emu.cli import main
     ca = tmp_path / "ca.crt"
     ca.write_bytes(pki.ca.public_bytes(Encoding.PEM))
     box = tmp_path / "outbox"

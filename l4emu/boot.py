@@ -10,8 +10,8 @@ from pathlib import Path
 from rich.console import Console
 
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage, load_image
-from kernel_model.host.live import RIGHT, SUMMARY_COLUMNS, OutputConsole, ViewSink, service_lines, snapshot, summary_data, task_cells
-from kernel_model.host.tables import emit_table
+from l4emu.live import RIGHT, SUMMARY_COLUMNS, OutputConsole, ViewSink, service_lines, snapshot, summary_data, task_cells
+from l4emu.tables import emit_table
 from tasks.runtime.files import atomic_write
 from kernel_model.host.supervisor import Supervisor, now_us
 from kernel_model.objects import ThreadState
@@ -114,7 +114,7 @@ def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, du
             if dump_caps:
                 code = sup.run(timeout_s=timeout_s, until=lambda: boot_complete(sup))
                 if code is None and boot_complete(sup):
-                    from kernel_model.cli import render_dump
+                    from l4emu.dump import render_dump
                     sink.kernel(f"boot complete after {(now_us() - sup.boot_started_us) / 1000:.0f} ms")
                     render_dump(sup.kernel.dump(), out)
             sink.start_live(sup)

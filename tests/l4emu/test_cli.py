@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from kernel_model.cli import main, render_dump
-from kernel_model.host.live import name_protocols
+from l4emu.cli import main
+from l4emu.dump import render_dump
+from l4emu.live import name_protocols
 
 ROOT = Path(__file__).resolve().parents[2]
-L4EMU = [sys.executable, "-m", "kernel_model.cli"]
+L4EMU = [sys.executable, "-m", "l4emu.cli"]
 
 
 @pytest.mark.parametrize("command", ["est-ca", "hil"])
@@ -106,7 +107,7 @@ def test_plain_output_is_not_wrapped_at_80_columns(tmp_path):
 
 
 def test_served_counts_calls_and_irq_deliveries_not_kernel_operations():
-    from kernel_model.host.live import LiveSink
+    from l4emu.live import LiveSink
     sink = LiveSink()
     for line in ("client -> server call proto 0x100 label 0x11 2w 0 item(s)",
                  "evil -> server send proto 0x100 label 0x0 1w 0 item(s)",
@@ -119,7 +120,7 @@ def test_served_counts_calls_and_irq_deliveries_not_kernel_operations():
 
 
 def test_boot_flags_reach_the_library(monkeypatch, tmp_path):
-    import kernel_model.host.boot as boot_mod
+    import l4emu.boot as boot_mod
     seen = {}
     monkeypatch.setattr(boot_mod, "boot_image", lambda path, **kw: seen.update(kw, path=path) or 0)
     assert main(["boot", "x.yaml", "--headless", "--duration", "5", "--json-summary", str(tmp_path / "s.json")]) == 0

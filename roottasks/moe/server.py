@@ -5,8 +5,8 @@ from capabilities.image import Image, ObjectType, parse_image
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (KERNEL_LABEL, DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp,
                               UnmapMask, sel)
-from kernel_model.moe import loader
-from kernel_model.moe.objects import Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served
+from roottasks.moe import loader
+from roottasks.moe.objects import Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served
 from kernel_model.wire import ItemKind
 
 FACTORY = sel(EnvSlot.FACTORY)

@@ -5,6 +5,6 @@ Sigma0, the kernel log and the debugger, and everything it does for other
 tasks it does through IPC. ``main`` loads the image (``loader``) and then
 serves its objects (``server``) until the image's ``run.until`` tasks are done.
 """
-from kernel_model.moe.server import main
+from roottasks.moe.server import main
 
 __all__ = ["main"]

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 from capabilities.image import ObjectDecl, ObjectType, TaskDecl
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
-from kernel_model.moe.objects import AllocatorObject, DataspaceObject, ParentObject
+from roottasks.moe.objects import AllocatorObject, DataspaceObject, ParentObject
 from kernel_model.wire import Item
 
 if TYPE_CHECKING:
-    from kernel_model.moe.server import Moe
+    from roottasks.moe.server import Moe
 
 CLIENT = CapRights.R | CapRights.W  # what a task gets for its own log, parent and allocator
 

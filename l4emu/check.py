@@ -19,7 +19,7 @@ from rich.markup import escape
 from capabilities.analysis import ROM_NODE, Analysis, Severity
 from capabilities.graph import render_dot
 from kernel_model.host.images import load_image
-from kernel_model.host.tables import emit_table
+from l4emu.tables import emit_table
 
 FORMATS = ("dot", "svg", "png", "pdf")
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}

@@ -14,7 +14,7 @@ from kernel_model.abi import PAGE_SIZE, DataspaceOp, Err, NamespaceOp, ParentOp,
 from kernel_model.wire import Item
 
 if TYPE_CHECKING:
-    from kernel_model.moe.server import Moe
+    from roottasks.moe.server import Moe
 
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from capabilities.image import ImageError
-from kernel_model.host.boot import BootError
+from l4emu.boot import BootError
 
 
 class Exit(enum.IntEnum):
@@ -23,26 +23,9 @@ class Exit(enum.IntEnum):
     TIMEOUT = 124
 
 
-def render_dump(dump: dict[str, list[dict]], console: Console) -> None:
-    """Per task: its capabilities (selector, object, type, rights, label, derived from), then the memory
-    mapped into it (address, object, rights, size, offset) in a table of its own."""
-    from kernel_model.host.tables import emit_table
-    for task, rows in dump.items():
-        caps = [(f"{row['selector']:#x}", escape(row["object"]), row["type"], row["rights"],
-                 "" if row["label"] is None else f"{row['label']:#x}", escape(row["derived_from"] or ""))
-                for row in rows if row["type"] != "memory"]
-        emit_table(console, ("selector", "object", "type", "rights", "label", "derived from"), caps,
-                   title=f"capabilities of {task}")
-        memory = [(f"{row['address']:#x}", escape(row["object"]), row["rights"], str(row["size"]),
-                   f"{row['offset']:#x}") for row in rows if row["type"] == "memory"]
-        if memory:
-            emit_table(console, ("address", "object", "rights", "size (bytes)", "offset"), memory,
-                       title=f"memory mapped into {task}", right=("size (bytes)",))
-
-
 def cmd_boot(args: argparse.Namespace) -> int:
     from hil.est_ca.binding import est_target_from_args
-    from kernel_model.host.boot import boot_image
+    from l4emu.boot import boot_image
 
     try:
         est_server = est_target_from_args(args)
@@ -100,7 +83,7 @@ PASS_THROUGH = {"est-ca": est_ca_main, "hil": hil_main}
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from kernel_model.host.check import check_image, explain
+    from l4emu.check import check_image, explain
 
     console = Console(highlight=False)
     if args.why:
@@ -109,21 +92,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from kernel_model.host.check import graph_image
+    from l4emu.check import graph_image
 
     return graph_image(Path(args.image), args.output, args.format, Console(highlight=False),
                        obtainable=args.obtainable)
 
 
 def cmd_verify_outbox(args: argparse.Namespace) -> int:
-    from kernel_model.host.verify import DEFAULT_CA, verify_outbox
+    from l4emu.verify import DEFAULT_CA, verify_outbox
 
     return verify_outbox(Path(args.directory), Console(highlight=False), Path(args.ca) if args.ca else DEFAULT_CA,
                          Path(args.key) if args.key else None)
 
 
 def cmd_new_task(args: argparse.Namespace) -> int:
-    from kernel_model.host.scaffold import ScaffoldError, scaffold
+    from l4emu.scaffold import ScaffoldError, scaffold
 
     console = Console(highlight=False)
     try:

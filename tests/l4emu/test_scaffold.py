@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from kernel_model.cli import main
-from kernel_model.host.scaffold import ScaffoldError, scaffold
+from l4emu.cli import main
+from l4emu.scaffold import ScaffoldError, scaffold
 from systemlib import ROOT
 
 
