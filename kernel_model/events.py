@@ -31,6 +31,7 @@ class Rule(enum.Enum):
     MAPPING_BUDGET = "mapping-budget"  # the task's memory mappings (mapping-database entries) are all used
     CALL_BUDGET = "call-budget"  # the task has as many IPCs in the kernel as its budget allows
     LOG_RATE = "log-rate"  # more log lines/bytes per second than the task's budget
+    WORKDIR_BUDGET = "workdir-budget"  # the task's work dir is full (bytes or files): its writes get ENOSPC
     KERNEL_BUG = "kernel-bug"  # the kernel raised while handling the task's frame: the task is faulted
 
 

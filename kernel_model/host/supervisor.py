@@ -31,6 +31,7 @@ from kernel_model.events import (Console, Deliver, Denied, Kill, MemoryCreated, 
 from kernel_model.host.console import ConsoleSink, tagged_line
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.host.scheduler import FairScheduler
+from kernel_model.host.workdir_watch import WorkdirWatch
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
 from kernel_model.wire import Boot, ItemKind, Remap, Revoke
@@ -90,6 +91,7 @@ class Supervisor:
         self._kill_after: dict[int, float] = {}
         self.scheduler = FairScheduler()
         self._deferred: dict[int, tuple[TaskProcess, int]] = {}  # over their share: not read until resumed
+        self.workdir_watch = WorkdirWatch()  # work dirs at their budget -> violation events
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Supervisor":
@@ -149,6 +151,9 @@ class Supervisor:
         (``scheduler.FairScheduler``), then exits and signals."""
         if self._deferred:
             timeout_s = DEFER_US / 1e6 if timeout_s is None else min(timeout_s, DEFER_US / 1e6)
+        look = self.workdir_watch.wait_us(now_us())
+        if look is not None:
+            timeout_s = look / 1e6 if timeout_s is None else min(timeout_s, look / 1e6)
         events = self.sel.select(timeout_s)
         channels = {id(key.data[1]): key.data[1] for key, _ in events if key.data[0] == "chan"}
         served = []
@@ -177,6 +182,9 @@ class Supervisor:
                 except BlockingIOError:
                     pass
         self._apply(self.kernel.expire(now_us()))
+        for violation in self.workdir_watch.check(now_us()):
+            self.kernel.violations.append(violation)
+            self.console.violation(violation)
         for task_id, when in list(self._kill_after.items()):
             proc = self.procs.get(task_id)
             if proc is None or proc.status is not None:
@@ -239,6 +247,7 @@ class Supervisor:
         fault = self._fault(proc) if code == EXIT_SYSCALL_FAULT else None
         self._close_proc(proc)
         self._release(proc)
+        self.workdir_watch.forget(proc.task.id)
         del self.procs[proc.task.id]
         task = proc.task
         if fault is not None:
@@ -428,6 +437,8 @@ class Supervisor:
         self.procs[task.id] = proc
         self.sel.register(parent_sock, selectors.EVENT_READ, ("chan", proc))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", proc))
+        if (record.get("confine") or {}).get("workdir_image"):  # a budget of its own: watch it fill
+            self.workdir_watch.watch(task.id, task.describe(), pid, str(workdir))
         self._send(task, Boot(record).encode(), [*boot_fds, fault_fd])
 
     # --------------------------------------------------------------- helpers

@@ -74,3 +74,49 @@ def test_a_bad_budget_in_the_image_names_file_line_and_field():
     assert "tasks.t.workdir.files: expected an integer >= 16" in message and "owner" in message
     ok = parse_image(text.replace("size: 10KiB, files: 2, owner: x", "size: 4MiB, files: 64"), "b.yaml", None)
     assert (ok.tasks[0].workdir_bytes, ok.tasks[0].workdir_files) == (4 << 20, 64)
+
+
+WATCHED = """
+name: watched
+tasks:
+  hog:
+    program: testing.adversary
+    args: ["fill:0x4000000", "await:go"]
+    caps: {go: "go:rs"}
+    workdir: {size: 2MiB, files: 32}
+  spawner:
+    program: testing.adversary
+    args: ["files:100", "await:go2"]
+    caps: {go2: "go2:rs"}
+    workdir: {size: 2MiB, files: 32}
+  honest:
+    program: testing.adversary
+    args: ["write_file:kept.txt", "await:go3"]
+    caps: {go3: "go3:rs"}
+    workdir: {size: 2MiB, files: 32}
+objects:
+  go: {type: irq}
+  go2: {type: irq}
+  go3: {type: irq}
+"""
+
+
+@needs_loop
+def test_filling_the_work_dir_is_a_workdir_budget_violation_naming_the_task_and_what_ran_out(boot):
+    from kernel_model.events import Rule
+
+    system = boot(WATCHED)
+
+    def budget_events():
+        return [v for v in system.console.violations if v.rule is Rule.WORKDIR_BUDGET]
+
+    system.run(timeout=60, until=lambda: len(budget_events()) >= 2)
+    events = {v.task: v for v in budget_events()}
+    assert set(events) == {"hog", "spawner"}, system.console.text()  # the honest neighbour is not accused
+    assert system.results("hog")[0]["errno"] == 28 and system.results("spawner")[0]["errno"] == 28
+    assert events["hog"].error == "ENOSPC" and "bytes budget" in events["hog"].detail
+    assert "files budget of 32 files" in events["spawner"].detail
+    assert "rule=workdir-budget" in system.console.text()
+    assert sum(v.rule is Rule.WORKDIR_BUDGET for v in system.sup.kernel.violations) == 2  # counted as denials
+    system.run(timeout=2, until=lambda: False)  # later looks at the same full dirs: no new event
+    assert len(budget_events()) == 2
