@@ -116,7 +116,12 @@ class GuestSuite:
         if fetched != 0:
             raise HarnessError("junit-missing", f"pytest in the guest wrote no JUnit XML (status {status})",
                                context=out.splitlines()[-25:])
-        xml = decode_transfer(blob)
+        try:
+            xml = decode_transfer(blob)
+            results = parse(xml)
+        except HarnessError as exc:  # say what pytest itself said: its status and its last lines
+            raise HarnessError(exc.reference, f"{exc.message}; pytest in the guest exited with status {status}",
+                               context=out.splitlines()[-25:]) from None
         if record is not None:
             record.junit(self.name, xml)
-        return status, out, parse(xml)
+        return status, out, results

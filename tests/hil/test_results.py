@@ -65,6 +65,29 @@ def test_junit_survives_the_serial_transfer():
     assert err.value.reference == "junit-transfer-corrupt"
 
 
+class _ScriptedMachine:
+    """A machine that answers each command from a script: (output, status) in order."""
+
+    def __init__(self, *answers):
+        self.timeouts = Timeouts()
+        self.answers = list(answers)
+
+    def run(self, command, timeout):
+        return self.answers.pop(0)
+
+
+def test_a_broken_junit_transfer_still_says_how_pytest_in_the_guest_ended():
+    pytest_out = "\n".join(["....F", "FAILED tests/x.py::test_y - assert 0", "1 failed, 4 passed"])
+    suite = junit.GuestSuite("s", ("tests/x.py",))
+    with pytest.raises(HarnessError) as err:
+        suite.run(_ScriptedMachine((pytest_out, 1), ("garbage that is not base64!", 0)))
+    assert err.value.reference == "junit-transfer-corrupt"
+    assert "exited with status 1" in err.value.message and "1 failed, 4 passed" in err.value.context
+    with pytest.raises(HarnessError) as err:
+        suite.run(_ScriptedMachine((pytest_out, 2), ("", 1)))
+    assert err.value.reference == "junit-missing" and "status 2" in err.value.message
+
+
 def test_run_record_is_valid_json_at_every_step(tmp_path):
     from hil.qemu.record import RunRecord
 
