@@ -76,11 +76,12 @@ PRUNE = (
 )
 # Dependencies shipped as wheels: aarch64 ones (compiled code) and pure-Python ones. The lock
 # pins them at the host's installed versions, so guest and host run the same code.
-BINARY_DISTS = ("cryptography", "cffi", "PyYAML")
+BINARY_DISTS = ("cryptography", "cffi", "PyYAML",
+                "hypothesis")  # the attack suite's property tests (tests/capability_violations)
 PURE_DISTS = ("rich", "markdown-it-py", "mdurl", "Pygments", "pexpect", "ptyprocess", "pyseccomp",
               "kyber-py", "pycparser",
               # the test runner, so the guest runs the project's own confinement and attack tests
-              "pytest", "pluggy", "iniconfig", "packaging", "pytest-timeout")
+              "pytest", "pluggy", "iniconfig", "packaging", "pytest-timeout", "sortedcontainers")
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"  # on Debian python3.11's sys.path
 PROJECT_DIRS = ("l4emu", "capabilities", "kernel_model", "roottasks", "protocols", "durable", "tasks", "hil", "images", "tests")
 PROJECT_FILES = ("pyproject.toml",)  # pytest's configuration, for the tests run in the guest

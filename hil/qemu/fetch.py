@@ -218,28 +218,14 @@ def copy_distribution(name: str, site: Path) -> int:
 
 
 def marker_applies(marker: str, env: dict[str, str] = GUEST_PYTHON) -> bool:
-    """A small PEP 508 marker check for the guest: clauses joined by ``and``/``or``, no parentheses.
+    """Does a PEP 508 environment marker hold in the guest (``packaging.markers``; no extras are
+    installed there)? A marker it cannot read applies: a requirement is rather shipped than dropped."""
+    from packaging.markers import InvalidMarker, Marker, UndefinedEnvironmentName
 
-    ``extra == ...`` never applies (no extras are installed); a clause it cannot read
-    applies, so a requirement is rather shipped than silently dropped.
-    """
-    def clause(text: str) -> bool:
-        m = re.fullmatch(r"\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*['\"]([^'\"]*)['\"]\s*", text)
-        if not m:
-            return True
-        var, op, value = m.groups()
-        if var == "extra":
-            return False
-        if var not in env:
-            return True
-        have: object = env[var]
-        want: object = value
-        if var.startswith("python"):
-            have, want = tuple(map(int, env[var].split("."))), tuple(map(int, value.split(".")))
-        return {"==": have == want, "!=": have != want, "<": have < want, "<=": have <= want,  # type: ignore
-                ">": have > want, ">=": have >= want}[op]  # type: ignore
-
-    return any(all(clause(c) for c in alt.split(" and ")) for alt in marker.split(" or "))
+    try:
+        return Marker(marker).evaluate({**env, "extra": ""})
+    except (InvalidMarker, UndefinedEnvironmentName):
+        return True
 
 
 def normal_name(name: str) -> str:
