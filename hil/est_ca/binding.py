@@ -63,11 +63,12 @@ class EstTarget:
     password: str | None = None
 
 
-def host_port(text: str, what: str) -> tuple[str, int]:
+def host_port(text: str, what: str, *, any_port: bool = False) -> tuple[str, int]:
+    """``(host, port)`` of ``HOST:PORT`` (``[v6]:PORT`` too); port 0 ("any free port") only with ``any_port``."""
     host, sep, port = text.strip().rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not (0 if any_port else 1) <= int(port) < 65536:
         raise EstBindingError(f"{what}: expected HOST:PORT, got {text!r}")
     return host, int(port)
 

@@ -126,7 +126,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def host_est_ca(address: str | None, image: Path):
+def host_est_ca(address: str | None, image: Path, state_dir: Path | None = None):
     """The development EST CA on the host's loopback, exactly as `l4emu boot --est-ca` starts it
     (same state directory, the image's HTTP Basic credentials)."""
     if address is None:
@@ -137,9 +137,9 @@ def host_est_ca(address: str | None, image: Path):
     from hil.qemu.build import PROJECT_ROOT
 
     try:
-        host, port = host_port(address, "--est-ca")
+        host, port = host_port(address, "--est-ca", any_port=True)
         auth = image_auth(load_doc(image))
-        with start_dev_ca(host, port, state_dir=PROJECT_ROOT / "var" / "est-ca", auth=auth,
+        with start_dev_ca(host, port, state_dir=state_dir or PROJECT_ROOT / "var" / "est-ca", auth=auth,
                           announce=lambda line: print(f"hil: {line}", file=sys.stderr)) as server:
             yield server
     except (EstBindingError, EstCaError) as exc:

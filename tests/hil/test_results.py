@@ -131,3 +131,24 @@ def test_relay_addresses_are_checked():
     for bad in ("8443", "host:", "host:99999", "host:x"):
         with pytest.raises(ValueError):
             relay.parse_address(bad)
+
+
+def test_the_hosts_ca_for_a_guest_serves_on_any_free_port_with_the_images_credentials(tmp_path):
+    """`l4emu hil run --est-ca` and the HIL tests start the CA exactly as `l4emu boot --est-ca` does."""
+    import ssl
+    import urllib.request
+
+    from hil.qemu.build import PROJECT_ROOT
+    from hil.qemu.cli import host_est_ca
+
+    with host_est_ca(None, PROJECT_ROOT / "images" / "wvds.yaml") as none:
+        assert none is None  # no --est-ca: nothing started
+    with host_est_ca("127.0.0.1:0", PROJECT_ROOT / "images" / "wvds.yaml", tmp_path / "ca") as server:
+        assert server.port > 0 and server.options.basic_auth is not None
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.crt"))
+        with urllib.request.urlopen(f"{server.url}/cacerts", context=ctx, timeout=30) as response:
+            assert response.status == 200
+    with pytest.raises(HarnessError) as err:
+        with host_est_ca("127.0.0.1:http", PROJECT_ROOT / "images" / "wvds.yaml", tmp_path / "ca"):
+            pass
+    assert err.value.reference == "est-ca-failed"
