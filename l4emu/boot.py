@@ -12,6 +12,7 @@ from rich.console import Console
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage, load_image
 from l4emu.live import RIGHT, SUMMARY_COLUMNS, OutputConsole, ViewSink, service_lines, snapshot, summary_data, task_cells
 from l4emu.tables import emit_table
+from protocols.exit_codes import ExitCode
 from tasks.runtime.files import atomic_write
 from kernel_model.host.supervisor import Supervisor, now_us
 from kernel_model.objects import ThreadState
@@ -141,7 +142,7 @@ def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, du
                             + (f" ({', '.join(failed)} failed)" if failed else ""))
             else:
                 sink.kernel(f"timeout after {timeout_s} s: stopping the system")
-                code = 124
+                code = ExitCode.TIMEOUT
         denied = len(sup.kernel.violations)
         sink.kernel(f"system stopped with status {code}; {sup.kernel.ipc_count} IPCs, {denied} denied operation(s)")
         if summary:

@@ -20,6 +20,7 @@ from capabilities.analysis import ROM_NODE, Analysis, Severity
 from capabilities.graph import render_dot
 from kernel_model.host.images import load_image
 from l4emu.tables import emit_table
+from protocols.exit_codes import ExitCode
 
 FORMATS = ("dot", "svg", "png", "pdf")
 SEVERITY_STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
@@ -33,7 +34,7 @@ def check_image(path: str | Path, console: Console) -> int:
     for problem in loaded.missing:  # the analysis does not read modules; boot would refuse to start
         console.print(f"[cyan]note[/]: {escape(str(problem))} (boot needs it; e.g. the EST CA's trust anchor is "
                       f"created by the CA's first start: `l4emu est-ca ca-cert` or `make boot`)", soft_wrap=True)
-    return 1 if any(f.severity is Severity.ERROR for f in analysis.findings) else 0
+    return ExitCode.FAILED if any(f.severity is Severity.ERROR for f in analysis.findings) else ExitCode.OK
 
 
 def render_report(a: Analysis, console: Console) -> None:
@@ -95,14 +96,14 @@ def explain(path: str | Path, a: str, b: str, console: Console) -> int:
     source = ROM_NODE if a in ("rom", ROM_NODE) and a not in analysis.tasks else a
     if source not in analysis.tasks and source != ROM_NODE:
         console.print(f"[bold red]error[/]: no task {escape(a)!r} (tasks: {escape(', '.join(analysis.tasks))})")
-        return 2
+        return ExitCode.BAD_INPUT
     if b not in analysis.tasks and b not in analysis.objects:
         console.print(f"[bold red]error[/]: no task or object {escape(b)!r} (tasks: "
                       f"{escape(', '.join(analysis.tasks))}; objects: {escape(', '.join(analysis.objects))})")
-        return 2
+        return ExitCode.BAD_INPUT
     if source == ROM_NODE and b not in analysis.tasks:
         console.print(f"[bold red]error[/]: from rom, ask about a task (tasks: {escape(', '.join(analysis.tasks))})")
-        return 2
+        return ExitCode.BAD_INPUT
     found = False
     if b in analysis.objects and source in analysis.tasks:
         caps = [h for h in analysis.holdings(source) if h.object == b]
@@ -145,7 +146,7 @@ def graph_image(path: str | Path, out_path: str | Path, fmt: str | None = None, 
     if fmt not in FORMATS:
         console.print(f"[bold red]error[/]: unknown graph format {escape(fmt)!r} "
                       f"(expected one of: {', '.join(FORMATS)})")
-        return 2
+        return ExitCode.BAD_INPUT
     if fmt == "dot":
         out.write_text(text, encoding="utf-8")
         console.print(f"wrote {escape(str(out))}")

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import enum
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -12,15 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from capabilities.image import ImageError
+from protocols.exit_codes import ExitCode
 from l4emu.boot import BootError
 
 
-class Exit(enum.IntEnum):
-    OK = 0
-    TASKS_FAILED = 1  #: the image's tasks finished with a non-zero status
-    BAD_INPUT = 2  #: the image (or another input) is invalid; nothing was started
-    HALTED = 70  #: the kernel halted (e.g. Sigma0 died)
-    TIMEOUT = 124
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -113,7 +106,7 @@ def cmd_new_task(args: argparse.Namespace) -> int:
         paths = scaffold(args.name)
     except ScaffoldError as exc:
         Console(stderr=True, highlight=False).print(f"[bold red]error[/]: {escape(str(exc))}")
-        return Exit.BAD_INPUT
+        return ExitCode.BAD_INPUT
     for path in paths:
         console.print(f"wrote {escape(str(path))}")
     console.print(f"boot it: l4emu boot images/{args.name}.yaml; test it: "
@@ -234,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     except ImageError as exc:
         for problem in exc.problems:
             err.print(f"[bold red]error[/]: {escape(str(problem))}", markup=True, highlight=False)
-        return Exit.BAD_INPUT
+        return ExitCode.BAD_INPUT
     except BootError as exc:
         err.print(f"[bold red]error[/]: {escape(str(exc))}")
-        return Exit.BAD_INPUT
+        return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`| head`): every task was already shut down on the way out. Say so on
         # stderr, and keep Python from complaining about the closed stdout at exit.
@@ -247,7 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         err.print("l4emu: output closed (broken pipe): the system was stopped")
-        return 128 + signal.SIGPIPE
+        return ExitCode.BROKEN_PIPE
+    except Exception:  # noqa: BLE001 - the one catch-all: a bug in l4emu, said as such, never a bare traceback
+        import traceback
+
+        traceback.print_exc()
+        err.print("[bold red]error[/]: unexpected failure in l4emu (a bug; the traceback is above)")
+        return ExitCode.BUG
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from kernel_model.host import workdirs
 from kernel_model.host.images import PROJECT_ROOT
+from protocols.exit_codes import ExitCode
 from tasks.oem_gateway import outbox
 
 DEFAULT_CA = PROJECT_ROOT / "var" / "est-ca" / "ca.crt"
@@ -45,17 +46,17 @@ def _verify(directory: Path, shown: Path, console: Console, ca_path: Path, key_p
     except (OSError, ValueError) as exc:
         console.print(f"[bold red]error[/]: cannot read the EST CA certificate {escape(str(ca_path))}: "
                       f"{escape(str(exc))}")
-        return 2
+        return ExitCode.BAD_INPUT
     expected = None
     if key_path is not None:
         try:
             expected = key_path.read_bytes()
         except OSError as exc:
             console.print(f"[bold red]error[/]: cannot read {escape(str(key_path))}: {escape(str(exc))}")
-            return 2
+            return ExitCode.BAD_INPUT
     if not directory.is_dir():
         console.print(f"[bold red]error[/]: no outbox directory {escape(str(shown))}")
-        return 2
+        return ExitCode.BAD_INPUT
     files = []
     for path in sorted(directory.glob("batch-*.json")):
         with open(path, "rb") as f:
@@ -69,4 +70,4 @@ def _verify(directory: Path, shown: Path, console: Console, ca_path: Path, key_p
     bad = sum(not f.ok for f in report.findings)
     console.print(f"{len(report.findings)} records, {bad} failed; signatures, certificate chain to "
                   f"{escape(ca.subject.rfc4514_string())} and sequence continuity checked", soft_wrap=True)
-    return 0 if report.ok else 1
+    return ExitCode.OK if report.ok else ExitCode.FAILED

@@ -24,6 +24,7 @@ from pathlib import Path
 from .authority import CURVES, EstCa, EstCaError
 from .server import Fault, ServerOptions
 from .serving import serve
+from protocols.exit_codes import ExitCode
 
 __all__ = ["build_parser", "main"]
 
@@ -135,6 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     except EstCaError as exc:
         print(f"[EstCaError]: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+    except Exception:  # noqa: BLE001 - the one catch-all: a bug in the CA, said as such
+        import traceback
+
+        traceback.print_exc()
+        print("error: unexpected failure in l4emu est-ca (a bug; the traceback is above)", file=sys.stderr)
+        return ExitCode.BUG
     finally:
         log.removeHandler(handler)

@@ -29,15 +29,19 @@ import traceback
 from pathlib import Path
 
 from hil.qemu.errors import HarnessError, HilError
+from protocols.exit_codes import ExitCode
 
 
 class Exit(enum.IntEnum):
-    OK = 0
-    BAD_IMAGE = 2  #: the system image is missing or invalid (as `l4emu boot`)
-    QEMU_DID_NOT_BOOT = 3  #: no ready marker: QEMU failed, the kernel panicked, the initramfs broke
-    HARNESS = 4  #: the host side failed (tools, image not built, bug in hil/qemu)
-    GUEST_UNRESPONSIVE = 5  #: booted, then a command did not finish or QEMU died
-    INTERRUPTED = 130
+    """``l4emu hil``'s statuses: the names of protocols/exit_codes.py that it uses."""
+
+    OK = ExitCode.OK
+    BAD_IMAGE = ExitCode.BAD_INPUT  #: the system image is missing or invalid (as `l4emu boot`)
+    QEMU_DID_NOT_BOOT = ExitCode.QEMU_DID_NOT_BOOT
+    HARNESS = ExitCode.HARNESS  #: the host side failed (tools, image not built)
+    GUEST_UNRESPONSIVE = ExitCode.GUEST_UNRESPONSIVE
+    INTERRUPTED = ExitCode.INTERRUPTED
+    BUG = ExitCode.BUG  #: a bug in hil/qemu (the traceback is printed)
 
 
 class BadImage(HilError):
@@ -353,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         return Exit.INTERRUPTED
     except Exception:  # noqa: BLE001 - a bug in the harness: say so, with the traceback
         traceback.print_exc()
-        print("error: unexpected failure in hil/qemu [harness-bug]", file=sys.stderr)
-        return Exit.HARNESS
+        print("error: unexpected failure in hil/qemu (a bug; the traceback is above) [harness-bug]", file=sys.stderr)
+        return Exit.BUG
 
 
 if __name__ == "__main__":

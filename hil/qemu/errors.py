@@ -19,11 +19,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from protocols.exit_codes import ExitCode
+
 _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 class HilError(Exception):
-    exit_code = 4
+    exit_code = ExitCode.HARNESS
 
     def __init__(self, reference: str, message: str, *, context: Iterable[str] = (), hint: str | None = None):
         if not _KEBAB.match(reference):
@@ -51,16 +53,16 @@ class HilError(Exception):
 class HarnessError(HilError):
     """The host side failed: missing tools, no image, a failed build, a bug here."""
 
-    exit_code = 4
+    exit_code = ExitCode.HARNESS
 
 
 class BootFailed(HilError):
     """QEMU did not boot the guest to its ready marker."""
 
-    exit_code = 3
+    exit_code = ExitCode.QEMU_DID_NOT_BOOT
 
 
 class GuestUnresponsive(HilError):
     """The guest booted, then stopped answering (a command timed out, or QEMU died)."""
 
-    exit_code = 5
+    exit_code = ExitCode.GUEST_UNRESPONSIVE

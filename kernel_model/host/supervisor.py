@@ -32,6 +32,7 @@ from kernel_model.host.console import ConsoleSink, tagged_line
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.host.scheduler import FairScheduler
 from kernel_model.host.workdir_watch import WorkdirWatch
+from protocols.exit_codes import ExitCode
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
 from kernel_model.wire import Boot, ItemKind, Remap, Revoke
@@ -43,10 +44,10 @@ F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 #: size fixed for good (F_SEAL_SEAL too, so no holder can add F_SEAL_WRITE and freeze the others' writes)
 SEALS = getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4) | getattr(fcntl, "F_SEAL_SEAL", 1)
 EOF_GRACE_S = 1.0  #: a task that closed its channel but lives on is killed after this
-EXIT_SIGMA0_DIED = 70
+EXIT_SIGMA0_DIED = ExitCode.HALTED
 NICE_FLOODER = 19
 DEFER_US = 500  #: a task over its share waits at most this long for its next frame when nobody else is served
-EXIT_SYSCALL_FAULT = 128 + 31  #: SIGSYS: the task made a system call outside its allow-list
+EXIT_SYSCALL_FAULT = ExitCode.SYSCALL_FAULT  #: SIGSYS: the task made a system call outside its allow-list
 
 
 def now_us() -> int:

@@ -12,6 +12,8 @@ import os
 import sys
 import traceback
 
+from protocols.exit_codes import ExitCode
+
 CHANNEL_FD = 3
 
 
@@ -25,7 +27,7 @@ def run() -> int:
     try:
         boot, boot_fds = channel.boot()
     except ChannelClosed:
-        return 111
+        return ExitCode.TASK_NO_BOOT_RECORD
     record = boot.record
     # the kernel's fault page comes last: where a trapped syscall is reported (confine.py)
     fault_fd = boot_fds.pop() if record.get("fault_page") and boot_fds else None
@@ -55,7 +57,7 @@ def run() -> int:
     for note in notes:
         say(note)
     if refused:
-        return 113
+        return ExitCode.TASK_NOT_CONFINED
     if record.get("workdir"):
         os.chdir(record["workdir"])  # the task's one writable place (its files live here)
 
@@ -65,13 +67,13 @@ def run() -> int:
         module = importlib.import_module(module_name)
         code = module.main(env)
     except ChannelClosed:
-        return 112
+        return ExitCode.TASK_CHANNEL_CLOSED
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # noqa: BLE001 - the task's own crash; report it, exit non-zero
         for line in traceback.format_exc().splitlines():
             say(line)
-        return 1
+        return ExitCode.FAILED
     return int(code or 0)
 
 
