@@ -46,6 +46,9 @@ def test_a_crash_loop_that_exhausts_the_restart_budget(boot):
     system = boot(image("testing.adversary", '["exit:3"]', FAST))
     enot_existent_twice(system)
     moe = system.lines("moe")
+    # exponential backoff: 10 ms, then 20 ms (Moe's receive timeout ends its wait when a restart is due)
+    assert "server exited (3); restart 1 in 0.01 s (1 within 60 s)" in moe, moe
+    assert "server exited (3); restart 2 in 0.02 s (2 within 60 s)" in moe, moe
     assert any(line.startswith("server exited with status 3; giving up: 2 restarts within 60 s") for line in moe), moe
     assert [code for name, code in system.sup.exited if name == "server"] == [3, 3, 3]
 
