@@ -77,8 +77,7 @@ def after_exit(policy: RestartPolicy, state: SupervisionState, code: int, now: f
         return GiveUp(f"restart limit {policy.lifetime_limit} reached")
     k = in_window(policy, state, now)
     if policy.intensity_restarts and k >= policy.intensity_restarts:
-        return GiveUp(f"{k} restarts within {policy.intensity_period_s:g} s (intensity {policy.intensity_restarts} "
-                      f"per {policy.intensity_period_s:g} s)")
+        return GiveUp(f"{k} restarts within {policy.intensity_period_s:g} s, its intensity limit")
     d = delay(policy, k)
     return Restart(now + d, d, state.restarts + 1, k)
 
