@@ -62,8 +62,10 @@ class Chaos:
     """Carries out a fault schedule against a running ``Supervisor``."""
 
     def __init__(self, sup, faults: Iterator[Fault], progress: Callable[[], float],
-                 say: Callable[[str], None] = lambda text: None, limit: int | None = None):
+                 say: Callable[[str], None] = lambda text: None, limit: int | None = None,
+                 wait_for_target: bool = False):
         self.sup, self.progress, self.say, self.limit = sup, progress, say, limit
+        self.wait_for_target = wait_for_target  # a due fault whose target is down waits for it (else: skipped)
         self._faults = faults
         self._next: Fault | None = next(faults, None)
         self.kills: list[Kill] = []
@@ -76,16 +78,25 @@ class Chaos:
         return None if self.done else self._next.at
 
     def due(self) -> bool:
-        return not self.done and self.progress() >= self._next.at
+        if self.done or self.progress() < self._next.at:
+            return False
+        return not self.wait_for_target or self._running(self._next.task)
 
     def tick(self) -> int:
         """Inject every fault that is due; how many were injected."""
         made = 0
-        while self.due():
+        while self.due():  # with wait_for_target, a target being restarted is killed once it is back
             fault, self._next = self._next, next(self._faults, None)
             self.kills.append(self._kill(fault))
             made += 1
         return made
+
+    def _running(self, name: str) -> bool:
+        try:
+            proc = self.sup.process(name)
+        except KeyError:
+            return False
+        return proc.task.alive
 
     def _kill(self, fault: Fault) -> Kill:
         k = self.sup.kernel
