@@ -193,7 +193,9 @@ def supervision_text(st: dict, since_s: float, *, why: bool = False) -> str:
     state = str(st.get("state", "?"))
     if state == "restarting" and isinstance(st.get("next_attempt_s"), (int, float)):
         left = st["next_attempt_s"] - since_s
-        return f"restarting in {left:.1f} s" if left > 0 else "restarting now"
+        if left <= 0:
+            return "restarting now"
+        return f"restarting in {left:.1f} s" if left >= 1 else f"restarting in {left * 1000:.0f} ms"
     if state == "gave up":
         return f"gave up ({st.get('gave_up')})" if st.get("gave_up") and why else "gave up"
     return state
