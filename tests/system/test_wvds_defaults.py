@@ -55,3 +55,21 @@ def test_the_old_defaults_are_what_the_issue_saw():
     """The check is not vacuous: est's old defaults (30 s, x2) against a 60 s gateway fail it."""
     old = RenewalPolicy()
     assert first_certificate_at(old, 10.0, 40, hang=False) > 60
+
+
+@pytest.mark.parametrize("name", ["wvds", "wvds-tpm", "wvds-hsm"])
+def test_every_wvds_service_is_supervised(name):
+    """Issue 16: netproxy and the gateway had no policy (a dead proxy stopped renewal until a reboot), and
+    the others a lifetime limit of 3 with no backoff."""
+    path = ROOT / "images" / f"{name}.yaml"
+    image = parse_image(path.read_text(), str(path))
+    for task in ("crypto", "est", "netproxy", "gateway"):
+        policy = image.task(task).restart_policy
+        assert policy.policy in ("on-failure", "always"), (task, policy)
+        assert policy.lifetime_limit is None and policy.intensity_restarts > 0 and policy.backoff_initial_s > 0
+    assert image.task("netproxy").restart_policy.policy == "always"
+    # the gateway sees every restart of crypto and est: it must not give up sooner than they do
+    gw = image.task("gateway").restart_policy
+    for task in ("crypto", "est"):
+        other = image.task(task).restart_policy
+        assert gw.intensity_restarts >= other.intensity_restarts, task
