@@ -4,7 +4,7 @@ IMAGE ?= images/wvds.yaml
 BOOT_ARGS ?= --est-ca
 VENV := .venv/bin
 
-.PHONY: setup boot test bench hil hil-boot clean fuzz
+.PHONY: setup boot test bench hil hil-boot clean fuzz reliability
 
 setup:
 	./bootstrap.sh
@@ -27,6 +27,12 @@ hil-boot: setup
 
 bench: setup
 	$(VENV)/python tests/bench/run.py
+
+# Chaos + durability + load (l4emu/reliability.py, docs/supervision.md): the server of
+# images/reliability.yaml is killed at seeded points under load; prints a table, fails on any loss.
+RELIABILITY_ARGS ?= --seed 1 --faults 10 --clients 3 --requests 1000
+reliability: setup
+	$(VENV)/python -m l4emu.reliability $(RELIABILITY_ARGS)
 
 # Long fuzzing runs (make test runs the short ones): the hypothesis state machine with many more
 # examples, then atheris on the frame decoder and the kernel's syscall entry, FUZZ_SECONDS each.

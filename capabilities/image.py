@@ -25,8 +25,9 @@ Schema (every key not listed here is an error)::
         args: [--count, "3"]
         log: {tag: pingsrv, color: g}  # colour letter n r g y b m c w (upper = bright)
         memory: 1MiB                  # Moe quota for the task's own dataspaces
-        restart: never                # never | on-failure | always
-        restart_limit: 3
+        restart: never                # never | on-failure | always, or the long form with backoff and
+                                      # intensity (capabilities/restart.py, docs/supervision.md)
+        restart_limit: 3              # with the short form: restart at once, at most this often (the old meaning)
         workdir: {size: 32MiB, files: 512}  # the task's work-dir budget (these are the defaults)
         config: {any: json}           # handed to the task in its boot record (env.config)
         network:                      # only for driver tasks: host endpoints it may connect to
@@ -52,6 +53,8 @@ from typing import Any, Callable
 
 import yaml
 
+from capabilities.restart import RestartPolicy
+from capabilities.restart import parse as parse_restart
 from capabilities.rights import CapRights
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,15}$")  # l4re_env_cap_entry_t names are <= 16 chars
@@ -169,6 +172,7 @@ class TaskDecl:
     limits: LimitsDecl = LimitsDecl()
     workdir_bytes: int = WORKDIR_BYTES  # work-dir budget: a filesystem of this size ...
     workdir_files: int = WORKDIR_FILES  # ... with this many inodes
+    restart_policy: RestartPolicy = RestartPolicy()  # the whole policy (``restart`` is its policy word)
 
     def cap(self, name: str) -> CapDecl | None:
         return next((c for c in self.caps if c.name == name), None)
@@ -484,12 +488,12 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
     if "log" not in body and tag in RESERVED_TAGS:
         ck.problem(node, f"{field}.log.tag", f"the default tag {tag!r} is reserved (the console's own tags: {', '.join(RESERVED_TAGS)}); declare log.tag")
     memory = ck.size(body["memory"][1], f"{field}.memory") if "memory" in body else 1 << 20
-    restart = "never"
-    if "restart" in body:
-        restart = ck.scalar(body["restart"][1], f"{field}.restart") or "never"
-        if restart not in RESTART_POLICIES:
-            ck.problem(body["restart"][1], f"{field}.restart", f"expected one of {', '.join(RESTART_POLICIES)}, got {restart!r}")
     limit = ck.integer(body["restart_limit"][1], f"{field}.restart_limit") if "restart_limit" in body else 3
+    restart_policy = RestartPolicy()
+    if "restart" in body:  # the short form or the long one (capabilities/restart.py)
+        restart_policy = parse_restart(ck, f"{field}.restart", body["restart"][1],
+                                       limit if "restart_limit" in body else None) or RestartPolicy()
+    restart = restart_policy.policy
     caps: list[CapDecl] = []
     if "caps" in body:
         for cname, (knode, vnode) in ck.mapping(body["caps"][1], f"{field}.caps", None).items():
@@ -537,7 +541,7 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
     if program is None or memory is None or limit is None or wd_bytes is None or wd_files is None:
         return None
     return TaskDecl(tname, program, tuple(args), LogDecl(tag, color), memory, restart, limit, tuple(caps),
-                    config, tuple(connect), limits, wd_bytes, wd_files)
+                    config, tuple(connect), limits, wd_bytes, wd_files, restart_policy)
 
 
 def expanded_size(root: yaml.Node | None, limit: int) -> tuple[int, yaml.Node | None]:

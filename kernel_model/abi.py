@@ -150,6 +150,10 @@ class ThreadOp(enum.IntEnum):
 class GateOp(enum.IntEnum):
     BIND_THREAD = 0x10  #: MR[1] = label (low 2 bits must be 0), MR[2] = thread selector
     GET_INFOS = 0x11  #: reply label = the gate's label
+    #: model addition: the server is gone for good (its parent gave up on it, or it never bound):
+    #: every waiting and every future caller gets L4_IPC_ENOT_EXISTENT until a thread binds again.
+    #: Needs S, like BIND_THREAD (kernel_model/server_gone.py).
+    SERVER_GONE = 0x12
 
 
 class IrqOp(enum.IntEnum):

@@ -19,6 +19,7 @@ from capabilities.mapdb import Kind, Mapping
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IpcError,
                               IrqOp, LogOp, Proto, TaskOp, ThreadOp, UnmapMask, sel)
+from kernel_model import server_gone
 from kernel_model.events import Console, Rule
 from kernel_model.logs import LogBudget, LogStream, printable
 from kernel_model.objects import Budget, Debugger, Factory, IpcGate, Irq, Log, Task, Thread
@@ -306,6 +307,8 @@ def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
             sender.send_target = None
             k._send_to(sender, g.thread, g, sender.send_label, sender.send_via_s)
         return Reply(0)
+    if args[0] == GateOp.SERVER_GONE:
+        return _need(k, thread, cap, inv, CapRights.S, "gate.server_gone") or server_gone.close(k, g)
     return err(Err.ENOSYS)
 
 

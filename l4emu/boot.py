@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import signal
 import time
@@ -32,7 +33,7 @@ def boot_complete(sup: Supervisor) -> bool:
 def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, timeout_s: float | None = None,
                console: Console | None = None, est_ca: str | None = None, trace: bool = False,
                summary: bool = True, est_server=None, duration_s: float | None = None, live: bool | None = None,
-               json_summary: Path | None = None) -> int:
+               json_summary: Path | None = None, run_dir: Path | None = None, chaos: "ChaosOptions | None" = None) -> int:
     """Boot ``path`` and run it; the exit status as documented in the README.
 
     ``est_ca``: "HOST:PORT", or "" for the image's own EST endpoint; ``est_server``: a
@@ -40,6 +41,7 @@ def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, tim
     ``live``: the rich live view (None: only when the console is a terminal); otherwise plain lines.
     ``duration_s``: stop after this long as planned (0, or 1 if a ``run.until`` task failed);
     ``timeout_s``: stop after this long as a failure (124). ``json_summary``: the summary as data.
+    ``run_dir``: the tasks' work dirs (default var/run/IMAGE). ``chaos``: kill tasks at seeded points.
     """
     out = console or OutputConsole(highlight=False, soft_wrap=True)
     image = load_image(path, missing_ok=True).image  # an invalid image: ImageError before anything starts
@@ -52,7 +54,7 @@ def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, tim
             path = stack.enter_context(start_est(path, est_ca, est_server, sink))
         loaded = load_image(path)  # now every module must be there (the CA has made its trust anchor)
         return _boot(loaded, sink, out, dump_caps=dump_caps, confine=confine, timeout_s=timeout_s, trace=trace,
-                     summary=summary, duration_s=duration_s, json_summary=json_summary)
+                     summary=summary, duration_s=duration_s, json_summary=json_summary, run_dir=run_dir, chaos=chaos)
 
 
 @contextlib.contextmanager
@@ -74,13 +76,23 @@ class BootError(Exception):
     """Something around the boot (not the image) is wrong; nothing was started."""
 
 
+@dataclasses.dataclass(frozen=True)
+class ChaosOptions:
+    """``--chaos SEED``: kill tasks at seeded random points (l4emu/chaos.py)."""
+
+    seed: int
+    tasks: tuple[str, ...] = ()  #: empty: every task of the image (never Sigma0 or Moe unless named)
+    interval_s: float = 5.0  #: mean time between faults
+    first_s: float = 3.0  #: the first fault, after boot
+
+
 REFRESH_S = 0.25  #: live view refresh period
 SAMPLE_S = 0.5  #: without a live view: how often memory is sampled for the summary's peak
 
 
 def _boot(loaded: LoadedImage, sink: ViewSink, out: Console, *, dump_caps: bool, confine: bool,
           timeout_s: float | None, trace: bool, summary: bool, duration_s: float | None = None,
-          json_summary: Path | None = None) -> int:
+          json_summary: Path | None = None, run_dir: Path | None = None, chaos: ChaosOptions | None = None) -> int:
     from kernel_model.host.confinement import policy_for
     if not confine:
         Console(stderr=True, highlight=False).print(
@@ -93,22 +105,24 @@ def _boot(loaded: LoadedImage, sink: ViewSink, out: Console, *, dump_caps: bool,
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _run(loaded, sink, out, confine=confine, dump_caps=dump_caps, timeout_s=timeout_s, summary=summary,
-                    duration_s=duration_s, json_summary=json_summary)
+                    duration_s=duration_s, json_summary=json_summary, run_dir=run_dir, chaos=chaos)
     finally:
         for sig, handler in previous.items():  # a library call leaves the caller's handlers as they were
             signal.signal(sig, handler)
 
 
 def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, dump_caps: bool,
-         timeout_s: float | None, summary: bool, duration_s: float | None, json_summary: Path | None) -> int:
+         timeout_s: float | None, summary: bool, duration_s: float | None, json_summary: Path | None,
+         run_dir: Path | None = None, chaos: ChaosOptions | None = None) -> int:
     from kernel_model.host.confinement import policy_for
     from kernel_model.host.keystore_devices import keystore_devices
-    sup = Supervisor(loaded, sink, confinement=policy_for if confine else None)
+    sup = Supervisor(loaded, sink, confinement=policy_for if confine else None, run_dir=run_dir)
     with keystore_devices(loaded, sup.run_dir, sink.kernel, BootError), sup:  # TPM/HSM up first, down last
         sup.kernel.trace = True  # the view counts served IPCs from trace events; printed only with --trace
         sup.handle_signals()
         sup.on_exit = lambda task, code: snapshot(sup, sink)  # the exiting task's memory, for the peak
         started = time.monotonic()
+        monkey = _chaos(sup, sink, chaos, started) if chaos is not None else None
         sup.start()
         code = None
         try:
@@ -127,7 +141,11 @@ def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, du
                 if left is not None and left <= 0:
                     break
                 wait = left if slice_s is None else (slice_s if left is None else min(slice_s, left))
+                if monkey is not None and monkey.next_at() is not None:
+                    wait = max(0.0, min(wait, started + monkey.next_at() - time.monotonic()))
                 code = sup.run(timeout_s=wait)
+                if monkey is not None and code is None:
+                    monkey.tick()
                 if sink.live is not None:
                     sink.refresh()
                 else:
@@ -153,7 +171,22 @@ def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, du
                           soft_wrap=True)
             for line in service_lines(sink):
                 out.print(line, soft_wrap=True)
+            if monkey is not None:
+                out.print(f"chaos (seed {chaos.seed}): {monkey.injected} fault(s) injected, {monkey.recovered()} "
+                          f"recovered (a later incarnation started)", soft_wrap=True)
         if json_summary is not None:
             data = summary_data(sup, sink, code, time.monotonic() - started)
             atomic_write(Path(json_summary), (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
         return code
+
+
+def _chaos(sup: Supervisor, sink: ViewSink, options: ChaosOptions, started: float):
+    from l4emu.chaos import Chaos, schedule, targets_for
+    try:
+        targets = targets_for([t.name for t in sup.loaded.image.tasks], options.tasks)
+    except ValueError as exc:
+        raise BootError(str(exc)) from None
+    sink.kernel(f"chaos (seed {options.seed}): killing one of {', '.join(targets)} about every "
+                f"{options.interval_s:g} s, from {options.first_s:g} s after boot")
+    return Chaos(sup, schedule(options.seed, targets, first=options.first_s, mean_gap=options.interval_s),
+                 progress=lambda: time.monotonic() - started, say=sink.kernel)

@@ -25,10 +25,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise BootError(str(exc)) from None
     live = False if args.headless else None
+    from l4emu.boot import ChaosOptions
+    chaos = None if args.chaos is None else ChaosOptions(
+        args.chaos, tuple(t for t in (args.chaos_tasks or "").split(",") if t), args.chaos_interval)
     return boot_image(Path(args.image), dump_caps=args.dump_caps, confine=not args.no_confine,
                       timeout_s=args.timeout, est_ca=args.est_ca, trace=args.trace, est_server=est_server,
                       duration_s=args.duration, live=live,
-                      json_summary=Path(args.json_summary) if args.json_summary else None)
+                      json_summary=Path(args.json_summary) if args.json_summary else None,
+                      run_dir=Path(args.run_dir) if args.run_dir else None, chaos=chaos)
 
 
 def positive_seconds(text: str) -> float:
@@ -149,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--json-summary", metavar="FILE", default=None,
                       help="write the final summary (every task: pid, restarts, IPCs, denials, memory, exit "
                            "statuses; service metrics) as JSON to FILE, for CI")
+    boot.add_argument("--run-dir", metavar="DIR", default=None,
+                      help="the tasks' work directories (one per task; default var/run/IMAGE-NAME)")
+    boot.add_argument("--chaos", type=int, metavar="SEED", default=None,
+                      help="kill tasks (SIGKILL) at random points drawn from SEED, about every --chaos-interval "
+                           "seconds; the same seed gives the same schedule (docs/supervision.md)")
+    boot.add_argument("--chaos-tasks", metavar="A,B", default=None,
+                      help="with --chaos: the tasks to kill (default every task of the image; sigma0 and moe "
+                           "only when named here)")
+    boot.add_argument("--chaos-interval", type=positive_seconds, metavar="SECONDS", default=5.0,
+                      help="with --chaos: mean time between faults (default 5)")
     from hil.est_ca.binding import add_boot_options
     add_boot_options(boot)  # --est-ca [HOST:PORT], --est-server URL, --est-ta, --est-user, --est-password-file
     boot.set_defaults(func=cmd_boot)

@@ -16,7 +16,9 @@ Where the numbers come from (nothing here asks a task anything):
 - memory: bytes mapped into the task's space (``Kernel.db``) against the image's ``memory``
   quota (what Moe's allocator may charge it; shared dataspaces count as mapped, not charged);
 - service metrics: ``METRIC {json}`` lines a task writes to its log (the OEM gateway reports its
-  crypto requests by status, the device certificate's state and expiry, and its outbox).
+  crypto requests by status, the device certificate's state and expiry, and its outbox);
+- supervision (the ``restart`` column): Moe's ``METRIC {"supervision": ...}`` lines (state,
+  generation, restarts, next attempt; roottasks/moe/restarts.py), else the image's policy.
 """
 from __future__ import annotations
 
@@ -82,6 +84,7 @@ class TaskRow:
     exits: tuple[int, ...] = ()
     tag: str = ""
     color: str = "w"
+    supervision: str = ""  #: the restart column: policy, or Moe's live state (restarting in N s, gave up)
 
     def as_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()
@@ -101,6 +104,8 @@ class LiveSink(RecordingConsole):
         self.tail: deque[tuple[str, str]] = deque(maxlen=LOG_TAIL)  # (task, plain line)
         self.clock: Callable[[], float] = time.monotonic
         self.peak: dict[str, int] = {}
+        self.supervision: dict[str, dict] = {}  # task -> Moe's last supervision state for it
+        self.supervision_at = 0.0  # when it came (the clock's seconds): next attempts count from here
 
     def split(self, line: str) -> tuple[str, str]:
         """(task, text) of a Moe log line ``tag     | text``."""
@@ -118,6 +123,9 @@ class LiveSink(RecordingConsole):
                 payload = json.loads(original(text[len(METRIC_PREFIX):]))  # the kernel escaped it
             except ValueError:
                 payload = None
+            if isinstance(payload, dict) and task == "moe" and isinstance(payload.get("supervision"), dict):
+                self._supervision(payload["supervision"])
+                return
             if isinstance(payload, dict):
                 self.metrics[task] = payload
                 ops = _crypto_ops(payload)
@@ -128,6 +136,24 @@ class LiveSink(RecordingConsole):
         super().log_line(line)
         self.tail.append((task, strip_ansi(line)))
         self.on_line(line)
+
+    def _supervision(self, state: dict) -> None:
+        changed = {name: st for name, st in state.items()
+                   if isinstance(st, dict) and self.supervision.get(name) != st}
+        self.supervision = {name: st for name, st in state.items() if isinstance(st, dict)}
+        self.supervision_at = self.clock()
+        if self.show_trace:  # --trace: every change of Moe's supervision state, as a trace line
+            for name, st in changed.items():
+                text = f"supervision: {name} {supervision_text(st, 0.0, why=True)}, generation {st.get('generation')}, " \
+                       f"restarts {st.get('restarts')} ({st.get('policy')})"
+                super().trace(text)
+                self.on_trace(text)
+
+    def restart_cell(self, name: str, policy: str) -> str:
+        st = self.supervision.get(name)
+        if st is None:
+            return policy
+        return supervision_text(st, self.clock() - self.supervision_at)
 
     def trace(self, text: str) -> None:
         text = name_protocols(text)
@@ -162,6 +188,19 @@ class LiveSink(RecordingConsole):
         return (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
 
 
+def supervision_text(st: dict, since_s: float, *, why: bool = False) -> str:
+    """One task's supervision state in a few words: ``restarting in 0.4 s``, ``gave up: ...``, ``running``."""
+    state = str(st.get("state", "?"))
+    if state == "restarting" and isinstance(st.get("next_attempt_s"), (int, float)):
+        left = st["next_attempt_s"] - since_s
+        if left <= 0:
+            return "restarting now"
+        return f"restarting in {left:.1f} s" if left >= 1 else f"restarting in {left * 1000:.0f} ms"
+    if state == "gave up":
+        return f"gave up ({st.get('gave_up')})" if st.get("gave_up") and why else "gave up"
+    return state
+
+
 def _crypto_ops(payload: dict) -> int | None:
     crypto = payload.get("crypto")
     if isinstance(crypto, dict) and isinstance(crypto.get("ops"), int):
@@ -181,8 +220,9 @@ def snapshot(sup, sink: LiveSink) -> list[TaskRow]:
         denied[v.task] = denied.get(v.task, 0) + 1
     live = {p.task.name: p for p in sup.procs.values() if p.status is None}
     tasks_by_name = {}
-    for t in k.tasks.values():
-        if t.alive or t.name not in tasks_by_name:
+    for t in k.tasks.values():  # the live incarnation, else the latest one
+        best = tasks_by_name.get(t.name)
+        if best is None or (t.alive, getattr(t, "generation", 0)) >= (best.alive, getattr(best, "generation", 0)):
             tasks_by_name[t.name] = t
     rows = []
     decls = {t.name: t for t in image.tasks}
@@ -209,7 +249,8 @@ def snapshot(sup, sink: LiveSink) -> list[TaskRow]:
             ipcs=k.ipc_by_task.get(name, 0), served=sink.served.get(name, 0), denied=denied.get(name, 0),
             memory_used=used, memory_quota=decl.memory if decl else None, memory_peak=sink.peak[name],
             exits=tuple(ran),
-            tag=decl.log.tag if decl else name, color=decl.log.color if decl else "w"))
+            tag=decl.log.tag if decl else name, color=decl.log.color if decl else "w",
+            supervision=sink.restart_cell(name, decl.restart_policy.policy) if decl else "-"))
     return rows
 
 
@@ -222,7 +263,8 @@ def _size(n: int | None) -> str:
     return f"{n} B"
 
 
-TASK_COLUMNS = ("task", "state", "pid", "generation", "restarts", "IPCs made", "served", "denied", "memory / quota")
+TASK_COLUMNS = ("task", "state", "pid", "generation", "restarts", "restart", "IPCs made", "served", "denied",
+                "memory / quota")
 SUMMARY_COLUMNS = TASK_COLUMNS[:-1] + ("peak memory / quota",)
 RIGHT = ("pid", "generation", "restarts", "IPCs made", "served", "denied")
 
@@ -232,7 +274,8 @@ def task_cells(row: TaskRow, *, peak: bool = False) -> tuple[str, ...]:
     style = "green" if row.state == "running" else ("red" if row.exits and row.exits[-1] != 0 else "dim")
     gen = str(row.generation) if row.generation is not None else f"{row.restarts}*"
     return (f"[{_color(row.color)}]{escape(row.name)}[/]", f"[{style}]{escape(state)}[/]",
-            str(row.pid) if row.pid else "-", gen, str(row.restarts), str(row.ipcs), str(row.served),
+            str(row.pid) if row.pid else "-", gen, str(row.restarts), escape(row.supervision or "-"),
+            str(row.ipcs), str(row.served),
             f"[red]{row.denied}[/]" if row.denied else "0",
             f"{_size(row.memory_peak if peak else row.memory_used)} / {_size(row.memory_quota)}")
 

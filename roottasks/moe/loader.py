@@ -14,6 +14,7 @@ from capabilities.image import ObjectDecl, ObjectType, TaskDecl
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
 from roottasks.moe.objects import AllocatorObject, DataspaceObject, ParentObject
+from roottasks.moe.supervision import SupervisionState
 from kernel_model.wire import Item
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class TaskRecord:
         self.finished = False
         self.exit_code: int | None = None
         self.restarts = 0
+        self.supervision = SupervisionState()  # restarts, backoff, intensity window (roottasks.moe.restarts)
 
 
 def create_object(moe: "Moe", obj: ObjectDecl) -> int:
@@ -117,13 +119,5 @@ def child_exited(moe: "Moe", rec: TaskRecord, code: int, notice_from: ParentObje
         moe.delete_served(gate)
     rec.log = rec.parent = rec.alloc = 0
     rec.parent_obj = None
-    policy, limit = rec.decl.restart, rec.decl.restart_limit
-    again = (policy == "always" or (policy == "on-failure" and code != 0)) and rec.restarts < limit
-    how = "exited" if code < 128 else f"was killed by signal {code - 128}"
-    if again:
-        rec.restarts += 1
-        moe.say(f"{rec.name} {how} ({code}); restart {rec.restarts} of {limit}")
-        start(moe, rec)
-    else:
-        moe.say(f"{rec.name} {how} with status {code}")
-        rec.finished = True
+    from roottasks.moe import restarts
+    restarts.exited(moe, rec, code)  # restart now, later (backoff), or never (its gates are then closed)

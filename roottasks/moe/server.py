@@ -5,7 +5,7 @@ from capabilities.image import Image, ObjectType, parse_image
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (KERNEL_LABEL, DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp,
                               UnmapMask, sel)
-from roottasks.moe import loader
+from roottasks.moe import loader, restarts
 from roottasks.moe.objects import Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served
 from kernel_model.wire import ItemKind
 
@@ -140,19 +140,23 @@ class Moe:
             self.done_code = 0 if all(r.exit_code == 0 for r in records) else 1
             self.say(f"all of {', '.join(until)} finished; system exit status {self.done_code}")
 
+    def _wait(self):
+        return self.env.wait(restarts.wait_timeout_us(self))
+
     def run(self) -> int:
         self.boot()
         msg = None
         while self.done_code is None:
+            restarts.restart_due(self)  # backoff timers: the wait below ends when the next one is due
             if msg is None or not msg.ok:
-                msg = self.env.wait()
+                msg = self._wait()
                 continue
             if msg.label & KERNEL_LABEL:  # a kernel notice: no task can send one
                 obj = self.objects.get(msg.label & ~KERNEL_LABEL & ~3)
                 if isinstance(obj, ParentObject):
                     obj.kernel_notice(msg)
                 self._check_done()
-                msg = self.env.wait() if self.done_code is None else None
+                msg = self._wait() if self.done_code is None else None
                 continue
             obj = self.objects.get(msg.label & ~3)
             if obj is None:
@@ -165,9 +169,10 @@ class Moe:
                     self.env.reply(resp.status, *resp.words, blob=resp.blob, items=resp.items)
                 break
             if resp is None:
-                msg = self.env.wait()
+                msg = self._wait()
             else:
-                msg = self.env.reply_and_wait(resp.status, *resp.words, blob=resp.blob, items=resp.items)
+                msg = self.env.reply_and_wait(resp.status, *resp.words, blob=resp.blob, items=resp.items,
+                                              timeout_us=restarts.wait_timeout_us(self))
         return self.done_code
 
 
