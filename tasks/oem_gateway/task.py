@@ -21,6 +21,7 @@ import hashlib
 
 from tasks.crypto_service.client import CryptoClient
 from tasks.crypto_service.protocol import KeyType
+from tasks.oem_gateway.patience import patient
 from tasks.runtime.shm import ShmClient
 
 
@@ -28,8 +29,11 @@ def crypto_client(env) -> CryptoClient:
     from tasks.oem_gateway.sealer import CountingClient
     caps = env.config.get("crypto", {"gate": "crypto", "shm": "crypto_shm"})
     shm = ShmClient(env, env.cap(caps["gate"]), env.cap(caps["shm"]), timeout_us=60_000_000)
-    # backoff on RATE_LIMITED sleeps in the kernel (a receive timeout), not in Python
-    return CountingClient(shm.transact, sleep=lambda s: env.sleep(int(s * 1_000_000)))
+    # backoff (on RATE_LIMITED, and while the service restarts) sleeps in the kernel (a receive timeout)
+    def sleep(seconds: float) -> None:
+        env.sleep(int(seconds * 1_000_000))
+
+    return CountingClient(patient(shm.transact, sleep, log=env.log), sleep=sleep)
 
 
 def key_of_type(crypto: CryptoClient, existing: dict, key_type: KeyType) -> int:
