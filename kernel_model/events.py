@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from kernel_model.bootrecord import BootRecord
 from kernel_model.objects import Memory, Task
 from kernel_model.wire import Result
 
@@ -65,7 +66,7 @@ class Spawn:
     """Start the task's process; its first frame is the boot record."""
 
     task: Task
-    record: dict
+    record: BootRecord
     memory: tuple[Memory, ...] = ()  # boot memory (read-only), passed with the boot frame in record order
 
 

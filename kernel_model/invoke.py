@@ -10,8 +10,6 @@ violation naming the rule.
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import struct
 from typing import TYPE_CHECKING
 
@@ -19,6 +17,7 @@ from capabilities.mapdb import Kind, Mapping
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IpcError,
                               IrqOp, LogOp, Proto, TaskOp, ThreadOp, UnmapMask, sel)
+from kernel_model.bootrecord import BootRecord, BootRecordError
 from kernel_model.events import Console, Rule
 from kernel_model.logs import LogBudget, LogStream, printable
 from kernel_model.objects import Budget, Debugger, Factory, IpcGate, Irq, Log, Task, Thread
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from kernel_model.kernel import Kernel
 
 FULL = CapRights.parse("svr")
-HOST_KEYS = ("confine", "workdir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,16 +226,12 @@ def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Rep
         if task_ is None or task_.started or not task_.alive:
             return err(Err.EBUSY)
         try:
-            record = json.loads(inv.data[8:].rstrip(b"\0").decode())
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return _bad_record(k, caller, inv, "the boot record is not JSON")
-        problem = _check_record(record)
-        if problem:
-            return _bad_record(k, caller, inv, problem)
-        record["root"] = False  # only the kernel starts root tasks (Sigma0, Moe)
-        for key in HOST_KEYS:  # confinement and the work directory are the kernel host's decision
-            record.pop(key, None)
-        name = str(record.get("name") or task_.name)
+            record = BootRecord.from_task(inv.data[8:].rstrip(b"\0"))
+        except BootRecordError as exc:
+            k._deny(caller, inv.dest, "thread.ex_regs", Rule.BAD_ARGUMENT, "-L4_EINVAL", str(exc))
+            return err(Err.EINVAL)
+        # only the kernel starts root tasks (Sigma0, Moe); the host adds confinement and the work directory
+        name = record.name or task_.name
         live = next((t for t in k.tasks.values() if t is not task_ and t.name == name and t.alive and t.started), None)
         if live is not None:  # at most one live incarnation per task, ever
             k._deny(caller, inv.dest, "thread.ex_regs", Rule.ONE_INCARNATION, "-L4_EBUSY",
@@ -245,34 +239,10 @@ def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Rep
             return err(Err.EBUSY)
         task_.name = name
         task_.generation = k.next_generation(name)
-        record["generation"] = task_.generation
+        record = dataclasses.replace(record, name=name, generation=task_.generation)
         k._start(task_, record)
         return Reply(0)
     return err(Err.ENOSYS)
-
-
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_PROGRAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-
-
-def _check_record(record) -> str:
-    """What is wrong with a boot record a task hands the kernel ('' if nothing): the host uses the name
-    for the work directory and the program as a module name, so both are checked here."""
-    if not isinstance(record, dict):
-        return "the boot record is not a JSON object"
-    program, name = record.get("program"), record.get("name")
-    if not isinstance(program, str) or not _PROGRAM.fullmatch(program) or len(program) > 128:
-        return "the boot record's program is not a module name"
-    if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
-        return "the boot record's name is not [A-Za-z0-9_.-], at most 64 characters"
-    if not isinstance(record.get("args", []), list) or not isinstance(record.get("caps", {}), dict):
-        return "the boot record's args must be a list and caps an object"
-    return ""
-
-
-def _bad_record(k: "Kernel", caller: Thread, inv: Invocation, detail: str) -> Reply:
-    k._deny(caller, inv.dest, "thread.ex_regs", Rule.BAD_ARGUMENT, "-L4_EINVAL", detail)
-    return err(Err.EINVAL)
 
 
 # ---------------------------------------------------------------------- gate

@@ -37,6 +37,7 @@ import struct
 from capabilities.mapdb import Kind, Mapping, MappingDb
 from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_rights, derive_mem_rights
 from kernel_model import invoke
+from kernel_model.bootrecord import BootModule, BootRecord, RamRegion
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, PAGE_SIZE, TIMEOUT_ABSOLUTE, EnvSlot, Err,
                               IpcError, IpcFlags, MsgTag, Proto, sel, timeout_to_us)
 from kernel_model.events import (Console, Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
@@ -109,12 +110,11 @@ class Kernel:
             self.db.insert_root(moe.space, Kind.MEMORY, addr, mem, MemRights.R | MemRights.X, size=size)
             self._effects.append(MemoryCreated(mem))
             boot_memory.append(mem)
-            mods.append({"name": name, "address": addr, "size": len(content), "mapped": size})
+            mods.append(BootModule(name, addr, len(content), size))
             addr += size + PAGE_SIZE
-        self._start(sigma0, {"program": "roottasks.sigma0", "name": "sigma0", "args": [],
-                             "ram": {"base": RAM_BASE, "size": ram}, "root": True})
-        self._start(moe, {"program": "roottasks.moe", "name": "moe", "args": list(moe_args or []),
-                          "modules": mods, "root": True}, tuple(boot_memory))
+        self._start(sigma0, BootRecord("roottasks.sigma0", "sigma0", root=True, ram=RamRegion(RAM_BASE, ram)))
+        self._start(moe, BootRecord("roottasks.moe", "moe", tuple(moe_args or ()), root=True, modules=tuple(mods)),
+                    tuple(boot_memory))
         return self._take()
 
     def _new_root_task(self, name: str) -> tuple[Task, Thread]:
@@ -128,7 +128,7 @@ class Kernel:
                                 CapRights.R | CapRights.W | CapRights.S | CapRights.D)
         return task, thread
 
-    def _start(self, task: Task, record: dict, memory: tuple[Memory, ...] = ()) -> None:
+    def _start(self, task: Task, record: BootRecord, memory: tuple[Memory, ...] = ()) -> None:
         task.started = True
         self._effects.append(Spawn(task, record, memory))
 

@@ -7,13 +7,13 @@ with its initial stack (the boot record: program, args, cap names -> selectors).
 """
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 from capabilities.image import ObjectDecl, ObjectType, TaskDecl
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
 from roottasks.moe.objects import AllocatorObject, DataspaceObject, ParentObject
+from kernel_model.bootrecord import BootRecord
 from kernel_model.wire import Item
 
 if TYPE_CHECKING:
@@ -82,17 +82,12 @@ def start(moe: "Moe", rec: TaskRecord) -> None:
     for slot, source, rights in mapping:
         moe.env.call(rec.task, Proto.TASK, TaskOp.MAP, items=[Item.obj(source, rights, dest=sel(slot))]).check(
             f"map into {decl.name}")
-    record = {
-        "program": decl.program,
-        "name": decl.name,
-        "args": list(decl.args),
-        "caps": names,
-        "first_free": EnvSlot.FIRST_NAMED + len(decl.caps) + 16,
-        "config": decl.config if decl.config is not None else {},
-        "network": list(decl.connect),
-    }
-    status = moe.env.call(rec.thread, Proto.THREAD, ThreadOp.EX_REGS,
-                          blob=json.dumps(record, separators=(",", ":")).encode()).status
+    # the task's part of its boot record; the kernel adds its own, the host the network endpoints
+    # (the image's network.connect), the work directory and the confinement
+    record = BootRecord(decl.program, decl.name, tuple(decl.args), names,
+                        first_free=EnvSlot.FIRST_NAMED + len(decl.caps) + 16,
+                        config=decl.config if decl.config is not None else {})
+    status = moe.env.call(rec.thread, Proto.THREAD, ThreadOp.EX_REGS, blob=record.encode()).status
     if status < 0:
         raise RuntimeError(f"cannot start {decl.name}: {status}")
     rec.running = True
