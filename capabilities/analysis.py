@@ -477,7 +477,7 @@ class Severity(enum.IntEnum):
     ERROR = 2  #: fail-open: a task can take over or break someone else's channel; check exits 1
 
 
-class Rule(enum.Enum):
+class LintRule(enum.Enum):
     """Lint rules on the *declared* caps: (id, severity, what it means)."""
 
     GATE_TWO_SERVERS = ("gate-two-servers", Severity.ERROR, "two tasks can bind one gate; the last bind gets the calls")
@@ -503,7 +503,7 @@ class Rule(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    rule: Rule
+    rule: LintRule
     severity: Severity
     task: str | None  #: where to look: the task whose cap is at fault (None: the object itself)
     cap: str | None  #: that task's cap name
@@ -527,19 +527,19 @@ def lint(image: Image) -> list[Finding]:
         for c in t.caps:
             holders[c.object].append((t.name, c.name, c.rights))
 
-    def add(rule: Rule, who: tuple[str, str, CapRights] | None, obj: str, message: str) -> None:
+    def add(rule: LintRule, who: tuple[str, str, CapRights] | None, obj: str, message: str) -> None:
         found.append(Finding(rule, rule.severity, who[0] if who else None, who[1] if who else None, obj, message))
 
     for obj, hs in holders.items():
         otype, tasks = types[obj], list(dict.fromkeys(h[0] for h in hs))
         if not hs:
             if obj not in BUILTIN_OBJECTS:
-                add(Rule.OBJECT_UNHELD, None, obj, f"{otype} {obj!r} is declared but no task holds a cap to it")
+                add(LintRule.OBJECT_UNHELD, None, obj, f"{otype} {obj!r} is declared but no task holds a cap to it")
             continue
         owners = [h for h in hs if h[2].covers(BIND if otype == ObjectType.GATE else CapRights.S)]
         owner_tasks = list(dict.fromkeys(h[0] for h in owners))
         if otype in (ObjectType.GATE, ObjectType.IRQ) and len(owner_tasks) > 1:
-            rule = Rule.GATE_TWO_SERVERS if otype == ObjectType.GATE else Rule.IRQ_TWO_BINDERS
+            rule = LintRule.GATE_TWO_SERVERS if otype == ObjectType.GATE else LintRule.IRQ_TWO_BINDERS
             for h in owners:
                 if h[0] != owner_tasks[0]:
                     add(rule, h, obj, f"{h[0]} can bind {otype} {obj!r} as {owner_tasks[0]} can: "
@@ -547,51 +547,51 @@ def lint(image: Image) -> list[Finding]:
         for h in hs:
             if len(tasks) > 1 and CapRights.D in h[2] and (h[0] not in owner_tasks or otype not in
                                                             (ObjectType.GATE, ObjectType.IRQ)):
-                add(Rule.SHARED_DELETE, h, obj, f"d lets {h[0]} delete {otype} {obj!r} under "
+                add(LintRule.SHARED_DELETE, h, obj, f"d lets {h[0]} delete {otype} {obj!r} under "
                                                 f"{', '.join(t for t in tasks if t != h[0])}")
         if otype == ObjectType.GATE:
             for h in hs:
                 if CapRights.SVR in h[2] and CapRights.S not in h[2]:
-                    add(Rule.SVR_CANNOT_BIND, h, obj, f"{h[0]} holds c on gate {obj!r} without s: it can never bind "
+                    add(LintRule.SVR_CANNOT_BIND, h, obj, f"{h[0]} holds c on gate {obj!r} without s: it can never bind "
                                                       f"it, and c is server authority a client must not have")
                 elif CapRights.SVR not in h[2] and CapRights.S in h[2]:
-                    add(Rule.CLIENT_S, h, obj, f"client {h[0]} holds s on gate {obj!r}: its label shows S and the "
+                    add(LintRule.CLIENT_S, h, obj, f"client {h[0]} holds s on gate {obj!r}: its label shows S and the "
                                                f"caps it sends to the server keep S; give it rw")
             if not owners:
-                add(Rule.GATE_NO_SERVER, hs[0], obj, f"no task can bind gate {obj!r} (needs c and s): "
+                add(LintRule.GATE_NO_SERVER, hs[0], obj, f"no task can bind gate {obj!r} (needs c and s): "
                                                      f"calls from {', '.join(tasks)} block until they time out")
             elif tasks == owner_tasks[:1]:
-                add(Rule.GATE_NO_CLIENT, owners[0], obj, f"only {tasks[0]} holds gate {obj!r}: nobody calls it")
+                add(LintRule.GATE_NO_CLIENT, owners[0], obj, f"only {tasks[0]} holds gate {obj!r}: nobody calls it")
         elif otype == ObjectType.IRQ:
             if not owners:
-                add(Rule.IRQ_NO_BINDER, hs[0], obj, f"no task can bind IRQ {obj!r} (needs s): "
+                add(LintRule.IRQ_NO_BINDER, hs[0], obj, f"no task can bind IRQ {obj!r} (needs s): "
                                                     f"triggers from {', '.join(tasks)} go nowhere")
             elif tasks == owner_tasks[:1]:
-                add(Rule.IRQ_NO_TRIGGER, owners[0], obj, f"only its binder {tasks[0]} holds IRQ {obj!r}")
+                add(LintRule.IRQ_NO_TRIGGER, owners[0], obj, f"only its binder {tasks[0]} holds IRQ {obj!r}")
             for h in hs:
                 if CapRights.W in h[2]:
-                    add(Rule.IRQ_WRITE, h, obj, f"w on IRQ {obj!r} grants {h[0]} nothing (trigger needs only the "
+                    add(LintRule.IRQ_WRITE, h, obj, f"w on IRQ {obj!r} grants {h[0]} nothing (trigger needs only the "
                                                 f"cap, bind needs s)")
         elif otype == ObjectType.DATASPACE:
             writers = [h for h in hs if CapRights.W in h[2]]
             if len(tasks) == 1:
-                add(Rule.DS_UNSHARED, hs[0], obj, f"only {tasks[0]} holds dataspace {obj!r}")
+                add(LintRule.DS_UNSHARED, hs[0], obj, f"only {tasks[0]} holds dataspace {obj!r}")
             elif not writers:
-                add(Rule.DS_NO_WRITER, hs[0], obj, f"nobody can write dataspace {obj!r}: {', '.join(tasks)} "
+                add(LintRule.DS_NO_WRITER, hs[0], obj, f"nobody can write dataspace {obj!r}: {', '.join(tasks)} "
                                                    f"read only zeros")
             elif set(tasks) == {h[0] for h in writers}:
-                add(Rule.DS_ALL_WRITERS, hs[0], obj, f"every holder of dataspace {obj!r} can write it "
+                add(LintRule.DS_ALL_WRITERS, hs[0], obj, f"every holder of dataspace {obj!r} can write it "
                                                      f"({', '.join(tasks)}); map r where a task only reads")
         elif otype == ObjectType.NAMESPACE:
             for h in hs:
                 if CapRights.W in h[2]:
-                    add(Rule.ROM_WRITE, h, obj, f"{h[0]} holds w on the read-only rom namespace")
+                    add(LintRule.ROM_WRITE, h, obj, f"{h[0]} holds w on the read-only rom namespace")
         elif otype == ObjectType.FACTORY:
             for h in hs:
                 if CapRights.S not in h[2]:
-                    add(Rule.FACTORY_NO_CREATE, h, obj, f"{h[0]}'s cap to factory {obj!r} lacks s: it can "
+                    add(LintRule.FACTORY_NO_CREATE, h, obj, f"{h[0]}'s cap to factory {obj!r} lacks s: it can "
                                                         f"create nothing")
     order = {t.name: i for i, t in enumerate(image.tasks)}
-    rules = list(Rule)
+    rules = list(LintRule)
     return sorted(found, key=lambda f: (-f.severity, rules.index(f.rule), order.get(f.task or "", -1),
                                         f.cap or "", f.object))

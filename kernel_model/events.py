@@ -76,7 +76,7 @@ class Kill:
 
 
 @dataclasses.dataclass(frozen=True)
-class Console:
+class ConsoleLine:
     """One complete log line: ``text`` is already escaped (``kernel_model.logs.printable``); the host
     prints ``tag`` itself, so text can never pose as another task's line. ``notice``: said by the
     kernel about this log (e.g. lines dropped), not written by the task."""
@@ -130,4 +130,4 @@ class Denied:
     violation: Violation
 
 
-Effect = Deliver | Spawn | Kill | Console | MemoryCreated | Revoked | MemoryRetired | Remapped | Traced | Denied
+Effect = Deliver | Spawn | Kill | ConsoleLine | MemoryCreated | Revoked | MemoryRetired | Remapped | Traced | Denied

@@ -18,9 +18,9 @@ from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IpcError,
                               IrqOp, LogOp, Proto, TaskOp, ThreadOp, UnmapMask, sel)
 from kernel_model.bootrecord import BootRecord, BootRecordError
-from kernel_model.events import Console, Rule
+from kernel_model.events import ConsoleLine, Rule
 from kernel_model.logs import LogBudget, LogStream, printable
-from kernel_model.objects import Budget, Debugger, Factory, IpcGate, Irq, Log, Task, Thread
+from kernel_model.objects import Budget, Debugger, Factory, IpcGate, Irq, KernelLog, Task, Thread
 from kernel_model.wire import Invocation, ItemKind, RecvItem
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def err(code: Err) -> Reply:
     return Reply(-int(code))
 
 
-def words(inv: Invocation, n: int) -> tuple[int, ...] | None:
+def read_words(inv: Invocation, n: int) -> tuple[int, ...] | None:
     """The first ``n`` message registers as unsigned words, or None if the message is shorter."""
     if len(inv.data) < 8 * n:
         return None
@@ -54,7 +54,7 @@ PROTOCOLS = {
     IpcGate: (Proto.KOBJECT,),
     Irq: (Proto.IRQ, Proto.IRQ_SENDER),
     Factory: (Proto.FACTORY,),
-    Log: (Proto.LOG,),
+    KernelLog: (Proto.LOG,),
     Debugger: (Proto.DEBUGGER,),
 }
 
@@ -91,14 +91,14 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
     fab: Factory = cap.obj
     if (denied := _need(k, thread, cap, inv, CapRights.S, "factory.create")):
         return denied
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     what = _signed(args[0])
     if inv.rcv_obj == INVALID_CAP or inv.rcv_obj & 0x800:
         return err(Err.EINVAL)
     dest = inv.rcv_obj >> L4_CAP_SHIFT
-    extra = (words(inv, min(len(inv.data) // 8, 4)) or ()) + (0, 0, 0, 0)
+    extra = (read_words(inv, min(len(inv.data) // 8, 4)) or ()) + (0, 0, 0, 0)
     if what == FactoryOp.FACTORY:
         cost = 1 + extra[1]
     else:
@@ -133,7 +133,7 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
             return err(Err.EPERM)
         color = chr(extra[1]) if 0 < extra[1] < 0x80 and chr(extra[1]).lower() in "nrgybmcw" else "w"
         tag = printable(inv.data[32:].rstrip(b"\0").decode("utf-8", "replace"))[:8]
-        obj = Log(tag=tag or "?", color=color, budget=LogBudget(extra[2], extra[3]))
+        obj = KernelLog(tag=tag or "?", color=color, budget=LogBudget(extra[2], extra[3]))
     else:
         return err(Err.ENOSYS)
     fab.used += cost
@@ -145,7 +145,7 @@ def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply
 # ---------------------------------------------------------------------- task
 def task(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     target: Task = cap.obj
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     op = args[0]
@@ -161,19 +161,19 @@ def task(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
             return err(Err.ENOMEM if tr.error[1] is IpcError.REMAPFAILED and tr.budget else Err.EINVAL)
         return Reply(0)
     if op == TaskOp.UNMAP:
-        a = words(inv, 6)
+        a = read_words(inv, 6)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         _, mask, kind, index, size, rights = a
         return _unmap(k, target, mask, kind, index, size, rights)
     if op == TaskOp.CAP_INFO:
-        a = words(inv, 2)
+        a = read_words(inv, 2)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         node = k.lookup(target, a[1])
         return Reply(1 if node is not None and node.obj.alive else 0)
     if op == TaskOp.RELEASE_CAP:
-        a = words(inv, 2)
+        a = read_words(inv, 2)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         node = k.lookup(target, a[1])
@@ -214,7 +214,7 @@ def _unmap(k: "Kernel", target: Task, mask: int, kind: int, index: int, size: in
 # -------------------------------------------------------------------- thread
 def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Reply:
     target: Thread = cap.obj
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     if args[0] == ThreadOp.CONTROL:
@@ -248,13 +248,13 @@ def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Rep
 # ---------------------------------------------------------------------- gate
 def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     g: IpcGate = cap.obj  # only reached with the SVR right (else the message goes to the server)
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     if args[0] == GateOp.GET_INFOS:  # the label is a full word: MR[0], not the (48-bit) tag label
         return Reply(0, data=struct.pack("<Q", g.label))
     if args[0] == GateOp.BIND_THREAD:
-        a = words(inv, 3)
+        a = read_words(inv, 3)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         label, tsel = a[1], a[2]
@@ -282,7 +282,7 @@ def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
 # ----------------------------------------------------------------------- irq
 def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     q: Irq = cap.obj
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     op = args[0]
@@ -292,7 +292,7 @@ def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     if inv.tag.label == Proto.IRQ and op == IrqOp.UNMASK:
         return Reply(0)
     if inv.tag.label == Proto.IRQ_SENDER and op == IrqOp.BIND:
-        a = words(inv, 3)
+        a = read_words(inv, 3)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         tcap = _own_cap(k, thread, a[2], Thread)
@@ -315,10 +315,10 @@ def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
 
 # ------------------------------------------------------------- log, debugger
 def log(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
-    args = words(inv, 2)
+    args = read_words(inv, 2)
     if args is None or args[0] != LogOp.WRITE:
         return err(Err.ENOSYS)
-    lg: Log = cap.obj
+    lg: KernelLog = cap.obj
     writer = thread.task
     stream = lg.streams.get(writer.id)
     if stream is None:
@@ -327,8 +327,8 @@ def log(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     before = stream.dropped
     lines, notice, first_drop = stream.write(inv.data[16:16 + args[1]], k.now)
     if notice:
-        k._effects.append(Console(notice, tag, lg.color, notice=True))
-    k._effects.extend(Console(line, tag, lg.color) for line in lines)
+        k._effects.append(ConsoleLine(notice, tag, lg.color, notice=True))
+    k._effects.extend(ConsoleLine(line, tag, lg.color) for line in lines)
     if stream.dropped:
         k.log_drops[id(stream)] = (stream, tag, lg.color)
     if first_drop:
@@ -339,7 +339,7 @@ def log(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
 
 
 def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
-    a = words(inv, 2)
+    a = read_words(inv, 2)
     if a is None:
         return err(Err.EMSGTOOSHORT)
     if a[0] == DebuggerOp.SET_OBJECT_NAME:
@@ -361,4 +361,4 @@ def _signed(word: int) -> int:
     return word - (1 << 64) if word >= 1 << 63 else word
 
 
-HANDLERS = {Factory: factory, Task: task, Thread: thread_op, IpcGate: gate, Irq: irq, Log: log, Debugger: debugger}
+HANDLERS = {Factory: factory, Task: task, Thread: thread_op, IpcGate: gate, Irq: irq, KernelLog: log, Debugger: debugger}

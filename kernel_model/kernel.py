@@ -40,9 +40,9 @@ from kernel_model import invoke
 from kernel_model.bootrecord import BootModule, BootRecord, RamRegion
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, PAGE_SIZE, TIMEOUT_ABSOLUTE, EnvSlot, Err,
                               IpcError, IpcFlags, MsgTag, Proto, sel, timeout_to_us)
-from kernel_model.events import (Console, Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
+from kernel_model.events import (ConsoleLine, Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
                                  Revoked, Rule, Spawn, Traced, Violation)
-from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, Log, Memory, Task,
+from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, KernelLog, Memory, Task,
                                   Thread, ThreadState)
 from kernel_model.wire import Invocation, ItemKind, RecvItem, Result, WireError, decode_invocation
 
@@ -72,7 +72,7 @@ class Kernel:
         self.db = MappingDb()
         self.tasks: dict[int, Task] = {}
         self.root_factory = Factory(name="factory", quota=object_quota)
-        self.console = Log(name="kernel-log")
+        self.console = KernelLog(name="kernel-log")
         self.debugger = Debugger(name="jdb")
         self.violations: list[Violation] = []
         self.ram_size = 0
@@ -204,7 +204,7 @@ class Kernel:
                 notice = stream.roll(now)
                 del self.log_drops[key]
                 if notice:
-                    self._effects.append(Console(notice, tag, color, notice=True))
+                    self._effects.append(ConsoleLine(notice, tag, color, notice=True))
 
     # ------------------------------------------------------------- budgets
     def cap_budget_refusal(self, task: Task, slot: int, selector: int, op: str) -> Err | None:

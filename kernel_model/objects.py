@@ -136,7 +136,7 @@ class Factory(KObject):
 
 
 @dataclasses.dataclass(eq=False)
-class Log(KObject):
+class KernelLog(KObject):
     """A log (Vcon): each line goes to the console under ``tag`` (the writer's task name if empty)."""
 
     tag: str = ""

@@ -29,7 +29,7 @@ from typing import Callable
 from capabilities.image import TaskDecl
 from kernel_model.abi import CHANNEL_FD, MAX_FRAME
 from kernel_model.bootrecord import FAULT_MAGIC, BootRecord, ConfinementPolicy
-from kernel_model.events import (Console, Deliver, Denied, Kill, MemoryCreated, MemoryRetired, Remapped, Revoked,
+from kernel_model.events import (ConsoleLine, Deliver, Denied, Kill, MemoryCreated, MemoryRetired, Remapped, Revoked,
                                  Spawn, Traced)
 from kernel_model.host.console import ConsoleSink, tagged_line
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
@@ -269,7 +269,7 @@ class Supervisor:
                         signal.pidfd_send_signal(proc.pidfd, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-            elif isinstance(eff, Console):
+            elif isinstance(eff, ConsoleLine):
                 self.console.log_line(tagged_line(eff.tag, eff.color, eff.text, notice=eff.notice))
             elif isinstance(eff, MemoryCreated):
                 self._create_memory(eff.memory)
