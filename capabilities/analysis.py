@@ -1,20 +1,22 @@
 """Static analysis of a system image before boot: reach, authority closure, information flow, lint.
 
-capDL-tool's ``--analysis`` (capability-systems.md §1b "STCC") done for the L4Re model of
-l4re.md §8: direct edges from the declared caps, a take-grant saturation of what every task
-could ever obtain (catalogue case V24), the transitive information-flow closure, and lint
-findings for fail-open declarations (V23). Pure: an ``Image`` in, values out.
+capDL-tool's ``--analysis`` (https://github.com/seL4/capdl, capDL-tool) done for L4Re's
+authority model (a task reaches exactly what its Ned-declared capabilities name,
+https://l4re.org/doc/l4re_servers_ned.html): direct edges from the declared caps, a take-grant
+saturation of what every task could ever obtain (docs/violations.md, case V24), the transitive
+information-flow closure, and lint findings for fail-open declarations (V23). Pure: an ``Image``
+in, values out.
 
 Rules (what kernel_model/kernel.py and invoke.py enforce; the analysis must agree):
 
 1. **Gate.** A task whose cap to gate G has c (SVR) *and* s can bind G: c routes its
    Kobject protocol to the gate, and ``gate.bind`` needs S. It is a *server* of G and receives
    every call through G. Every holder (servers too) is a *client*: its calls go to the bound
-   server. c without s only reads the label (l4re.md §8.3).
+   server. c without s only reads the label (L4Re IPC gate, https://l4re.org/doc/group__l4__kernel__object__gate__api.html).
 2. **Typed items.** A call carries caps client -> server, the reply server -> client. A cap is
    sent only by a task holding it; the receiver gets ``held ∩ requested``
    (``derive_cap_rights``; rights only shrink). S survives a call only if the client's gate cap
-   has S (l4re.md §3). On a reply S survives only if the *caller's* cap had S, as in Fiasco
+   has S (L4Re flexpage rights, https://l4re.org/doc/group__l4__fpage__api.html). On a reply S survives only if the *caller's* cap had S, as in Fiasco
    (``set_caller(this, rights)`` stores the W/S bits of the cap the caller used, and
    ``Obj_cap::deref`` of the reply cap returns ``caller_rights()``; fiasco thread-ipc.cpp,
    thread_object.cpp, receiver.cpp) and in ``Kernel._reply``. ``reply_s_from_caller=False``

@@ -1,4 +1,4 @@
-"""The capability graph of an image as Graphviz DOT text (capDL's ``--dot``, capability-systems.md §1e).
+"""The capability graph of an image as Graphviz DOT text (capDL-tool's ``--dot``, https://github.com/seL4/capdl).
 
 Tasks are boxes; objects have one shape and colour per type (gate, irq, dataspace, factory,
 Moe's rom namespace). Each declared cap is an edge labelled with its name and rights, pointing

@@ -2,11 +2,12 @@
 
 Every capability slot and every memory mapping is a ``Mapping`` node. A node
 made by ``map`` is a *child* of the node it was mapped from; ``grant`` moves a
-node (the receiver's node takes the sender's place in the tree, l4re.md §3);
+node (the receiver's node takes the sender's place in the tree, as L4_MAP_ITEM_GRANT does:
+https://l4re.org/doc/group__l4__msgitem__api.html);
 ``unmap`` revokes recursively. Fiasco keeps object caps flat and only memory
 hierarchical; this model keeps a derivation tree for both, so revoking a cap
-you handed out also revokes what the receiver handed on (capability-systems.md
-V8, the seL4 CDT semantics the project asks for). ``MappingDb`` is pure: it
+you handed out also revokes what the receiver handed on (docs/violations.md V8; the
+capability derivation tree of the seL4 Reference Manual, https://sel4.systems/Info/Docs/seL4-manual-latest.pdf). ``MappingDb`` is pure: it
 knows nothing about processes or fds.
 
 Invariants:

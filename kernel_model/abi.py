@@ -1,7 +1,7 @@
 """The kernel ABI shared by the kernel and every task: numbers with L4's real values.
 
-Sources: l4sys/include/{consts.h,types.h,err.h,ipc.h,__timeout.h} as summarised in
-shared/reference/l4re.md (§2, §4 and the quick reference card). Where this
+Sources: l4sys/include/{consts.h,types.h,err.h,ipc.h,__timeout.h} of L4Re
+(https://github.com/kernkonzept/l4re-core, documented at https://l4re.org/doc/group__l4__api.html). Where this
 model adds an operation L4 does not have, the number says so in its docstring.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ and returns the effects (``events``) the host must carry out: results to
 deliver, processes to start or kill, console output. Time is passed in (µs);
 ``expire(now)`` fires timeouts. Nothing here does I/O.
 
-IPC follows L4 (shared/reference/l4re.md §4): a rendezvous with no kernel
+IPC follows L4 (https://l4re.org/doc/group__l4__ipc__api.html): a rendezvous with no kernel
 buffering, an optional send phase and an optional receive phase, each with its
 own timeout; a call's receive phase waits only for the callee's reply; the
 callee holds an implicit single-use reply capability. A message sent through
@@ -712,7 +712,8 @@ class Kernel:
         the ``Remapped`` notice before the result: so the copy is consistent and no
         holder loses a write. A holder running user code delays the retirement until
         it enters the kernel; until then results for holders are held back (``_take``),
-        so revocation has completed when the revoker's unmap returns (l4re.md §3).
+        so revocation has completed when the revoker's unmap returns (l4_task_unmap,
+        https://l4re.org/doc/group__l4__task__api.html).
         Ordered before the other effects, so notices reach tasks before their results.
         """
         effects: list[Effect] = []
