@@ -31,19 +31,21 @@ Errors:
 """
 from __future__ import annotations
 
-import dataclasses
 import struct
+from typing import Any
 
-from capabilities.mapdb import Kind, Mapping, MappingDb
+from capabilities.mapdb import Kind, MappingDb, Node, ObjectCap
 from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_rights, derive_mem_rights
 from kernel_model import invoke
-from kernel_model.bootrecord import BootModule, BootRecord, RamRegion
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, PAGE_SIZE, TIMEOUT_ABSOLUTE, EnvSlot, Err,
                               IpcError, IpcFlags, MsgTag, Proto, sel, timeout_to_us)
 from kernel_model.events import (ConsoleLine, Deliver, Denied, Effect, Kill, MemoryCreated, MemoryRetired, Remapped,
                                  Revoked, Rule, Spawn, Traced, Violation)
+from kernel_model.bootrecord import BootModule, BootRecord, RamRegion
+from kernel_model.logs import LogStream
 from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, KernelLog, Memory, Task,
                                   Thread, ThreadState)
+from kernel_model.ops import Transfer
 from kernel_model.wire import Invocation, ItemKind, RecvItem, Result, WireError, decode_invocation
 
 RAM_BASE = 0x0010_0000  #: physical address of the first RAM byte Sigma0 owns
@@ -55,14 +57,6 @@ _S_BIT, _SVR_BIT = int(CapRights.S), int(CapRights.SVR)
 # arithmetic costs more than the rest of the rendezvous.
 _SEND, _RECV, _OPEN_WAIT, _REPLY = (int(f) for f in (IpcFlags.SEND, IpcFlags.RECV, IpcFlags.OPEN_WAIT, IpcFlags.REPLY))
 _ABSOLUTE_EITHER = TIMEOUT_ABSOLUTE << 16 | TIMEOUT_ABSOLUTE
-
-
-@dataclasses.dataclass
-class Transfer:
-    items: tuple[RecvItem, ...] = ()
-    memory: tuple[tuple[Memory, bool], ...] = ()
-    error: tuple[IpcError, IpcError] | None = None  # (sender's, receiver's) error
-    budget: bool = False  # the error is the receiver's capability or mapping budget
 
 
 class Kernel:
@@ -112,8 +106,8 @@ class Kernel:
             boot_memory.append(mem)
             mods.append(BootModule(name, addr, len(content), size))
             addr += size + PAGE_SIZE
-        self._start(sigma0, BootRecord("roottasks.sigma0", "sigma0", root=True, ram=RamRegion(RAM_BASE, ram)))
-        self._start(moe, BootRecord("roottasks.moe", "moe", tuple(moe_args or ()), root=True, modules=tuple(mods)),
+        self.start(sigma0, BootRecord("roottasks.sigma0", "sigma0", root=True, ram=RamRegion(RAM_BASE, ram)))
+        self.start(moe, BootRecord("roottasks.moe", "moe", tuple(moe_args or ()), root=True, modules=tuple(mods)),
                     tuple(boot_memory))
         return self._take()
 
@@ -128,7 +122,7 @@ class Kernel:
                                 CapRights.R | CapRights.W | CapRights.S | CapRights.D)
         return task, thread
 
-    def _start(self, task: Task, record: BootRecord, memory: tuple[Memory, ...] = ()) -> None:
+    def start(self, task: Task, record: BootRecord, memory: tuple[Memory, ...] = ()) -> None:
         task.started = True
         self._effects.append(Spawn(task, record, memory))
 
@@ -141,13 +135,13 @@ class Kernel:
             return self._take()
         if thread.state is not ThreadState.RUNNING:
             # The runtime is synchronous; a second frame while blocked breaks the protocol.
-            self._deny(thread, 0, "ipc", Rule.MALFORMED_FRAME, "L4_IPC_SEABORTED", "frame while blocked in IPC")
+            self.deny(thread, 0, "ipc", Rule.MALFORMED_FRAME, "L4_IPC_SEABORTED", "frame while blocked in IPC")
             self.kill_task(task, status=None)
             return self._take()
         try:
             inv = decode_invocation(frame)
         except WireError as exc:
-            self._deny(thread, 0, "ipc", Rule.MALFORMED_FRAME, "L4_IPC_SEABORTED", str(exc))
+            self.deny(thread, 0, "ipc", Rule.MALFORMED_FRAME, "L4_IPC_SEABORTED", str(exc))
             self._complete(thread, Result(error=IpcError.SEABORTED))
             return self._take()
         self.ipc_count += 1
@@ -172,7 +166,7 @@ class Kernel:
         while tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
         where = f" at {tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" if tb is not None else ""
-        self._deny(thread, inv.dest, _op_name(inv), Rule.KERNEL_BUG, "task faulted",
+        self.deny(thread, inv.dest, _op_name(inv), Rule.KERNEL_BUG, "task faulted",
                    f"{type(exc).__name__}: {exc}{where}")
         self.kill_task(thread.task, status=None)
 
@@ -301,12 +295,12 @@ class Kernel:
         if not (send_abs or recv_abs):
             return False
         error = IpcError.SETIMEOUT if send_abs else IpcError.RETIMEOUT
-        self._deny(thread, inv.dest, _op_name(inv), Rule.ABSOLUTE_TIMEOUT, f"L4_IPC_{error.name}",
+        self.deny(thread, inv.dest, _op_name(inv), Rule.ABSOLUTE_TIMEOUT, f"L4_IPC_{error.name}",
                    f"timeout {inv.timeout:#010x} has an absolute half; only relative timeouts are supported")
         self._complete(thread, Result(error=error))
         return True
 
-    def lookup(self, task: Task, selector: int) -> Mapping | None:
+    def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT
             return None
         return self.db.get(task.space, Kind.OBJECT, selector >> L4_CAP_SHIFT)
@@ -314,7 +308,7 @@ class Kernel:
     def _send(self, thread: Thread, inv: Invocation) -> None:
         cap = self.lookup(thread.task, inv.dest)
         if cap is None:
-            self._deny(thread, inv.dest, _op_name(inv), Rule.NO_CAPABILITY, "L4_IPC_ENOT_EXISTENT",
+            self.deny(thread, inv.dest, _op_name(inv), Rule.NO_CAPABILITY, "L4_IPC_ENOT_EXISTENT",
                        "selector is empty in the caller's capability table")
             self._complete(thread, Result(error=IpcError.ENOT_EXISTENT))
             return
@@ -324,16 +318,16 @@ class Kernel:
             return
         label = inv.tag.label
         if isinstance(obj, IpcGate) and not (label == Proto.KOBJECT and cap.rights & _SVR_BIT):
-            self._send_to(thread, obj.thread, obj, cap.rights & LABEL_RIGHTS,
+            self.send_to(thread, obj.thread, obj, cap.rights & LABEL_RIGHTS,
                           bool(cap.rights & _S_BIT))
             return
         if isinstance(obj, Thread) and label != Proto.THREAD:
             if inv.label >= KERNEL_LABEL:
-                self._deny(thread, inv.dest, _op_name(inv), Rule.RESERVED_LABEL, "L4_IPC_SEABORTED",
+                self.deny(thread, inv.dest, _op_name(inv), Rule.RESERVED_LABEL, "L4_IPC_SEABORTED",
                            f"label {inv.label:#x} is in the kernel's label space")
                 self._complete(thread, Result(error=IpcError.SEABORTED))
                 return
-            self._send_to(thread, obj, None, inv.label, bool(cap.rights & _S_BIT))
+            self.send_to(thread, obj, None, inv.label, bool(cap.rights & _S_BIT))
             return
         reply = invoke.kernel_object(self, thread, cap, inv)
         if reply is None:  # the operation blocked or completed the thread itself
@@ -347,7 +341,7 @@ class Kernel:
         else:
             self._complete(thread, Result(tag=inv.tag))
 
-    def _send_to(self, sender: Thread, target: Thread | None, gate: IpcGate | None, label: int, via_s: bool) -> None:
+    def send_to(self, sender: Thread, target: Thread | None, gate: IpcGate | None, label: int, via_s: bool) -> None:
         inv = sender.inv
         send_to = timeout_to_us(inv.timeout >> 16)
         sender.send_label = label
@@ -377,7 +371,7 @@ class Kernel:
     def _rendezvous(self, sender: Thread, receiver: Thread) -> None:
         inv, rinv = sender.inv, receiver.inv
         self._unblock(sender)
-        tr = self._transfer(sender.task, inv.items, receiver.task, rinv, sender.send_via_s, window=True)
+        tr = self.transfer(sender.task, inv.items, receiver.task, rinv, sender.send_via_s, window=True)
         if tr.error is not None:
             self._complete(sender, Result(error=tr.error[0]))
             self._complete(receiver, Result(error=tr.error[1]))
@@ -403,14 +397,14 @@ class Kernel:
     def _reply(self, thread: Thread, inv: Invocation) -> IpcError:
         partner, thread.reply_to = thread.reply_to, None  # single use, consumed even if the reply fails
         if partner is None:
-            self._deny(thread, INVALID_CAP, "reply", Rule.REPLY_WITHOUT_CALLER, "L4_IPC_ENOT_EXISTENT",
+            self.deny(thread, INVALID_CAP, "reply", Rule.REPLY_WITHOUT_CALLER, "L4_IPC_ENOT_EXISTENT",
                        "no caller is waiting for a reply from this thread")
             return IpcError.ENOT_EXISTENT
         if partner.state is not ThreadState.RECEIVING or partner.recv_from is not thread:
             return IpcError.ENOT_EXISTENT  # caller gone or timed out
         # The reply capability carries the caller's W/S rights (fiasco Reply_cap::caller_rights):
         # S survives a reply only if the cap the caller called through had S.
-        tr = self._transfer(thread.task, inv.items, partner.task, partner.inv, partner.send_via_s, window=True)
+        tr = self.transfer(thread.task, inv.items, partner.task, partner.inv, partner.send_via_s, window=True)
         if tr.error is not None:
             self._complete(partner, Result(error=tr.error[1]))
             return tr.error[0]
@@ -441,7 +435,7 @@ class Kernel:
             cap = self.lookup(thread.task, inv.dest) if inv.dest != INVALID_CAP else None
             if inv.dest != INVALID_CAP and (cap is None or not isinstance(cap.obj, Irq)):
                 if cap is None:
-                    self._deny(thread, inv.dest, "receive", Rule.NO_CAPABILITY, "L4_IPC_ENOT_EXISTENT",
+                    self.deny(thread, inv.dest, "receive", Rule.NO_CAPABILITY, "L4_IPC_ENOT_EXISTENT",
                                "closed wait on an empty selector")
                 self._complete(thread, Result(error=IpcError.ENOT_EXISTENT))
                 return
@@ -473,7 +467,7 @@ class Kernel:
         self._complete(thread, Result(tag=msg.tag, label=msg.label, data=msg.data))
 
     # ------------------------------------------------------------ typed items
-    def _transfer(self, src: Task, items, dst: Task, rinv: Invocation | None, via_s: bool, *,
+    def transfer(self, src: Task, items, dst: Task, rinv: Invocation | None, via_s: bool, *,
                   window: bool) -> Transfer:
         """Map/grant typed items from ``src`` into ``dst``. Checks everything before changing anything.
 
@@ -533,24 +527,24 @@ class Kernel:
                     new, removed = self.db.grant(node, dst.space, dest, int(rights))
                 else:
                     new, removed = self.db.map(node, dst.space, dest, int(rights))
-                self._revoked(removed)
+                self.revoked(removed)
                 received.append(RecvItem(ItemKind.OBJECT, sel(dest), int(rights)))
             else:
                 rights = derive_mem_rights(MemRights(node.rights), MemRights(item.rights))
                 if not rights:
                     continue
                 offset = node.offset + (item.index - node.index)
-                self._revoked(self._clear_memory(dst, dest, item.size))
+                self.revoked(self._clear_memory(dst, dest, item.size))
                 if item.grant and node.size == item.size:
                     new, removed = self.db.grant(node, dst.space, dest, int(rights))
                 else:
                     new, removed = self.db.map(node, dst.space, dest, int(rights), offset=offset, size=item.size)
-                self._revoked(removed)
+                self.revoked(removed)
                 received.append(RecvItem(ItemKind.MEMORY, dest, int(rights), item.size, offset))
                 memory.append((node.obj, MemRights.W in rights))
         return Transfer(tuple(received), tuple(memory))
 
-    def _clears_own_source(self, dst: Task, item, node: Mapping, dest: int) -> bool:
+    def _clears_own_source(self, dst: Task, item, node: Node[Any], dest: int) -> bool:
         """Would emptying the destination (slot or address range) revoke ``node``, the item's source?"""
         if item.kind is ItemKind.OBJECT:
             cleared = [n for n in (self.db.get(dst.space, Kind.OBJECT, dest),) if n is not None and n is not node]
@@ -560,14 +554,14 @@ class Kernel:
         if not cleared:
             return False
         ids = {id(n) for n in cleared}
-        p: Mapping | None = node
+        p: Node[Any] | None = node
         while p is not None:
             if id(p) in ids:
                 return True
             p = p.parent
         return False
 
-    def _mem_source(self, task: Task, addr: int, size: int) -> Mapping | None:
+    def _mem_source(self, task: Task, addr: int, size: int) -> Node[Any] | None:
         best = None
         for node in self.db.in_space(task.space, Kind.MEMORY):
             if node.index <= addr and addr + size <= node.index + node.size:
@@ -577,7 +571,7 @@ class Kernel:
             return self._carve(task, addr, size)
         return best
 
-    def _carve(self, sigma0: Task, addr: int, size: int) -> Mapping | None:
+    def _carve(self, sigma0: Task, addr: int, size: int) -> Node[Any] | None:
         """Sigma0 maps out RAM it has not handed out yet: materialise the frames as one memory object."""
         if size <= 0 or size % PAGE_SIZE or addr % PAGE_SIZE:
             return None
@@ -592,14 +586,14 @@ class Kernel:
         self._effects.append(MemoryCreated(mem))
         return node
 
-    def _clear_memory(self, task: Task, addr: int, size: int) -> list[Mapping]:
-        removed: list[Mapping] = []
+    def _clear_memory(self, task: Task, addr: int, size: int) -> list[Node[Any]]:
+        removed: list[Node[Any]] = []
         for node in self.db.in_space(task.space, Kind.MEMORY):
             if addr < node.index + node.size and node.index < addr + size and node.live:
                 removed.extend(self.db.unmap(node, include_self=True))
         return removed
 
-    def _revoked(self, removed: list[Mapping]) -> None:
+    def revoked(self, removed: list[Node[Any]]) -> None:
         by_task: dict[int, list[int]] = {}
         for node in removed:
             if node.kind is Kind.MEMORY:
@@ -663,7 +657,7 @@ class Kernel:
         for irq in self.irqs:
             if irq.thread in dead:
                 irq.thread = None
-        self._revoked(self.db.remove_space(task.space))
+        self.revoked(self.db.remove_space(task.space))
 
     def delete_object(self, obj: KObject) -> None:
         """Delete ``obj`` (unmap with L4_FP_DELETE_OBJ by a holder of D): every cap to it empties."""
@@ -676,10 +670,10 @@ class Kernel:
                 self._complete(waiter, Result(error=IpcError.ENOT_EXISTENT))
             obj.waiters.clear()
         obj.alive = False
-        self._revoked(self.db.delete_object(obj))
+        self.revoked(self.db.delete_object(obj))
 
     # --------------------------------------------------------------- violations
-    def _deny(self, thread: Thread, selector: int, operation: str, rule: Rule, error: str, detail: str = "") -> None:
+    def deny(self, thread: Thread, selector: int, operation: str, rule: Rule, error: str, detail: str = "") -> None:
         self._deny_task(thread.task, selector, operation, rule, error, detail)
 
     def _deny_task(self, task: Task | None, selector: int, operation: str, rule: Rule, error: str,
@@ -759,6 +753,22 @@ class Kernel:
         """Hubris-style task generations: every start of a task called ``name`` is a new incarnation."""
         self._generations[name] = self._generations.get(name, 0) + 1
         return self._generations[name]
+
+    def live_incarnation(self, name: str, other_than: Task) -> Task | None:
+        return next((t for t in self.tasks.values()
+                     if t is not other_than and t.name == name and t.alive and t.started), None)
+
+    def adopt(self, obj: KObject) -> None:
+        if isinstance(obj, Task):
+            self.tasks[obj.id] = obj
+        elif isinstance(obj, Irq):
+            self.irqs.append(obj)
+
+    def emit(self, effect: Effect) -> None:
+        self._effects.append(effect)
+
+    def log_dropping(self, stream: LogStream, tag: str, color: str) -> None:
+        self.log_drops[id(stream)] = (stream, tag, color)
 
     # ------------------------------------------------------------ introspection
     def task_by_name(self, name: str) -> Task:
