@@ -42,11 +42,11 @@ import enum
 from collections import deque
 
 from capabilities.image import BUILTIN_OBJECTS, Image, ObjectType
+from capabilities.kinds import BIND, KINDS, Flow
 from capabilities.rights import CapRights, derive_cap_rights
 
 ROM_NODE = "moe:rom"  #: the flow source of the boot modules (not a task name: it has a colon)
 FULL = CapRights.parse("svr")
-BIND = CapRights.SVR | CapRights.S  #: what a gate server needs
 
 
 class EdgeKind(enum.Enum):
@@ -405,32 +405,26 @@ class Analysis:
         for obj in self.objects:
             hs = by_object.get(obj, [])
             otype = self.types[obj]
+            kind = KINDS[otype]
             if per_pair:
-                role = {ObjectType.GATE: lambda h: h.rights.covers(BIND), ObjectType.IRQ: lambda h: CapRights.S in h.rights,
-                        ObjectType.DATASPACE: lambda h: CapRights.W in h.rights}.get(otype, lambda h: True)
-                signature = (otype, frozenset((h.task, role(h)) for h in hs))
+                signature = (otype, frozenset((h.task, kind.owns(h.rights)) for h in hs))
                 self.work += len(hs)
                 if signature in signatures:
                     continue
                 signatures.add(signature)
             # the receiving side is filtered once per object, not once per holder
-            if otype == ObjectType.GATE:
-                servers = [h for h in hs if h.rights.covers(BIND)]
-                for c in hs:
-                    for s in servers:
-                        add(EdgeKind.CALL, c, s, obj)
-            elif otype == ObjectType.IRQ:
-                binders = [x for x in hs if CapRights.S in x.rights]
+            if kind.flow is Flow.TO_OWNERS:
+                owners = [h for h in hs if kind.owns(h.rights)]
                 for h in hs:
-                    for b in binders:
-                        add(EdgeKind.IRQ, h, b, obj)
-            elif otype == ObjectType.DATASPACE:
-                for w in [x for x in hs if CapRights.W in x.rights]:
-                    for r in hs:
-                        add(EdgeKind.MEMORY, w, r, obj)
-            elif otype == ObjectType.NAMESPACE:
+                    for o in owners:
+                        add(EdgeKind(kind.edge), h, o, obj)
+            elif kind.flow is Flow.FROM_OWNERS:
+                for o in [h for h in hs if kind.owns(h.rights)]:
+                    for h in hs:
+                        add(EdgeKind(kind.edge), o, h, obj)
+            elif kind.flow is Flow.FROM_ROM:
                 for h in hs:
-                    add(EdgeKind.ROM, None, h, obj)
+                    add(EdgeKind(kind.edge), None, h, obj)
         return list(out.values())
 
     def _bfs(self, a: str) -> dict[str, Witness]:

@@ -52,6 +52,7 @@ from typing import Any, Callable
 
 import yaml
 
+from capabilities.kinds import DECLARABLE, KINDS
 from capabilities.rights import CapRights
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,15}$")  # l4re_env_cap_entry_t names are <= 16 chars
@@ -77,20 +78,10 @@ class ObjectType:
     NAMESPACE = "namespace"  # only Moe's built-in `rom`
 
 
-#: Rights that make sense per object type (what a holder could ever use).
-ALLOWED_RIGHTS = {
-    ObjectType.GATE: CapRights.parse("svr"),
-    ObjectType.IRQ: CapRights.R | CapRights.W | CapRights.S | CapRights.D,
-    ObjectType.DATASPACE: CapRights.R | CapRights.W | CapRights.D,
-    ObjectType.FACTORY: CapRights.R | CapRights.S | CapRights.D,
-    ObjectType.NAMESPACE: CapRights.R,
-}
-OBJECT_KEYS = {
-    ObjectType.GATE: {"type"},
-    ObjectType.IRQ: {"type"},
-    ObjectType.DATASPACE: {"type", "size"},
-    ObjectType.FACTORY: {"type", "quota"},
-}
+#: Rights that make sense per object type (what a holder could ever use), and the keys of each
+#: declarable type: from the registry of object kinds (``capabilities.kinds``).
+ALLOWED_RIGHTS = {name: kind.rights for name, kind in KINDS.items()}
+OBJECT_KEYS = {name: {"type", *kind.keys} for name, kind in DECLARABLE.items()}
 TOP_KEYS = {"name", "description", "ram", "modules", "run", "objects", "tasks"}
 TASK_KEYS = {"program", "args", "log", "memory", "restart", "restart_limit", "caps", "config", "network"}
 TASK_KEYS |= {"limits"}  # kernel budgets (issue 9)
@@ -364,7 +355,7 @@ def parse_image(text: str, filename: str = "<image>",
                 if key not in OBJECT_KEYS[otype]:
                     ck.problem(kn, f"{field}.{key}", f"unknown key {key!r} for a {otype} (expected one of: {', '.join(sorted(OBJECT_KEYS[otype]))})")
             size = quota = 0
-            if otype == ObjectType.DATASPACE:
+            if "size" in OBJECT_KEYS[otype]:
                 if "size" not in body:
                     ck.problem(vnode, f"{field}.size", "missing required key 'size' for a dataspace")
                     continue
@@ -373,7 +364,7 @@ def parse_image(text: str, filename: str = "<image>",
                     size = 0
                 elif size <= 0:
                     ck.problem(body["size"][1], f"{field}.size", "expected a dataspace size > 0")
-            if otype == ObjectType.FACTORY:
+            if "quota" in OBJECT_KEYS[otype]:
                 quota = ck.integer(body["quota"][1], f"{field}.quota", 1) or 0 if "quota" in body else 0
                 if "quota" not in body:
                     ck.problem(vnode, f"{field}.quota", "missing required key 'quota' (objects it may create)")

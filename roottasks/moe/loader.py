@@ -7,17 +7,35 @@ with its initial stack (the boot record: program, args, cap names -> selectors).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from capabilities.image import ObjectDecl, ObjectType, TaskDecl
+from capabilities.image import ObjectDecl, TaskDecl
+from capabilities.kinds import KINDS
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
-from roottasks.moe.objects import AllocatorObject, DataspaceObject, ParentObject
 from kernel_model.bootrecord import BootRecord
 from kernel_model.wire import Item
+from roottasks.moe.objects import AllocatorObject, DataspaceObject, MoeServices, ParentObject, Served
 
-if TYPE_CHECKING:
-    from roottasks.moe.server import Moe
+
+class LoaderServices(MoeServices, Protocol):
+    """What the loader asks of Moe (``server.Moe`` provides it)."""
+
+    env: Any
+    named: dict[str, tuple[int, str]]
+    objects: dict[int, Served]
+
+    def create(self, what: FactoryOp, *args: int, blob: bytes = b"", name: str = "") -> int: ...
+
+    def serve(self, obj: Served, name: str) -> int: ...
+
+    def release(self, selector: int) -> None: ...
+
+    def delete(self, selector: int) -> None: ...
+
+    def delete_served(self, gate: int) -> None: ...
+
+    def free_dataspace(self, ds: DataspaceObject) -> None: ...
 
 CLIENT = CapRights.R | CapRights.W  # what a task gets for its own log, parent and allocator
 
@@ -37,23 +55,20 @@ class TaskRecord:
         self.restarts = 0
 
 
-def create_object(moe: "Moe", obj: ObjectDecl) -> int:
-    if obj.type == ObjectType.GATE:
-        return moe.create(FactoryOp.GATE, name=obj.name)
-    if obj.type == ObjectType.IRQ:
-        return moe.create(FactoryOp.IRQ, name=obj.name)
-    if obj.type == ObjectType.FACTORY:
-        return moe.create(FactoryOp.FACTORY, obj.quota, name=obj.name)
-    if obj.type == ObjectType.DATASPACE:
-        ds = moe.new_dataspace(-(-obj.size // 4096) * 4096, name=obj.name)
-        if ds is None:
-            raise RuntimeError(f"out of memory for dataspace {obj.name}")
-        ds.size = obj.size
-        return ds.gate
-    raise ValueError(obj.type)
+def create_object(moe: LoaderServices, obj: ObjectDecl) -> int:
+    kind = KINDS[obj.type]
+    if kind.factory_args is not None:  # a kernel object: the kernel factory makes it
+        return moe.create(FactoryOp[kind.name.upper()], *(getattr(obj, arg) for arg in kind.factory_args),
+                          name=obj.name)
+    # a dataspace, which Moe serves itself
+    ds = moe.new_dataspace(-(-obj.size // 4096) * 4096, name=obj.name)
+    if ds is None:
+        raise RuntimeError(f"out of memory for dataspace {obj.name}")
+    ds.size = obj.size
+    return ds.gate
 
 
-def start(moe: "Moe", rec: TaskRecord) -> None:
+def start(moe: LoaderServices, rec: TaskRecord) -> None:
     decl = rec.decl
     # Every incarnation gets fresh objects (a new generation, as in Hubris): caps, replies and notices
     # aimed at an earlier incarnation reach deleted gates and fail with L4_IPC_ENOT_EXISTENT.
@@ -94,7 +109,7 @@ def start(moe: "Moe", rec: TaskRecord) -> None:
     rec.finished = False
 
 
-def child_exited(moe: "Moe", rec: TaskRecord, code: int, notice_from: ParentObject) -> None:
+def child_exited(moe: LoaderServices, rec: TaskRecord, code: int, notice_from: ParentObject) -> None:
     """The kernel's exit notice for the incarnation whose parent object is ``notice_from``."""
     if not rec.running or notice_from is not rec.parent_obj:
         return  # an earlier incarnation's notice: that one is already accounted for
