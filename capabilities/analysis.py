@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import deque
+from typing import Iterator, Mapping, Sequence
 
 from capabilities.image import BUILTIN_OBJECTS, Image, ObjectType
 from capabilities.kinds import BIND, KINDS, Flow
@@ -275,13 +276,13 @@ class Analysis:
                     self.work += 1
                     mask |= bit[nxt] | reach[comp[nxt]]
             reach[c] = mask
-        out = {}
+        out: dict[str, frozenset[str]] = {}
         for n in nodes:
             mask, found = reach[comp[n]] & ~bit[n], []
             while mask:  # set bits only: the cost is the size of the answer
-                low = mask & -mask
-                found.append(nodes[low.bit_length() - 1])
-                mask ^= low
+                lowest = mask & -mask
+                found.append(nodes[lowest.bit_length() - 1])
+                mask ^= lowest
                 self.work += 1
             out[n] = frozenset(found)
         return out
@@ -348,7 +349,7 @@ class Analysis:
             for t in self.tasks:
                 held[t] = list(order[t].values())
 
-    def _channels(self, held: dict[str, list[Holding]]):
+    def _channels(self, held: dict[str, list[Holding]]) -> Iterator[tuple[str, Holding, str, Holding, str]]:
         """(client, its gate cap, server, its gate cap, gate) for every client/server pair of tasks.
 
         Per pair, the client's first cap is used, plus its first cap with S if that is another
@@ -372,7 +373,7 @@ class Analysis:
                         if server != client:
                             yield client, ccap, server, scap, gate
 
-    def _by_object(self, held) -> dict[str, list[Holding]]:
+    def _by_object(self, held: Mapping[str, Sequence[Holding]]) -> dict[str, list[Holding]]:
         """object -> its holdings, tasks in image order (one pass over all holdings)."""
         out: dict[str, list[Holding]] = {}
         for t in self.tasks:
@@ -391,8 +392,8 @@ class Analysis:
         (after saturation, a server's clients often all hold the same caps: this keeps the derived
         edges proportional to the task pairs, not to pairs x objects).
         """
-        out: dict[tuple, Edge] = {}
-        signatures: set[tuple] = set()
+        out: dict[tuple[EdgeKind, str, str, str] | tuple[EdgeKind, str, str], Edge] = {}
+        signatures: set[tuple[str, frozenset[tuple[str, bool]]]] = set()
 
         def add(kind: EdgeKind, src: Holding | None, dst: Holding, obj: str) -> None:
             source = src.task if src is not None else ROM_NODE
@@ -453,12 +454,12 @@ class Analysis:
                 if b not in found:
                     steps: list[Step] = []
                     node = b
-                    while parent[node] is not None:
-                        node, step = parent[node]
+                    while (link := parent[node]) is not None:
+                        node, step = link
                         steps.append(step)
                     paths[b] = tuple(reversed(steps))
-            for b, steps in paths.items():
-                found.setdefault(b, steps)
+            for b, path in paths.items():
+                found.setdefault(b, path)
         return {b: Witness(f"{a} can influence {b}", a, steps) for b, steps in found.items() if b != a}
 
 

@@ -122,6 +122,15 @@ class MappingDb:
     def get(self, space: int, kind: Kind, index: int) -> Node[Any] | None:
         return self._nodes.get((space, kind, index))
 
+    def cap(self, space: int, slot: int) -> ObjectCap[Any] | None:
+        """The capability in ``space``'s slot ``slot``."""
+        node = self._nodes.get((space, Kind.OBJECT, slot))
+        return node if isinstance(node, ObjectCap) else None
+
+    def memory(self, space: int) -> list[MemoryMapping[Any]]:
+        """``space``'s memory mappings, by address."""
+        return [n for n in self.in_space(space, Kind.MEMORY) if isinstance(n, MemoryMapping)]
+
     def in_space(self, space: int, kind: Kind | None = None) -> list[Node[Any]]:
         return sorted(
             (n for n in self._spaces.get(space, {}).values() if kind is None or n.kind == kind),

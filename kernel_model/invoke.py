@@ -70,7 +70,7 @@ def _need(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation, right: CapRig
     return err(Err.EPERM)
 
 
-def _own_cap(k: KernelOps, thread: Thread, selector: int, kind: type) -> Cap | None:
+def _own_cap(k: KernelOps, thread: Thread, selector: int, kind: type[KObject]) -> Cap | None:
     node = k.lookup(thread.task, selector)
     if node is None or not isinstance(node.obj, kind) or not node.obj.alive:
         return None
@@ -168,15 +168,14 @@ def _unmap(k: KernelOps, target: Task, mask: int, kind: int, index: int, size: i
             k.db.reduce(node, rights & int(CapRights.W | CapRights.S), include_self=include_self)
         return Reply(0)
     if kind == ItemKind.MEMORY:
-        hits = [n for n in k.db.in_space(target.space, Kind.MEMORY)
-                if index < n.index + n.size and n.index < index + max(size, 1)]
-        for node in hits:
-            if not node.live:
+        hits = [n for n in k.db.memory(target.space) if index < n.index + n.size and n.index < index + max(size, 1)]
+        for mapping in hits:
+            if not mapping.live:
                 continue
             if MemRights.R in MemRights(rights):
-                k.revoked(k.db.unmap(node, include_self=include_self))
+                k.revoked(k.db.unmap(mapping, include_self=include_self))
             else:
-                k.db.reduce(node, rights & int(MemRights.W | MemRights.X), include_self=include_self)
+                k.db.reduce(mapping, rights & int(MemRights.W | MemRights.X), include_self=include_self)
         return Reply(0)
     return err(Err.EINVAL)
 

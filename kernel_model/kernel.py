@@ -32,7 +32,7 @@ Errors:
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Sequence
 
 from capabilities.mapdb import Kind, MappingDb, Node, ObjectCap
 from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights, derive_cap_rights, derive_mem_rights
@@ -46,7 +46,7 @@ from kernel_model.logs import LogStream
 from kernel_model.objects import (AsyncMessage, Debugger, Factory, IpcGate, Irq, KObject, KernelLog, Memory, Task,
                                   Thread, ThreadState)
 from kernel_model.ops import Transfer
-from kernel_model.wire import Invocation, ItemKind, RecvItem, Result, WireError, decode_invocation
+from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Result, WireError, decode_invocation
 
 RAM_BASE = 0x0010_0000  #: physical address of the first RAM byte Sigma0 owns
 MODULE_BASE = 0x8000_0000_0000  #: where bootstrap places boot modules (outside RAM)
@@ -83,7 +83,7 @@ class Kernel:
         self.sigma0: Task | None = None
         self.moe: Task | None = None
         self._generations: dict[str, int] = {}
-        self.log_drops: dict[int, tuple] = {}  # logs that dropped lines: (stream, tag, colour), notice due
+        self.log_drops: dict[int, tuple[LogStream, str, str]] = {}  # logs that dropped lines: (stream, tag, colour), notice due
 
     # ------------------------------------------------------------------ boot
     def boot(self, *, ram: int, modules: list[tuple[str, bytes]], moe_args: list[str] | None = None) -> list[Effect]:
@@ -213,7 +213,7 @@ class Kernel:
                         f"{task.describe()} holds {held} capabilities, its budget")
         return Err.ENOMEM
 
-    def _budget_refused(self, src: Task, dst: Task, item, dest: int) -> bool:
+    def _budget_refused(self, src: Task, dst: Task, item: Item, dest: int) -> bool:
         """Would mapping ``item`` at ``dest`` in ``dst`` exceed dst's capability or mapping budget?"""
         budget = dst.budget
         if budget is None:
@@ -303,7 +303,7 @@ class Kernel:
     def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT
             return None
-        return self.db.get(task.space, Kind.OBJECT, selector >> L4_CAP_SHIFT)
+        return self.db.cap(task.space, selector >> L4_CAP_SHIFT)
 
     def _send(self, thread: Thread, inv: Invocation) -> None:
         cap = self.lookup(thread.task, inv.dest)
@@ -343,6 +343,7 @@ class Kernel:
 
     def send_to(self, sender: Thread, target: Thread | None, gate: IpcGate | None, label: int, via_s: bool) -> None:
         inv = sender.inv
+        assert inv is not None  # a thread in a send phase is in a syscall
         send_to = timeout_to_us(inv.timeout >> 16)
         sender.send_label = label
         sender.send_via_s = via_s
@@ -370,6 +371,7 @@ class Kernel:
 
     def _rendezvous(self, sender: Thread, receiver: Thread) -> None:
         inv, rinv = sender.inv, receiver.inv
+        assert inv is not None  # the sender is in its syscall
         self._unblock(sender)
         tr = self.transfer(sender.task, inv.items, receiver.task, rinv, sender.send_via_s, window=True)
         if tr.error is not None:
@@ -452,8 +454,8 @@ class Kernel:
         self._block(thread, ThreadState.RECEIVING, source, recv_to)
 
     def _post_async(self, thread: Thread, msg: AsyncMessage) -> None:
-        if thread.state is ThreadState.RECEIVING and (thread.recv_from is None or thread.recv_from is msg.irq) \
-                and thread.recv_from is not thread:
+        if thread.state is ThreadState.RECEIVING and thread.recv_from is not thread \
+                and (thread.recv_from is None or thread.recv_from is msg.irq):
             self._deliver_async(thread, msg)
         else:
             thread.asyncs.append(msg)
@@ -467,7 +469,7 @@ class Kernel:
         self._complete(thread, Result(tag=msg.tag, label=msg.label, data=msg.data))
 
     # ------------------------------------------------------------ typed items
-    def transfer(self, src: Task, items, dst: Task, rinv: Invocation | None, via_s: bool, *,
+    def transfer(self, src: Task, items: Sequence[Item], dst: Task, rinv: Invocation | None, via_s: bool, *,
                   window: bool) -> Transfer:
         """Map/grant typed items from ``src`` into ``dst``. Checks everything before changing anything.
 
@@ -475,9 +477,10 @@ class Kernel:
         memory window) bound where items may land. ``window=False``: Task::map, the
         whole destination space is the window and ``item.dest`` is the address.
         """
-        plan = []
+        plan: list[tuple[Item, Node[Any] | None, int]] = []
         obj_slot_used = False
         for item in items:
+            node: Node[Any] | None
             if item.kind is ItemKind.OBJECT:
                 node = self.lookup(src, item.index)
                 if window:
@@ -520,15 +523,15 @@ class Kernel:
                                 f"typed item names {item.kind.name.lower()} {item.index:#x} the sender does not hold")
                 continue
             if item.kind is ItemKind.OBJECT:
-                rights = derive_cap_rights(CapRights(node.rights), CapRights(item.rights), partner_has_s=via_s)
-                if not rights:
+                cap_rights = derive_cap_rights(CapRights(node.rights), CapRights(item.rights), partner_has_s=via_s)
+                if not cap_rights:
                     continue
                 if item.grant:
-                    new, removed = self.db.grant(node, dst.space, dest, int(rights))
+                    new, removed = self.db.grant(node, dst.space, dest, int(cap_rights))
                 else:
-                    new, removed = self.db.map(node, dst.space, dest, int(rights))
+                    new, removed = self.db.map(node, dst.space, dest, int(cap_rights))
                 self.revoked(removed)
-                received.append(RecvItem(ItemKind.OBJECT, sel(dest), int(rights)))
+                received.append(RecvItem(ItemKind.OBJECT, sel(dest), int(cap_rights)))
             else:
                 rights = derive_mem_rights(MemRights(node.rights), MemRights(item.rights))
                 if not rights:
@@ -544,7 +547,7 @@ class Kernel:
                 memory.append((node.obj, MemRights.W in rights))
         return Transfer(tuple(received), tuple(memory))
 
-    def _clears_own_source(self, dst: Task, item, node: Node[Any], dest: int) -> bool:
+    def _clears_own_source(self, dst: Task, item: Item, node: Node[Any], dest: int) -> bool:
         """Would emptying the destination (slot or address range) revoke ``node``, the item's source?"""
         if item.kind is ItemKind.OBJECT:
             cleared = [n for n in (self.db.get(dst.space, Kind.OBJECT, dest),) if n is not None and n is not node]
@@ -593,7 +596,7 @@ class Kernel:
                 removed.extend(self.db.unmap(node, include_self=True))
         return removed
 
-    def revoked(self, removed: list[Node[Any]]) -> None:
+    def revoked(self, removed: Sequence[Node[Any]]) -> None:
         by_task: dict[int, list[int]] = {}
         for node in removed:
             if node.kind is Kind.MEMORY:
@@ -609,11 +612,14 @@ class Kernel:
                         self._retiring[node.obj.id] = node.obj
 
     # ------------------------------------------------------- thread bookkeeping
-    def _block(self, thread: Thread, state: ThreadState, source, timeout_us: int | None) -> None:
+    def _block(self, thread: Thread, state: ThreadState, source: Thread | IpcGate | Irq | None,
+               timeout_us: int | None) -> None:
         thread.state = state
         if state is ThreadState.RECEIVING:
+            assert not isinstance(source, IpcGate)  # a receive phase waits for a thread, an IRQ or anyone
             thread.recv_from = source
         else:
+            assert not isinstance(source, Irq)  # a send phase is queued on a thread or a gate
             thread.send_target = source
         thread.deadline = None if timeout_us is None else self.now + timeout_us
         self._blocked.add(thread)
@@ -629,7 +635,7 @@ class Kernel:
             queue.remove(thread)
         thread.send_target = None
 
-    def _complete(self, thread: Thread, result: Result, memory=()) -> None:
+    def _complete(self, thread: Thread, result: Result, memory: tuple[tuple[Memory, bool], ...] = ()) -> None:
         self._unblock(thread)
         thread.state = ThreadState.RUNNING
         thread.inv = None
@@ -684,8 +690,8 @@ class Kernel:
 
     def _take(self) -> list[Effect]:
         if not self._retiring and not self._held:  # the common case
-            out, self._effects = self._effects, []
-            return out
+            taken, self._effects = self._effects, []
+            return taken
         pending, self._effects, self._held = self._held + self._effects, [], []
         waiting = {eff.task.id for eff in pending if isinstance(eff, Deliver)}  # blocked until we deliver
         retired = self._retire_ready(waiting)
@@ -777,9 +783,9 @@ class Kernel:
             raise KeyError(name)
         return matches[-1]
 
-    def dump(self) -> dict[str, list[dict]]:
+    def dump(self) -> dict[str, list[dict[str, object]]]:
         """Every live task's capabilities: selector, object, type, rights, label, derived-from."""
-        out: dict[str, list[dict]] = {}
+        out: dict[str, list[dict[str, object]]] = {}
         for task in self.tasks.values():
             if not task.alive:
                 continue

@@ -6,9 +6,9 @@ internals (so the two modules do not import each other).
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-from capabilities.mapdb import MappingDb, Node
+from capabilities.mapdb import MappingDb, Node, ObjectCap
 from kernel_model.abi import Err, IpcError
 from kernel_model.bootrecord import BootRecord
 from kernel_model.events import Effect, Rule
@@ -32,7 +32,7 @@ class KernelOps(Protocol):
     db: MappingDb
     root_factory: Factory
 
-    def lookup(self, task: Task, selector: int) -> Node | None:
+    def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
         """The object capability ``selector`` names in ``task``'s table (None: empty or invalid)."""
 
     def deny(self, thread: Thread, selector: int, operation: str, rule: Rule, error: str, detail: str = "") -> None:
@@ -44,7 +44,7 @@ class KernelOps(Protocol):
     def adopt(self, obj: KObject) -> None:
         """A new object the kernel keeps track of (tasks, IRQs)."""
 
-    def revoked(self, removed: Sequence[Node]) -> None:
+    def revoked(self, removed: Sequence[Node[Any]]) -> None:
         """Tell the holders of ``removed`` memory mappings; retire what they still have mapped."""
 
     def transfer(self, src: Task, items: Sequence[Item], dst: Task, rinv: Invocation | None, via_s: bool, *,
