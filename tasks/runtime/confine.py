@@ -119,7 +119,9 @@ def _prctl(opt: int, a: int = 0) -> int:
 
 
 def _mount(src, target, fstype, flags, data=None) -> None:
-    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
     _check(_libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
