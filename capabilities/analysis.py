@@ -43,7 +43,7 @@ from collections import deque
 from typing import Iterator, Mapping, Sequence
 
 from capabilities.image import BUILTIN_OBJECTS, Image, ObjectType
-from capabilities.kinds import BIND, KINDS, Flow
+from capabilities.kinds import BIND, IMAGE_KINDS, Flow
 from capabilities.rights import CapRights, derive_cap_rights
 
 ROM_NODE = "moe:rom"  #: the flow source of the boot modules (not a task name: it has a colon)
@@ -406,7 +406,7 @@ class Analysis:
         for obj in self.objects:
             hs = by_object.get(obj, [])
             otype = self.types[obj]
-            kind = KINDS[otype]
+            kind = IMAGE_KINDS[otype]
             if per_pair:
                 signature = (otype, frozenset((h.task, kind.owns(h.rights)) for h in hs))
                 self.work += len(hs)

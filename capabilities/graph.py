@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from capabilities.analysis import Analysis, Holding, Severity
 from capabilities.image import BUILTIN_OBJECTS, Image
-from capabilities.kinds import KINDS, Flow
+from capabilities.kinds import IMAGE_KINDS, Flow
 
 #: object type -> (shape, fill, line colour)
-STYLE = {name: kind.style for name, kind in KINDS.items()}
+STYLE = {name: kind.style for name, kind in IMAGE_KINDS.items()}
 ERROR_COLOUR = "#d62728"
 
 
@@ -30,7 +30,7 @@ def _attrs(**kw: str | None) -> str:
 def _cap_edge(h: Holding, otype: str, colour: str, label: str, *, obtained: bool, error: bool) -> str:
     """One cap as an edge, pointing the way requests travel; server/binder caps bold."""
     task, obj = quote(f"task:{h.task}"), quote(f"obj:{h.object}")
-    kind = KINDS[otype]
+    kind = IMAGE_KINDS[otype]
     owner = kind.owns(h.rights)
     serves = kind.bold_owners and owner
     inbound = serves or kind.flow is Flow.FROM_ROM or (kind.flow is Flow.FROM_OWNERS and not owner)
@@ -62,7 +62,7 @@ def render_dot(image: Image, analysis: Analysis | None = None, *, obtainable: bo
         if obj in BUILTIN_OBJECTS and obj not in held and not image.modules:
             continue
         shape, fill, line = STYLE[otype]
-        extra = f"\nmodules: {', '.join(m.name for m in image.modules)}" if KINDS[otype].flow is Flow.FROM_ROM and \
+        extra = f"\nmodules: {', '.join(m.name for m in image.modules)}" if IMAGE_KINDS[otype].flow is Flow.FROM_ROM and \
             image.modules else ""
         lines.append(f"  {quote('obj:' + obj)} [" + _attrs(shape=shape, style="filled", fillcolor=fill, color=line,
                                                            label=f"{obj}\n{otype}{extra}") + "];")

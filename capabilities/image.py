@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 import yaml
 
-from capabilities.kinds import DECLARABLE, KINDS
+from capabilities.kinds import DECLARABLE, IMAGE_KINDS
 from capabilities.rights import CapRights
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,15}$")  # l4re_env_cap_entry_t names are <= 16 chars
@@ -82,7 +82,7 @@ class ObjectType:
 
 #: Rights that make sense per object type (what a holder could ever use), and the keys of each
 #: declarable type: from the registry of object kinds (``capabilities.kinds``).
-ALLOWED_RIGHTS = {name: kind.rights for name, kind in KINDS.items()}
+ALLOWED_RIGHTS = {name: kind.rights for name, kind in IMAGE_KINDS.items()}
 OBJECT_KEYS = {name: {"type", *kind.keys} for name, kind in DECLARABLE.items()}
 TOP_KEYS = {"name", "description", "ram", "modules", "run", "objects", "tasks"}
 TASK_KEYS = {"program", "args", "log", "memory", "restart", "restart_limit", "caps", "config", "network"}

@@ -45,7 +45,7 @@ def _nobody(rights: CapRights) -> bool:
     return False
 
 
-KINDS: dict[str, ObjectKind] = {kind.name: kind for kind in (
+IMAGE_KINDS: dict[str, ObjectKind] = {kind.name: kind for kind in (
     ObjectKind("gate", CapRights.parse("svr"), lambda r: r.covers(BIND), Flow.TO_OWNERS, "call",
                ("ellipse", "#dbe8fb", "#1f5fbf"), factory_args=(), bold_owners=True),
     ObjectKind("irq", CapRights.R | CapRights.W | CapRights.S | CapRights.D, lambda r: CapRights.S in r,
@@ -57,4 +57,4 @@ KINDS: dict[str, ObjectKind] = {kind.name: kind for kind in (
     ObjectKind("namespace", CapRights.R, _nobody, Flow.FROM_ROM, "rom", ("folder", "#ececec", "#666666"),
                declarable=False),
 )}
-DECLARABLE = {name: kind for name, kind in KINDS.items() if kind.declarable}
+DECLARABLE = {name: kind for name, kind in IMAGE_KINDS.items() if kind.declarable}

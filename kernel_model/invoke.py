@@ -1,5 +1,5 @@
 """Operations the kernel itself performs when a kernel object is invoked, and the registry of
-kernel object kinds (``KINDS``: one entry per kind, with its protocols, handler and factory op).
+kernel object kinds (``KERNEL_KINDS``: one entry per kind, with its protocols, handler and factory op).
 
 One handler per object kind, each ``(kernel, thread, cap, inv) -> Reply | None``
 (``None``: the operation already completed or blocked the thread); the kernel is
@@ -53,7 +53,7 @@ def read_words(inv: Invocation, n: int) -> tuple[int, ...] | None:
 def kernel_object(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply | None:
     obj = cap.obj
     proto = inv.tag.label
-    kind = KINDS[type(obj)]
+    kind = KERNEL_KINDS[type(obj)]
     if proto not in kind.protocols:
         k.deny(thread, inv.dest, f"proto {proto}", Rule.WRONG_OBJECT_TYPE, "-L4_EBADPROTO",
                f"a {obj.type.value} does not speak protocol {proto}")
@@ -385,7 +385,7 @@ class KernelKind:
     adopt: bool = False  #: the kernel keeps a list of them (``KernelOps.adopt``)
 
 
-KINDS: dict[type[KObject], KernelKind] = {kind.cls: kind for kind in (
+KERNEL_KINDS: dict[type[KObject], KernelKind] = {kind.cls: kind for kind in (
     KernelKind(Factory, (Proto.FACTORY,), factory, FactoryOp.FACTORY, _new_factory, cost=lambda extra: 1 + extra[1]),
     KernelKind(Task, (Proto.TASK,), task, FactoryOp.TASK, _new_task, adopt=True),
     KernelKind(Thread, (Proto.THREAD,), thread_op, FactoryOp.THREAD, _new_thread),
@@ -394,5 +394,5 @@ KINDS: dict[type[KObject], KernelKind] = {kind.cls: kind for kind in (
     KernelKind(KernelLog, (Proto.LOG,), log, FactoryOp.LOG, _new_log),
     KernelKind(Debugger, (Proto.DEBUGGER,), debugger),
 )}
-BY_FACTORY_OP: dict[int, KernelKind] = {int(kind.factory_op): kind for kind in KINDS.values()
+BY_FACTORY_OP: dict[int, KernelKind] = {int(kind.factory_op): kind for kind in KERNEL_KINDS.values()
                                         if kind.factory_op is not None}

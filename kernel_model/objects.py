@@ -1,5 +1,5 @@
 """Kernel objects. Plain data; the rules that act on them live in ``kernel``, ``ipc``, ``transfer``,
-``retire`` and ``invoke`` (where ``KINDS`` has one entry per kind).
+``retire`` and ``invoke`` (where ``KERNEL_KINDS`` has one entry per kind).
 
 Every object is reachable only through a capability (an ``ObjectCap`` node in the
 kernel's ``MappingDb``); nothing here is ever handed to a task. Moe's user-level

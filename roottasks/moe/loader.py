@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from capabilities.image import ObjectDecl, TaskDecl
-from capabilities.kinds import KINDS
+from capabilities.kinds import IMAGE_KINDS
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
 from kernel_model.bootrecord import BootRecord
@@ -56,7 +56,7 @@ class TaskRecord:
 
 
 def create_object(moe: LoaderServices, obj: ObjectDecl) -> int:
-    kind = KINDS[obj.type]
+    kind = IMAGE_KINDS[obj.type]
     if kind.factory_args is not None:  # a kernel object: the kernel factory makes it
         return moe.create(FactoryOp[kind.name.upper()], *(getattr(obj, arg) for arg in kind.factory_args),
                           name=obj.name)

@@ -190,7 +190,7 @@ def test_a_kernel_bug_faults_only_the_task_that_triggered_it(monkeypatch):
     def slip(k, thread, cap, inv):
         raise KeyError("a future slip")
 
-    monkeypatch.setitem(invoke.KINDS, KernelLog, dataclasses.replace(invoke.KINDS[KernelLog], handler=slip))
+    monkeypatch.setitem(invoke.KERNEL_KINDS, KernelLog, dataclasses.replace(invoke.KERNEL_KINDS[KernelLog], handler=slip))
     w.do(evil, call(sel(17), Proto.LOG, words(0, 0)))
     assert any(isinstance(e, Kill) and e.task is evil for e in w.effects)
     bug = w.k.violations[-1]

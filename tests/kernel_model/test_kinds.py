@@ -1,10 +1,10 @@
-"""One registry entry per kernel object kind (invoke.KINDS) and per image object kind (capabilities.kinds)."""
+"""One registry entry per kernel object kind (invoke.KERNEL_KINDS) and per image object kind (capabilities.kinds)."""
 from __future__ import annotations
 
 import dataclasses
 
 from capabilities import image
-from capabilities.kinds import DECLARABLE, KINDS as IMAGE_KINDS
+from capabilities.kinds import DECLARABLE, IMAGE_KINDS
 from kernel_model import invoke
 from kernel_model.abi import Err, FactoryOp, Proto, sel
 from kernel_model.events import Rule
@@ -14,8 +14,8 @@ from kernel_world import RWS, World, call, words
 
 def test_every_kernel_object_class_has_one_entry_and_every_factory_op_a_creator():
     classes = {cls for cls in _subclasses(KObject) if cls.__module__ == "kernel_model.objects"}
-    assert set(invoke.KINDS) == classes - {Memory}  # memory is mapped, never invoked
-    assert {kind.factory_op for kind in invoke.KINDS.values() if kind.create} == set(FactoryOp)
+    assert set(invoke.KERNEL_KINDS) == classes - {Memory}  # memory is mapped, never invoked
+    assert {kind.factory_op for kind in invoke.KERNEL_KINDS.values() if kind.create} == set(FactoryOp)
 
 
 def test_every_image_kind_drives_the_schema_and_moe_can_make_the_kernel_ones():
@@ -44,7 +44,7 @@ def _count(k, thread, cap, inv):
 def test_a_new_kind_needs_nothing_but_its_entry(monkeypatch):
     op = 0x7F  # a factory op no kind uses
     kind = invoke.KernelKind(Counter, (Proto.SEMAPHORE,), _count, None, lambda *_: Counter(name="c"))
-    monkeypatch.setitem(invoke.KINDS, Counter, kind)
+    monkeypatch.setitem(invoke.KERNEL_KINDS, Counter, kind)
     monkeypatch.setitem(invoke.BY_FACTORY_OP, op, kind)
     w = World()
     t = w.task("t")
