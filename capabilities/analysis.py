@@ -12,11 +12,13 @@ Rules (what kernel_model/kernel.py and invoke.py enforce; the analysis must agre
 1. **Gate.** A task whose cap to gate G has c (SVR) *and* s can bind G: c routes its
    Kobject protocol to the gate, and ``gate.bind`` needs S. It is a *server* of G and receives
    every call through G. Every holder (servers too) is a *client*: its calls go to the bound
-   server. c without s only reads the label (L4Re IPC gate, https://l4re.org/doc/group__l4__kernel__object__gate__api.html).
+   server. c without s only reads the label (L4Re IPC gate,
+   https://l4re.org/doc/group__l4__kernel__object__gate__api.html).
 2. **Typed items.** A call carries caps client -> server, the reply server -> client. A cap is
    sent only by a task holding it; the receiver gets ``held ∩ requested``
    (``derive_cap_rights``; rights only shrink). S survives a call only if the client's gate cap
-   has S (L4Re flexpage rights, https://l4re.org/doc/group__l4__fpage__api.html). On a reply S survives only if the *caller's* cap had S, as in Fiasco
+   has S (L4Re flexpage rights, https://l4re.org/doc/group__l4__fpage__api.html). On a reply S
+   survives only if the *caller's* cap had S, as in Fiasco
    (``set_caller(this, rights)`` stores the W/S bits of the cap the caller used, and
    ``Obj_cap::deref`` of the reply cap returns ``caller_rights()``; fiasco thread-ipc.cpp,
    thread_object.cpp, receiver.cpp) and in ``Kernel._reply``. ``reply_s_from_caller=False``
@@ -44,6 +46,7 @@ from typing import Iterator, Mapping, Sequence
 
 from capabilities.image import BUILTIN_OBJECTS, Image, ObjectType
 from capabilities.kinds import BIND, IMAGE_KINDS, Flow
+from capabilities.lint import LintRule, Severity
 from capabilities.rights import CapRights, derive_cap_rights
 
 ROM_NODE = "moe:rom"  #: the flow source of the boot modules (not a task name: it has a colon)
@@ -468,36 +471,6 @@ def _cost(w: Witness | None) -> int:
 
 
 # ==================================================================== lint
-class Severity(enum.IntEnum):
-    INFO = 0  #: worth knowing, nothing to fix
-    WARNING = 1  #: more authority than needed, or a cap nobody is on the other end of
-    ERROR = 2  #: fail-open: a task can take over or break someone else's channel; check exits 1
-
-
-class LintRule(enum.Enum):
-    """Lint rules on the *declared* caps: (id, severity, what it means)."""
-
-    GATE_TWO_SERVERS = ("gate-two-servers", Severity.ERROR, "two tasks can bind one gate; the last bind gets the calls")
-    SVR_CANNOT_BIND = ("svr-cannot-bind", Severity.ERROR, "server right c without s: the task never binds the gate")
-    CLIENT_S = ("client-s", Severity.WARNING, "a gate client holds s: S in its label, and the caps it sends keep S")
-    SHARED_DELETE = ("shared-delete", Severity.WARNING, "d on an object others use, held by a task not serving it")
-    GATE_NO_SERVER = ("gate-no-server", Severity.ERROR, "a gate nobody can bind: every call blocks until timeout")
-    GATE_NO_CLIENT = ("gate-no-client", Severity.WARNING, "a gate served but held by nobody else: unused")
-    IRQ_TWO_BINDERS = ("irq-two-binders", Severity.ERROR, "two tasks can bind one IRQ; the last bind takes it")
-    IRQ_NO_BINDER = ("irq-no-binder", Severity.ERROR, "an IRQ nobody can bind: every trigger is lost")
-    IRQ_NO_TRIGGER = ("irq-no-trigger", Severity.WARNING, "an IRQ only its binder holds: nobody else triggers it")
-    IRQ_WRITE = ("irq-write", Severity.INFO, "w on an IRQ grants nothing: the kernel checks no W on IRQs")
-    DS_UNSHARED = ("ds-unshared", Severity.INFO, "a dataspace only one task holds: private memory, not a channel")
-    DS_NO_WRITER = ("ds-no-writer", Severity.WARNING, "a shared dataspace nobody can write: it carries nothing")
-    DS_ALL_WRITERS = ("ds-all-writers", Severity.INFO, "every holder can write a shared dataspace: flow both ways")
-    ROM_WRITE = ("rom-write", Severity.ERROR, "w on Moe's read-only rom namespace")
-    FACTORY_NO_CREATE = ("factory-no-create", Severity.WARNING, "a factory cap without s: it can create nothing")
-    OBJECT_UNHELD = ("object-unheld", Severity.WARNING, "a declared object no task holds")
-
-    def __init__(self, rule_id: str, severity: Severity, meaning: str):
-        self.id, self.severity, self.meaning = rule_id, severity, meaning
-
-
 @dataclasses.dataclass(frozen=True)
 class Finding:
     rule: LintRule
@@ -533,61 +506,21 @@ def lint(image: Image) -> list[Finding]:
             if obj not in BUILTIN_OBJECTS:
                 add(LintRule.OBJECT_UNHELD, None, obj, f"{otype} {obj!r} is declared but no task holds a cap to it")
             continue
-        owners = [h for h in hs if h[2].covers(BIND if otype == ObjectType.GATE else CapRights.S)]
+        kind = IMAGE_KINDS[otype]
+        owners = [h for h in hs if kind.owns(h[2])]
         owner_tasks = list(dict.fromkeys(h[0] for h in owners))
-        if otype in (ObjectType.GATE, ObjectType.IRQ) and len(owner_tasks) > 1:
-            rule = LintRule.GATE_TWO_SERVERS if otype == ObjectType.GATE else LintRule.IRQ_TWO_BINDERS
+        if kind.one_owner is not None and len(owner_tasks) > 1:
+            rule = kind.one_owner
             for h in owners:
                 if h[0] != owner_tasks[0]:
                     add(rule, h, obj, f"{h[0]} can bind {otype} {obj!r} as {owner_tasks[0]} can: "
                                       f"whoever binds last receives everything sent through it")
         for h in hs:
-            if len(tasks) > 1 and CapRights.D in h[2] and (h[0] not in owner_tasks or otype not in
-                                                            (ObjectType.GATE, ObjectType.IRQ)):
+            if len(tasks) > 1 and CapRights.D in h[2] and (h[0] not in owner_tasks or kind.one_owner is None):
                 add(LintRule.SHARED_DELETE, h, obj, f"d lets {h[0]} delete {otype} {obj!r} under "
                                                 f"{', '.join(t for t in tasks if t != h[0])}")
-        if otype == ObjectType.GATE:
-            for h in hs:
-                if CapRights.SVR in h[2] and CapRights.S not in h[2]:
-                    add(LintRule.SVR_CANNOT_BIND, h, obj, f"{h[0]} holds c on gate {obj!r} without s: it can never bind "
-                                                      f"it, and c is server authority a client must not have")
-                elif CapRights.SVR not in h[2] and CapRights.S in h[2]:
-                    add(LintRule.CLIENT_S, h, obj, f"client {h[0]} holds s on gate {obj!r}: its label shows S and the "
-                                               f"caps it sends to the server keep S; give it rw")
-            if not owners:
-                add(LintRule.GATE_NO_SERVER, hs[0], obj, f"no task can bind gate {obj!r} (needs c and s): "
-                                                     f"calls from {', '.join(tasks)} block until they time out")
-            elif tasks == owner_tasks[:1]:
-                add(LintRule.GATE_NO_CLIENT, owners[0], obj, f"only {tasks[0]} holds gate {obj!r}: nobody calls it")
-        elif otype == ObjectType.IRQ:
-            if not owners:
-                add(LintRule.IRQ_NO_BINDER, hs[0], obj, f"no task can bind IRQ {obj!r} (needs s): "
-                                                    f"triggers from {', '.join(tasks)} go nowhere")
-            elif tasks == owner_tasks[:1]:
-                add(LintRule.IRQ_NO_TRIGGER, owners[0], obj, f"only its binder {tasks[0]} holds IRQ {obj!r}")
-            for h in hs:
-                if CapRights.W in h[2]:
-                    add(LintRule.IRQ_WRITE, h, obj, f"w on IRQ {obj!r} grants {h[0]} nothing (trigger needs only the "
-                                                f"cap, bind needs s)")
-        elif otype == ObjectType.DATASPACE:
-            writers = [h for h in hs if CapRights.W in h[2]]
-            if len(tasks) == 1:
-                add(LintRule.DS_UNSHARED, hs[0], obj, f"only {tasks[0]} holds dataspace {obj!r}")
-            elif not writers:
-                add(LintRule.DS_NO_WRITER, hs[0], obj, f"nobody can write dataspace {obj!r}: {', '.join(tasks)} "
-                                                   f"read only zeros")
-            elif set(tasks) == {h[0] for h in writers}:
-                add(LintRule.DS_ALL_WRITERS, hs[0], obj, f"every holder of dataspace {obj!r} can write it "
-                                                     f"({', '.join(tasks)}); map r where a task only reads")
-        elif otype == ObjectType.NAMESPACE:
-            for h in hs:
-                if CapRights.W in h[2]:
-                    add(LintRule.ROM_WRITE, h, obj, f"{h[0]} holds w on the read-only rom namespace")
-        elif otype == ObjectType.FACTORY:
-            for h in hs:
-                if CapRights.S not in h[2]:
-                    add(LintRule.FACTORY_NO_CREATE, h, obj, f"{h[0]}'s cap to factory {obj!r} lacks s: it can "
-                                                        f"create nothing")
+        if kind.lint is not None:
+            kind.lint(obj, hs, tasks, owners, owner_tasks, add)
     order = {t.name: i for i, t in enumerate(image.tasks)}
     rules = list(LintRule)
     return sorted(found, key=lambda f: (-f.severity, rules.index(f.rule), order.get(f.task or "", -1),

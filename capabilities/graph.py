@@ -9,9 +9,10 @@ task can obtain beyond its declared ones are drawn dashed. Pure, and determinist
 """
 from __future__ import annotations
 
-from capabilities.analysis import Analysis, Holding, Severity
+from capabilities.analysis import Analysis, Holding
 from capabilities.image import BUILTIN_OBJECTS, Image
 from capabilities.kinds import IMAGE_KINDS, Flow
+from capabilities.lint import Severity
 
 #: object type -> (shape, fill, line colour)
 STYLE = {name: kind.style for name, kind in IMAGE_KINDS.items()}
@@ -62,7 +63,8 @@ def render_dot(image: Image, analysis: Analysis | None = None, *, obtainable: bo
         if obj in BUILTIN_OBJECTS and obj not in held and not image.modules:
             continue
         shape, fill, line = STYLE[otype]
-        extra = f"\nmodules: {', '.join(m.name for m in image.modules)}" if IMAGE_KINDS[otype].flow is Flow.FROM_ROM and \
+        rom = IMAGE_KINDS[otype].flow is Flow.FROM_ROM
+        extra = f"\nmodules: {', '.join(m.name for m in image.modules)}" if rom and \
             image.modules else ""
         lines.append(f"  {quote('obj:' + obj)} [" + _attrs(shape=shape, style="filled", fillcolor=fill, color=line,
                                                            label=f"{obj}\n{otype}{extra}") + "];")

@@ -88,7 +88,8 @@ def derive_cap_rights(held: CapRights, requested: CapRights, *, partner_has_s: b
     """Rights a receiver gets for an object cap: ``held ∩ requested``.
 
     S survives only if the cap used to address the IPC partner also has S
-    (L4Re flexpage and capability rights, https://l4re.org/doc/group__l4__fpage__api.html). The result has no R -> nothing is mapped,
+    (L4Re flexpage and capability rights, https://l4re.org/doc/group__l4__fpage__api.html).
+    The result has no R -> nothing is mapped,
     which callers see as ``CapRights.NONE``.
     """
     rights = CapRights(held & requested)

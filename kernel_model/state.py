@@ -44,7 +44,8 @@ class KernelState:
         self.sigma0: Task | None = None
         self.moe: Task | None = None
         self._generations: dict[str, int] = {}
-        self.log_drops: dict[int, tuple[LogStream, str, str]] = {}  # logs that dropped lines: (stream, tag, colour), notice due
+        self.log_drops: dict[int, tuple[LogStream, str, str]] = {}  # logs that dropped lines: (stream, tag,
+        # colour), a notice due
 
     def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT

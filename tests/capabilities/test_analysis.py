@@ -19,9 +19,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from rich.console import Console
 
-from capabilities.analysis import BIND, ROM_NODE, Analysis, EdgeKind, LintRule, Severity
+from capabilities.analysis import ROM_NODE, Analysis, EdgeKind
 from capabilities.image import (ALLOWED_RIGHTS, CapDecl, Image, ImageError, LogDecl, ObjectDecl, ObjectType, TaskDecl,
                                 parse_image)
+from capabilities.kinds import BIND
+from capabilities.lint import LintRule, Severity
 from capabilities.rights import CapRights
 from l4emu.check import check_image, explain
 from kernel_model.host.images import load_image, program_exists
