@@ -32,22 +32,22 @@ class Kind(enum.Enum):
 
 
 Key = tuple[int, Kind, int]  # (space id, kind, slot index or virtual address)
-O = TypeVar("O")
+Obj = TypeVar("Obj")
 
 _ids = itertools.count(1)
 
 
 @dataclasses.dataclass(eq=False)
-class Node(Generic[O]):
+class Node(Generic[Obj]):
     """One node: ``obj`` held by ``space`` at ``index`` with ``rights`` (an ``ObjectCap`` or a
     ``MemoryMapping``; ``kind`` says which)."""
 
     space: int
     index: int
-    obj: O
+    obj: Obj
     rights: int
-    parent: "Node[O] | None" = None
-    children: list["Node[O]"] = dataclasses.field(default_factory=list)
+    parent: "Node[Obj] | None" = None
+    children: list["Node[Obj]"] = dataclasses.field(default_factory=list)
     live: bool = True
     id: int = dataclasses.field(default_factory=lambda: next(_ids))
     kind: ClassVar[Kind]
@@ -64,34 +64,34 @@ class Node(Generic[O]):
     def size(self) -> int:
         return 0
 
-    def subtree(self) -> Iterator["Node[O]"]:
+    def subtree(self) -> Iterator["Node[Obj]"]:
         """This node and every node derived from it, parents before children."""
-        stack: list[Node[O]] = [self]
+        stack: list[Node[Obj]] = [self]
         while stack:
             node = stack.pop()
             yield node
             stack.extend(reversed(node.children))
 
     def derive(self, space: int, index: int, rights: int, *, offset: int = 0, size: int = 0,
-               parent: "Node[O] | None" = None) -> "Node[O]":
+               parent: "Node[Obj] | None" = None) -> "Node[Obj]":
         """A node like this one at ``(space, index)``: same object, ``rights`` (and for memory the range)."""
         raise NotImplementedError
 
 
 @dataclasses.dataclass(eq=False)
-class ObjectCap(Node[O]):
+class ObjectCap(Node[Obj]):
     """A capability slot: ``obj`` at slot ``index`` of ``space``'s object space; ``rights`` are
     ``CapRights`` bits."""
 
     kind: ClassVar[Kind] = Kind.OBJECT
 
     def derive(self, space: int, index: int, rights: int, *, offset: int = 0, size: int = 0,
-               parent: "Node[O] | None" = None) -> "ObjectCap[O]":
+               parent: "Node[Obj] | None" = None) -> "ObjectCap[Obj]":
         return ObjectCap(space, index, self.obj, rights, parent=parent)
 
 
 @dataclasses.dataclass(eq=False)
-class MemoryMapping(Node[O]):
+class MemoryMapping(Node[Obj]):
     """Memory at virtual address ``index`` of ``space``: bytes ``offset .. offset+size`` of the memory
     object ``obj``; ``rights`` are ``MemRights`` bits."""
 
@@ -108,7 +108,7 @@ class MemoryMapping(Node[O]):
         return self.mem_size
 
     def derive(self, space: int, index: int, rights: int, *, offset: int = 0, size: int = 0,
-               parent: "Node[O] | None" = None) -> "MemoryMapping[O]":
+               parent: "Node[Obj] | None" = None) -> "MemoryMapping[Obj]":
         return MemoryMapping(space, index, self.obj, rights, parent=parent, mem_offset=offset or self.mem_offset,
                              mem_size=size or self.mem_size)
 

@@ -37,7 +37,8 @@ class ItemTransfer(KernelState):
         if item.kind is ItemKind.OBJECT:
             if self.db.get(dst.space, Kind.OBJECT, dest) is not None:
                 return False
-            held, limit, rule, what = self.db.count(dst.space, Kind.OBJECT), budget.caps, Rule.CAP_BUDGET, "capabilities"
+            held, limit = self.db.count(dst.space, Kind.OBJECT), budget.caps
+            rule, what = Rule.CAP_BUDGET, "capabilities"
         else:
             overlapping = sum(1 for n in self.db.in_space(dst.space, Kind.MEMORY)
                               if dest < n.index + n.size and n.index < dest + item.size)
