@@ -1,20 +1,24 @@
 """Static analysis of a system image before boot: reach, authority closure, information flow, lint.
 
-capDL-tool's ``--analysis`` (capability-systems.md §1b "STCC") done for the L4Re model of
-l4re.md §8: direct edges from the declared caps, a take-grant saturation of what every task
-could ever obtain (catalogue case V24), the transitive information-flow closure, and lint
-findings for fail-open declarations (V23). Pure: an ``Image`` in, values out.
+capDL-tool's ``--analysis`` (https://github.com/seL4/capdl, capDL-tool) done for L4Re's
+authority model (a task reaches exactly what its Ned-declared capabilities name,
+https://l4re.org/doc/l4re_servers_ned.html): direct edges from the declared caps, a take-grant
+saturation of what every task could ever obtain (docs/violations.md, case V24), the transitive
+information-flow closure, and lint findings for fail-open declarations (V23). Pure: an ``Image``
+in, values out.
 
 Rules (what kernel_model/kernel.py and invoke.py enforce; the analysis must agree):
 
 1. **Gate.** A task whose cap to gate G has c (SVR) *and* s can bind G: c routes its
    Kobject protocol to the gate, and ``gate.bind`` needs S. It is a *server* of G and receives
    every call through G. Every holder (servers too) is a *client*: its calls go to the bound
-   server. c without s only reads the label (l4re.md §8.3).
+   server. c without s only reads the label (L4Re IPC gate,
+   https://l4re.org/doc/group__l4__kernel__object__gate__api.html).
 2. **Typed items.** A call carries caps client -> server, the reply server -> client. A cap is
    sent only by a task holding it; the receiver gets ``held ∩ requested``
    (``derive_cap_rights``; rights only shrink). S survives a call only if the client's gate cap
-   has S (l4re.md §3). On a reply S survives only if the *caller's* cap had S, as in Fiasco
+   has S (L4Re flexpage rights, https://l4re.org/doc/group__l4__fpage__api.html). On a reply S
+   survives only if the *caller's* cap had S, as in Fiasco
    (``set_caller(this, rights)`` stores the W/S bits of the cap the caller used, and
    ``Obj_cap::deref`` of the reply cap returns ``caller_rights()``; fiasco thread-ipc.cpp,
    thread_object.cpp, receiver.cpp) and in ``Kernel._reply``. ``reply_s_from_caller=False``
@@ -38,13 +42,15 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import deque
+from typing import Iterator, Mapping, Sequence
 
 from capabilities.image import BUILTIN_OBJECTS, Image, ObjectType
+from capabilities.kinds import BIND, IMAGE_KINDS, Flow
+from capabilities.lint import LintRule, Severity
 from capabilities.rights import CapRights, derive_cap_rights
 
 ROM_NODE = "moe:rom"  #: the flow source of the boot modules (not a task name: it has a colon)
 FULL = CapRights.parse("svr")
-BIND = CapRights.SVR | CapRights.S  #: what a gate server needs
 
 
 class EdgeKind(enum.Enum):
@@ -273,13 +279,13 @@ class Analysis:
                     self.work += 1
                     mask |= bit[nxt] | reach[comp[nxt]]
             reach[c] = mask
-        out = {}
+        out: dict[str, frozenset[str]] = {}
         for n in nodes:
             mask, found = reach[comp[n]] & ~bit[n], []
             while mask:  # set bits only: the cost is the size of the answer
-                low = mask & -mask
-                found.append(nodes[low.bit_length() - 1])
-                mask ^= low
+                lowest = mask & -mask
+                found.append(nodes[lowest.bit_length() - 1])
+                mask ^= lowest
                 self.work += 1
             out[n] = frozenset(found)
         return out
@@ -346,7 +352,7 @@ class Analysis:
             for t in self.tasks:
                 held[t] = list(order[t].values())
 
-    def _channels(self, held: dict[str, list[Holding]]):
+    def _channels(self, held: dict[str, list[Holding]]) -> Iterator[tuple[str, Holding, str, Holding, str]]:
         """(client, its gate cap, server, its gate cap, gate) for every client/server pair of tasks.
 
         Per pair, the client's first cap is used, plus its first cap with S if that is another
@@ -370,7 +376,7 @@ class Analysis:
                         if server != client:
                             yield client, ccap, server, scap, gate
 
-    def _by_object(self, held) -> dict[str, list[Holding]]:
+    def _by_object(self, held: Mapping[str, Sequence[Holding]]) -> dict[str, list[Holding]]:
         """object -> its holdings, tasks in image order (one pass over all holdings)."""
         out: dict[str, list[Holding]] = {}
         for t in self.tasks:
@@ -389,8 +395,8 @@ class Analysis:
         (after saturation, a server's clients often all hold the same caps: this keeps the derived
         edges proportional to the task pairs, not to pairs x objects).
         """
-        out: dict[tuple, Edge] = {}
-        signatures: set[tuple] = set()
+        out: dict[tuple[EdgeKind, str, str, str] | tuple[EdgeKind, str, str], Edge] = {}
+        signatures: set[tuple[str, frozenset[tuple[str, bool]]]] = set()
 
         def add(kind: EdgeKind, src: Holding | None, dst: Holding, obj: str) -> None:
             source = src.task if src is not None else ROM_NODE
@@ -403,32 +409,26 @@ class Analysis:
         for obj in self.objects:
             hs = by_object.get(obj, [])
             otype = self.types[obj]
+            kind = IMAGE_KINDS[otype]
             if per_pair:
-                role = {ObjectType.GATE: lambda h: h.rights.covers(BIND), ObjectType.IRQ: lambda h: CapRights.S in h.rights,
-                        ObjectType.DATASPACE: lambda h: CapRights.W in h.rights}.get(otype, lambda h: True)
-                signature = (otype, frozenset((h.task, role(h)) for h in hs))
+                signature = (otype, frozenset((h.task, kind.owns(h.rights)) for h in hs))
                 self.work += len(hs)
                 if signature in signatures:
                     continue
                 signatures.add(signature)
             # the receiving side is filtered once per object, not once per holder
-            if otype == ObjectType.GATE:
-                servers = [h for h in hs if h.rights.covers(BIND)]
-                for c in hs:
-                    for s in servers:
-                        add(EdgeKind.CALL, c, s, obj)
-            elif otype == ObjectType.IRQ:
-                binders = [x for x in hs if CapRights.S in x.rights]
+            if kind.flow is Flow.TO_OWNERS:
+                owners = [h for h in hs if kind.owns(h.rights)]
                 for h in hs:
-                    for b in binders:
-                        add(EdgeKind.IRQ, h, b, obj)
-            elif otype == ObjectType.DATASPACE:
-                for w in [x for x in hs if CapRights.W in x.rights]:
-                    for r in hs:
-                        add(EdgeKind.MEMORY, w, r, obj)
-            elif otype == ObjectType.NAMESPACE:
+                    for o in owners:
+                        add(EdgeKind(kind.edge), h, o, obj)
+            elif kind.flow is Flow.FROM_OWNERS:
+                for o in [h for h in hs if kind.owns(h.rights)]:
+                    for h in hs:
+                        add(EdgeKind(kind.edge), o, h, obj)
+            elif kind.flow is Flow.FROM_ROM:
                 for h in hs:
-                    add(EdgeKind.ROM, None, h, obj)
+                    add(EdgeKind(kind.edge), None, h, obj)
         return list(out.values())
 
     def _bfs(self, a: str) -> dict[str, Witness]:
@@ -457,12 +457,12 @@ class Analysis:
                 if b not in found:
                     steps: list[Step] = []
                     node = b
-                    while parent[node] is not None:
-                        node, step = parent[node]
+                    while (link := parent[node]) is not None:
+                        node, step = link
                         steps.append(step)
                     paths[b] = tuple(reversed(steps))
-            for b, steps in paths.items():
-                found.setdefault(b, steps)
+            for b, path in paths.items():
+                found.setdefault(b, path)
         return {b: Witness(f"{a} can influence {b}", a, steps) for b, steps in found.items() if b != a}
 
 
@@ -471,39 +471,9 @@ def _cost(w: Witness | None) -> int:
 
 
 # ==================================================================== lint
-class Severity(enum.IntEnum):
-    INFO = 0  #: worth knowing, nothing to fix
-    WARNING = 1  #: more authority than needed, or a cap nobody is on the other end of
-    ERROR = 2  #: fail-open: a task can take over or break someone else's channel; check exits 1
-
-
-class Rule(enum.Enum):
-    """Lint rules on the *declared* caps: (id, severity, what it means)."""
-
-    GATE_TWO_SERVERS = ("gate-two-servers", Severity.ERROR, "two tasks can bind one gate; the last bind gets the calls")
-    SVR_CANNOT_BIND = ("svr-cannot-bind", Severity.ERROR, "server right c without s: the task never binds the gate")
-    CLIENT_S = ("client-s", Severity.WARNING, "a gate client holds s: S in its label, and the caps it sends keep S")
-    SHARED_DELETE = ("shared-delete", Severity.WARNING, "d on an object others use, held by a task not serving it")
-    GATE_NO_SERVER = ("gate-no-server", Severity.ERROR, "a gate nobody can bind: every call blocks until timeout")
-    GATE_NO_CLIENT = ("gate-no-client", Severity.WARNING, "a gate served but held by nobody else: unused")
-    IRQ_TWO_BINDERS = ("irq-two-binders", Severity.ERROR, "two tasks can bind one IRQ; the last bind takes it")
-    IRQ_NO_BINDER = ("irq-no-binder", Severity.ERROR, "an IRQ nobody can bind: every trigger is lost")
-    IRQ_NO_TRIGGER = ("irq-no-trigger", Severity.WARNING, "an IRQ only its binder holds: nobody else triggers it")
-    IRQ_WRITE = ("irq-write", Severity.INFO, "w on an IRQ grants nothing: the kernel checks no W on IRQs")
-    DS_UNSHARED = ("ds-unshared", Severity.INFO, "a dataspace only one task holds: private memory, not a channel")
-    DS_NO_WRITER = ("ds-no-writer", Severity.WARNING, "a shared dataspace nobody can write: it carries nothing")
-    DS_ALL_WRITERS = ("ds-all-writers", Severity.INFO, "every holder can write a shared dataspace: flow both ways")
-    ROM_WRITE = ("rom-write", Severity.ERROR, "w on Moe's read-only rom namespace")
-    FACTORY_NO_CREATE = ("factory-no-create", Severity.WARNING, "a factory cap without s: it can create nothing")
-    OBJECT_UNHELD = ("object-unheld", Severity.WARNING, "a declared object no task holds")
-
-    def __init__(self, rule_id: str, severity: Severity, meaning: str):
-        self.id, self.severity, self.meaning = rule_id, severity, meaning
-
-
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    rule: Rule
+    rule: LintRule
     severity: Severity
     task: str | None  #: where to look: the task whose cap is at fault (None: the object itself)
     cap: str | None  #: that task's cap name
@@ -527,71 +497,31 @@ def lint(image: Image) -> list[Finding]:
         for c in t.caps:
             holders[c.object].append((t.name, c.name, c.rights))
 
-    def add(rule: Rule, who: tuple[str, str, CapRights] | None, obj: str, message: str) -> None:
+    def add(rule: LintRule, who: tuple[str, str, CapRights] | None, obj: str, message: str) -> None:
         found.append(Finding(rule, rule.severity, who[0] if who else None, who[1] if who else None, obj, message))
 
     for obj, hs in holders.items():
         otype, tasks = types[obj], list(dict.fromkeys(h[0] for h in hs))
         if not hs:
             if obj not in BUILTIN_OBJECTS:
-                add(Rule.OBJECT_UNHELD, None, obj, f"{otype} {obj!r} is declared but no task holds a cap to it")
+                add(LintRule.OBJECT_UNHELD, None, obj, f"{otype} {obj!r} is declared but no task holds a cap to it")
             continue
-        owners = [h for h in hs if h[2].covers(BIND if otype == ObjectType.GATE else CapRights.S)]
+        kind = IMAGE_KINDS[otype]
+        owners = [h for h in hs if kind.owns(h[2])]
         owner_tasks = list(dict.fromkeys(h[0] for h in owners))
-        if otype in (ObjectType.GATE, ObjectType.IRQ) and len(owner_tasks) > 1:
-            rule = Rule.GATE_TWO_SERVERS if otype == ObjectType.GATE else Rule.IRQ_TWO_BINDERS
+        if kind.one_owner is not None and len(owner_tasks) > 1:
+            rule = kind.one_owner
             for h in owners:
                 if h[0] != owner_tasks[0]:
                     add(rule, h, obj, f"{h[0]} can bind {otype} {obj!r} as {owner_tasks[0]} can: "
                                       f"whoever binds last receives everything sent through it")
         for h in hs:
-            if len(tasks) > 1 and CapRights.D in h[2] and (h[0] not in owner_tasks or otype not in
-                                                            (ObjectType.GATE, ObjectType.IRQ)):
-                add(Rule.SHARED_DELETE, h, obj, f"d lets {h[0]} delete {otype} {obj!r} under "
+            if len(tasks) > 1 and CapRights.D in h[2] and (h[0] not in owner_tasks or kind.one_owner is None):
+                add(LintRule.SHARED_DELETE, h, obj, f"d lets {h[0]} delete {otype} {obj!r} under "
                                                 f"{', '.join(t for t in tasks if t != h[0])}")
-        if otype == ObjectType.GATE:
-            for h in hs:
-                if CapRights.SVR in h[2] and CapRights.S not in h[2]:
-                    add(Rule.SVR_CANNOT_BIND, h, obj, f"{h[0]} holds c on gate {obj!r} without s: it can never bind "
-                                                      f"it, and c is server authority a client must not have")
-                elif CapRights.SVR not in h[2] and CapRights.S in h[2]:
-                    add(Rule.CLIENT_S, h, obj, f"client {h[0]} holds s on gate {obj!r}: its label shows S and the "
-                                               f"caps it sends to the server keep S; give it rw")
-            if not owners:
-                add(Rule.GATE_NO_SERVER, hs[0], obj, f"no task can bind gate {obj!r} (needs c and s): "
-                                                     f"calls from {', '.join(tasks)} block until they time out")
-            elif tasks == owner_tasks[:1]:
-                add(Rule.GATE_NO_CLIENT, owners[0], obj, f"only {tasks[0]} holds gate {obj!r}: nobody calls it")
-        elif otype == ObjectType.IRQ:
-            if not owners:
-                add(Rule.IRQ_NO_BINDER, hs[0], obj, f"no task can bind IRQ {obj!r} (needs s): "
-                                                    f"triggers from {', '.join(tasks)} go nowhere")
-            elif tasks == owner_tasks[:1]:
-                add(Rule.IRQ_NO_TRIGGER, owners[0], obj, f"only its binder {tasks[0]} holds IRQ {obj!r}")
-            for h in hs:
-                if CapRights.W in h[2]:
-                    add(Rule.IRQ_WRITE, h, obj, f"w on IRQ {obj!r} grants {h[0]} nothing (trigger needs only the "
-                                                f"cap, bind needs s)")
-        elif otype == ObjectType.DATASPACE:
-            writers = [h for h in hs if CapRights.W in h[2]]
-            if len(tasks) == 1:
-                add(Rule.DS_UNSHARED, hs[0], obj, f"only {tasks[0]} holds dataspace {obj!r}")
-            elif not writers:
-                add(Rule.DS_NO_WRITER, hs[0], obj, f"nobody can write dataspace {obj!r}: {', '.join(tasks)} "
-                                                   f"read only zeros")
-            elif set(tasks) == {h[0] for h in writers}:
-                add(Rule.DS_ALL_WRITERS, hs[0], obj, f"every holder of dataspace {obj!r} can write it "
-                                                     f"({', '.join(tasks)}); map r where a task only reads")
-        elif otype == ObjectType.NAMESPACE:
-            for h in hs:
-                if CapRights.W in h[2]:
-                    add(Rule.ROM_WRITE, h, obj, f"{h[0]} holds w on the read-only rom namespace")
-        elif otype == ObjectType.FACTORY:
-            for h in hs:
-                if CapRights.S not in h[2]:
-                    add(Rule.FACTORY_NO_CREATE, h, obj, f"{h[0]}'s cap to factory {obj!r} lacks s: it can "
-                                                        f"create nothing")
+        if kind.lint is not None:
+            kind.lint(obj, hs, tasks, owners, owner_tasks, add)
     order = {t.name: i for i, t in enumerate(image.tasks)}
-    rules = list(Rule)
+    rules = list(LintRule)
     return sorted(found, key=lambda f: (-f.severity, rules.index(f.rule), order.get(f.task or "", -1),
                                         f.cap or "", f.object))

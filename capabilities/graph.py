@@ -1,4 +1,4 @@
-"""The capability graph of an image as Graphviz DOT text (capDL's ``--dot``, capability-systems.md §1e).
+"""The capability graph of an image as Graphviz DOT text (capDL-tool's ``--dot``, https://github.com/seL4/capdl).
 
 Tasks are boxes; objects have one shape and colour per type (gate, irq, dataspace, factory,
 Moe's rom namespace). Each declared cap is an edge labelled with its name and rights, pointing
@@ -9,18 +9,13 @@ task can obtain beyond its declared ones are drawn dashed. Pure, and determinist
 """
 from __future__ import annotations
 
-from capabilities.analysis import BIND, Analysis, Holding, Severity
-from capabilities.image import BUILTIN_OBJECTS, Image, ObjectType
-from capabilities.rights import CapRights
+from capabilities.analysis import Analysis, Holding
+from capabilities.image import BUILTIN_OBJECTS, Image
+from capabilities.kinds import IMAGE_KINDS, Flow
+from capabilities.lint import Severity
 
 #: object type -> (shape, fill, line colour)
-STYLE = {
-    ObjectType.GATE: ("ellipse", "#dbe8fb", "#1f5fbf"),
-    ObjectType.IRQ: ("diamond", "#fde7cf", "#d9730d"),
-    ObjectType.DATASPACE: ("cylinder", "#d8f0d8", "#2b8a3e"),
-    ObjectType.FACTORY: ("hexagon", "#eadcf5", "#7b3fa0"),
-    ObjectType.NAMESPACE: ("folder", "#ececec", "#666666"),
-}
+STYLE = {name: kind.style for name, kind in IMAGE_KINDS.items()}
 ERROR_COLOUR = "#d62728"
 
 
@@ -36,15 +31,16 @@ def _attrs(**kw: str | None) -> str:
 def _cap_edge(h: Holding, otype: str, colour: str, label: str, *, obtained: bool, error: bool) -> str:
     """One cap as an edge, pointing the way requests travel; server/binder caps bold."""
     task, obj = quote(f"task:{h.task}"), quote(f"obj:{h.object}")
-    serves = (otype == ObjectType.GATE and h.rights.covers(BIND)) or \
-        (otype == ObjectType.IRQ and CapRights.S in h.rights)
-    inbound = serves or otype == ObjectType.NAMESPACE or (otype == ObjectType.DATASPACE and CapRights.W not in h.rights)
+    kind = IMAGE_KINDS[otype]
+    owner = kind.owns(h.rights)
+    serves = kind.bold_owners and owner
+    inbound = serves or kind.flow is Flow.FROM_ROM or (kind.flow is Flow.FROM_OWNERS and not owner)
     src, dst = (obj, task) if inbound else (task, obj)
     style = ",".join(s for s in ("dashed" if obtained else "", "bold" if serves else "") if s) or None
     return f"  {src} -> {dst} [" + _attrs(
         label=label, color=ERROR_COLOUR if error else colour, fontcolor=ERROR_COLOUR if error else None,
         style=style, penwidth="2" if serves else None,
-        dir="both" if otype == ObjectType.DATASPACE and CapRights.W in h.rights else None) + "];"
+        dir="both" if kind.flow is Flow.FROM_OWNERS and owner else None) + "];"
 
 
 def render_dot(image: Image, analysis: Analysis | None = None, *, obtainable: bool = False) -> str:
@@ -67,7 +63,8 @@ def render_dot(image: Image, analysis: Analysis | None = None, *, obtainable: bo
         if obj in BUILTIN_OBJECTS and obj not in held and not image.modules:
             continue
         shape, fill, line = STYLE[otype]
-        extra = f"\nmodules: {', '.join(m.name for m in image.modules)}" if otype == ObjectType.NAMESPACE and \
+        rom = IMAGE_KINDS[otype].flow is Flow.FROM_ROM
+        extra = f"\nmodules: {', '.join(m.name for m in image.modules)}" if rom and \
             image.modules else ""
         lines.append(f"  {quote('obj:' + obj)} [" + _attrs(shape=shape, style="filled", fillcolor=fill, color=line,
                                                            label=f"{obj}\n{otype}{extra}") + "];")

@@ -47,12 +47,15 @@ these names are reserved.
 """
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 import dataclasses
 import re
 from typing import Any, Callable
 
 import yaml
 
+from capabilities.kinds import DECLARABLE, IMAGE_KINDS
 from capabilities.restart import RestartPolicy
 from capabilities.restart import parse as parse_restart
 from capabilities.rights import CapRights
@@ -80,20 +83,10 @@ class ObjectType:
     NAMESPACE = "namespace"  # only Moe's built-in `rom`
 
 
-#: Rights that make sense per object type (what a holder could ever use).
-ALLOWED_RIGHTS = {
-    ObjectType.GATE: CapRights.parse("svr"),
-    ObjectType.IRQ: CapRights.R | CapRights.W | CapRights.S | CapRights.D,
-    ObjectType.DATASPACE: CapRights.R | CapRights.W | CapRights.D,
-    ObjectType.FACTORY: CapRights.R | CapRights.S | CapRights.D,
-    ObjectType.NAMESPACE: CapRights.R,
-}
-OBJECT_KEYS = {
-    ObjectType.GATE: {"type"},
-    ObjectType.IRQ: {"type"},
-    ObjectType.DATASPACE: {"type", "size"},
-    ObjectType.FACTORY: {"type", "quota"},
-}
+#: Rights that make sense per object type (what a holder could ever use), and the keys of each
+#: declarable type: from the registry of object kinds (``capabilities.kinds``).
+ALLOWED_RIGHTS = {name: kind.rights for name, kind in IMAGE_KINDS.items()}
+OBJECT_KEYS = {name: {"type", *kind.keys} for name, kind in DECLARABLE.items()}
 TOP_KEYS = {"name", "description", "ram", "modules", "run", "objects", "tasks"}
 TASK_KEYS = {"program", "args", "log", "memory", "restart", "restart_limit", "caps", "config", "network"}
 TASK_KEYS |= {"limits"}  # kernel budgets (issue 9)
@@ -368,16 +361,15 @@ def parse_image(text: str, filename: str = "<image>",
                 if key not in OBJECT_KEYS[otype]:
                     ck.problem(kn, f"{field}.{key}", f"unknown key {key!r} for a {otype} (expected one of: {', '.join(sorted(OBJECT_KEYS[otype]))})")
             size = quota = 0
-            if otype == ObjectType.DATASPACE:
+            if "size" in OBJECT_KEYS[otype]:
                 if "size" not in body:
                     ck.problem(vnode, f"{field}.size", "missing required key 'size' for a dataspace")
                     continue
-                size = ck.size(body["size"][1], f"{field}.size")
-                if size is None:  # already reported
-                    size = 0
-                elif size <= 0:
+                parsed = ck.size(body["size"][1], f"{field}.size")
+                size = 0 if parsed is None else parsed  # None: already reported
+                if parsed is not None and parsed <= 0:
                     ck.problem(body["size"][1], f"{field}.size", "expected a dataspace size > 0")
-            if otype == ObjectType.FACTORY:
+            if "quota" in OBJECT_KEYS[otype]:
                 quota = ck.integer(body["quota"][1], f"{field}.quota", 1) or 0 if "quota" in body else 0
                 if "quota" not in body:
                     ck.problem(vnode, f"{field}.quota", "missing required key 'quota' (objects it may create)")
@@ -426,11 +418,11 @@ def parse_image(text: str, filename: str = "<image>",
                 ck.problem(run["until"][1], "run.until", "expected at least one task: an empty list never ends "
                                                          "(leave 'run' out to run until Ctrl-C or --duration)")
             for item in items:
-                tname = ck.scalar(item, "run.until", "a task name")
-                if tname is not None and tname in declared_tasks and tname not in task_nodes:
+                until_task = ck.scalar(item, "run.until", "a task name")
+                if until_task is not None and until_task in declared_tasks and until_task not in task_nodes:
                     continue  # the task itself is invalid, and that is reported where it is declared
-                if tname is not None and tname not in task_nodes:
-                    ck.problem(item, "run.until", f"unknown task {tname!r} (tasks: {', '.join(task_nodes) or 'none'})")
+                if until_task is not None and until_task not in task_nodes:
+                    ck.problem(item, "run.until", f"unknown task {until_task!r} (tasks: {', '.join(task_nodes) or 'none'})")
                 elif tname is not None:
                     until.append(tname)
 
@@ -446,7 +438,7 @@ def parse_image(text: str, filename: str = "<image>",
 
 def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[str, ObjectDecl],
           used: set[str], program_exists: Callable[[str], bool] | None,
-          broken: set[str] = frozenset()) -> TaskDecl | None:
+          broken: AbstractSet[str] = frozenset()) -> TaskDecl | None:
     body = ck.mapping(node, field, TASK_KEYS)
     if not isinstance(node, yaml.MappingNode):
         return None
@@ -521,15 +513,16 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
                     connect.append(text)
     limits = LimitsDecl()
     if "limits" in body:
-        given = {}
+        given: dict[str, int] = {}
         for key, (_knode, vnode) in ck.mapping(body["limits"][1], f"{field}.limits", set(LIMIT_KEYS)).items():
-            value = ck.integer(vnode, f"{field}.limits.{key}", minimum=1)
-            if value is not None and value >= 1 << 32:
-                ck.problem(vnode, f"{field}.limits.{key}", f"expected an integer below 2**32, got {value}")
-            elif value is not None:
-                given[key] = value
+            number = ck.integer(vnode, f"{field}.limits.{key}", minimum=1)
+            if number is not None and number >= 1 << 32:
+                ck.problem(vnode, f"{field}.limits.{key}", f"expected an integer below 2**32, got {number}")
+            elif number is not None:
+                given[key] = number
         limits = LimitsDecl(**given)
-    wd_bytes, wd_files = WORKDIR_BYTES, WORKDIR_FILES
+    wd_bytes: int | None = WORKDIR_BYTES
+    wd_files: int | None = WORKDIR_FILES
     if "workdir" in body:
         wd = ck.mapping(body["workdir"][1], f"{field}.workdir", {"size", "files"})
         if "size" in wd:
@@ -578,7 +571,7 @@ def _plain(node: yaml.Node) -> Any:
 
 
 def _cap(ck: _Checker, field: str, cname: str, node: yaml.Node, objects: dict[str, ObjectDecl],
-         broken: set[str] = frozenset()) -> CapDecl | None:
+         broken: AbstractSet[str] = frozenset()) -> CapDecl | None:
     if isinstance(node, yaml.MappingNode):
         body = ck.mapping(node, field, {"object", "rights"})
         if "object" not in body:

@@ -26,7 +26,8 @@ class CapRights(enum.IntFlag):
         """Parse Ned-style letters (``"rw"``, ``"rws"``, ``"svr"``); R is always implied.
 
         Raises ``ValueError`` naming the first unknown letter: unlike Ned, an unknown
-        letter is an error, never silently ignored (capability-systems.md V23).
+        letter is an error, never silently ignored (docs/violations.md V23; Ned's
+        ned/server/src/lua_cap.cc in https://github.com/kernkonzept/l4re-core skips it).
         """
         text = letters.strip().lower()
         if text == "svr":
@@ -87,7 +88,8 @@ def derive_cap_rights(held: CapRights, requested: CapRights, *, partner_has_s: b
     """Rights a receiver gets for an object cap: ``held ∩ requested``.
 
     S survives only if the cap used to address the IPC partner also has S
-    (l4re.md §3 "Rights on transfer"). The result has no R -> nothing is mapped,
+    (L4Re flexpage and capability rights, https://l4re.org/doc/group__l4__fpage__api.html).
+    The result has no R -> nothing is mapped,
     which callers see as ``CapRights.NONE``.
     """
     rights = CapRights(held & requested)

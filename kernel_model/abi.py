@@ -1,7 +1,7 @@
 """The kernel ABI shared by the kernel and every task: numbers with L4's real values.
 
-Sources: l4sys/include/{consts.h,types.h,err.h,ipc.h,__timeout.h} as summarised in
-shared/reference/l4re.md (§2, §4 and the quick reference card). Where this
+Sources: l4sys/include/{consts.h,types.h,err.h,ipc.h,__timeout.h} of L4Re
+(https://github.com/kernkonzept/l4re-core, documented at https://l4re.org/doc/group__l4__api.html). Where this
 model adds an operation L4 does not have, the number says so in its docstring.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ INVALID_CAP = (~0 << 11) & 0xFFFF_FFFF_FFFF_FFFF  #: L4_INVALID_CAP on 64-bit
 MR_WORDS = 63  #: L4_UTCB_GENERIC_DATA_SIZE
 MR_BYTES = MR_WORDS * 8
 PAGE_SIZE = 4096
+CHANNEL_FD = 3  #: the fd of a task's one channel to the kernel (a SOCK_SEQPACKET socket)
+MAX_FRAME = 64 * 1024  #: the largest frame either side of a channel reads at once
 
 
 def sel(index: int) -> int:
@@ -144,7 +146,7 @@ class UnmapMask(enum.IntEnum):
 
 class ThreadOp(enum.IntEnum):
     CONTROL = 0
-    EX_REGS = 1  #: here: start the thread; the message data is the task's boot record (see wire.BootRecord)
+    EX_REGS = 1  #: here: start the thread; the message data is the task's boot record (``bootrecord.BootRecord``)
 
 
 class GateOp(enum.IntEnum):

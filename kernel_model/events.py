@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from kernel_model.bootrecord import BootRecord
 from kernel_model.objects import Memory, Task
 from kernel_model.wire import Result
 
@@ -66,7 +67,7 @@ class Spawn:
     """Start the task's process; its first frame is the boot record."""
 
     task: Task
-    record: dict
+    record: BootRecord
     memory: tuple[Memory, ...] = ()  # boot memory (read-only), passed with the boot frame in record order
 
 
@@ -76,7 +77,7 @@ class Kill:
 
 
 @dataclasses.dataclass(frozen=True)
-class Console:
+class ConsoleLine:
     """One complete log line: ``text`` is already escaped (``kernel_model.logs.printable``); the host
     prints ``tag`` itself, so text can never pose as another task's line. ``notice``: said by the
     kernel about this log (e.g. lines dropped), not written by the task."""
@@ -130,4 +131,4 @@ class Denied:
     violation: Violation
 
 
-Effect = Deliver | Spawn | Kill | Console | MemoryCreated | Revoked | MemoryRetired | Remapped | Traced | Denied
+Effect = Deliver | Spawn | Kill | ConsoleLine | MemoryCreated | Revoked | MemoryRetired | Remapped | Traced | Denied

@@ -1,7 +1,9 @@
-"""Operations the kernel itself performs when a kernel object is invoked.
+"""Operations the kernel itself performs when a kernel object is invoked, and the registry of
+kernel object kinds (``KERNEL_KINDS``: one entry per kind, with its protocols, handler and factory op).
 
-One function per object type, each ``(kernel, thread, cap, inv) -> Reply | None``
-(``None``: the operation already completed or blocked the thread). Arguments
+One handler per object kind, each ``(kernel, thread, cap, inv) -> Reply | None``
+(``None``: the operation already completed or blocked the thread); the kernel is
+seen only through ``ops.KernelOps``. Arguments
 are decoded and checked first; state changes only after every check passed
 (seL4 cnode.c: decode, then invoke). A failed check answers with a negative
 ``Err`` in the reply label and, when the caller lacked authority, records a
@@ -10,26 +12,24 @@ violation naming the rule.
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import struct
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
-from capabilities.mapdb import Kind, Mapping
+from capabilities.mapdb import Kind, ObjectCap
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IpcError,
                               IrqOp, LogOp, Proto, TaskOp, ThreadOp, UnmapMask, sel)
 from kernel_model import server_gone
-from kernel_model.events import Console, Rule
+from kernel_model.bootrecord import BootRecord, BootRecordError
+from kernel_model.events import ConsoleLine, Rule
 from kernel_model.logs import LogBudget, LogStream, printable
-from kernel_model.objects import Budget, Debugger, Factory, IpcGate, Irq, Log, Task, Thread
+from kernel_model.objects import Budget, Debugger, Factory, IpcGate, Irq, KernelLog, KObject, Memory, Task, Thread
+from kernel_model.ops import KernelOps
 from kernel_model.wire import Invocation, ItemKind, RecvItem
 
-if TYPE_CHECKING:
-    from kernel_model.kernel import Kernel
+Cap = ObjectCap[Any]  #: a capability to a kernel object; each handler knows its object's kind
 
 FULL = CapRights.parse("svr")
-HOST_KEYS = ("confine", "workdir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,52 +37,41 @@ class Reply:
     label: int = 0
     data: bytes = b""
     items: tuple[RecvItem, ...] = ()
-    memory: tuple = ()
+    memory: tuple[tuple[Memory, bool], ...] = ()
 
 
 def err(code: Err) -> Reply:
     return Reply(-int(code))
 
 
-def words(inv: Invocation, n: int) -> tuple[int, ...] | None:
+def read_words(inv: Invocation, n: int) -> tuple[int, ...] | None:
     """The first ``n`` message registers as unsigned words, or None if the message is shorter."""
     if len(inv.data) < 8 * n:
         return None
     return struct.unpack_from(f"<{n}Q", inv.data)
 
 
-PROTOCOLS = {
-    Task: (Proto.TASK,),
-    Thread: (Proto.THREAD,),
-    IpcGate: (Proto.KOBJECT,),
-    Irq: (Proto.IRQ, Proto.IRQ_SENDER),
-    Factory: (Proto.FACTORY,),
-    Log: (Proto.LOG,),
-    Debugger: (Proto.DEBUGGER,),
-}
-
-
-def kernel_object(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply | None:
+def kernel_object(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply | None:
     obj = cap.obj
     proto = inv.tag.label
-    if proto not in PROTOCOLS[type(obj)]:
-        k._deny(thread, inv.dest, f"proto {proto}", Rule.WRONG_OBJECT_TYPE, "-L4_EBADPROTO",
-                f"a {obj.type.value} does not speak protocol {proto}")
+    kind = KERNEL_KINDS[type(obj)]
+    if proto not in kind.protocols:
+        k.deny(thread, inv.dest, f"proto {proto}", Rule.WRONG_OBJECT_TYPE, "-L4_EBADPROTO",
+               f"a {obj.type.value} does not speak protocol {proto}")
         return err(Err.EBADPROTO)
-    handler = HANDLERS[type(obj)]
-    return handler(k, thread, cap, inv)
+    return kind.handler(k, thread, cap, inv)
 
 
-def _need(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation, right: CapRights, op: str) -> Reply | None:
+def _need(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation, right: CapRights, op: str) -> Reply | None:
     if right in CapRights(cap.rights):
         return None
-    k._deny(thread, inv.dest, op, Rule.MISSING_RIGHT, "-L4_EPERM",
+    k.deny(thread, inv.dest, op, Rule.MISSING_RIGHT, "-L4_EPERM",
             f"needs {right.letters() if right != CapRights.SVR else 'c'} on {cap.obj.describe()}, "
             f"holds {CapRights(cap.rights).letters()}")
     return err(Err.EPERM)
 
 
-def _own_cap(k: "Kernel", thread: Thread, selector: int, kind: type) -> Mapping | None:
+def _own_cap(k: KernelOps, thread: Thread, selector: int, kind: type[KObject]) -> Cap | None:
     node = k.lookup(thread.task, selector)
     if node is None or not isinstance(node.obj, kind) or not node.obj.alive:
         return None
@@ -90,65 +79,44 @@ def _own_cap(k: "Kernel", thread: Thread, selector: int, kind: type) -> Mapping 
 
 
 # ------------------------------------------------------------------- factory
-def factory(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+def factory(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply:
     fab: Factory = cap.obj
     if (denied := _need(k, thread, cap, inv, CapRights.S, "factory.create")):
         return denied
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     what = _signed(args[0])
     if inv.rcv_obj == INVALID_CAP or inv.rcv_obj & 0x800:
         return err(Err.EINVAL)
     dest = inv.rcv_obj >> L4_CAP_SHIFT
-    extra = (words(inv, min(len(inv.data) // 8, 4)) or ()) + (0, 0, 0, 0)
-    if what == FactoryOp.FACTORY:
-        cost = 1 + extra[1]
-    else:
-        cost = 1
+    extra = (read_words(inv, min(len(inv.data) // 8, 4)) or ()) + (0, 0, 0, 0)
+    kind = BY_FACTORY_OP.get(what)
+    cost = kind.cost(extra) if kind is not None else 1
     if fab.used + cost > fab.quota:
-        k._deny(thread, inv.dest, "factory.create", Rule.FACTORY_QUOTA, "-L4_ENOMEM",
-                f"{fab.describe()} has {fab.quota - fab.used} of {fab.quota} objects left")
+        k.deny(thread, inv.dest, "factory.create", Rule.FACTORY_QUOTA, "-L4_ENOMEM",
+               f"{fab.describe()} has {fab.quota - fab.used} of {fab.quota} objects left")
         return err(Err.ENOMEM)
     if (refused := k.cap_budget_refusal(thread.task, dest, inv.dest, "factory.create")):
         return err(refused)
-    if what == FactoryOp.TASK:
-        default = Budget()
-        obj = Task(budget=Budget(caps=extra[1] or default.caps, mappings=extra[2] or default.mappings))
-        k.tasks[obj.id] = obj
-    elif what == FactoryOp.THREAD:
-        bind = _own_cap(k, thread, extra[1], Task)
-        if bind is None or bind.obj.threads:
-            return err(Err.EINVAL)
-        obj = Thread(task=bind.obj)
-        bind.obj.threads.append(obj)
-    elif what == FactoryOp.GATE:
-        obj = IpcGate()
-    elif what == FactoryOp.IRQ:
-        obj = Irq()
-        k.irqs.append(obj)
-    elif what == FactoryOp.FACTORY:
-        obj = Factory(quota=extra[1], parent=fab)
-    elif what == FactoryOp.LOG:
-        if fab is not k.root_factory:  # a tag is a name on the console: only the root task hands them out
-            k._deny(thread, inv.dest, "factory.create(log)", Rule.MISSING_RIGHT, "-L4_EPERM",
-                    f"only the kernel factory creates logs, not {fab.describe()}")
-            return err(Err.EPERM)
-        color = chr(extra[1]) if 0 < extra[1] < 0x80 and chr(extra[1]).lower() in "nrgybmcw" else "w"
-        tag = printable(inv.data[32:].rstrip(b"\0").decode("utf-8", "replace"))[:8]
-        obj = Log(tag=tag or "?", color=color, budget=LogBudget(extra[2], extra[3]))
-    else:
+    if kind is None or kind.create is None:
         return err(Err.ENOSYS)
+    made = kind.create(k, thread, fab, extra, inv)
+    if isinstance(made, Reply):
+        return made
+    obj = made
+    if kind.adopt:
+        k.adopt(obj)
     fab.used += cost
     _, removed = k.db.insert_root(thread.task.space, Kind.OBJECT, dest, obj, int(FULL))
-    k._revoked(removed)
+    k.revoked(removed)
     return Reply(0, items=(RecvItem(ItemKind.OBJECT, sel(dest), int(FULL)),))
 
 
 # ---------------------------------------------------------------------- task
-def task(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+def task(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply:
     target: Task = cap.obj
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     op = args[0]
@@ -159,34 +127,34 @@ def task(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
             # Memory reaches a task only through IPC it receives itself (dataspace map),
             # so the receiving process always gets the fd with the result.
             return err(Err.EINVAL)
-        tr = k._transfer(thread.task, inv.items, target, None, CapRights.S in CapRights(cap.rights), window=False)
+        tr = k.transfer(thread.task, inv.items, target, None, CapRights.S in CapRights(cap.rights), window=False)
         if tr.error is not None:
             return err(Err.ENOMEM if tr.error[1] is IpcError.REMAPFAILED and tr.budget else Err.EINVAL)
         return Reply(0)
     if op == TaskOp.UNMAP:
-        a = words(inv, 6)
+        a = read_words(inv, 6)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         _, mask, kind, index, size, rights = a
         return _unmap(k, target, mask, kind, index, size, rights)
     if op == TaskOp.CAP_INFO:
-        a = words(inv, 2)
+        a = read_words(inv, 2)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         node = k.lookup(target, a[1])
         return Reply(1 if node is not None and node.obj.alive else 0)
     if op == TaskOp.RELEASE_CAP:
-        a = words(inv, 2)
+        a = read_words(inv, 2)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         node = k.lookup(target, a[1])
         if node is not None:
-            k._revoked(k.db.unmap(node, include_self=True))
+            k.revoked(k.db.unmap(node, include_self=True))
         return Reply(0)
     return err(Err.ENOSYS)
 
 
-def _unmap(k: "Kernel", target: Task, mask: int, kind: int, index: int, size: int, rights: int) -> Reply:
+def _unmap(k: KernelOps, target: Task, mask: int, kind: int, index: int, size: int, rights: int) -> Reply:
     include_self = mask & UnmapMask.ALL_SPACES == UnmapMask.ALL_SPACES
     if kind == ItemKind.OBJECT:
         node = k.lookup(target, index)
@@ -196,28 +164,27 @@ def _unmap(k: "Kernel", target: Task, mask: int, kind: int, index: int, size: in
             k.delete_object(node.obj)
             return Reply(0)
         if CapRights.R in CapRights(rights):
-            k._revoked(k.db.unmap(node, include_self=include_self))
+            k.revoked(k.db.unmap(node, include_self=include_self))
         else:
             k.db.reduce(node, rights & int(CapRights.W | CapRights.S), include_self=include_self)
         return Reply(0)
     if kind == ItemKind.MEMORY:
-        hits = [n for n in k.db.in_space(target.space, Kind.MEMORY)
-                if index < n.index + n.size and n.index < index + max(size, 1)]
-        for node in hits:
-            if not node.live:
+        hits = [n for n in k.db.memory(target.space) if index < n.index + n.size and n.index < index + max(size, 1)]
+        for mapping in hits:
+            if not mapping.live:
                 continue
             if MemRights.R in MemRights(rights):
-                k._revoked(k.db.unmap(node, include_self=include_self))
+                k.revoked(k.db.unmap(mapping, include_self=include_self))
             else:
-                k.db.reduce(node, rights & int(MemRights.W | MemRights.X), include_self=include_self)
+                k.db.reduce(mapping, rights & int(MemRights.W | MemRights.X), include_self=include_self)
         return Reply(0)
     return err(Err.EINVAL)
 
 
 # -------------------------------------------------------------------- thread
-def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Reply:
+def thread_op(k: KernelOps, caller: Thread, cap: Cap, inv: Invocation) -> Reply:
     target: Thread = cap.obj
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     if args[0] == ThreadOp.CONTROL:
@@ -229,63 +196,35 @@ def thread_op(k: "Kernel", caller: Thread, cap: Mapping, inv: Invocation) -> Rep
         if task_ is None or task_.started or not task_.alive:
             return err(Err.EBUSY)
         try:
-            record = json.loads(inv.data[8:].rstrip(b"\0").decode())
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            return _bad_record(k, caller, inv, "the boot record is not JSON")
-        problem = _check_record(record)
-        if problem:
-            return _bad_record(k, caller, inv, problem)
-        record["root"] = False  # only the kernel starts root tasks (Sigma0, Moe)
-        for key in HOST_KEYS:  # confinement and the work directory are the kernel host's decision
-            record.pop(key, None)
-        name = str(record.get("name") or task_.name)
-        live = next((t for t in k.tasks.values() if t is not task_ and t.name == name and t.alive and t.started), None)
+            record = BootRecord.from_task(inv.data[8:].rstrip(b"\0"))
+        except BootRecordError as exc:
+            k.deny(caller, inv.dest, "thread.ex_regs", Rule.BAD_ARGUMENT, "-L4_EINVAL", str(exc))
+            return err(Err.EINVAL)
+        # only the kernel starts root tasks (Sigma0, Moe); the host adds confinement and the work directory
+        name = record.name or task_.name
+        live = k.live_incarnation(name, task_)
         if live is not None:  # at most one live incarnation per task, ever
-            k._deny(caller, inv.dest, "thread.ex_regs", Rule.ONE_INCARNATION, "-L4_EBUSY",
+            k.deny(caller, inv.dest, "thread.ex_regs", Rule.ONE_INCARNATION, "-L4_EBUSY",
                     f"task {name!r} already runs as {live.describe()}")
             return err(Err.EBUSY)
         task_.name = name
         task_.generation = k.next_generation(name)
-        record["generation"] = task_.generation
-        k._start(task_, record)
+        record = dataclasses.replace(record, name=name, generation=task_.generation)
+        k.start(task_, record)
         return Reply(0)
     return err(Err.ENOSYS)
 
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
-_PROGRAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-
-
-def _check_record(record) -> str:
-    """What is wrong with a boot record a task hands the kernel ('' if nothing): the host uses the name
-    for the work directory and the program as a module name, so both are checked here."""
-    if not isinstance(record, dict):
-        return "the boot record is not a JSON object"
-    program, name = record.get("program"), record.get("name")
-    if not isinstance(program, str) or not _PROGRAM.fullmatch(program) or len(program) > 128:
-        return "the boot record's program is not a module name"
-    if name is not None and (not isinstance(name, str) or not _NAME.fullmatch(name)):
-        return "the boot record's name is not [A-Za-z0-9_.-], at most 64 characters"
-    if not isinstance(record.get("args", []), list) or not isinstance(record.get("caps", {}), dict):
-        return "the boot record's args must be a list and caps an object"
-    return ""
-
-
-def _bad_record(k: "Kernel", caller: Thread, inv: Invocation, detail: str) -> Reply:
-    k._deny(caller, inv.dest, "thread.ex_regs", Rule.BAD_ARGUMENT, "-L4_EINVAL", detail)
-    return err(Err.EINVAL)
-
-
 # ---------------------------------------------------------------------- gate
-def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+def gate(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply:
     g: IpcGate = cap.obj  # only reached with the SVR right (else the message goes to the server)
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     if args[0] == GateOp.GET_INFOS:  # the label is a full word: MR[0], not the (48-bit) tag label
         return Reply(0, data=struct.pack("<Q", g.label))
     if args[0] == GateOp.BIND_THREAD:
-        a = words(inv, 3)
+        a = read_words(inv, 3)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         label, tsel = a[1], a[2]
@@ -305,7 +244,7 @@ def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
         g.waiters.clear()
         for sender in waiting:
             sender.send_target = None
-            k._send_to(sender, g.thread, g, sender.send_label, sender.send_via_s)
+            k.send_to(sender, g.thread, g, sender.send_label, sender.send_via_s)
         return Reply(0)
     if args[0] == GateOp.SERVER_GONE:
         return _need(k, thread, cap, inv, CapRights.S, "gate.server_gone") or server_gone.close(k, g)
@@ -313,9 +252,9 @@ def gate(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
 
 
 # ----------------------------------------------------------------------- irq
-def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
+def irq(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply:
     q: Irq = cap.obj
-    args = words(inv, 1)
+    args = read_words(inv, 1)
     if args is None:
         return err(Err.EMSGTOOSHORT)
     op = args[0]
@@ -325,7 +264,7 @@ def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     if inv.tag.label == Proto.IRQ and op == IrqOp.UNMASK:
         return Reply(0)
     if inv.tag.label == Proto.IRQ_SENDER and op == IrqOp.BIND:
-        a = words(inv, 3)
+        a = read_words(inv, 3)
         if a is None:
             return err(Err.EMSGTOOSHORT)
         tcap = _own_cap(k, thread, a[2], Thread)
@@ -347,11 +286,11 @@ def irq(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
 
 
 # ------------------------------------------------------------- log, debugger
-def log(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
-    args = words(inv, 2)
+def log(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply:
+    args = read_words(inv, 2)
     if args is None or args[0] != LogOp.WRITE:
         return err(Err.ENOSYS)
-    lg: Log = cap.obj
+    lg: KernelLog = cap.obj
     writer = thread.task
     stream = lg.streams.get(writer.id)
     if stream is None:
@@ -360,19 +299,20 @@ def log(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
     before = stream.dropped
     lines, notice, first_drop = stream.write(inv.data[16:16 + args[1]], k.now)
     if notice:
-        k._effects.append(Console(notice, tag, lg.color, notice=True))
-    k._effects.extend(Console(line, tag, lg.color) for line in lines)
+        k.emit(ConsoleLine(notice, tag, lg.color, notice=True))
+    for line in lines:
+        k.emit(ConsoleLine(line, tag, lg.color))
     if stream.dropped:
-        k.log_drops[id(stream)] = (stream, tag, lg.color)
+        k.log_dropping(stream, tag, lg.color)
     if first_drop:
-        k._deny(thread, inv.dest, "log.write", Rule.LOG_RATE, "-L4_EAGAIN",
+        k.deny(thread, inv.dest, "log.write", Rule.LOG_RATE, "-L4_EAGAIN",
                 f"more than {lg.budget.lines_per_s} lines or {lg.budget.bytes_per_s} bytes per second; "
                 "dropping until the second is over")
     return err(Err.EAGAIN) if stream.dropped > before else Reply(0)
 
 
-def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Reply:
-    a = words(inv, 2)
+def debugger(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply:
+    a = read_words(inv, 2)
     if a is None:
         return err(Err.EMSGTOOSHORT)
     if a[0] == DebuggerOp.SET_OBJECT_NAME:
@@ -384,8 +324,8 @@ def debugger(k: "Kernel", thread: Thread, cap: Mapping, inv: Invocation) -> Repl
     return err(Err.ENOSYS)
 
 
-def _reserved_label(k: "Kernel", thread: Thread, inv: Invocation, op: str, label: int) -> Reply:
-    k._deny(thread, inv.dest, op, Rule.RESERVED_LABEL, "-L4_EINVAL",
+def _reserved_label(k: KernelOps, thread: Thread, inv: Invocation, op: str, label: int) -> Reply:
+    k.deny(thread, inv.dest, op, Rule.RESERVED_LABEL, "-L4_EINVAL",
             f"label {label:#x} is in the kernel's label space (bit 63 set)")
     return err(Err.EINVAL)
 
@@ -394,4 +334,68 @@ def _signed(word: int) -> int:
     return word - (1 << 64) if word >= 1 << 63 else word
 
 
-HANDLERS = {Factory: factory, Task: task, Thread: thread_op, IpcGate: gate, Irq: irq, Log: log, Debugger: debugger}
+# -------------------------------------------------------------- creation
+Extra = tuple[int, ...]  #: MR[0..3] of Factory::create (MR[0] = the factory op), zero-padded
+
+
+def _new_task(k: KernelOps, thread: Thread, fab: Factory, extra: Extra, inv: Invocation) -> KObject | Reply:
+    default = Budget()
+    return Task(budget=Budget(caps=extra[1] or default.caps, mappings=extra[2] or default.mappings))
+
+
+def _new_thread(k: KernelOps, thread: Thread, fab: Factory, extra: Extra, inv: Invocation) -> KObject | Reply:
+    bind = _own_cap(k, thread, extra[1], Task)
+    if bind is None or bind.obj.threads:
+        return err(Err.EINVAL)
+    obj = Thread(task=bind.obj)
+    bind.obj.threads.append(obj)
+    return obj
+
+
+def _new_factory(k: KernelOps, thread: Thread, fab: Factory, extra: Extra, inv: Invocation) -> KObject | Reply:
+    return Factory(quota=extra[1], parent=fab)
+
+
+def _new_log(k: KernelOps, thread: Thread, fab: Factory, extra: Extra, inv: Invocation) -> KObject | Reply:
+    if fab is not k.root_factory:  # a tag is a name on the console: only the root task hands them out
+        k.deny(thread, inv.dest, "factory.create(log)", Rule.MISSING_RIGHT, "-L4_EPERM",
+               f"only the kernel factory creates logs, not {fab.describe()}")
+        return err(Err.EPERM)
+    color = chr(extra[1]) if 0 < extra[1] < 0x80 and chr(extra[1]).lower() in "nrgybmcw" else "w"
+    tag = printable(inv.data[32:].rstrip(b"\0").decode("utf-8", "replace"))[:8]
+    return KernelLog(tag=tag or "?", color=color, budget=LogBudget(extra[2], extra[3]))
+
+
+# -------------------------------------------------------------- the registry
+Handler = Callable[[KernelOps, Thread, Cap, Invocation], "Reply | None"]
+Creator = Callable[[KernelOps, Thread, Factory, Extra, Invocation], "KObject | Reply"]
+
+
+def _one(extra: Extra) -> int:
+    return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelKind:
+    """One kind of kernel object: everything the kernel core decides by the kind of an object."""
+
+    cls: type[KObject]
+    protocols: tuple[int, ...]  #: message-tag labels its invocations may carry (else -L4_EBADPROTO)
+    handler: Handler  #: what invoking it does
+    factory_op: FactoryOp | None = None  #: Factory::create's MR[0] for it (None: the factory does not make it)
+    create: Creator | None = None  #: makes one (or refuses with a Reply)
+    cost: Callable[[Extra], int] = _one  #: objects charged against the creating factory's quota
+    adopt: bool = False  #: the kernel keeps a list of them (``KernelOps.adopt``)
+
+
+KERNEL_KINDS: dict[type[KObject], KernelKind] = {kind.cls: kind for kind in (
+    KernelKind(Factory, (Proto.FACTORY,), factory, FactoryOp.FACTORY, _new_factory, cost=lambda extra: 1 + extra[1]),
+    KernelKind(Task, (Proto.TASK,), task, FactoryOp.TASK, _new_task, adopt=True),
+    KernelKind(Thread, (Proto.THREAD,), thread_op, FactoryOp.THREAD, _new_thread),
+    KernelKind(IpcGate, (Proto.KOBJECT,), gate, FactoryOp.GATE, lambda *_: IpcGate()),
+    KernelKind(Irq, (Proto.IRQ, Proto.IRQ_SENDER), irq, FactoryOp.IRQ, lambda *_: Irq(), adopt=True),
+    KernelKind(KernelLog, (Proto.LOG,), log, FactoryOp.LOG, _new_log),
+    KernelKind(Debugger, (Proto.DEBUGGER,), debugger),
+)}
+BY_FACTORY_OP: dict[int, KernelKind] = {int(kind.factory_op): kind for kind in KERNEL_KINDS.values()
+                                        if kind.factory_op is not None}

@@ -62,7 +62,7 @@ class LogStream:
     partial: bytes = b""
     window: int | None = None  #: start of the current one-second window (µs)
     lines: int = 0
-    bytes: int = 0
+    written: int = 0  #: bytes written in the current window
     dropped: int = 0
 
     def write(self, data: bytes, now: int) -> tuple[list[str], str | None, bool]:
@@ -82,14 +82,14 @@ class LogStream:
                 first_drop = first_drop or self.dropped == 1
                 continue
             self.lines += 1
-            self.bytes += len(raw) + 1
+            self.written += len(raw) + 1
             out.append(printable(raw.decode("utf-8", "replace")))
         return out, notice, first_drop
 
     def over(self, size: int) -> bool:
         b = self.budget
         return bool((b.lines_per_s and self.lines + 1 > b.lines_per_s) or
-                    (b.bytes_per_s and self.bytes + size > b.bytes_per_s))
+                    (b.bytes_per_s and self.written + size > b.bytes_per_s))
 
     def roll(self, now: int) -> str | None:
         """Start a new window if the current one is over; the notice for lines it dropped."""
@@ -99,7 +99,7 @@ class LogStream:
         if self.dropped:
             notice = (f"[{self.dropped} line(s) dropped: more than {self.budget.lines_per_s} lines or "
                       f"{self.budget.bytes_per_s} bytes in one second]")
-        self.window, self.lines, self.bytes, self.dropped = now, 0, 0, 0
+        self.window, self.lines, self.written, self.dropped = now, 0, 0, 0
         return notice
 
     def window_end(self) -> int | None:

@@ -1,6 +1,7 @@
-"""Kernel objects. Plain data; the rules that act on them live in ``kernel`` and ``invoke``.
+"""Kernel objects. Plain data; the rules that act on them live in ``kernel``, ``ipc``, ``transfer``,
+``retire`` and ``invoke`` (where ``KERNEL_KINDS`` has one entry per kind).
 
-Every object is reachable only through a capability (a ``Mapping`` node in the
+Every object is reachable only through a capability (an ``ObjectCap`` node in the
 kernel's ``MappingDb``); nothing here is ever handed to a task. Moe's user-level
 objects (dataspaces, namespaces, log, parent) are IPC gates from the kernel's
 point of view.
@@ -11,9 +12,13 @@ import collections
 import dataclasses
 import enum
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING
 
-from kernel_model.logs import LogBudget
+from kernel_model.abi import MsgTag
+from kernel_model.logs import LogBudget, LogStream
+
+if TYPE_CHECKING:
+    from kernel_model.wire import Invocation
 
 _object_ids = itertools.count(1)
 
@@ -56,7 +61,8 @@ class Task(KObject):
     exit_status: int | None = None
     generation: int = 0  #: incarnation of the task called ``name``: 1 for the first start, +1 per restart
     budget: "Budget | None" = None  #: None: unlimited (root tasks)
-    parent_pending: Any = None  #: (gate, rights) of the parent to notify once a killed task's process is gone
+    parent_pending: "tuple[IpcGate, int] | None" = None  #: (gate, rights) of the parent to notify once a killed
+    #: task's process is gone
 
     def __post_init__(self) -> None:
         self.type = ObjType.TASK
@@ -79,23 +85,23 @@ class AsyncMessage:
     """A message the kernel queued for a thread without a sending thread (IRQ, exit notice)."""
 
     label: int
-    tag: Any
+    tag: MsgTag
     data: bytes = b""
     irq: "Irq | None" = None
 
 
 @dataclasses.dataclass(eq=False)
 class Thread(KObject):
-    task: Task | None = None
+    task: Task = dataclasses.field(kw_only=True)  #: the task it runs in (bound at creation)
     state: ThreadState = ThreadState.RUNNING
-    inv: Any = None  # the Invocation the thread is blocked in
+    inv: "Invocation | None" = None  # the Invocation the thread is blocked in
     deadline: int | None = None  # µs, for the current blocking phase
     send_label: int = 0  # label the receiver will see for the pending send
     send_via_s: bool = True  # the cap used to reach the partner had S (S-right transfer rule)
-    send_target: Any = None  # Thread or IpcGate the pending send is queued on
-    senders: collections.deque = dataclasses.field(default_factory=collections.deque)
-    asyncs: collections.deque = dataclasses.field(default_factory=collections.deque)
-    recv_from: Any = None  # None = open wait; a Thread (call reply) or Irq (closed wait)
+    send_target: "Thread | IpcGate | None" = None  # what the pending send is queued on
+    senders: collections.deque["Thread"] = dataclasses.field(default_factory=collections.deque)
+    asyncs: collections.deque[AsyncMessage] = dataclasses.field(default_factory=collections.deque)
+    recv_from: "Thread | Irq | None" = None  # None = open wait; a Thread (call reply, or itself: sleep) or Irq
     reply_to: "Thread | None" = None  # implicit single-use reply capability
     generation: int = 0
 
@@ -107,7 +113,7 @@ class Thread(KObject):
 class IpcGate(KObject):
     label: int = 0
     thread: Thread | None = None
-    waiters: collections.deque = dataclasses.field(default_factory=collections.deque)
+    waiters: collections.deque[Thread] = dataclasses.field(default_factory=collections.deque)
 
     def __post_init__(self) -> None:
         self.type = ObjType.GATE
@@ -136,13 +142,13 @@ class Factory(KObject):
 
 
 @dataclasses.dataclass(eq=False)
-class Log(KObject):
+class KernelLog(KObject):
     """A log (Vcon): each line goes to the console under ``tag`` (the writer's task name if empty)."""
 
     tag: str = ""
     color: str = "w"
     budget: LogBudget = dataclasses.field(default_factory=LogBudget)
-    streams: dict = dataclasses.field(default_factory=dict)  # writer task id -> LogStream
+    streams: dict[int, LogStream] = dataclasses.field(default_factory=dict)  # writer task id -> LogStream
 
     def __post_init__(self) -> None:
         self.type = ObjType.LOG

@@ -2,7 +2,7 @@
 
 A gate is created by Moe and bound by the task that serves it. While that task lives, callers
 rendezvous with it; when it dies after binding, the gate still names its dead thread and a call
-fails with ``L4_IPC_ENOT_EXISTENT`` at once (``Kernel._send_to``). A server that died *before*
+fails with ``L4_IPC_ENOT_EXISTENT`` at once (``KernelOps.send_to``). A server that died *before*
 binding (a damaged store, a crash loop, an exit 0 without serving) leaves the gate unbound, and an
 unbound gate queues its callers until their send timeout, which is forever for a call without one.
 
@@ -19,35 +19,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from kernel_model.abi import IpcError
 from kernel_model.events import Traced
-from kernel_model.objects import IpcGate, Thread, ThreadState
-from kernel_model.wire import Result
+from kernel_model.objects import IpcGate, Task, Thread, ThreadState
 
 if TYPE_CHECKING:
     from kernel_model.invoke import Reply
-    from kernel_model.kernel import Kernel
+    from kernel_model.ops import KernelOps
 
 
 def tombstone(gate: IpcGate) -> Thread:
-    """A thread that never ran: what a gate whose server is gone for good is bound to."""
-    return Thread(name=f"{gate.describe()}.gone", alive=False, state=ThreadState.DEAD)
+    """A thread that never ran, in a task that never started: what a gate whose server is gone for
+    good is bound to."""
+    grave = Task(name=f"{gate.describe()}.gone", alive=False)
+    return Thread(name=grave.name, task=grave, alive=False, state=ThreadState.DEAD)
 
 
-def close(k: "Kernel", gate: IpcGate) -> "Reply":
+def close(k: KernelOps, gate: IpcGate) -> Reply:
     from kernel_model.invoke import Reply
     gate.thread = tombstone(gate)
     waiting = list(gate.waiters)
     gate.waiters.clear()
-    for sender in waiting:  # queued for a binding that will never come
+    for sender in waiting:  # queued for a binding that will never come: the dead partner answers
         sender.send_target = None
-        k._complete(sender, Result(error=IpcError.ENOT_EXISTENT))
+        k.send_to(sender, gate.thread, gate, sender.send_label, sender.send_via_s)
     if k.trace:
-        k._effects.append(Traced(f"gate {gate.describe()}: server gone for good; {len(waiting)} waiting "
-                                 f"caller(s) answered L4_IPC_ENOT_EXISTENT"))
+        k.emit(Traced(f"gate {gate.describe()}: server gone for good; {len(waiting)} waiting "
+                      f"caller(s) answered L4_IPC_ENOT_EXISTENT"))
     return Reply(0)
-
-
-def is_gone(gate: IpcGate) -> bool:
-    """Is ``gate`` bound to a tombstone (its server gone for good)?"""
-    return gate.thread is not None and gate.thread.task is None and gate.thread.state is ThreadState.DEAD

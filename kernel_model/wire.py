@@ -16,7 +16,7 @@ Layouts (little-endian)::
   Result      B kind=2 | B error | H n_items | I 0 | Q tag | Q label | H data_len
               then n_items x RecvItem (same layout as Item: index = where it landed,
               dest = offset into the memory object), then data
-  Boot        B kind=3 | 7x pad | data = JSON boot record
+  Boot        B kind=3 | 7x pad | data = the boot record (``bootrecord.BootRecord.encode``)
   Revoke      B kind=4 | B 0 | H n | I 0 | n x Q virtual address
   Remap       B kind=5 | B 0 | H rights | I 0 | Q address | Q size | Q offset  (+ the new fd)
 
@@ -32,10 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import json
 import struct
 
 from kernel_model.abi import INVALID_CAP, MR_WORDS, PAGE_SIZE, IpcError, MsgTag
+from kernel_model.bootrecord import BootRecord, BootRecordError
 
 
 class FrameKind(enum.IntEnum):
@@ -133,10 +133,10 @@ class Result:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Boot:
-    record: dict
+    record: BootRecord
 
     def encode(self) -> bytes:
-        return bytes([FrameKind.BOOT]) + bytes(7) + json.dumps(self.record, separators=(",", ":")).encode()
+        return bytes([FrameKind.BOOT]) + bytes(7) + self.record.encode()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -221,7 +221,10 @@ def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke | Remap:
             items.append(RecvItem(ItemKind(ikind), index, rights, size, offset))
         return Result(IpcError(error), MsgTag.from_raw(tag), label, bytes(frame[off:off + data_len]), tuple(items))
     if kind == FrameKind.BOOT:
-        return Boot(json.loads(frame[8:].decode()))
+        try:
+            return Boot(BootRecord.decode(bytes(frame[8:])))
+        except BootRecordError as exc:
+            raise WireError(str(exc)) from None
     if kind == FrameKind.REVOKE:
         _k, _z, n, _p = _REV.unpack_from(frame)
         return Revoke(struct.unpack_from(f"<{n}Q", frame, _REV.size))

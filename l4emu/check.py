@@ -16,8 +16,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from capabilities.analysis import ROM_NODE, Analysis, Severity
+from capabilities.analysis import ROM_NODE, Analysis
 from capabilities.graph import render_dot
+from capabilities.lint import Severity
 from kernel_model.host.images import load_image
 from l4emu.tables import emit_table
 from protocols.exit_codes import ExitCode

@@ -35,8 +35,10 @@ class FrameAllocator:
 
 
 def main(env) -> int:
-    ram = env.record["ram"]
-    frames = FrameAllocator(int(ram["base"]), int(ram["size"]))
+    ram = env.record.ram
+    if ram is None:
+        return 1  # only the kernel starts Sigma0, always with its RAM
+    frames = FrameAllocator(ram.base, ram.size)
     msg = env.wait()
     while True:
         if not msg.ok:

@@ -9,7 +9,7 @@ from kernel_model.abi import INVALID_CAP, EnvSlot, GateOp, IpcError, IpcFlags, M
 from kernel_model.events import Deliver, Kill, Rule
 from kernel_model.kernel import Kernel
 from kernel_model.logs import LogBudget
-from kernel_model.objects import Budget, Factory, IpcGate, Irq, Log, Memory, Task, Thread
+from kernel_model.objects import Budget, Factory, IpcGate, Irq, KernelLog, Memory, Task, Thread
 from kernel_model.wire import _INV, _ITEM, FrameKind, Invocation
 
 RWS = CapRights.R | CapRights.W | CapRights.S
@@ -125,7 +125,7 @@ class Arena:
         w = self.w
         t = w.task(name)
         t.budget = self.BUDGET
-        w.give(t, EnvSlot.LOG, Log(name=f"{name}.log", tag=name, budget=LogBudget(20, 2000)), CapRights.R | CapRights.W)
+        w.give(t, EnvSlot.LOG, KernelLog(name=f"{name}.log", tag=name, budget=LogBudget(20, 2000)), CapRights.R | CapRights.W)
         w.give(t, 16, self.gate, CapRights.R | CapRights.W)
         w.give(t, 17, IpcGate(name=f"{name}.own"), SVR)
         w.give(t, 18, Irq(name=f"{name}.irq"), RWS)

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 
 from capabilities.image import TaskDecl
+from kernel_model.abi import CHANNEL_FD
+from kernel_model.bootrecord import ConfinementPolicy
 from kernel_model.host.images import PROJECT_ROOT
 from kernel_model.host import workdirs
 from kernel_model.host.keystore_devices import workdir_entries
@@ -28,16 +30,15 @@ ALWAYS_HIDDEN = (PROJECT_ROOT / "images", PROJECT_ROOT / "var" / "est-ca")
 
 
 class HostConfinement:
-    """``(task, index, workdir, decl) -> confinement record``; ``release(task)`` once its process is reaped."""
+    """``(task, index, workdir, decl) -> ConfinementPolicy`` (the network namespace follows the boot
+    record's network endpoints, which the supervisor sets); ``release(task)`` once its process is reaped."""
 
     def __init__(self, registry: UidRegistry | None = None):
         self.registry = registry or UidRegistry()
         self.leases: dict[int, Lease] = {}  # id(task) -> its uid lease
 
     def __call__(self, task: Task, index: int, workdir: Path, decl: TaskDecl | None,
-                 hidden: tuple[str, ...] = ()) -> dict:
-        from tasks.runtime.confine import ConfinementPolicy
-
+                 hidden: tuple[str, ...] = ()) -> ConfinementPolicy:
         root = os.geteuid() == 0
         uid = None
         if root:
@@ -51,16 +52,14 @@ class HostConfinement:
         passthrough = workdir_entries(decl.config) if decl is not None else ()
         if decl is not None and workdirs.available():  # a task of the image: its work dir has a budget
             image = str(workdirs.ensure_image(workdir, decl.workdir_bytes, decl.workdir_files, exclude=passthrough))
-        policy = ConfinementPolicy(allow_fds=(3,), uid=uid, writable_dir=str(workdir), parent_pid=os.getpid(),
-                                   network=bool(decl and decl.connect), strict=root, hidden_paths=tuple(sorted(hide)),
+        policy = ConfinementPolicy(allow_fds=(CHANNEL_FD,), uid=uid, writable_dir=str(workdir), parent_pid=os.getpid(),
+                                   strict=root, hidden_paths=tuple(sorted(hide)),
                                    workdir_image=image, workdir_passthrough=passthrough)
         if policy.uid is not None:  # the work dir (and what earlier runs left in it) belongs to this incarnation
             gid = policy.gid if policy.gid is not None else policy.uid
             for path in [workdir, *workdir.rglob("*")]:
                 os.chown(path, policy.uid, gid, follow_symlinks=False)
-        record = policy.to_record()
-        record["report"] = index == 1  # the first task reports what is enforced, for the boot log
-        return record
+        return policy
 
     def release(self, task: Task) -> None:
         lease = self.leases.pop(id(task), None)

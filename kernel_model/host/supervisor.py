@@ -13,6 +13,7 @@ this module only carries out its effects.
 from __future__ import annotations
 
 import array
+import dataclasses
 import errno
 import fcntl
 import os
@@ -26,7 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from capabilities.image import TaskDecl
-from kernel_model.events import (Console, Deliver, Denied, Kill, MemoryCreated, MemoryRetired, Remapped, Revoked,
+from kernel_model.abi import CHANNEL_FD, MAX_FRAME
+from kernel_model.bootrecord import FAULT_MAGIC, BootRecord, ConfinementPolicy
+from kernel_model.events import (ConsoleLine, Deliver, Denied, Kill, MemoryCreated, MemoryRetired, Remapped, Revoked,
                                  Spawn, Traced)
 from kernel_model.host.console import ConsoleSink, tagged_line
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
@@ -38,7 +41,6 @@ from kernel_model.objects import Memory, Task
 from kernel_model.wire import Boot, ItemKind, Remap, Revoke
 from capabilities.mapdb import Kind
 
-MAX_FRAME = 64 * 1024
 MFD_ALLOW_SEALING = getattr(os, "MFD_ALLOW_SEALING", 2)
 F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 #: size fixed for good (F_SEAL_SEAL too, so no holder can add F_SEAL_WRITE and freeze the others' writes)
@@ -70,7 +72,7 @@ class Supervisor:
     """Boots one image and runs it. Use as a context manager so every process is reaped."""
 
     def __init__(self, loaded: LoadedImage, console: ConsoleSink, *,
-                 confinement: Callable[[Task, int, Path, TaskDecl | None], dict | None] | None = None,
+                 confinement: Callable[[Task, int, Path, TaskDecl | None], ConfinementPolicy | None] | None = None,
                  moe_args: list[str] | None = None, run_dir: Path | None = None):
         self.loaded = loaded
         self.console = console
@@ -277,7 +279,7 @@ class Supervisor:
                         signal.pidfd_send_signal(proc.pidfd, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-            elif isinstance(eff, Console):
+            elif isinstance(eff, ConsoleLine):
                 self.console.log_line(tagged_line(eff.tag, eff.color, eff.text, notice=eff.notice))
             elif isinstance(eff, MemoryCreated):
                 self._create_memory(eff.memory)
@@ -396,36 +398,37 @@ class Supervisor:
             self.ro_fds[mem.id] = ro
         return ro
 
-    def _spawn(self, task: Task, record: dict, boot_fds: list[int]) -> None:
+    def _spawn(self, task: Task, record: BootRecord, boot_fds: list[int]) -> None:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         devnull = os.open(os.devnull, os.O_RDWR)
         self._spawned += 1
-        record = dict(record)
         workdir = self.run_dir / (task.name or f"task{task.id}")
         workdir.mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o700)  # no task reaches another's work dir by path (its own is bound back)
         workdir.chmod(0o700)  # private to the task (its uid owns it once confined)
-        record["workdir"] = str(workdir)
+        decl = next((t for t in self.loaded.image.tasks if t.name == task.name), None) if not record.root else None
+        # network authority: the image's network.connect for this task, carried once (the record's endpoints)
+        network = decl.connect if decl is not None else ()
+        policy = None
         if self.confinement is not None:
-            decl = next((t for t in self.loaded.image.tasks if t.name == task.name), None) \
-                if not record.get("root") else None
             if hasattr(self.confinement, "release"):  # the host's: hide the image and its boot modules
                 policy = self.confinement(task, self._spawned, workdir, decl, hidden=self._secret_paths())
             else:
                 policy = self.confinement(task, self._spawned, workdir, decl)
             if policy is not None:
-                record["confine"] = policy
+                policy = dataclasses.replace(policy, network=bool(network))
+        record = dataclasses.replace(record, workdir=str(workdir), network=network, confine=policy,
+                                     report_confinement=self._spawned == 1, fault_page=True)
         actions = [
             (os.POSIX_SPAWN_DUP2, devnull, 0),
             (os.POSIX_SPAWN_DUP2, devnull, 1),
             (os.POSIX_SPAWN_DUP2, devnull, 2),
-            (os.POSIX_SPAWN_DUP2, child_sock.fileno(), 3),
+            (os.POSIX_SPAWN_DUP2, child_sock.fileno(), CHANNEL_FD),
         ]
         env = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
         fault_fd = os.memfd_create(f"fault:{task.describe()}", os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
         os.ftruncate(fault_fd, 4096)
         fcntl.fcntl(fault_fd, F_ADD_SEALS, SEALS)
-        record["fault_page"] = True
         try:
             pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "tasks.runtime.bootstrap"], env,
                                  file_actions=actions, setsid=True)
@@ -438,7 +441,7 @@ class Supervisor:
         self.procs[task.id] = proc
         self.sel.register(parent_sock, selectors.EVENT_READ, ("chan", proc))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", proc))
-        if (record.get("confine") or {}).get("workdir_image"):  # a budget of its own: watch it fill
+        if record.confine is not None and record.confine.workdir_image:  # a budget of its own: watch it fill
             self.workdir_watch.watch(task.id, task.describe(), pid, str(workdir))
         self._send(task, Boot(record).encode(), [*boot_fds, fault_fd])
 
@@ -478,7 +481,6 @@ class Supervisor:
     @staticmethod
     def _fault(proc: TaskProcess) -> str:
         """What the task's SIGSYS reporter wrote into its fault page: "syscall N (name)"."""
-        from tasks.runtime.confine import FAULT_MAGIC
         try:
             magic, nr, _arch = struct.unpack("<III", os.pread(proc.fault_fd, 12, 0))
         except (OSError, struct.error):

@@ -7,18 +7,36 @@ with its initial stack (the boot record: program, args, cap names -> selectors).
 """
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from capabilities.image import ObjectDecl, ObjectType, TaskDecl
+from capabilities.image import ObjectDecl, TaskDecl
+from capabilities.kinds import IMAGE_KINDS
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, FactoryOp, Proto, TaskOp, ThreadOp, sel
-from roottasks.moe.objects import AllocatorObject, DataspaceObject, ParentObject
-from roottasks.moe.supervision import SupervisionState
+from kernel_model.bootrecord import BootRecord
 from kernel_model.wire import Item
+from roottasks.moe.objects import AllocatorObject, DataspaceObject, MoeServices, ParentObject, Served
+from roottasks.moe.supervision import SupervisionState
 
-if TYPE_CHECKING:
-    from roottasks.moe.server import Moe
+
+class LoaderServices(MoeServices, Protocol):
+    """What the loader asks of Moe (``server.Moe`` provides it)."""
+
+    env: Any
+    named: dict[str, tuple[int, str]]
+    objects: dict[int, Served]
+
+    def create(self, what: FactoryOp, *args: int, blob: bytes = b"", name: str = "") -> int: ...
+
+    def serve(self, obj: Served, name: str) -> int: ...
+
+    def release(self, selector: int) -> None: ...
+
+    def delete(self, selector: int) -> None: ...
+
+    def delete_served(self, gate: int) -> None: ...
+
+    def free_dataspace(self, ds: DataspaceObject) -> None: ...
 
 CLIENT = CapRights.R | CapRights.W  # what a task gets for its own log, parent and allocator
 
@@ -39,23 +57,20 @@ class TaskRecord:
         self.supervision = SupervisionState()  # restarts, backoff, intensity window (roottasks.moe.restarts)
 
 
-def create_object(moe: "Moe", obj: ObjectDecl) -> int:
-    if obj.type == ObjectType.GATE:
-        return moe.create(FactoryOp.GATE, name=obj.name)
-    if obj.type == ObjectType.IRQ:
-        return moe.create(FactoryOp.IRQ, name=obj.name)
-    if obj.type == ObjectType.FACTORY:
-        return moe.create(FactoryOp.FACTORY, obj.quota, name=obj.name)
-    if obj.type == ObjectType.DATASPACE:
-        ds = moe.new_dataspace(-(-obj.size // 4096) * 4096, name=obj.name)
-        if ds is None:
-            raise RuntimeError(f"out of memory for dataspace {obj.name}")
-        ds.size = obj.size
-        return ds.gate
-    raise ValueError(obj.type)
+def create_object(moe: LoaderServices, obj: ObjectDecl) -> int:
+    kind = IMAGE_KINDS[obj.type]
+    if kind.factory_args is not None:  # a kernel object: the kernel factory makes it
+        return moe.create(FactoryOp[kind.name.upper()], *(getattr(obj, arg) for arg in kind.factory_args),
+                          name=obj.name)
+    # a dataspace, which Moe serves itself
+    ds = moe.new_dataspace(-(-obj.size // 4096) * 4096, name=obj.name)
+    if ds is None:
+        raise RuntimeError(f"out of memory for dataspace {obj.name}")
+    ds.size = obj.size
+    return ds.gate
 
 
-def start(moe: "Moe", rec: TaskRecord) -> None:
+def start(moe: LoaderServices, rec: TaskRecord) -> None:
     decl = rec.decl
     # Every incarnation gets fresh objects (a new generation, as in Hubris): caps, replies and notices
     # aimed at an earlier incarnation reach deleted gates and fail with L4_IPC_ENOT_EXISTENT.
@@ -84,24 +99,19 @@ def start(moe: "Moe", rec: TaskRecord) -> None:
     for slot, source, rights in mapping:
         moe.env.call(rec.task, Proto.TASK, TaskOp.MAP, items=[Item.obj(source, rights, dest=sel(slot))]).check(
             f"map into {decl.name}")
-    record = {
-        "program": decl.program,
-        "name": decl.name,
-        "args": list(decl.args),
-        "caps": names,
-        "first_free": EnvSlot.FIRST_NAMED + len(decl.caps) + 16,
-        "config": decl.config if decl.config is not None else {},
-        "network": list(decl.connect),
-    }
-    status = moe.env.call(rec.thread, Proto.THREAD, ThreadOp.EX_REGS,
-                          blob=json.dumps(record, separators=(",", ":")).encode()).status
+    # the task's part of its boot record; the kernel adds its own, the host the network endpoints
+    # (the image's network.connect), the work directory and the confinement
+    record = BootRecord(decl.program, decl.name, tuple(decl.args), names,
+                        first_free=EnvSlot.FIRST_NAMED + len(decl.caps) + 16,
+                        config=decl.config if decl.config is not None else {})
+    status = moe.env.call(rec.thread, Proto.THREAD, ThreadOp.EX_REGS, blob=record.encode()).status
     if status < 0:
         raise RuntimeError(f"cannot start {decl.name}: {status}")
     rec.running = True
     rec.finished = False
 
 
-def child_exited(moe: "Moe", rec: TaskRecord, code: int, notice_from: ParentObject) -> None:
+def child_exited(moe: LoaderServices, rec: TaskRecord, code: int, notice_from: ParentObject) -> None:
     """The kernel's exit notice for the incarnation whose parent object is ``notice_from``."""
     if not rec.running or notice_from is not rec.parent_obj:
         return  # an earlier incarnation's notice: that one is already accounted for

@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import PAGE_SIZE, DataspaceOp, Err, NamespaceOp, ParentOp, Proto
 from kernel_model.wire import Item
 
-if TYPE_CHECKING:
-    from roottasks.moe.server import Moe
 
+class MoeServices(Protocol):
+    """What Moe's objects ask of Moe (``server.Moe`` provides it)."""
+
+    def say(self, text: str) -> None: ...
+
+    def new_dataspace(self, size: int, *, name: str, owner: object = None) -> "DataspaceObject | None": ...
+
+    def child_exited(self, record: object, code: int, notice_from: "ParentObject") -> None: ...
 
 
 @dataclasses.dataclass
@@ -49,7 +55,7 @@ class ParentObject(Served):
 
     protocol = Proto.PARENT
 
-    def __init__(self, moe: "Moe", record):
+    def __init__(self, moe: MoeServices, record):
         self.moe, self.record = moe, record
 
     def handle(self, msg) -> Response | None:
@@ -73,7 +79,7 @@ class DataspaceObject(Served):
 
     protocol = Proto.DATASPACE
 
-    def __init__(self, moe: "Moe", backing: Backing, size: int, *, owner=None):
+    def __init__(self, moe: MoeServices, backing: Backing, size: int, *, owner=None):
         self.moe, self.backing, self.size, self.owner = moe, backing, size, owner
 
     def handle(self, msg) -> Response | None:
@@ -109,7 +115,7 @@ class NamespaceObject(Served):
 
     protocol = Proto.NAMESPACE
 
-    def __init__(self, moe: "Moe", entries: dict[str, int]):
+    def __init__(self, moe: MoeServices, entries: dict[str, int]):
         self.moe, self.entries = moe, entries  # name -> Moe's selector of the dataspace gate
 
     def handle(self, msg) -> Response | None:
@@ -127,7 +133,7 @@ class AllocatorObject(Served):
 
     protocol = Proto.FACTORY
 
-    def __init__(self, moe: "Moe", record, quota: int):
+    def __init__(self, moe: MoeServices, record, quota: int):
         self.moe, self.record, self.quota, self.used = moe, record, quota, 0
 
     def handle(self, msg) -> Response | None:

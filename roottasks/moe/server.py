@@ -113,10 +113,10 @@ class Moe:
         self.image = parse_image(text, "rom/image")
         self.say(f"image {self.image.name!r}: starting {len(self.image.tasks)} task(s)")
         entries = {}
-        for mod in self.env.record["modules"]:
-            backing = Backing(int(mod["address"]), int(mod["mapped"]), MemRights.R | MemRights.X)
-            ds = DataspaceObject(self, backing, int(mod["size"]))
-            entries[mod["name"]] = self.serve(ds, f"rom/{mod['name']}")
+        for mod in self.env.record.modules:
+            backing = Backing(mod.address, mod.mapped, MemRights.R | MemRights.X)
+            ds = DataspaceObject(self, backing, mod.size)
+            entries[mod.name] = self.serve(ds, f"rom/{mod.name}")
         rom = NamespaceObject(self, entries)
         self.named["rom"] = (self.serve(rom, "rom"), ObjectType.NAMESPACE)
         for obj in self.image.objects:
@@ -128,7 +128,7 @@ class Moe:
         self._check_done()
 
     def _module_size(self, name: str) -> int:
-        return next(int(m["size"]) for m in self.env.record["modules"] if m["name"] == name)
+        return next(m.size for m in self.env.record.modules if m.name == name)
 
     def _check_done(self) -> None:
         assert self.image is not None

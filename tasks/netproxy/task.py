@@ -71,7 +71,7 @@ class Proxy:
 
 
 def main(env) -> int:
-    proxy = Proxy(env, env.record.get("network", []))
+    proxy = Proxy(env, list(env.record.network))
     peers = bind_peers(env, env.config.get("clients", {}))
     env.log(f"serving {', '.join(p.name for p in peers.values()) or 'nobody'}; "
             f"endpoints: {', '.join(sorted(proxy.allowed)) or 'none'}")

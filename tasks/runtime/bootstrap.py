@@ -1,9 +1,10 @@
 """First code in every task process: read the boot record, confine, run the program.
 
 Started by the kernel host as ``python -I -m tasks.runtime.bootstrap`` with the
-channel on fd 3, /dev/null on fds 0-2, and nothing
-else. The program is ``tasks.<program>`` (``kernel_model.<x>`` only for the
-root tasks Sigma0 and Moe, which the kernel itself starts).
+channel on fd 3 (``abi.CHANNEL_FD``), /dev/null on fds 0-2, and nothing else.
+The boot record is a ``kernel_model.bootrecord.BootRecord``. The program is
+``tasks.<program>`` (``roottasks.<x>`` only for the root tasks Sigma0 and Moe,
+which the kernel itself starts).
 """
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import importlib
 import os
 import sys
 import traceback
+from typing import TYPE_CHECKING, Callable
 
+from kernel_model.abi import CHANNEL_FD
 from protocols.exit_codes import ExitCode
 
-CHANNEL_FD = 3
+if TYPE_CHECKING:
+    from tasks.runtime.env import Env
 
 
 def run() -> int:
@@ -30,21 +34,21 @@ def run() -> int:
         return ExitCode.TASK_NO_BOOT_RECORD
     record = boot.record
     # the kernel's fault page comes last: where a trapped syscall is reported (confine.py)
-    fault_fd = boot_fds.pop() if record.get("fault_page") and boot_fds else None
+    fault_fd = boot_fds.pop() if record.fault_page and boot_fds else None
     notes: list[str] = []  # said through the task's log capability once it can talk
-    confine = record.get("confine")
     refused = False
-    if confine:
+    if record.confine is not None:
         import dataclasses
         from tasks.runtime import confine as confinement
+        keep = (*boot_fds, *([fault_fd] if fault_fd is not None else []))
+        policy = dataclasses.replace(record.confine, allow_fds=record.confine.allow_fds + keep, fault_fd=fault_fd)
         try:
-            policy = confinement.policy_from_record(confine, boot_fds + ([fault_fd] if fault_fd is not None else []))
-            report = confinement.apply(dataclasses.replace(policy, fault_fd=fault_fd))
+            report = confinement.apply(policy)
         except confinement.ConfinementError as exc:
             report, refused = exc.report, True
             notes.append("confinement failed, not starting:")
             notes.extend(exc.report.summary().splitlines())
-        if confine.get("report") and not refused:
+        if record.report_confinement and not refused:
             done = [s.name for s in report.steps if s.status == confinement.ENFORCED]
             notes.append(f"confinement: enforced {', '.join(done)} ({report.elapsed_s * 1000:.0f} ms)")
         for step in report.steps:
@@ -53,16 +57,15 @@ def run() -> int:
     from tasks.runtime.env import Env
 
     env = Env(channel, record, boot_fds)
-    say = _sayer(env, record)
+    say = _sayer(env)
     for note in notes:
         say(note)
     if refused:
         return ExitCode.TASK_NOT_CONFINED
-    if record.get("workdir"):
-        os.chdir(record["workdir"])  # the task's one writable place (its files live here)
+    if record.workdir:
+        os.chdir(record.workdir)  # the task's one writable place (its files live here)
 
-    program = str(record.get("program", ""))
-    module_name = program if record.get("root") else f"tasks.{program}"
+    module_name = record.program if record.root else f"tasks.{record.program}"
     try:
         module = importlib.import_module(module_name)
         code = module.main(env)
@@ -77,7 +80,7 @@ def run() -> int:
     return int(code or 0)
 
 
-def _sayer(env, record: dict):
+def _sayer(env: Env) -> Callable[[str], None]:
     """Lines about the task itself go out through its log capability (it has no stderr).
 
     The kernel tags every line with the task's log tag (root tasks: their name).

@@ -12,10 +12,9 @@ import os
 import socket
 from typing import Callable
 
+from kernel_model.abi import CHANNEL_FD, MAX_FRAME
 from kernel_model.wire import Boot, Invocation, Remap, Result, Revoke, decode_kernel_frame
 
-CHANNEL_FD = 3
-MAX_FRAME = 64 * 1024
 MAX_FDS = 32
 
 

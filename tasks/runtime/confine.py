@@ -14,7 +14,12 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from kernel_model.abi import CHANNEL_FD
+from kernel_model.bootrecord import FAULT_MAGIC, BootRecordError, ConfinementPolicy
+
 
 ENFORCED, SKIPPED, UNAVAILABLE, FAILED = "enforced", "skipped", "unavailable", "failed"
 CLONE_THREAD, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x10000, 0x20000, 0x02000000, 0x04000000
@@ -27,7 +32,6 @@ _MNT_OPTS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noati
 PR_SET_PDEATHSIG, PR_GET_DUMPABLE, PR_SET_DUMPABLE, PR_GET_SECCOMP, PR_CAPBSET_DROP = 1, 3, 4, 21, 24
 PR_SET_MM, PR_SET_NO_NEW_PRIVS, PR_GET_NO_NEW_PRIVS, PR_CAP_AMBIENT, PR_SET_PTRACER = 35, 38, 39, 47, 0x59616D61
 _DEV_NODES = ("null", "zero", "full", "random", "urandom")
-DEFAULT_REQUIRED = frozenset({"env", "fds", "pdeathsig", "dumpable", "no_new_privs", "seccomp"})  # no root needed
 TASK_UID_BASE = 61000
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -49,66 +53,24 @@ class _Unavailable(Exception):
     pass
 
 
-@dataclass(frozen=True)
-class ConfinementPolicy:
-    allow_fds: tuple[int, ...] = ()          # fds to keep: the channel (memfds arrive later over it)
-    uid: int | None = None                   # per-task uid to switch to (root only)
-    gid: int | None = None                   # defaults to uid
-    writable_dir: str | None = None          # the one writable place; None = read-only fs
-    workdir_image: str | None = None         # an ext4 image loop-mounted over writable_dir (its budget)
-    workdir_passthrough: tuple[str, ...] = ()  # host directories in writable_dir kept over the image
-                                             # (device channels the host serves: a TPM relay, a token)
-    hidden_paths: tuple[str, ...] = ()       # directories covered by an empty tmpfs
-    expose_paths: tuple[str, ...] = ()       # kept reachable for `uid` (interpreter paths are added)
-    network: bool = False                    # False: own network namespace, loopback down
-    ipc_namespace: bool = True               # own SysV IPC / POSIX mqueue (and UTS) namespace
-    mount_namespace: bool = True             # read-only view except writable_dir, minimal /dev
-    hide_proc: bool = True                   # /proc shows only this task (hidepid) or nothing
-    user_namespace: bool = True              # not root: an unprivileged userns holds the namespaces
-    keep_stdio: bool = False                 # False: fds 0-2 not in allow_fds become /dev/null
-    clean_env: bool = True
-    keep_env: tuple[str, ...] = ()
-    parent_pid: int | None = None            # expected parent (the kernel); None = parent at apply()
-    rlimit_as: int | None = 2 << 30
-    rlimit_nofile: int | None = 256
-    rlimit_nproc: int | None = 64            # only with a per-task uid (it counts per uid)
-    rlimit_cpu: int | None = None
-    rlimit_core: int | None = 0
-    rlimit_fsize: int | None = 64 << 20
-    seccomp: bool = True
-    seccomp_allow_list: bool = True          # False: the old deny-list (default allow)
-    pid_namespace: bool = True               # own pid namespace: the task is pid 1 and sees no other pid
-    fault_fd: int | None = None              # a kernel-provided page: the SIGSYS reporter writes the syscall there
-    allow_fork: bool = False
-    allow_exec: bool = False
-    strict: bool = False                     # every step the policy asks for is required
-    required: frozenset[str] = field(default=DEFAULT_REQUIRED)
-
-    @classmethod
-    def for_task(cls, channel_fd: int, index: int, writable_dir: str | None = None, **kw) -> "ConfinementPolicy":
-        """Recommended: uid = gid = 61000 + task index and strict when the kernel is root; keeps only
-        the channel (fds 0-2 become /dev/null)."""
-        root = os.geteuid() == 0
-        kw.setdefault("strict", root)
-        return cls(allow_fds=(channel_fd,), uid=TASK_UID_BASE + index if root else None,
-                   writable_dir=writable_dir, **kw)
-
-    def to_record(self) -> dict:
-        """JSON-able form for the boot record (the kernel decides, the task applies)."""
-        return {k: sorted(v) if isinstance(v, frozenset) else list(v) if isinstance(v, tuple) else v
-                for k, v in asdict(self).items()}
+def for_task(channel_fd: int, index: int, writable_dir: str | None = None, **kw: Any) -> ConfinementPolicy:
+    """Recommended: uid = gid = 61000 + task index and strict when the kernel is root; keeps only
+    the channel (fds 0-2 become /dev/null)."""
+    root = os.geteuid() == 0
+    kw.setdefault("strict", root)
+    return ConfinementPolicy(allow_fds=(channel_fd,), uid=TASK_UID_BASE + index if root else None,
+                             writable_dir=writable_dir, **kw)
 
 
 def policy_from_record(record: dict, fds=()) -> ConfinementPolicy:
-    """Policy from the boot record's "confine" dict; `fds` are fds the task already holds and must
-    keep (boot memory). allow_fds defaults to the channel (3) and fd 2."""
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k != "report"}
-    unknown = set(kw) - set(ConfinementPolicy.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown confinement settings: {sorted(unknown)}")
-    if "required" in kw:
-        kw["required"] = frozenset(kw["required"])
-    return ConfinementPolicy(**{**kw, "allow_fds": tuple(kw.get("allow_fds", (3, 2))) + tuple(fds)})
+    """Policy from a JSON object of settings (``ConfinementPolicy.to_dict``); `fds` are fds the task
+    already holds and must keep (boot memory). allow_fds defaults to the channel (3) and fd 2."""
+    try:
+        policy = ConfinementPolicy.from_dict(record)
+    except BootRecordError as exc:
+        raise ValueError(str(exc)) from None
+    keep = policy.allow_fds if "allow_fds" in record else (CHANNEL_FD, 2)
+    return replace(policy, allow_fds=tuple(keep) + tuple(fds))
 
 
 @dataclass
@@ -157,7 +119,9 @@ def _prctl(opt: int, a: int = 0) -> int:
 
 
 def _mount(src, target, fstype, flags, data=None) -> None:
-    enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else os.fsencode(s)
+
     _check(_libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
@@ -655,7 +619,6 @@ def _seccomp_rules(sc, pid: int, p: ConfinementPolicy) -> list[tuple[object, str
 
 
 SIGSYS = 31
-FAULT_MAGIC = 0x5359_5331  # "SYS1": the fault page holds (magic, syscall number, arch) as 3 little-endian u32
 _REPORTER: list = []  # keeps the ctypes callback alive
 
 

@@ -15,6 +15,7 @@ from typing import Iterable
 from capabilities.rights import MemRights
 from kernel_model.abi import (INVALID_CAP, MR_BYTES, DataspaceOp, EnvSlot, Err, FactoryOp, GateOp, IpcError,
                               IpcFlags, IrqOp, LogOp, MsgTag, NamespaceOp, Proto, TaskOp, UnmapMask, sel, timeouts)
+from kernel_model.bootrecord import BootRecord
 from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke
 from tasks.runtime.channel import KernelChannel
 from tasks.runtime.memory import Region, RegionManager
@@ -100,24 +101,24 @@ class Log:
 
 
 class Env:
-    def __init__(self, channel: KernelChannel, record: dict, boot_fds: list[int] | None = None):
+    def __init__(self, channel: KernelChannel, record: BootRecord, boot_fds: list[int] | None = None):
         self.channel = channel
         self.record = record
-        self.name: str = record.get("name", "?")
-        self.args: list[str] = list(record.get("args", []))
-        self.caps: dict[str, int] = {k: int(v) for k, v in record.get("caps", {}).items()}
-        self.config: dict = dict(record.get("config", {}))
+        self.name: str = record.name or "?"
+        self.args: list[str] = list(record.args)
+        self.caps: dict[str, int] = dict(record.caps)
+        self.config: dict = dict(record.config)
         self.memory = RegionManager()
-        self._next_slot = int(record.get("first_free", 64))
+        self._next_slot = record.first_free
         self.log = Log(self)
         channel.on_revoke = self._on_revoke
         channel.on_remap = lambda notice, fd: self.memory.remap(notice.address, fd, notice.size, notice.offset,
                                                                 notice.rights)
         # Root tasks start with boot modules mapped (read-only), described in the record.
         self.modules: dict[str, Region] = {}
-        for mod, fd in zip(record.get("modules", []), boot_fds or []):
-            item = RecvItem(ItemKind.MEMORY, int(mod["address"]), 0x5, int(mod["mapped"]), 0)
-            self.modules[mod["name"]] = self.memory.attach(item, fd)
+        for mod, fd in zip(record.modules, boot_fds or []):
+            item = RecvItem(ItemKind.MEMORY, mod.address, 0x5, mod.mapped, 0)
+            self.modules[mod.name] = self.memory.attach(item, fd)
 
     # -- names and slots -----------------------------------------------------
     def cap(self, name: str) -> int:

@@ -26,7 +26,7 @@ from tasks.runtime.shm import SHM_PROTO, ShmClient, ShmError
 def _direct(env, endpoint: str) -> int:
     import socket
     host, _, port = endpoint.rpartition(":")
-    result = {"confined": bool(env.record.get("confine")),
+    result = {"confined": env.record.confine is not None,
               "has_net_cap": env.has("net")}
     try:
         sock = socket.create_connection((host, int(port)), timeout=2)

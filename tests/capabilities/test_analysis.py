@@ -19,9 +19,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from rich.console import Console
 
-from capabilities.analysis import BIND, ROM_NODE, Analysis, EdgeKind, Rule, Severity
+from capabilities.analysis import ROM_NODE, Analysis, EdgeKind
 from capabilities.image import (ALLOWED_RIGHTS, CapDecl, Image, ImageError, LogDecl, ObjectDecl, ObjectType, TaskDecl,
                                 parse_image)
+from capabilities.kinds import BIND
+from capabilities.lint import LintRule, Severity
 from capabilities.rights import CapRights
 from l4emu.check import check_image, explain
 from kernel_model.host.images import load_image, program_exists
@@ -66,7 +68,7 @@ def test_corpus_image_has_exactly_its_declared_findings(path):
 
 def test_every_lint_rule_fires_in_the_corpus():
     declared = {line.split()[1] for path in CORPUS for line in expected_findings(path)}
-    assert declared | {"rom-write"} == {rule.id for rule in Rule}  # rom-write: see the test below
+    assert declared | {"rom-write"} == {rule.id for rule in LintRule}  # rom-write: see the test below
 
 
 def test_rom_write_is_rejected_by_the_validator_and_flagged_on_an_image_built_in_code():
@@ -77,7 +79,7 @@ def test_rom_write_is_rejected_by_the_validator_and_flagged_on_an_image_built_in
     task = image.tasks[0]
     forged = dataclasses.replace(image, tasks=(dataclasses.replace(task, caps=(CapDecl("rom", "rom", R | W),)),))
     [finding] = Analysis(forged).findings
-    assert (finding.rule, finding.severity, finding.task, finding.cap) == (Rule.ROM_WRITE, Severity.ERROR, "a", "rom")
+    assert (finding.rule, finding.severity, finding.task, finding.cap) == (LintRule.ROM_WRITE, Severity.ERROR, "a", "rom")
 
 
 def test_findings_name_the_yaml_field_and_say_why():
@@ -441,7 +443,7 @@ def test_kernel_agrees_binding_a_gate_needs_c_and_s_and_an_irq_needs_s():
     assert _bind(w, t, sel(16), Proto.KOBJECT).tag.label == -Err.EPERM
     assert _bind(w, t, sel(17), Proto.IRQ_SENDER).tag.label == -Err.EPERM
     [finding] = Analysis(load("lint_svr_cannot_bind.yaml")).findings
-    assert finding.rule is Rule.SVR_CANNOT_BIND
+    assert finding.rule is LintRule.SVR_CANNOT_BIND
     assert not [e for e in Analysis(load("lint_svr_cannot_bind.yaml")).edges if e.target == "b"]
 
 

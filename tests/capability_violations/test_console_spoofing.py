@@ -16,10 +16,10 @@ from hypothesis import given, strategies as st
 from capabilities.image import ImageError, parse_image
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, Err, FactoryOp, IpcFlags, LogOp, MsgTag, Proto, sel
-from kernel_model.events import Console, Rule
+from kernel_model.events import ConsoleLine, Rule
 from kernel_model.host.console import strip_ansi, tagged_line
 from kernel_model.logs import printable
-from kernel_model.objects import Factory, Log
+from kernel_model.objects import Factory, KernelLog
 from kernel_model.logs import LogBudget
 from kernel_model.wire import Invocation
 
@@ -40,7 +40,7 @@ ATTACKS = [
 def log_world(lines_per_s: int = 0, bytes_per_s: int = 0):
     w = World()
     gw = w.task("gateway")
-    w.give(gw, EnvSlot.LOG, Log(name="gw.log", tag="gw", color="y", budget=LogBudget(lines_per_s, bytes_per_s)),
+    w.give(gw, EnvSlot.LOG, KernelLog(name="gw.log", tag="gw", color="y", budget=LogBudget(lines_per_s, bytes_per_s)),
            CapRights.R | CapRights.W)
     return w, gw
 
@@ -49,7 +49,7 @@ def write(w: World, task, text: str, flags=IpcFlags.SEND):
     raw = text.encode()
     data = words(LogOp.WRITE, len(raw)) + raw + bytes(-len(raw) % 8)
     w.do(task, Invocation(flags, sel(EnvSlot.LOG), MsgTag(Proto.LOG, min(len(data) // 8, 63)), data))
-    return [e for e in w.effects if isinstance(e, Console)]
+    return [e for e in w.effects if isinstance(e, ConsoleLine)]
 
 
 def test_every_attack_prints_as_one_line_of_the_attackers_own_tag():
@@ -95,9 +95,9 @@ def test_a_log_flood_is_cut_at_the_budget_and_the_drop_is_announced():
     assert write(w, gw, "still flooding\n", IpcFlags.CALL) == [] and len(w.k.violations) == 1
     assert w.k.next_deadline() == 1_000_000  # the host wakes up to print the notice
     w.tick(999_999)
-    assert not [e for e in w.effects if isinstance(e, Console)]
+    assert not [e for e in w.effects if isinstance(e, ConsoleLine)]
     w.tick(1)
-    notices = [e for e in w.effects if isinstance(e, Console)]
+    notices = [e for e in w.effects if isinstance(e, ConsoleLine)]
     assert len(notices) == 1 and notices[0].notice and notices[0].tag == "gw"
     assert notices[0].text.startswith("[16 line(s) dropped")
     assert strip_ansi(tagged_line("gw", "y", notices[0].text, notice=True)).startswith("gw      ! [16 line(s)")

@@ -6,6 +6,7 @@ the host's next step is to send it.
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 
 import pytest
@@ -14,7 +15,7 @@ from kernel_model import invoke
 from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, EnvSlot, Err, FactoryOp, GateOp, IpcError, IpcFlags, IrqOp,
                               MsgTag, Proto, ThreadOp, sel, timeouts)
 from kernel_model.events import Kill, Rule
-from kernel_model.objects import Factory, IpcGate, Irq, Log, Memory
+from kernel_model.objects import Factory, IpcGate, Irq, KernelLog, Memory
 from kernel_model.wire import Invocation, Item, ItemKind
 
 from capabilities.mapdb import Kind
@@ -183,13 +184,13 @@ def test_a_bad_boot_record_is_einval(blob, why):
 # ------------------------------------------------------------------- the last-resort boundary
 def test_a_kernel_bug_faults_only_the_task_that_triggered_it(monkeypatch):
     w, server, evil, honest = served()
-    w.give(evil, 17, Log(name="log"), RWS)
+    w.give(evil, 17, KernelLog(name="log"), RWS)
     before = w.tables()
 
     def slip(k, thread, cap, inv):
         raise KeyError("a future slip")
 
-    monkeypatch.setitem(invoke.HANDLERS, Log, slip)
+    monkeypatch.setitem(invoke.KERNEL_KINDS, KernelLog, dataclasses.replace(invoke.KERNEL_KINDS[KernelLog], handler=slip))
     w.do(evil, call(sel(17), Proto.LOG, words(0, 0)))
     assert any(isinstance(e, Kill) and e.task is evil for e in w.effects)
     bug = w.k.violations[-1]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.runtime.confine import (ENFORCED, SKIPPED, UNAVAILABLE, ConfinementPolicy, ConfinementReport,
+from tasks.runtime.confine import (ENFORCED, SKIPPED, UNAVAILABLE, ConfinementReport, for_task,
                                    policy_from_record)
 
 PROBE = Path(__file__).with_name("confined_probe.py")
@@ -444,9 +444,9 @@ def test_task_dies_with_its_parent():
 
 
 def test_policy_travels_in_the_boot_record():
-    pol = ConfinementPolicy.for_task(3, 7, "/run/task-7", hidden_paths=("/srv/keys",))
+    pol = for_task(3, 7, "/run/task-7", hidden_paths=("/srv/keys",))
     assert pol.uid == (61007 if ROOT else None) and pol.strict == ROOT and pol.allow_fds == (3,)
-    record = json.loads(json.dumps(pol.to_record()))
+    record = json.loads(json.dumps(pol.to_dict()))
     assert policy_from_record(record) == pol
     assert policy_from_record({"uid": 61001}, [9]).allow_fds == (3, 2, 9)  # channel, console, boot fd
     with pytest.raises(ValueError, match="netwrok"):

@@ -1,0 +1,76 @@
+"""The kernel's state and what every part of the kernel uses: capability lookup, violations, effects. Pure.
+
+The kernel is split by concept: ``ipc`` (the rendezvous), ``transfer`` (typed items),
+``retire`` (memory retirement) and ``kernel`` (boot, syscall entry, tasks, objects); each is
+a part of ``kernel.Kernel`` over this state.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from capabilities.mapdb import MappingDb, Node, ObjectCap
+from kernel_model.abi import L4_CAP_SHIFT
+from kernel_model.events import Deliver, Denied, Effect, Rule, Violation
+from kernel_model.invoke import Reply
+from kernel_model.logs import LogStream
+from kernel_model.objects import Debugger, Factory, Irq, KernelLog, Memory, Task, Thread
+from kernel_model.ops import Transfer
+from kernel_model.wire import Invocation, Item
+
+RAM_BASE = 0x0010_0000  #: physical address of the first RAM byte Sigma0 owns
+
+
+class KernelState:
+    """All kernel state. Only the kernel ever holds capability tables (in ``db``)."""
+
+    def __init__(self, *, object_quota: int = 100_000):
+        self.db = MappingDb()
+        self.tasks: dict[int, Task] = {}
+        self.root_factory = Factory(name="factory", quota=object_quota)
+        self.console = KernelLog(name="kernel-log")
+        self.debugger = Debugger(name="jdb")
+        self.violations: list[Violation] = []
+        self.ram_size = 0
+        self.now = 0
+        self._effects: list[Effect] = []
+        self._blocked: set[Thread] = set()
+        self.ipc_count = 0
+        self.trace = False  # emit a Traced effect per rendezvous, reply and kernel operation
+        self.ipc_by_task: dict[str, int] = {}
+        self.irqs: list[Irq] = []
+        self._retiring: dict[int, Memory] = {}  # memory a live task lost but still has mapped
+        self._current: Thread | None = None  # the thread whose syscall is being handled
+        self._held: list[Deliver] = []  # results held back from holders of memory being retired
+        self.sigma0: Task | None = None
+        self.moe: Task | None = None
+        self._generations: dict[str, int] = {}
+        self.log_drops: dict[int, tuple[LogStream, str, str]] = {}  # logs that dropped lines: (stream, tag,
+        # colour), a notice due
+
+    def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
+        if selector & 0x800:  # L4_INVALID_CAP_BIT
+            return None
+        return self.db.cap(task.space, selector >> L4_CAP_SHIFT)
+
+    def deny(self, thread: Thread, selector: int, operation: str, rule: Rule, error: str, detail: str = "") -> None:
+        self._deny_task(thread.task, selector, operation, rule, error, detail)
+
+    def _deny_task(self, task: Task | None, selector: int, operation: str, rule: Rule, error: str,
+                   detail: str = "") -> None:
+        v = Violation(task.describe() if task else "?", selector, operation, rule, error, detail, self.now)
+        self.violations.append(v)
+        self._effects.append(Denied(v))
+
+    def emit(self, effect: Effect) -> None:
+        self._effects.append(effect)
+
+    # -- implemented by the other parts of the kernel
+    def transfer(self, src: Task, items: Sequence[Item], dst: Task, rinv: Invocation | None, via_s: bool, *,
+                 window: bool) -> Transfer:
+        raise NotImplementedError
+
+    def revoked(self, removed: Sequence[Node[Any]]) -> None:
+        raise NotImplementedError
+
+    def _invoke(self, thread: Thread, cap: ObjectCap[Any], inv: Invocation) -> Reply | None:
+        raise NotImplementedError
