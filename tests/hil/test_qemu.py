@@ -439,3 +439,33 @@ def test_l4emu_hil_is_wired_into_the_cli(capsys):
     assert l4emu(["hil", "run", "--help"]) == 0  # --help reaches the hil parser unparsed
     assert "usage: l4emu hil run" in capsys.readouterr().out
     assert l4emu(["hil", "run", "--no-record", "images/nope.yaml"]) == cli.Exit.BAD_IMAGE
+
+
+def test_the_bounded_wvds_is_wvds_with_a_gateway_that_stops(tmp_path):
+    """HIL tests and the bench boot wvds through hil.qemu.bounded: the shipped image, ending by itself."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from hil.qemu import bounded
+    from kernel_model.host.images import load_image
+
+    images = tmp_path / "images"
+    shutil.copytree(PROJECT_ROOT / "images", images)
+    (tmp_path / "var" / "est-ca").mkdir(parents=True)
+    (tmp_path / "var" / "est-ca" / "ca.crt").write_text("the CA's trust anchor, a boot module")
+    argv = bounded.command(batches=2).split()
+    assert argv[0] == "python3"  # as the guest runs it
+    subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, check=True, env={"PYTHONPATH": str(PROJECT_ROOT)})
+    made = tmp_path / bounded.BOUNDED_WVDS
+    loaded = load_image(made)  # valid, and its modules resolve beside the original
+    original = load_image(images / "wvds.yaml")
+    assert [t.name for t in loaded.image.tasks] == [t.name for t in original.image.tasks]
+    assert [(t.name, t.caps) for t in loaded.image.tasks] == [(t.name, t.caps) for t in original.image.tasks]
+    doc = yaml.safe_load(made.read_text())
+    assert doc["tasks"]["gateway"]["config"]["outbox"]["batches"] == 2
+    assert doc["run"]["until"] == ["gateway"]  # the gateway's end ends the system
+    with pytest.raises(ValueError):
+        bounded.bounded(doc, 0)
