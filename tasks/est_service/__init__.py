@@ -19,7 +19,7 @@ Modules, one concept each:
 """
 
 from .csr import Curve, build_csr, build_reenroll_csr, encode_pkcs10, generate_key
-from .csrattrs import CsrAttribute, CsrAttrs
+from protocols.csrattrs import CsrAttribute, CsrAttrs
 from .messages import BasicAuth, EstServer, HttpRequest, HttpResponse, Operation
 from .protocol import (
     DeferralLimits,
