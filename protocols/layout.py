@@ -157,6 +157,9 @@ class Layout:
         self.struct: struct.Struct | None = (
             self.segments[0].st if len(self.segments) == 1 and isinstance(self.segments[0], _Run) else None)
         self.nvisible = index
+        if self.struct is not None:  # pack(): the constants and padding, filled in once
+            run = self.segments[0]
+            self._template = [bytes(f.size) if f.value is None else f.value for f, _slot in run.slots]
         self._checks = tuple(self._checker(f, n) for f, n in zip(visible, self.names))
 
     # -- construction-time checks ---------------------------------------------------------
@@ -222,6 +225,17 @@ class Layout:
             else:
                 out.append(self._bytes(specs[seg[1]], values[seg[1]]))
         return b"".join(out)
+
+    def pack(self, *values: Any) -> bytes:
+        """A fixed-size layout from raw values (ints, bytes): one ``struct.pack``, no checks."""
+        assert self.struct is not None, "pack needs a fixed-size layout"
+        run = self.segments[0]
+        if run.plain:
+            return self.struct.pack(*values)
+        args = list(self._template)
+        for i, value in zip(run.visible, values):
+            args[i] = value
+        return self.struct.pack(*args)
 
     @staticmethod
     def _raw(f: Field, value: Any) -> Any:
