@@ -18,7 +18,8 @@ Byte fields with ``text="strict"`` (or ``"replace"``) hold UTF-8 text: the attri
 ``message(*fields)`` makes a frozen, slotted dataclass whose attributes are the layout's
 visible fields, in order, with ``to_payload()``, ``from_payload()`` and construction-time
 checks derived from the one table, so a layout cannot be encoded one way and decoded another
-(the idol-file idea of Hubris). Decoders are total: any bytes give a value or a
+(the idol-file idea of Hubris). ``Tagged`` is ``u8 tag | payload`` with one layout per tag.
+Decoders are total: any bytes give a value or a
 ``DecodeError`` (a ``ValueError``), never another exception.
 """
 from __future__ import annotations
@@ -26,9 +27,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from typing import Any, Callable, ClassVar, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
 
-__all__ = ["DecodeError", "Field", "Layout", "Message", "message", "const", "fixed", "pad",
+__all__ = ["DecodeError", "Field", "Layout", "Message", "Tagged", "message", "const", "fixed", "pad",
            "U8", "U16", "U32", "U64", "I64", "VAR8", "VAR16", "VAR32", "REST"]
 
 Buffer = bytes | bytearray | memoryview
@@ -241,11 +242,11 @@ class Layout:
     def _raw(f: Field, value: Any) -> Any:
         if f.kind in _INT:
             return f.raw(value) if f.raw is not None else int(value)
-        return value.encode("utf-8") if f.text is not None else bytes(value)
+        return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
     @staticmethod
     def _bytes(f: Field, value: Any) -> bytes:
-        return value.encode("utf-8") if f.text is not None else bytes(value)
+        return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
     # -- decode -----------------------------------------------------------------------------
     def decode(self, data: Buffer) -> list[Any]:
@@ -324,6 +325,37 @@ class Layout:
         return [raw[i] for i in run.visible]
 
 
+class Tagged:
+    """``u8 tag | payload``, the tag picking the payload's layout (an operation code, a type).
+
+    ``encode(tag, obj)`` takes the payload's values from ``obj``'s attributes (the layout's
+    names); ``decode(data)`` gives ``(tag, {name: checked value})`` or raises ``DecodeError``
+    (an unknown tag, a payload that does not fit, a value its field refuses).
+    """
+
+    def __init__(self, layouts: Mapping[int, Layout]):
+        self.layouts = {int(tag): layout for tag, layout in layouts.items()}
+
+    def encode(self, tag: int, obj: Any) -> bytes:
+        layout = self.layouts[int(tag)]
+        return bytes([int(tag)]) + layout.encode([getattr(obj, name) for name in layout.names])
+
+    def decode(self, data: Buffer) -> tuple[int, dict[str, Any]]:
+        view = _view(data)
+        if not view:
+            raise DecodeError("empty message")
+        layout = self.layouts.get(view[0])
+        if layout is None:
+            raise DecodeError(f"unknown tag {view[0]}")
+        try:
+            values = layout.check(layout.decode(view[1:]))
+        except DecodeError:
+            raise
+        except (ValueError, TypeError) as exc:
+            raise DecodeError(str(exc)) from None
+        return view[0], dict(zip(layout.names, values))
+
+
 def _view(data: Buffer) -> memoryview:
     try:
         return memoryview(data).cast("B")
@@ -367,12 +399,15 @@ class Message:
 
 
 def message(*specs: Field) -> Callable[[type], Any]:
-    """Class decorator: a frozen slotted dataclass (subclass ``Message``) with this layout.
+    """Class decorator: a frozen slotted dataclass, a ``Message``, with this layout.
 
     The layout's visible fields bind, in order, to the dataclass fields.
     """
 
     def wrap(cls: type) -> Any:
+        if not issubclass(cls, Message):
+            namespace = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            cls = type(cls.__name__, (Message,), namespace)
         cls.LAYOUT = specs  # type: ignore[attr-defined]
         cls = dataclass(frozen=True, slots=True)(cls)
         names = [f.name for f in dataclass_fields(cls) if f.init]
