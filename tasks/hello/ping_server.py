@@ -5,6 +5,7 @@ import struct
 
 from kernel_model.abi import Err
 from tasks.hello.protocol import KICK_LABEL, PING_PROTO, RESPONSE_OFFSET, SERVER_LABEL, PingOp
+from tasks.runtime.serve import Reply, serve
 
 
 def main(env) -> int:
@@ -17,17 +18,15 @@ def main(env) -> int:
         return 1
     env.log("ready: serving pings and shared-memory requests")
     served = 0
-    msg = env.wait()
-    while True:
-        if not msg.ok:
-            msg = env.wait()
-        elif msg.label & ~3 == SERVER_LABEL:
+
+    def handle(msg) -> Reply | None:
+        nonlocal served
+        if msg.label & ~3 == SERVER_LABEL:
             if msg.proto == PING_PROTO and msg.has_words(2) and msg.word(0) == PingOp.PING:
                 served += 1
-                msg = env.reply_and_wait(0, msg.word(1) + 1, blob=b"pong")
-            else:
-                msg = env.reply_and_wait(-Err.EBADPROTO)
-        elif msg.label == KICK_LABEL:  # request -> shared memory -> signal -> process -> response -> signal
+                return Reply(0, (msg.word(1) + 1,), b"pong")
+            return Reply(-Err.EBADPROTO)
+        if msg.label == KICK_LABEL:  # request -> shared memory -> signal -> process -> response -> signal
             (length,) = struct.unpack("<I", shm.read(0, 4))
             request = shm.read(8, min(length, RESPONSE_OFFSET - 8))
             answer = request.upper()
@@ -35,6 +34,7 @@ def main(env) -> int:
             shm.write(0, bytes(8 + len(request)))  # done with the request area
             env.log(f"shared-memory request of {len(request)} bytes answered (after {served} pings)")
             env.trigger(env.cap("done"))
-            msg = env.wait()
-        else:
-            msg = env.wait()
+        return None  # an IRQ (or a stray label) gets no reply
+
+    serve(env, handle)
+    return 0

@@ -15,7 +15,7 @@ from typing import Iterable
 from capabilities.rights import MemRights
 from kernel_model.abi import (INVALID_CAP, MR_BYTES, DataspaceOp, EnvSlot, Err, FactoryOp, GateOp, IpcError,
                               IpcFlags, IrqOp, LogOp, MsgTag, NamespaceOp, Proto, TaskOp, UnmapMask, sel, timeouts)
-from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke
+from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke, log_chunks
 from tasks.runtime.channel import KernelChannel
 from tasks.runtime.memory import Region, RegionManager
 
@@ -82,7 +82,9 @@ class Msg:
         return self
 
 
-class Log:
+class TaskLog:
+    """``env.log(text)``: a line to the task's log capability, in Log WRITE chunks (``wire.log_chunks``)."""
+
     def __init__(self, env: "Env"):
         self.env = env
 
@@ -90,12 +92,7 @@ class Log:
         self.write(text)
 
     def write(self, text: str) -> None:
-        if not text.endswith("\n"):
-            text += "\n"
-        raw = text.encode()
-        step = MR_BYTES - 16
-        for i in range(0, len(raw), step):
-            chunk = raw[i:i + step]
+        for chunk in log_chunks(text):
             self.env.send(EnvSlot.LOG << 12, Proto.LOG, LogOp.WRITE, len(chunk), blob=chunk)
 
 
@@ -109,7 +106,7 @@ class Env:
         self.config: dict = dict(record.get("config", {}))
         self.memory = RegionManager()
         self._next_slot = int(record.get("first_free", 64))
-        self.log = Log(self)
+        self.log = TaskLog(self)
         channel.on_revoke = self._on_revoke
         channel.on_remap = lambda notice, fd: self.memory.remap(notice.address, fd, notice.size, notice.offset,
                                                                 notice.rights)
