@@ -24,6 +24,7 @@ Decoders are total: any bytes give a value or a
 """
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
@@ -158,9 +159,15 @@ class Layout:
         self.struct: struct.Struct | None = (
             self.segments[0].st if len(self.segments) == 1 and isinstance(self.segments[0], _Run) else None)
         self.nvisible = index
-        if self.struct is not None:  # pack(): the constants and padding, filled in once
+        self._pack: Callable[..., bytes] | None = None
+        if self.struct is not None:  # pack(): padding as struct pad bytes, leading constants bound once
             run = self.segments[0]
             self._template = [bytes(f.size) if f.value is None else f.value for f, _slot in run.slots]
+            consts = [f for f, slot in run.slots if f.kind != "pad" and slot is None]
+            leading = next((i for i, (f, slot) in enumerate(run.slots) if slot is not None), len(run.slots))
+            if all(f.kind == "pad" or f.value is None or i < leading for i, (f, _s) in enumerate(run.slots)):
+                fmt = "<" + "".join(f"{f.size}x" if f.kind == "pad" else (f.struct_code or "") for f, _s in run.slots)
+                self._pack = functools.partial(struct.Struct(fmt).pack, *(f.value for f in consts))
         self._checks = tuple(self._checker(f, n) for f, n in zip(visible, self.names))
 
     # -- construction-time checks ---------------------------------------------------------
@@ -229,6 +236,8 @@ class Layout:
 
     def pack(self, *values: Any) -> bytes:
         """A fixed-size layout from raw values (ints, bytes): one ``struct.pack``, no checks."""
+        if self._pack is not None:
+            return self._pack(*values)
         assert self.struct is not None, "pack needs a fixed-size layout"
         run = self.segments[0]
         if run.plain:
