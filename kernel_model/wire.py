@@ -26,7 +26,9 @@ kernel acts on it: every field is range-checked (flags, the tag's bound
 kinds, grant flags, padding, rights bits, page-aligned receive windows that fit
 in the address space, the boot record's size). A frame that does not parse
 raises ``WireError``; the kernel answers it with ``L4_IPC_SEABORTED`` and a
-``malformed-frame`` violation, never by crashing.
+``malformed-frame`` violation, never by crashing. The layouts are declared once
+with ``protocols.layout``; both decoders are total (any bytes: a frame or a
+``WireError``).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 from typing import ClassVar, Union
 
-from protocols.layout import Field, Message, message
+from protocols.layout import Field, Layout, Message, message
 
 REQUEST_MAGIC = 0xC7
 RESPONSE_MAGIC = 0xC8
@@ -414,6 +414,9 @@ class KeyResponse:
         return cls(KeyInfo.from_payload(data[: KeyInfo.SIZE]), data[KeyInfo.SIZE :])
 
 
+_KEY_LIST_HEAD = Layout((_F("u16"), U32), ("count", "next_cursor"))
+
+
 @dataclass(frozen=True, slots=True)
 class KeyListResponse:
     """Count u16 | NextCursor u32 (0 = no more) | Count x KeyInfo(14)."""
@@ -426,22 +429,19 @@ class KeyListResponse:
             raise ValueError("too many keys for one page")
 
     def to_payload(self) -> bytes:
-        head = len(self.keys).to_bytes(2, "little") + self.next_cursor.to_bytes(4, "little")
-        return head + b"".join(k.to_payload() for k in self.keys)
+        return _KEY_LIST_HEAD.encode([len(self.keys), self.next_cursor]) + b"".join(k.to_payload() for k in self.keys)
 
     @classmethod
     def from_payload(cls, data: bytes | bytearray | memoryview) -> KeyListResponse:
         data = bytes(data)
-        if len(data) < 6:
-            raise ValueError("short KEY_LIST response")
-        count = int.from_bytes(data[:2], "little")
+        count, next_cursor = _KEY_LIST_HEAD.unpack_from(data)  # DecodeError (a ValueError) if short
         if len(data) != 6 + count * KeyInfo.SIZE:
             raise ValueError("KEY_LIST count does not match the payload length")
         keys = tuple(
             KeyInfo.from_payload(data[6 + i * KeyInfo.SIZE : 6 + (i + 1) * KeyInfo.SIZE])
             for i in range(count)
         )
-        return cls(int.from_bytes(data[2:6], "little"), keys)
+        return cls(next_cursor, keys)
 
 
 Response = Union[

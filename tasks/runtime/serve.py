@@ -15,7 +15,9 @@ Each reply goes out with the receive of the next message (one ``REPLY_AND_WAIT``
 servers do). Errors are values: a receive that fails (the caller went away, a timeout) is
 dropped and the loop waits again; an exception escaping ``handle`` is a bug in the service,
 logged and answered with ``-L4_EIO`` so the client gets a status instead of a hang, and the
-service carries on. Only ``ChannelClosed`` (the kernel is gone) ends the loop.
+service carries on (a message that expects no reply, e.g. an IRQ, should not raise: the
+kernel records a reply without a caller). Only ``ChannelClosed`` (the kernel is gone) ends
+the loop.
 
 A service with its own timed work passes ``due_in`` (µs until that work is due; None = no
 timer) and ``work`` (do it): the loop then waits at most that long, and when the work is due
