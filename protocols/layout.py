@@ -25,6 +25,7 @@ Decoders are total: any bytes give a value or a
 from __future__ import annotations
 
 import functools
+import operator
 import struct
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
@@ -43,6 +44,7 @@ class DecodeError(ValueError):
 _INT = {"u8": "B", "u16": "H", "u32": "I", "u64": "Q", "i8": "b", "i16": "h", "i32": "i", "i64": "q"}
 _VAR = {"var8": "B", "var16": "H", "var32": "I"}
 _BYTES = {"fixed", "rest", *_VAR}
+_PAD_CODE = {1: "B", 2: "H", 4: "I", 8: "Q"}
 
 
 def _int_range(kind: str) -> tuple[int, int]:
@@ -78,7 +80,9 @@ class Field:
         """The ``struct`` code of a fixed-size field; None for var / rest."""
         if self.kind in _INT:
             return _INT[self.kind]
-        if self.kind in ("fixed", "pad"):
+        if self.kind == "pad":  # read as an integer when it is one, so the zero check is cheap
+            return _PAD_CODE.get(self.size, f"{self.size}s")
+        if self.kind == "fixed":
             return f"{self.size}s"
         return None
 
@@ -103,7 +107,7 @@ VAR8, VAR16, VAR32, REST = Field("var8"), Field("var16"), Field("var32"), Field(
 class _Run:
     """Consecutive fixed-size fields: one struct, and what each of its slots is."""
 
-    __slots__ = ("st", "slots", "visible", "checks", "plain")
+    __slots__ = ("st", "slots", "visible", "checks", "plain", "hidden", "expected", "pick")
 
     def __init__(self, specs: list[tuple[Field, int | None]]):
         self.st = struct.Struct("<" + "".join(f.struct_code or "" for f, _ in specs))
@@ -111,6 +115,21 @@ class _Run:
         self.visible = tuple(i for i, (_f, v) in enumerate(specs) if v is not None)
         self.checks = tuple((i, f) for i, (f, v) in enumerate(specs) if v is None)
         self.plain = not self.checks
+        # the constants and padding: compared as one tuple; the visible values: one itemgetter
+        self.hidden = _getter(tuple(i for i, _f in self.checks))
+        self.expected = tuple(f.value if f.value is not None else _zero(f) for _i, f in self.checks)
+        self.pick = _getter(self.visible)
+
+
+def _getter(indices: tuple[int, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    if len(indices) == 1:
+        i = indices[0]
+        return lambda raw: (raw[i],)
+    return operator.itemgetter(*indices) if indices else (lambda raw: ())
+
+
+def _zero(f: Field) -> Any:
+    return 0 if f.size in _PAD_CODE else bytes(f.size)
 
 
 class Layout:
@@ -162,12 +181,14 @@ class Layout:
         self._pack: Callable[..., bytes] | None = None
         if self.struct is not None:  # pack(): padding as struct pad bytes, leading constants bound once
             run = self.segments[0]
-            self._template = [bytes(f.size) if f.value is None else f.value for f, _slot in run.slots]
+            self._template = [_zero(f) if f.value is None else f.value for f, _slot in run.slots]
             consts = [f for f, slot in run.slots if f.kind != "pad" and slot is None]
             leading = next((i for i, (f, slot) in enumerate(run.slots) if slot is not None), len(run.slots))
             if all(f.kind == "pad" or f.value is None or i < leading for i, (f, _s) in enumerate(run.slots)):
                 fmt = "<" + "".join(f"{f.size}x" if f.kind == "pad" else (f.struct_code or "") for f, _s in run.slots)
                 self._pack = functools.partial(struct.Struct(fmt).pack, *(f.value for f in consts))
+                self.pack = self._pack  # type: ignore[method-assign]  # the bound fast path, no wrapper
+            self.unpack_from = self._compile_unpack(run)  # type: ignore[method-assign]
         self._checks = tuple(self._checker(f, n) for f, n in zip(visible, self.names))
 
     # -- construction-time checks ---------------------------------------------------------
@@ -222,7 +243,7 @@ class Layout:
                 args = []
                 for f, slot in seg.slots:
                     if slot is None:
-                        args.append(bytes(f.size) if f.value is None else f.value)
+                        args.append(_zero(f) if f.value is None else f.value)
                     else:
                         args.append(self._raw(f, values[slot]))
                 out.append(seg.st.pack(*args))
@@ -258,7 +279,7 @@ class Layout:
         return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
     # -- decode -----------------------------------------------------------------------------
-    def decode(self, data: Buffer) -> list[Any]:
+    def decode(self, data: Buffer) -> Sequence[Any]:
         """Raw visible values of a buffer that holds exactly this layout; DecodeError if not."""
         view = _view(data)
         if self.struct is not None:  # one fixed-size record: the fast path
@@ -270,13 +291,60 @@ class Layout:
             raise DecodeError("trailing bytes after the payload")
         return values
 
-    def unpack_from(self, data: Buffer, offset: int = 0) -> list[Any]:
+    def unpack_from(self, data: Buffer, offset: int = 0) -> Sequence[Any]:
         """A fixed-size layout at ``offset`` (more bytes may follow); DecodeError if short."""
         if self.struct is None:
             raise TypeError("unpack_from needs a fixed-size layout")
         if offset < 0 or len(data) - offset < self.struct.size:
             raise DecodeError(f"{max(len(data) - offset, 0)} bytes, the layout has {self.struct.size}")
         return self._from_run(self.segments[0], self.struct.unpack_from(data, offset))
+
+    def _compile_unpack(self, run: _Run) -> Callable[..., tuple[Any, ...]]:
+        """``unpack_from`` specialised for this record: one struct call, one comparison, one itemgetter."""
+        unpack, size, pick, checked = run.st.unpack_from, run.st.size, run.pick, self._checked
+
+        def short(data: Buffer, offset: int) -> DecodeError:
+            return DecodeError(f"{max(len(data) - max(offset, 0), 0)} bytes, the layout has {size}")
+
+        if run.plain:
+            def unpack_plain(data: Buffer, offset: int = 0) -> tuple[Any, ...]:
+                try:
+                    if offset >= 0:
+                        return unpack(data, offset)
+                except struct.error:
+                    pass
+                raise short(data, offset)
+
+            return unpack_plain
+        if len(run.checks) == 1:
+            (i, _f), (want,) = run.checks[0], run.expected
+
+            def unpack_one(data: Buffer, offset: int = 0) -> tuple[Any, ...]:
+                try:
+                    raw = unpack(data, offset) if offset >= 0 else None
+                except struct.error:
+                    raw = None
+                if raw is None:
+                    raise short(data, offset)
+                if raw[i] != want:
+                    checked(run, raw)
+                return pick(raw)
+
+            return unpack_one
+        hidden, expected = run.hidden, run.expected
+
+        def unpack_from(data: Buffer, offset: int = 0) -> tuple[Any, ...]:
+            try:
+                raw = unpack(data, offset) if offset >= 0 else None
+            except struct.error:
+                raw = None
+            if raw is None:
+                raise short(data, offset)
+            if hidden(raw) != expected:
+                checked(run, raw)
+            return pick(raw)
+
+        return unpack_from
 
     def decode_from(self, view: memoryview, pos: int) -> tuple[list[Any], int]:
         """Raw visible values from ``pos``, and the position after them."""
@@ -319,19 +387,18 @@ class Layout:
 
     @staticmethod
     def _checked(run: _Run, raw: tuple[Any, ...]) -> tuple[Any, ...]:
-        for i, f in run.checks:
-            if f.value is not None:
-                if raw[i] != f.value:
-                    raise DecodeError(f"expected {f.value:#x}, got {raw[i]:#x}")
-            elif any(raw[i]):
-                raise DecodeError("padding is not zero")
-        return raw
+        if run.hidden(raw) == run.expected:
+            return raw
+        for i, f in run.checks:  # say which one
+            if f.value is not None and raw[i] != f.value:
+                raise DecodeError(f"expected {f.value:#x}, got {raw[i]:#x}")
+        raise DecodeError("padding is not zero")
 
-    def _from_run(self, run: _Run, raw: tuple[Any, ...]) -> list[Any]:
+    def _from_run(self, run: _Run, raw: tuple[Any, ...]) -> tuple[Any, ...]:
         if run.plain:
-            return list(raw)
+            return raw
         self._checked(run, raw)
-        return [raw[i] for i in run.visible]
+        return run.pick(raw)
 
 
 class Tagged:

@@ -54,7 +54,7 @@ def test_a_fixed_record_is_one_struct_with_constants_and_padding_checked():
     assert layout.size == layout.struct.size == 9
     assert Record(5, 6).to_payload() == bytes.fromhex("07" "0500" "0000" "06000000") == layout.pack(5, 6)
     assert Record.from_payload(bytes.fromhex("07050000000600000000")[:9]) == Record(5, 6)
-    assert layout.unpack_from(b"??" + Record(1, 2).to_payload() + b"more", 2) == [1, 2]
+    assert layout.unpack_from(b"??" + Record(1, 2).to_payload() + b"more", 2) == (1, 2)
     with pytest.raises(DecodeError, match="expected 0x7"):
         Record.from_payload(bytes.fromhex("08" "0500" "0000" "06000000"))
     with pytest.raises(DecodeError, match="padding"):
