@@ -26,16 +26,18 @@ kernel acts on it: every field is range-checked (flags, the tag's bound
 kinds, grant flags, padding, rights bits, page-aligned receive windows that fit
 in the address space, the boot record's size). A frame that does not parse
 raises ``WireError``; the kernel answers it with ``L4_IPC_SEABORTED`` and a
-``malformed-frame`` violation, never by crashing.
+``malformed-frame`` violation, never by crashing. The layouts are declared once
+with ``protocols.layout``; both decoders are total (any bytes: a frame or a
+``WireError``).
 """
 from __future__ import annotations
 
 import dataclasses
 import enum
-import struct
 
-from kernel_model.abi import INVALID_CAP, MR_WORDS, PAGE_SIZE, IpcError, MsgTag
+from kernel_model.abi import INVALID_CAP, MR_BYTES, MR_WORDS, PAGE_SIZE, IpcError, MsgTag
 from kernel_model.bootrecord import BootRecord, BootRecordError
+from protocols.layout import REST, U8, U16, U32, U64, DecodeError, Layout, const, pad
 
 
 class FrameKind(enum.IntEnum):
@@ -51,18 +53,35 @@ class ItemKind(enum.IntEnum):
     MEMORY = 2
 
 
-class WireError(ValueError):
-    pass
+class WireError(DecodeError):
+    """A frame that does not decode (a ``protocols.layout.DecodeError``, so a ``ValueError``)."""
 
 
-_INV = struct.Struct("<BBHIQQQQQQH")
-_ITEM = struct.Struct("<BBHIQQQ")
-_RES = struct.Struct("<BBHIQQH")
-_REV = struct.Struct("<BBHI")
+# The layouts, declared once (``protocols.layout``); the frame classes below compose them.
+_INV = Layout((const("u8", FrameKind.INVOCATION), U8, U16, U32, U64, U64, U64, U64, U64, U64, U16),
+              ("flags", "n_items", "timeout", "dest", "tag", "label", "rcv_obj", "rcv_mem_base", "rcv_mem_size",
+               "data_len"))
+_ITEM = Layout((U8, U8, U16, pad(4), U64, U64, U64), ("kind", "grant", "rights", "index", "size", "dest"))
+_RES = Layout((const("u8", FrameKind.RESULT), U8, U16, pad(4), U64, U64, U16),
+              ("error", "n_items", "tag", "label", "data_len"))
+_BOOT = Layout((const("u8", FrameKind.BOOT), pad(7), REST), ("record",))
+_REV = Layout((const("u8", FrameKind.REVOKE), pad(1), U16, pad(4)), ("n",))
+_ADDRESS = Layout((U64,), ("address",))
+_REMAP = Layout((const("u8", FrameKind.REMAP), pad(1), U16, pad(4), U64, U64, U64),
+                ("rights", "address", "size", "offset"))
+assert _INV.size == 58 and _ITEM.size == 32 and _RES.size == 26 and _REV.size == 8 and _REMAP.size == 32
+
 MAX_DATA = 16 * 1024  #: only Thread EX_REGS (the initial stack) may use more than 63 MRs
 MAX_ITEMS = 31
 WORD_LIMIT = 1 << 64
 ITEM_RIGHTS = 0x2F  #: every rights bit an item may carry: CapRights R|W|S|D|SVR, MemRights R|W|X
+LOG_WRITE_MAX = MR_BYTES - 16  #: text bytes in one Log WRITE (MR[0] = op, MR[1] = count): 488
+
+
+def log_chunks(text: str) -> list[bytes]:
+    """A line of text as the Log WRITE payloads that carry it (newline added if missing)."""
+    raw = (text if text.endswith("\n") else text + "\n").encode()
+    return [raw[i:i + LOG_WRITE_MAX] for i in range(0, len(raw), LOG_WRITE_MAX)]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -104,8 +123,8 @@ class Invocation:
     rcv_mem_size: int = 0  #: 0 = no memory receive window
 
     def encode(self) -> bytes:
-        head = _INV.pack(FrameKind.INVOCATION, int(self.flags), len(self.items), self.timeout, self.dest,
-                         self.tag.raw(), self.label, self.rcv_obj, self.rcv_mem_base, self.rcv_mem_size, len(self.data))
+        head = _INV.pack(int(self.flags), len(self.items), self.timeout, self.dest, self.tag.raw(), self.label,
+                         self.rcv_obj, self.rcv_mem_base, self.rcv_mem_size, len(self.data))
         return head + b"".join(_pack_item(i) for i in self.items) + self.data
 
 
@@ -127,8 +146,8 @@ class Result:
     items: tuple[RecvItem, ...] = ()
 
     def encode(self) -> bytes:
-        head = _RES.pack(FrameKind.RESULT, int(self.error), len(self.items), 0, self.tag.raw(), self.label, len(self.data))
-        return head + b"".join(_ITEM.pack(i.kind, 0, i.rights, 0, i.index, i.size, i.offset) for i in self.items) + self.data
+        head = _RES.pack(int(self.error), len(self.items), self.tag.raw(), self.label, len(self.data))
+        return head + b"".join(_ITEM.pack(i.kind, 0, i.rights, i.index, i.size, i.offset) for i in self.items) + self.data
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,7 +155,7 @@ class Boot:
     record: BootRecord
 
     def encode(self) -> bytes:
-        return bytes([FrameKind.BOOT]) + bytes(7) + self.record.encode()
+        return _BOOT.encode([self.record.encode()])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,7 +163,7 @@ class Revoke:
     addresses: tuple[int, ...]
 
     def encode(self) -> bytes:
-        return _REV.pack(FrameKind.REVOKE, 0, len(self.addresses), 0) + struct.pack(f"<{len(self.addresses)}Q", *self.addresses)
+        return _REV.pack(len(self.addresses)) + b"".join(_ADDRESS.pack(a) for a in self.addresses)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -157,24 +176,22 @@ class Remap:
     rights: int
 
     def encode(self) -> bytes:
-        return _REMAP.pack(FrameKind.REMAP, 0, self.rights, 0, self.address, self.size, self.offset)
-
-
-_REMAP = struct.Struct("<BBHIQQQ")
+        return _REMAP.pack(self.rights, self.address, self.size, self.offset)
 
 
 def _pack_item(item: Item) -> bytes:
-    return _ITEM.pack(item.kind, 1 if item.grant else 0, item.rights & 0xFFFF, 0, item.index, item.size, item.dest)
+    return _ITEM.pack(item.kind, 1 if item.grant else 0, item.rights & 0xFFFF, item.index, item.size, item.dest)
 
 
 def decode_invocation(frame: bytes) -> Invocation:
     """Parse a task's frame; every malformation is a ``WireError`` with a reason."""
     if len(frame) < _INV.size:
         raise WireError(f"frame of {len(frame)} bytes is shorter than the {_INV.size}-byte header")
-    (kind, flags, n_items, timeout, dest, tag, label, rcv_obj, mem_base, mem_size, data_len) = _INV.unpack_from(frame)
+    try:
+        (flags, n_items, timeout, dest, tag, label, rcv_obj, mem_base, mem_size, data_len) = _INV.unpack_from(frame)
+    except DecodeError:  # the one constant: the frame kind
+        raise WireError(f"expected an invocation frame, got kind {frame[0]}") from None
     msgtag = MsgTag.from_raw(tag)
-    if kind != FrameKind.INVOCATION:
-        raise WireError(f"expected an invocation frame, got kind {kind}")
     if flags & ~0xF:
         raise WireError(f"unknown IPC flags {flags:#x}")
     if n_items > MAX_ITEMS:
@@ -193,12 +210,15 @@ def decode_invocation(frame: bytes) -> Invocation:
     items = []
     off = _INV.size
     for _ in range(n_items):
-        ikind, grant, rights, _pad, index, size, dst = _ITEM.unpack_from(frame, off)
+        try:
+            ikind, grant, rights, index, size, dst = _ITEM.unpack_from(frame, off)
+        except DecodeError:  # the padding
+            raise WireError(f"typed item with padding {bytes(frame[off + 4:off + 8]).hex()}") from None
         off += _ITEM.size
         if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
             raise WireError(f"unknown typed item kind {ikind}")
-        if grant > 1 or _pad or rights & ~ITEM_RIGHTS:
-            raise WireError(f"typed item with grant {grant}, padding {_pad:#x}, rights {rights:#x}")
+        if grant > 1 or rights & ~ITEM_RIGHTS:
+            raise WireError(f"typed item with grant {grant}, rights {rights:#x}")
         if ikind == ItemKind.MEMORY and index + size > WORD_LIMIT:
             raise WireError(f"memory item {index:#x}+{size:#x} wraps the address space")
         items.append(Item(ItemKind(ikind), index, rights, size, bool(grant), dst))
@@ -207,28 +227,55 @@ def decode_invocation(frame: bytes) -> Invocation:
 
 
 def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke | Remap:
-    """Parse a frame from the kernel (task side)."""
+    """Parse a frame from the kernel (task side); anything malformed is a ``WireError``."""
     if not frame:
         raise WireError("empty frame")
-    kind = frame[0]
-    if kind == FrameKind.RESULT:
-        _k, error, n_items, _p, tag, label, data_len = _RES.unpack_from(frame)
-        off = _RES.size
-        items = []
-        for _ in range(n_items):
-            ikind, _g, rights, _pad, index, size, offset = _ITEM.unpack_from(frame, off)
-            off += _ITEM.size
-            items.append(RecvItem(ItemKind(ikind), index, rights, size, offset))
-        return Result(IpcError(error), MsgTag.from_raw(tag), label, bytes(frame[off:off + data_len]), tuple(items))
-    if kind == FrameKind.BOOT:
-        try:
-            return Boot(BootRecord.decode(bytes(frame[8:])))
-        except BootRecordError as exc:
-            raise WireError(str(exc)) from None
-    if kind == FrameKind.REVOKE:
-        _k, _z, n, _p = _REV.unpack_from(frame)
-        return Revoke(struct.unpack_from(f"<{n}Q", frame, _REV.size))
-    if kind == FrameKind.REMAP:
-        _k, _z, rights, _p, address, size, offset = _REMAP.unpack_from(frame)
-        return Remap(address, size, offset, rights)
-    raise WireError(f"unknown kernel frame kind {kind}")
+    try:
+        return _KERNEL_FRAMES[frame[0]](frame)
+    except KeyError:
+        raise WireError(f"unknown kernel frame kind {frame[0]}") from None
+    except WireError:
+        raise
+    except DecodeError as exc:
+        raise WireError(f"malformed {FrameKind(frame[0]).name.lower()} frame: {exc}") from None
+
+
+def _decode_result(frame: bytes) -> Result:
+    error, n_items, tag, label, data_len = _RES.unpack_from(frame)
+    off = _RES.size
+    if len(frame) != off + n_items * _ITEM.size + data_len:
+        raise WireError(f"result frame is {len(frame)} bytes, header says {off + n_items * _ITEM.size + data_len}")
+    items = []
+    for _ in range(n_items):
+        ikind, _grant, rights, index, size, offset = _ITEM.unpack_from(frame, off)
+        off += _ITEM.size
+        if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
+            raise WireError(f"unknown received item kind {ikind}")
+        items.append(RecvItem(ItemKind(ikind), index, rights, size, offset))
+    if error not in IpcError._value2member_map_:
+        raise WireError(f"unknown IPC error {error}")
+    return Result(IpcError(error), MsgTag.from_raw(tag), label, bytes(frame[off:]), tuple(items))
+
+
+def _decode_boot(frame: bytes) -> Boot:
+    (raw,) = _BOOT.decode(frame)
+    try:
+        return Boot(BootRecord.decode(bytes(raw)))
+    except BootRecordError as exc:  # not UTF-8, not JSON, nested beyond the parser, a bad field
+        raise WireError(f"bad boot record: {exc}") from None
+
+
+def _decode_revoke(frame: bytes) -> Revoke:
+    (n,) = _REV.unpack_from(frame)
+    if len(frame) != _REV.size + n * _ADDRESS.size:
+        raise WireError(f"revoke frame is {len(frame)} bytes for {n} addresses")
+    return Revoke(tuple(_ADDRESS.unpack_from(frame, _REV.size + i * _ADDRESS.size)[0] for i in range(n)))
+
+
+def _decode_remap(frame: bytes) -> Remap:
+    rights, address, size, offset = _REMAP.decode(frame)
+    return Remap(address, size, offset, rights)
+
+
+_KERNEL_FRAMES = {FrameKind.RESULT: _decode_result, FrameKind.BOOT: _decode_boot,
+                  FrameKind.REVOKE: _decode_revoke, FrameKind.REMAP: _decode_remap}

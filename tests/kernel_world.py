@@ -10,7 +10,11 @@ from kernel_model.events import Deliver, Kill, Rule
 from kernel_model.kernel import Kernel
 from kernel_model.logs import LogBudget
 from kernel_model.objects import Budget, Factory, IpcGate, Irq, KernelLog, Memory, Task, Thread
-from kernel_model.wire import _INV, _ITEM, FrameKind, Invocation
+from kernel_model.wire import FrameKind, Invocation
+
+# The frame layouts written out independently of wire.py (docstring there), so any field can hold any value.
+_INV = struct.Struct("<BBHIQQQQQQH")
+_ITEM = struct.Struct("<BBHIQQQ")
 
 RWS = CapRights.R | CapRights.W | CapRights.S
 SVR = CapRights.parse("svr")

@@ -57,7 +57,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
 from cryptography.x509.oid import AttributeOID
 
-from tasks.est_service.csrattrs import (
+from protocols.csrattrs import (
     OID_EC_PUBLIC_KEY, OID_ECDSA_WITH_SHA256, OID_SECP256R1, CsrAttribute, CsrAttrs,
     encode_csrattrs, encode_oid,
 )

@@ -7,7 +7,7 @@ from kernel_model.abi import (KERNEL_LABEL, DebuggerOp, EnvSlot, Err, FactoryOp,
                               UnmapMask, sel)
 from roottasks.moe import loader, restarts
 from roottasks.moe.objects import Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served
-from kernel_model.wire import ItemKind
+from kernel_model.wire import ItemKind, log_chunks
 
 FACTORY = sel(EnvSlot.FACTORY)
 PAGER = sel(EnvSlot.PAGER)
@@ -29,9 +29,7 @@ class Moe:
 
     # -- output ----------------------------------------------------------------
     def console(self, line: str) -> None:
-        raw = (line + "\n").encode()
-        for i in range(0, len(raw), 480):
-            chunk = raw[i:i + 480]
+        for chunk in log_chunks(line):  # the kernel's log write limit, defined once (wire.LOG_WRITE_MAX)
             self.env.send(KERNEL_LOG, Proto.LOG, LogOp.WRITE, len(chunk), blob=chunk)
 
     def say(self, text: str) -> None:

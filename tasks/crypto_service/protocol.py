@@ -6,9 +6,10 @@ validation order, and which layouts are WvdS facts vs. l4emu definitions) is
 ``docs/crypto_protocol.md``. Golden-byte tests pin this module to that page.
 
 Every payload class declares its layout once, as a ``LAYOUT`` table of
-``_F`` fields (the idol-file idea from hubris). One shared codec derives
-``to_payload()``, ``from_payload()`` and the construction-time checks from it,
-so a layout cannot be encoded one way and decoded another. Request classes
+``_F`` fields (the idol-file idea from hubris). The one codec of
+``protocols.layout`` derives ``to_payload()``, ``from_payload()`` and the
+construction-time checks from it, so a layout cannot be encoded one way and
+decoded another. Request classes
 also have ``encode()`` for the whole frame (header included).
 
 ``parse_request`` runs the header-and-layout part of the validation order and
@@ -18,9 +19,11 @@ returns a request object or the ``Status`` to answer with. It never raises.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any, ClassVar, Union
+from typing import ClassVar, Union
+
+from protocols.layout import Field, Layout, Message, message
 
 REQUEST_MAGIC = 0xC7
 RESPONSE_MAGIC = 0xC8
@@ -132,94 +135,13 @@ def _usage(value: int) -> Usage:
 # --------------------------------------------------------------------------- layout codec
 
 
-@dataclass(frozen=True)
-class _F:
-    """One field of a payload layout.
-
-    kind: ``u8``/``u16``/``u32`` (LE integers, optionally coerced by ``conv``),
-    ``var8``/``var16`` (bytes with a u8/u16 LE length prefix), ``fixed``
-    (exactly ``size`` bytes) or ``rest`` (everything up to the trailing
-    ``fixed`` fields). At most one ``rest``; only ``fixed`` may follow it.
-    """
-
-    kind: str
-    size: int = 0
-    conv: Any = None
-
-
+#: A payload field (kind ``u8``/``u16``/``u32``, ``var8``/``var16``, ``fixed``, ``rest``; see
+#: ``protocols.layout``, whose one codec derives encode/decode/checks from a ``LAYOUT``).
+_F = Field
 U32 = _F("u32")
 KEY_TYPE = _F("u8", conv=KeyType)
 USAGE = _F("u32", conv=_usage)
-_INT_SIZE = {"u8": 1, "u16": 2, "u32": 4}
-_VAR_SIZE = {"var8": 1, "var16": 2}
-
-
-class _Codec:
-    """Derives encode/decode/validation from the subclass's ``LAYOUT``."""
-
-    __slots__ = ()
-    LAYOUT: ClassVar[tuple[_F, ...]]
-
-    def __post_init__(self) -> None:
-        for f, spec in zip(fields(self), self.LAYOUT):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if spec.kind in _INT_SIZE:
-                if spec.conv is not None:
-                    value = spec.conv(value)  # ValueError for unknown enum values
-                    object.__setattr__(self, f.name, value)
-                if not 0 <= value < 1 << (8 * _INT_SIZE[spec.kind]):
-                    raise ValueError(f"{f.name} out of range")
-            else:
-                if not isinstance(value, (bytes, bytearray, memoryview)):
-                    raise TypeError(f"{f.name} must be bytes")
-                value = bytes(value)
-                object.__setattr__(self, f.name, value)
-                if spec.kind == "fixed" and len(value) != spec.size:
-                    raise ValueError(f"{f.name} must be {spec.size} bytes")
-                if spec.kind in _VAR_SIZE and len(value) >= 1 << (8 * _VAR_SIZE[spec.kind]):
-                    raise ValueError(f"{f.name} too long for its length prefix")
-
-    def to_payload(self) -> bytes:
-        out = bytearray()
-        for f, spec in zip(fields(self), self.LAYOUT):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if spec.kind in _INT_SIZE:
-                out += int(value).to_bytes(_INT_SIZE[spec.kind], "little")
-            elif spec.kind in _VAR_SIZE:
-                out += len(value).to_bytes(_VAR_SIZE[spec.kind], "little") + value
-            else:
-                out += value
-        return bytes(out)
-
-    @classmethod
-    def from_payload(cls, data: bytes | bytearray | memoryview) -> Any:
-        """Decode; ValueError on any layout violation (-> INVALID_PAYLOAD)."""
-        view = memoryview(data).cast("B")
-        pos, values = 0, []
-
-        def take(n: int) -> memoryview:
-            nonlocal pos
-            if pos + n > len(view):
-                raise ValueError("payload too short")
-            pos += n
-            return view[pos - n : pos]
-
-        for i, spec in enumerate(cls.LAYOUT):
-            if spec.kind in _INT_SIZE:
-                values.append(int.from_bytes(take(_INT_SIZE[spec.kind]), "little"))
-            elif spec.kind in _VAR_SIZE:
-                n = int.from_bytes(take(_VAR_SIZE[spec.kind]), "little")
-                values.append(bytes(take(n)))
-            elif spec.kind == "fixed":
-                values.append(bytes(take(spec.size)))
-            else:  # rest
-                tail = sum(s.size for s in cls.LAYOUT[i + 1 :])
-                if len(view) - pos < tail:
-                    raise ValueError("payload too short")
-                values.append(bytes(take(len(view) - pos - tail)))
-        if pos != len(view):
-            raise ValueError("trailing bytes after payload")
-        return cls(*values)
+_Codec = Message
 
 
 class _Request(_Codec):
@@ -233,21 +155,17 @@ class _Request(_Codec):
 
 
 def _request(rtype: RequestType, *layout: _F):  # type: ignore[no-untyped-def]
-    """Class decorator: frozen slotted dataclass with TYPE and LAYOUT set."""
+    """Class decorator: a ``protocols.layout`` message with TYPE set."""
 
     def wrap(cls):  # type: ignore[no-untyped-def]
-        cls.TYPE, cls.LAYOUT = rtype, layout
-        return dataclass(frozen=True, slots=True)(cls)
+        cls = message(*layout)(cls)
+        cls.TYPE = rtype
+        return cls
 
     return wrap
 
 
-def _response(*layout: _F):  # type: ignore[no-untyped-def]
-    def wrap(cls):  # type: ignore[no-untyped-def]
-        cls.LAYOUT = layout
-        return dataclass(frozen=True, slots=True)(cls)
-
-    return wrap
+_response = message
 
 
 # --------------------------------------------------------------------------- requests
@@ -496,6 +414,9 @@ class KeyResponse:
         return cls(KeyInfo.from_payload(data[: KeyInfo.SIZE]), data[KeyInfo.SIZE :])
 
 
+_KEY_LIST_HEAD = Layout((_F("u16"), U32), ("count", "next_cursor"))
+
+
 @dataclass(frozen=True, slots=True)
 class KeyListResponse:
     """Count u16 | NextCursor u32 (0 = no more) | Count x KeyInfo(14)."""
@@ -508,22 +429,19 @@ class KeyListResponse:
             raise ValueError("too many keys for one page")
 
     def to_payload(self) -> bytes:
-        head = len(self.keys).to_bytes(2, "little") + self.next_cursor.to_bytes(4, "little")
-        return head + b"".join(k.to_payload() for k in self.keys)
+        return _KEY_LIST_HEAD.encode([len(self.keys), self.next_cursor]) + b"".join(k.to_payload() for k in self.keys)
 
     @classmethod
     def from_payload(cls, data: bytes | bytearray | memoryview) -> KeyListResponse:
         data = bytes(data)
-        if len(data) < 6:
-            raise ValueError("short KEY_LIST response")
-        count = int.from_bytes(data[:2], "little")
+        count, next_cursor = _KEY_LIST_HEAD.unpack_from(data)  # DecodeError (a ValueError) if short
         if len(data) != 6 + count * KeyInfo.SIZE:
             raise ValueError("KEY_LIST count does not match the payload length")
         keys = tuple(
             KeyInfo.from_payload(data[6 + i * KeyInfo.SIZE : 6 + (i + 1) * KeyInfo.SIZE])
             for i in range(count)
         )
-        return cls(int.from_bytes(data[2:6], "little"), keys)
+        return cls(next_cursor, keys)
 
 
 Response = Union[

@@ -34,7 +34,8 @@ import os
 from tasks.crypto_service.keystore import KEK_SIZE, open_keystore
 from tasks.crypto_service.protocol import RequestType
 from tasks.crypto_service.service import CryptoService
-from tasks.runtime.shm import bind_peers, serve_shm
+from tasks.runtime.serve import serve
+from tasks.runtime.shm import bind_peers, shm_calls
 
 
 def read_rom(env, name: str) -> bytes:
@@ -101,5 +102,5 @@ def main(env) -> int:
     peers = bind_peers(env, {name: {"gate": spec["gate"], "shm": spec["shm"]} for name, spec in clients.items()})
     backend = cfg.get("storage", {}).get("backend", "memory")
     env.log(f"serving {', '.join(sorted(clients))}, each with its own key namespace ({backend} key storage)")
-    serve_shm(env, peers, lambda peer, request: services[peer.name].handle(request))
+    serve(env, shm_calls(peers, lambda peer, request: services[peer.name].handle(request)))
     return 0

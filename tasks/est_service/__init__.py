@@ -13,13 +13,15 @@ Modules, one concept each:
 * `codec`     – base64 bodies, media types, certs-only PKCS#7
 * `trust`     – explicit trust anchor checks
 * `csr`       – EC P-256/P-384 keys and PKCS#10 requests (re-enroll keeps Subject + SAN)
-* `csrattrs`  – the /csrattrs DER codec
+* `protocols.csrattrs` (outside this package: the development CA uses it too) – the /csrattrs DER codec
+* `service_protocol` – what other tasks ask est_service, as bytes (on `protocols.layout`)
 * `renewal`   – pure renewal/backoff policy
 * `http_transport` – blocking TLS shell for tests and development (the only module with I/O)
 """
 
+from protocols.csrattrs import CsrAttribute, CsrAttrs
+
 from .csr import Curve, build_csr, build_reenroll_csr, encode_pkcs10, generate_key
-from .csrattrs import CsrAttribute, CsrAttrs
 from .messages import BasicAuth, EstServer, HttpRequest, HttpResponse, Operation
 from .protocol import (
     DeferralLimits,

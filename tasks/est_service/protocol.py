@@ -39,7 +39,7 @@ from .codec import (
     parse_media_type,
 )
 from .csr import encode_pkcs10, same_public_key
-from .csrattrs import CsrAttrs, decode_csrattrs
+from protocols.csrattrs import CsrAttrs, decode_csrattrs
 from .exchange import (
     TRANSITIONS,
     DeferralLimits,

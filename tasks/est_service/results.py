@@ -18,7 +18,7 @@ from typing import TypeAlias
 
 from cryptography import x509
 
-from .csrattrs import CsrAttrs
+from protocols.csrattrs import CsrAttrs
 
 __all__ = [
     "AuthRequired",

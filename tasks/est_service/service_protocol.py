@@ -46,16 +46,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import struct
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from protocols.layout import I64, U8, U16, U32, VAR32, DecodeError, Field, Layout, Tagged
 from tasks.runtime.status import decode_status, encode_status
 
 MAX_DETAIL = 512
-_STATUS_HEAD = struct.Struct("<BBHHHIIqqH")
-assert _STATUS_HEAD.size == 34
 
 
 class Op(enum.IntEnum):
@@ -100,27 +98,27 @@ class Request:
     format: Format = Format.DER
 
     def encode(self) -> bytes:
-        if self.op is Op.STATUS:
-            return bytes([self.op])
-        return bytes([self.op, self.format])
+        return _REQUEST.encode(self.op, self)
+
+
+# The layouts (``protocols.layout``), declared once.
+_FORMAT = Layout((Field("u8", conv=Format),), ("format",))
+_REQUEST = Tagged({Op.GET_CERT: _FORMAT, Op.GET_CHAIN: _FORMAT, Op.STATUS: Layout((), ())})
+_STATUS = Layout((Field("u8", conv=CertState), Field("u8", conv=Activity), U16, U16, U16, U32, U32, I64, I64,
+                  Field("var16", text="replace")),
+                 ("cert_state", "activity", "error_code", "http_status", "failures", "successes", "errors",
+                  "not_after", "next_attempt", "detail"))
+_NEEDED = Layout((U32,), ("needed",))
+_CERT = Layout((VAR32,), ("der",))
 
 
 def decode_request(raw: bytes) -> Request | None:
-    """None for anything malformed."""
-    if not raw:
-        return None
+    """None for anything malformed (any bytes: never an exception)."""
     try:
-        op = Op(raw[0])
-    except ValueError:
+        op, fields = _REQUEST.decode(raw)
+    except DecodeError:
         return None
-    if op is Op.STATUS:
-        return Request(op) if len(raw) == 1 else None
-    if len(raw) != 2:
-        return None
-    try:
-        return Request(op, Format(raw[1]))
-    except ValueError:
-        return None
+    return Request(Op(op), **fields)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,23 +137,16 @@ class ServiceStatus:
     def encode(self) -> bytes:
         detail = self.detail.encode("utf-8")[:MAX_DETAIL]
         detail = detail.decode("utf-8", "ignore").encode("utf-8")  # never cut a character in half
-        return _STATUS_HEAD.pack(self.cert_state, self.activity, self.error_code & 0xFFFF,
-                                 self.http_status & 0xFFFF, min(self.failures, 0xFFFF),
-                                 self.successes & 0xFFFFFFFF, self.errors & 0xFFFFFFFF,
-                                 self.not_after, self.next_attempt, len(detail)) + detail
+        return _STATUS.encode([self.cert_state, self.activity, self.error_code & 0xFFFF, self.http_status & 0xFFFF,
+                               min(self.failures, 0xFFFF), self.successes & 0xFFFFFFFF, self.errors & 0xFFFFFFFF,
+                               self.not_after, self.next_attempt, detail])
 
     @classmethod
     def decode(cls, raw: bytes) -> "ServiceStatus | None":
-        if len(raw) < _STATUS_HEAD.size:
-            return None
-        (state, activity, code, http, failures, successes, errors, not_after, next_attempt,
-         n) = _STATUS_HEAD.unpack_from(raw)
-        if len(raw) != _STATUS_HEAD.size + n:
-            return None
+        """None for anything malformed (any bytes: never an exception)."""
         try:
-            return cls(CertState(state), Activity(activity), code, http, failures, successes, errors,
-                       not_after, next_attempt, raw[_STATUS_HEAD.size:].decode("utf-8", "replace"))
-        except ValueError:
+            return cls(*_STATUS.check(_STATUS.decode(raw)))
+        except ValueError:  # DecodeError, or an unknown cert state / activity
             return None
 
 
@@ -169,7 +160,15 @@ def decode_response(raw: bytes) -> tuple[Status, bytes]:
 
 
 def too_large(needed: int) -> bytes:
-    return encode_response(Status.TOO_LARGE, struct.pack("<I", needed))
+    return encode_response(Status.TOO_LARGE, _NEEDED.pack(needed))
+
+
+def decode_too_large(payload: bytes) -> int | None:
+    """The bytes a TOO_LARGE answer says it needs; None if the payload is not one u32."""
+    try:
+        return int(_NEEDED.decode(payload)[0])
+    except DecodeError:
+        return None
 
 
 def encode_cert(cert: x509.Certificate, fmt: Format) -> bytes:
@@ -179,23 +178,13 @@ def encode_cert(cert: x509.Certificate, fmt: Format) -> bytes:
 def encode_chain(chain: tuple[x509.Certificate, ...] | list[x509.Certificate], fmt: Format) -> bytes:
     if fmt is Format.PEM:
         return b"".join(c.public_bytes(Encoding.PEM) for c in chain)
-    out = bytearray()
-    for cert in chain:
-        der = cert.public_bytes(Encoding.DER)
-        out += struct.pack("<I", len(der)) + der
-    return bytes(out)
+    return b"".join(_CERT.encode([cert.public_bytes(Encoding.DER)]) for cert in chain)
 
 
 def decode_chain_der(raw: bytes) -> list[bytes] | None:
     """The DER certificates of a GET_CHAIN (DER) answer; None if the framing is broken."""
-    out, pos = [], 0
-    while pos < len(raw):
-        if pos + 4 > len(raw):
-            return None
-        (n,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        if n == 0 or pos + n > len(raw):
-            return None
-        out.append(raw[pos:pos + n])
-        pos += n
-    return out
+    try:
+        ders = [der for (der,) in _CERT.decode_repeated(raw)]
+    except DecodeError:
+        return None
+    return ders if all(ders) else None

@@ -1,9 +1,7 @@
 """hello's client: N calls to the server, one request through shared memory + IRQs, one rom module."""
 from __future__ import annotations
 
-import struct
-
-from tasks.hello.protocol import DONE_LABEL, PING_PROTO, RESPONSE_OFFSET, PingOp
+from tasks.hello.protocol import DONE_LABEL, PING_PROTO, RESPONSE_OFFSET, SHM_HEADER, PingOp
 
 
 def main(env) -> int:
@@ -25,13 +23,13 @@ def main(env) -> int:
         env.log("cannot bind the done IRQ")
         return 1
     text = b"hello through shared memory"
-    shm.write(0, struct.pack("<I", len(text)) + bytes(4) + text)
+    shm.write(0, SHM_HEADER.pack(len(text)) + text)
     env.trigger(env.cap("kick"))
     signal = env.receive(done, timeout_us=10_000_000)
     if not signal.ok:
         env.log(f"no answer signal: {signal.error.name}")
         return 1
-    (length,) = struct.unpack("<I", shm.read(RESPONSE_OFFSET, 4))
-    answer = shm.read(RESPONSE_OFFSET + 8, length).decode()
+    (length,) = SHM_HEADER.unpack_from(shm.read(RESPONSE_OFFSET, SHM_HEADER.size), 0)
+    answer = shm.read(RESPONSE_OFFSET + SHM_HEADER.size, length).decode()
     env.log(f"server answered through shared memory: {answer}")
     return 0 if answer == text.decode().upper() else 1

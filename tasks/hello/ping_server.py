@@ -1,10 +1,10 @@
 """hello's server: answers pings on its gate, and requests that arrive through shared memory + IRQ."""
 from __future__ import annotations
 
-import struct
-
 from kernel_model.abi import Err
-from tasks.hello.protocol import KICK_LABEL, PING_PROTO, RESPONSE_OFFSET, SERVER_LABEL, PingOp
+from protocols.layout import DecodeError
+from tasks.hello.protocol import KICK_LABEL, PING_PROTO, RESPONSE_OFFSET, SERVER_LABEL, SHM_HEADER, PingOp
+from tasks.runtime.serve import Reply, serve
 
 
 def main(env) -> int:
@@ -17,24 +17,27 @@ def main(env) -> int:
         return 1
     env.log("ready: serving pings and shared-memory requests")
     served = 0
-    msg = env.wait()
-    while True:
-        if not msg.ok:
-            msg = env.wait()
-        elif msg.label & ~3 == SERVER_LABEL:
+
+    def handle(msg) -> Reply | None:
+        nonlocal served
+        if msg.label & ~3 == SERVER_LABEL:
             if msg.proto == PING_PROTO and msg.has_words(2) and msg.word(0) == PingOp.PING:
                 served += 1
-                msg = env.reply_and_wait(0, msg.word(1) + 1, blob=b"pong")
-            else:
-                msg = env.reply_and_wait(-Err.EBADPROTO)
-        elif msg.label == KICK_LABEL:  # request -> shared memory -> signal -> process -> response -> signal
-            (length,) = struct.unpack("<I", shm.read(0, 4))
-            request = shm.read(8, min(length, RESPONSE_OFFSET - 8))
+                return Reply(0, (msg.word(1) + 1,), b"pong")
+            return Reply(-Err.EBADPROTO)
+        if msg.label == KICK_LABEL:  # request -> shared memory -> signal -> process -> response -> signal
+            try:
+                (length,) = SHM_HEADER.unpack_from(shm.read(0, SHM_HEADER.size), 0)
+            except DecodeError:
+                env.log("shared-memory request with a malformed header: ignored")
+                return None
+            request = shm.read(SHM_HEADER.size, min(length, RESPONSE_OFFSET - SHM_HEADER.size))
             answer = request.upper()
-            shm.write(RESPONSE_OFFSET, struct.pack("<I", len(answer)) + bytes(4) + answer)
-            shm.write(0, bytes(8 + len(request)))  # done with the request area
+            shm.write(RESPONSE_OFFSET, SHM_HEADER.pack(len(answer)) + answer)
+            shm.write(0, bytes(SHM_HEADER.size + len(request)))  # done with the request area
             env.log(f"shared-memory request of {len(request)} bytes answered (after {served} pings)")
             env.trigger(env.cap("done"))
-            msg = env.wait()
-        else:
-            msg = env.wait()
+        return None  # an IRQ (or a stray label) gets no reply
+
+    serve(env, handle)
+    return 0

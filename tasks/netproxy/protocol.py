@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import struct
 
+from protocols.layout import REST, U32, DecodeError, Field, Layout, Tagged
 from tasks.runtime.status import decode_status, encode_status
 
 MAX_IO = 60 * 1024
@@ -52,37 +52,29 @@ class Request:
     timeout_ms: int = 0
 
     def encode(self) -> bytes:
-        if self.op is Op.CONNECT:
-            return bytes([self.op]) + self.endpoint.encode()
-        if self.op is Op.SEND:
-            return bytes([self.op]) + self.data
-        if self.op is Op.RECV:
-            return bytes([self.op]) + struct.pack("<II", self.max_bytes, self.timeout_ms)
-        return bytes([self.op])
+        return _REQUEST.encode(self.op, self)
+
+
+#: The request layouts, one per op (``protocols.layout``).
+_REQUEST = Tagged({
+    Op.CONNECT: Layout((Field("rest", text="strict"),), ("endpoint",)),
+    Op.SEND: Layout((REST,), ("data",)),
+    Op.RECV: Layout((U32, U32), ("max_bytes", "timeout_ms")),
+    Op.CLOSE: Layout((), ()),
+})
 
 
 def decode_request(raw: bytes) -> Request | None:
-    """None for anything malformed."""
-    if not raw:
-        return None
+    """None for anything malformed (any bytes: never an exception)."""
     try:
-        op = Op(raw[0])
-    except ValueError:
+        op, fields = _REQUEST.decode(raw)
+    except DecodeError:
         return None
-    body = raw[1:]
-    if op is Op.CONNECT:
-        try:
-            return Request(op, endpoint=body.decode())
-        except UnicodeDecodeError:
-            return None
-    if op is Op.SEND:
-        return Request(op, data=body) if len(body) <= MAX_IO else None
-    if op is Op.RECV:
-        if len(body) != 8:
-            return None
-        max_bytes, timeout_ms = struct.unpack("<II", body)
-        return Request(op, max_bytes=min(max_bytes, MAX_IO), timeout_ms=timeout_ms)
-    return Request(op) if not body else None
+    if op == Op.SEND and len(fields["data"]) > MAX_IO:
+        return None
+    if op == Op.RECV:
+        fields["max_bytes"] = min(fields["max_bytes"], MAX_IO)
+    return Request(Op(op), **fields)
 
 
 def encode_response(status: Status, data: bytes = b"") -> bytes:

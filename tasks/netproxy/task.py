@@ -10,7 +10,8 @@ from __future__ import annotations
 import socket
 
 from tasks.netproxy.protocol import Op, Request, Status, decode_request, encode_response
-from tasks.runtime.shm import ShmPeer, bind_peers, serve_shm
+from tasks.runtime.serve import serve
+from tasks.runtime.shm import ShmPeer, bind_peers, shm_calls
 
 
 class Proxy:
@@ -75,5 +76,5 @@ def main(env) -> int:
     peers = bind_peers(env, env.config.get("clients", {}))
     env.log(f"serving {', '.join(p.name for p in peers.values()) or 'nobody'}; "
             f"endpoints: {', '.join(sorted(proxy.allowed)) or 'none'}")
-    serve_shm(env, peers, proxy.handle)
+    serve(env, shm_calls(peers, proxy.handle))
     return 0

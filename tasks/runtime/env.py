@@ -16,7 +16,7 @@ from capabilities.rights import MemRights
 from kernel_model.abi import (INVALID_CAP, MR_BYTES, DataspaceOp, EnvSlot, Err, FactoryOp, GateOp, IpcError,
                               IpcFlags, IrqOp, LogOp, MsgTag, NamespaceOp, Proto, TaskOp, UnmapMask, sel, timeouts)
 from kernel_model.bootrecord import BootRecord
-from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke
+from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke, log_chunks
 from tasks.runtime.channel import KernelChannel
 from tasks.runtime.memory import Region, RegionManager
 
@@ -83,7 +83,9 @@ class Msg:
         return self
 
 
-class Log:
+class TaskLog:
+    """``env.log(text)``: a line to the task's log capability, in Log WRITE chunks (``wire.log_chunks``)."""
+
     def __init__(self, env: "Env"):
         self.env = env
 
@@ -91,12 +93,7 @@ class Log:
         self.write(text)
 
     def write(self, text: str) -> None:
-        if not text.endswith("\n"):
-            text += "\n"
-        raw = text.encode()
-        step = MR_BYTES - 16
-        for i in range(0, len(raw), step):
-            chunk = raw[i:i + step]
+        for chunk in log_chunks(text):
             self.env.send(EnvSlot.LOG << 12, Proto.LOG, LogOp.WRITE, len(chunk), blob=chunk)
 
 
@@ -110,7 +107,7 @@ class Env:
         self.config: dict = dict(record.config)
         self.memory = RegionManager()
         self._next_slot = record.first_free
-        self.log = Log(self)
+        self.log = TaskLog(self)
         channel.on_revoke = self._on_revoke
         channel.on_remap = lambda notice, fd: self.memory.remap(notice.address, fd, notice.size, notice.offset,
                                                                 notice.rights)

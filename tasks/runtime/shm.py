@@ -15,10 +15,11 @@ area; -L4_EPERM when the server has no shared dataspace for this client.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from kernel_model.abi import Err, IpcError
 from tasks.runtime.memory import Region
+from tasks.runtime.serve import Reply
 
 SHM_PROTO = 0x4100  #: user-level protocol: "shared-memory call"
 
@@ -94,22 +95,21 @@ def handle_shm_call(peers: dict[int, ShmPeer], msg, handle: Callable[[ShmPeer, b
     return 0, (len(response),)
 
 
-def serve_shm(env, peers: dict[int, ShmPeer], handle: Callable[[ShmPeer, bytes], bytes],
-              other: Callable[[object], tuple[int, tuple[int, ...]] | None] | None = None) -> None:
-    """Server loop over ``handle_shm_call``. ``peers`` maps gate label -> peer. Messages that
-    are not shared-memory calls go to ``other`` (None there: no reply); without ``other``
-    they are answered with -L4_EBADPROTO."""
-    msg = env.wait()
-    while True:
-        if not msg.ok:
-            msg = env.wait()
-            continue
+def shm_calls(peers: dict[int, ShmPeer], handle: Callable[[ShmPeer, bytes], bytes],
+              other: Callable[[Any], Reply | None] | None = None) -> Callable[[Any], Reply | None]:
+    """The ``serve`` handler of a shared-memory service: ``serve(env, shm_calls(peers, handle))``.
+
+    ``peers`` maps gate label -> peer. Messages that are not shared-memory calls go to
+    ``other`` (its None: no reply); without ``other`` they are answered with -L4_EBADPROTO.
+    """
+
+    def on_message(msg: Any) -> Reply | None:
         if msg.proto != SHM_PROTO and other is not None:
-            answer = other(msg)
-            msg = env.wait() if answer is None else env.reply_and_wait(answer[0], *answer[1])
-            continue
+            return other(msg)
         status, words = handle_shm_call(peers, msg, handle)
-        msg = env.reply_and_wait(status, *words)
+        return Reply(status, words)
+
+    return on_message
 
 
 def bind_peers(env, clients: dict[str, dict]) -> dict[int, ShmPeer]:

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tasks.est_service.codec import encode_base64_body, encode_certs_only
 from tasks.est_service.csr import build_csr, generate_key
-from tasks.est_service.csrattrs import OID_CHALLENGE_PASSWORD, OID_SECP384R1
+from protocols.csrattrs import OID_CHALLENGE_PASSWORD, OID_SECP384R1
 from tasks.est_service.messages import BasicAuth, EstServer, HttpResponse
 from tasks.est_service.protocol import (
     TRANSITIONS,
