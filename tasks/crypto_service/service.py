@@ -43,6 +43,8 @@ from typing import Any, Callable, Hashable, Mapping
 
 from cryptography.exceptions import InvalidTag
 
+from durable.fileops import OS
+
 from .keys import SPECS, Family, Key
 from .keystore import KeyStore, StoreError, open_keystore
 from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceExhausted, NonceSequence, ReplayWindow
@@ -140,7 +142,7 @@ class CryptoService:
         self._windows: dict[int, ReplayWindow] = {}
         self._buckets: dict[Hashable, TokenBucket] = {}
         path = getattr(self._store, "path", None)
-        self._journal = ReplayJournal(path.with_name(path.name + ".replay")) \
+        self._journal = ReplayJournal(path.with_name(path.name + ".replay"), ops=getattr(self._store, "ops", OS)) \
             if path is not None and self.config.replay_journal else None
         self._store_error: StoreError | None = None
         self._retry_at = 0
