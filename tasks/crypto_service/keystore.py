@@ -70,12 +70,12 @@ from cryptography.exceptions import InvalidTag
 
 from durable.atomic import WRITE_STEPS, Step, clean_stale_temps, replace_file
 from durable.fileops import OS, FileOps
-from durable.sealed import KEK_SIZE, AesSealer, KekError, SealedError, SealedFile, Sealer, read_kek
+from durable.sealed import KEK_SIZE, AesSealer, KekError, SealedError, SealedFile, Sealer, check_kek, read_kek
 
 from .keys import DEVICE_FORMAT, Key
 from .protocol import KeyFormat, KeyType, Usage
 
-__all__ = ["WRITE_STEPS", "KEK_SIZE", "AesSealer", "KekError", "Sealer", "StoreError", "open_keystore"]
+__all__ = ["WRITE_STEPS", "KEK_SIZE", "AesSealer", "KekError", "Sealer", "StoreError", "check_kek", "open_keystore"]
 
 MAGIC = b"L4KS"
 BACKEND_CODES = {"file": 0, "tpm": 1, "hsm": 2}
@@ -209,6 +209,21 @@ class MemoryKeyStore(KeyFactory):
         if self._image is not None:
             self._image[:] = bytes(len(self._image))
         self._image = image
+
+
+class UnavailableStore(KeyFactory):
+    """A client's store that could not even be opened (``reason``): every load and save fails,
+    not retried, so that client is answered STORAGE_ERROR while the others are served."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.error = StoreError(reason)
+
+    def load(self) -> Snapshot:
+        raise self.error
+
+    def save(self, keys: Iterable[Key], next_key_id: int) -> None:
+        raise self.error
 
 
 # --------------------------------------------------------------------------- sealing and witnesses

@@ -69,6 +69,7 @@ from .protocol import (
     Usage,
     encode_response,
     parse_request,
+    request_sequence,
 )
 from .ratelimit import RateLimitConfig, TokenBucket
 from .replay_journal import ReplayJournal
@@ -168,29 +169,32 @@ class CryptoService:
     def handle(self, request: bytes | bytearray | memoryview, *, client: Hashable = 0) -> bytes:
         """Answer one request frame. ``client`` selects the rate-limit bucket
         (the shell passes the IPC badge; clients are capability holders, so
-        the set is small and fixed)."""
+        the set is small and fixed). A request's sequence number, if it carries
+        one, is echoed in the response."""
+        seq = None
         try:
+            seq = request_sequence(request)
             bucket = self._buckets.get(client)
             now = self._clock()
             if bucket is None:
                 bucket = self._buckets[client] = TokenBucket(self.config.rate_limit, now)
             if not bucket.allow(now):
-                return encode_response(Status.RATE_LIMITED)
+                return encode_response(Status.RATE_LIMITED, seq=seq)
             req = parse_request(request)
             if isinstance(req, Status):
-                return encode_response(req)
+                return encode_response(req, seq=seq)
             if self._allowed is not None and req.TYPE not in self._allowed:
-                return encode_response(Status.POLICY_DENIED)
+                return encode_response(Status.POLICY_DENIED, seq=seq)
             if self._store_error is not None and not self._reload(now):
-                return encode_response(Status.STORAGE_ERROR)
+                return encode_response(Status.STORAGE_ERROR, seq=seq)
             try:
                 status, body = self._handlers[req.TYPE](req)
             except StoreError as exc:  # the device failed during an operation
                 self._unavailable(exc, now)
-                return encode_response(Status.STORAGE_ERROR)
-            return encode_response(status, body)
+                return encode_response(Status.STORAGE_ERROR, seq=seq)
+            return encode_response(status, body, seq=seq)
         except Exception:  # the one boundary: a bug must not kill the task
-            return encode_response(Status.INTERNAL_ERROR)
+            return encode_response(Status.INTERNAL_ERROR, seq=seq)
 
     # ------------------------------------------------------------------ the key store
 
@@ -257,6 +261,10 @@ class CryptoService:
 
     def _new_window(self) -> ReplayWindow:
         return ReplayWindow(self._rng(32), self.config.replay_window, self.config.replay_fp_rate)
+
+    @property
+    def store(self) -> KeyStore:
+        return self._store
 
     @property
     def key_count(self) -> int:
