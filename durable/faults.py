@@ -179,3 +179,31 @@ class FaultyOps:
         self._synced_len.clear()
         self._renames.clear()
         self._created.clear()
+
+
+#: How a run ends at a crash point: a kill (``crash``), a kill inside a write that left half of
+#: its bytes (``torn``), or a power cut (``power``: a kill, then ``power_loss()``).
+MODES = ("crash", "torn", "power")
+
+
+def crash_points(log: list[tuple[str, str]]) -> list[tuple[int, str]]:
+    """Every (operation index, mode) of a write sequence whose clean run logged ``log``: a kill
+    and a power cut before each operation and after the last, a torn write at every write."""
+    points = []
+    for k in range(len(log) + 1):
+        points.append((k, "crash"))
+        if k < len(log) and log[k][0] == "write":
+            points.append((k, "torn"))
+        points.append((k, "power"))
+    return points
+
+
+def armed(mode: str, k: int, base: FileOps = OS) -> FaultyOps:
+    """A ``FaultyOps`` that crashes at operation ``k`` in ``mode`` (call ``finish`` after)."""
+    return FaultyOps(base, crash_at=k, torn=(mode == "torn"))
+
+
+def finish(ops: FaultyOps, mode: str) -> None:
+    """After the crash: what the mode takes away on top (a power cut's losses)."""
+    if mode == "power":
+        ops.power_loss()
