@@ -143,7 +143,8 @@ class Config:
         if timeout_s <= 0:
             raise ConfigError("timeout_s must be positive")
         net = raw.get("net") or {"gate": "net", "shm": "net_shm"}
-        store = raw.get("store") or {}
+        store = raw.get("store")
+        store = {} if store is None else store
         if not isinstance(store, dict) or set(store) - {"required"}:
             raise ConfigError("store: expected {required: true|false}")
         if not isinstance(store.get("required", False), bool):

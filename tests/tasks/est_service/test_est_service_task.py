@@ -397,3 +397,23 @@ def test_new_cacerts_are_trusted_only_through_the_bootstrap_ta_or_the_current_va
     # Once the current set has expired it vouches for nothing.
     later = current.cert.not_valid_after_utc + dt.timedelta(days=1)
     assert svc._cacerts_trust(later).anchors == (bootstrap.cert,)
+
+
+def test_full_disk_is_a_local_error_for_clients_then_recovers_without_restart(service, tmp_path):
+    from durable.faults import FaultyOps
+    from tasks.est_service.service_protocol import LOCAL_ERROR
+
+    ops = FaultyOps(full=True)
+    service.store = Store(tmp_path, ops=ops)
+    clock = service.fake_clock
+    service.load()
+    service.work(clock())
+    assert service.renewal.certificate is None
+    status = service.status()
+    assert status.error_code == LOCAL_ERROR and "No space left on device" in status.detail
+    assert any("FAILED" in line and "No space left on device" in line for line in service.lines)
+    ops.full = False  # space is back: the next attempt (after the backoff) stores and enrolls
+    clock.now = service.next_wakeup(clock())
+    service.work(clock())
+    assert service.renewal.certificate is not None
+    assert Store(tmp_path).load().certificate == service.renewal.certificate
