@@ -320,7 +320,7 @@ class SealedStore(KeyFactory):
             self.missing = True
             return self._no_store(0 if getattr(self._witness, "fresh", False) else committed)
         except OSError as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}", retry=_transient(exc)) from exc
+            raise StoreError(f"cannot read {self.path}: {exc}", retry=transient(exc)) from exc
         if removed:
             self.log(f"{self.path}: removed {len(removed)} temporary file(s) left by a crash: {', '.join(removed)}")
         generation, nonce, body, aad = self._split(blob)
@@ -361,7 +361,7 @@ class SealedStore(KeyFactory):
         try:
             synced = replace_file(self.path, blob, ops=self.ops, step=self._step)
         except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}", retry=_transient(exc)) from exc
+            raise StoreError(f"cannot write {self.path}: {exc}", retry=transient(exc)) from exc
         # committed: from here on the file holds the new state, whatever fails next
         self.generation = generation
         if not synced:
@@ -408,7 +408,7 @@ class SealedStore(KeyFactory):
         return generation, nonce, head.body, head.aad
 
 
-def _transient(exc: OSError) -> bool:
+def transient(exc: OSError) -> bool:
     """A write failure that may go away by itself (space, quota, I/O): retry later."""
     return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR)
 

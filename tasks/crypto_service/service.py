@@ -46,7 +46,7 @@ from cryptography.exceptions import InvalidTag
 from durable.fileops import OS
 
 from .keys import SPECS, Family, Key
-from .keystore import KeyStore, StoreError, open_keystore
+from .keystore import KeyStore, StoreError, open_keystore, transient
 from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceExhausted, NonceSequence, ReplayWindow
 from .protocol import (
     ALLOCATE_KEY_ID,
@@ -248,7 +248,8 @@ class CryptoService:
         try:
             records = self._journal.load()
         except OSError as exc:
-            raise StoreError(f"cannot read the replay journal {self._journal.path}: {exc}") from exc
+            raise StoreError(f"cannot read the replay journal {self._journal.path}: {exc}",
+                             retry=transient(exc)) from exc
         versions = {k.key_id: k.version for k in keys}
         windows: dict[int, ReplayWindow] = {}
         for kid, version, nonce in records:

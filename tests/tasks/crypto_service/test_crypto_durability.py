@@ -89,7 +89,7 @@ def act_rotate(svc: CryptoService, ctx: dict, given: list) -> None:
 
 
 def act_encrypt_leases(svc: CryptoService, ctx: dict, given: list) -> None:
-    for i in range(3):
+    for i in range(2):
         status, body = call(svc, p.AesEncryptRequest(7, b"", b"lease %d" % i))
         if status == Status.SUCCESS:
             given.append(body.nonce)
@@ -235,15 +235,21 @@ def test_full_disk_answers_storage_error_logs_and_recovers_without_restart(tmp_p
     assert keys(open_service(tmp_path)) == [(7, 1), (8, 1), (21, 1)]
 
 
-def test_full_disk_at_start_is_retried_not_final(tmp_path: Path) -> None:
-    """A new store cannot be created on a full disk: STORAGE_ERROR, then served once space returns."""
+@pytest.mark.parametrize("restart_finds", ["no store", "a torn journal"])
+def test_full_disk_at_start_is_retried_not_final(tmp_path: Path, restart_finds: str) -> None:
+    """A restart on a full disk (a new store to create, a torn journal tail to repair): STORAGE_ERROR
+    and a log line, then served once space returns, without another restart."""
+    if restart_finds == "a torn journal":
+        baseline(tmp_path)
+        with open(tmp_path / "keys.store.replay", "ab") as f:
+            f.write(b"torn")
     ops, log = FaultyOps(full=True), Log()
     svc = open_service(tmp_path, ops, log, store_retry_ms=1)
     assert call(svc, p.KeyListRequest(0))[0] == Status.STORAGE_ERROR
-    assert log.has("STORAGE", "will retry")
+    assert log.has("STORAGE", "No space left on device", "will retry")
     ops.full = False
     svc._clock = lambda: 10**9  # the retry interval has passed (injected clock)
-    assert keys(svc) == []
+    assert keys(svc) == ([] if restart_finds == "no store" else [(7, 1), (8, 1)])
 
 
 def test_missing_store_logs_a_distinct_line_and_required_refuses(tmp_path: Path) -> None:
