@@ -19,7 +19,8 @@ from tasks.est_service.task import start_store
 def fingerprint(state: Persisted | None) -> Any:
     if state is None:
         return None
-    return state.key.private_numbers().private_value if state.key else "no key"
+    pending = state.pending.key.private_numbers().private_value if state.pending else None
+    return (state.key.private_numbers().private_value if state.key else "no key", pending)
 
 
 def sweep(tmp_path: Path, prepare, new: Persisted) -> int:
@@ -66,8 +67,18 @@ def test_first_save_creating_the_kek_at_every_crash_point(tmp_path: Path) -> Non
     assert sweep(tmp_path, lambda d: None, Persisted(generate_key())) > 20
 
 
-def test_replacing_the_state_at_every_crash_point(tmp_path: Path) -> None:
-    assert sweep(tmp_path, lambda d: Store(d).save(Persisted(generate_key())), Persisted(generate_key())) > 15
+def test_replacing_the_state_with_a_pending_request_at_every_crash_point(tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from tasks.est_service.csr import build_csr
+    from tasks.est_service.renewal import Action
+    from tasks.est_service.store import Pending
+
+    new_key = generate_key()
+    csr = build_csr(new_key, x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dev")]), ())
+    new = Persisted(generate_key(), pending=Pending(Action.ENROLL, new_key, csr))
+    assert sweep(tmp_path, lambda d: Store(d).save(Persisted(generate_key())), new) > 15
 
 
 def test_a_full_disk_fails_the_save_and_space_coming_back_is_enough(tmp_path: Path) -> None:
