@@ -308,6 +308,9 @@ def test_one_damaged_store_fails_only_its_client(tmp_path: Path, monkeypatch: An
     clients = {"alice": {"gate": "a", "shm": "a_shm"}, "bob": {"gate": "b", "shm": "b_shm"}}
     env = FakeEnv(KEK)
     first = task.load_services(env, cfg, clients)
+    assert any(line.startswith("[alice]") and "key store MISSING: started with an empty one" in line
+               for line in env.lines), env.lines  # a first start does not look like a healthy boot
+    assert not any("key store loaded" in line for line in env.lines)
     for svc in first.values():
         assert call(svc, p.KeyImportRequest(7, KeyType.AES_256, Usage(0), KeyFormat.SECRET, KEY))[0] == Status.SUCCESS
     damaged = bytearray((tmp_path / "keys.store.alice").read_bytes())
