@@ -311,6 +311,8 @@ class SealedStore(KeyFactory):
 
     def load(self) -> Snapshot:
         removed = self.clean_temps()
+        if removed:
+            self.log(f"{self.path}: removed {len(removed)} temporary file(s) left by a crash: {', '.join(removed)}")
         self._open_device()
         committed = self._witness.read()
         self.missing = False
@@ -321,8 +323,6 @@ class SealedStore(KeyFactory):
             return self._no_store(0 if getattr(self._witness, "fresh", False) else committed)
         except OSError as exc:
             raise StoreError(f"cannot read {self.path}: {exc}", retry=transient(exc)) from exc
-        if removed:
-            self.log(f"{self.path}: removed {len(removed)} temporary file(s) left by a crash: {', '.join(removed)}")
         generation, nonce, body, aad = self._split(blob)
         try:
             assert self._sealer is not None

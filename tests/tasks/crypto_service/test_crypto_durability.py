@@ -277,6 +277,11 @@ def test_stale_temp_files_are_removed_at_start(tmp_path: Path) -> None:
     svc = open_service(tmp_path, OS, log)
     assert keys(svc) == [(7, 1), (8, 1)]
     assert not list(tmp_path.glob("*.tmp")) and log.has("removed 3 temporary file(s)")
+    fresh, log = tmp_path / "fresh", Log()  # also when the store itself is missing (a crash before its first save)
+    fresh.mkdir()
+    (fresh / "keys.store.tmp").write_bytes(b"half a store")
+    open_service(fresh, OS, log)
+    assert log.has("removed 1 temporary file(s)", "keys.store.tmp") and not (fresh / "keys.store.tmp").exists()
 
 
 # --------------------------------------------------------------------------- failures stay local
