@@ -13,8 +13,8 @@ from rich.console import Console
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage, load_image
 from l4emu.live import RIGHT, SUMMARY_COLUMNS, OutputConsole, ViewSink, service_lines, snapshot, summary_data, task_cells
 from l4emu.tables import emit_table
+from durable.atomic import atomic_write
 from protocols.exit_codes import ExitCode
-from tasks.runtime.files import atomic_write
 from kernel_model.host.supervisor import Supervisor, now_us
 from kernel_model.objects import ThreadState
 

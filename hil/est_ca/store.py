@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.runtime.files import atomic_write
+from durable.atomic import atomic_write
 
 __all__ = ["atomic_write", "ensure_private_dir", "locked"]
 

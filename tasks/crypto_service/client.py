@@ -41,7 +41,6 @@ from typing import Callable
 
 from .protocol import (
     ALLOCATE_KEY_ID,
-    HEADER_SIZE,
     MAX_PAYLOAD,
     NONCE_SIZE,
     TAG_SIZE,
@@ -70,6 +69,7 @@ from .protocol import (
     Status,
     Usage,
     parse_response,
+    response_sequence,
 )
 
 Transport = Callable[[bytes], bytes]
@@ -81,6 +81,8 @@ STREAM_ID_SIZE = 16
 #: fits in 64 KiB (the encrypt request is 28 bytes smaller): 65440.
 MAX_CHUNK_SIZE = MAX_PAYLOAD - 6 - (len(CHUNK_AAD_PREFIX) + STREAM_ID_SIZE + 8 + 32) - NONCE_SIZE - TAG_SIZE
 _CHUNKED_MAGIC = b"WVC1"
+#: Responses that answer another frame (see ``CryptoClient.exchange``) tolerated per request.
+MAX_MISMATCHED = 3
 
 
 class CryptoServiceError(Exception):
@@ -167,24 +169,40 @@ class CryptoClient:
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._transact, self._sleep, self._retry, self._rng = transact, sleep, retry, rng
+        self._seq = int.from_bytes(rng(4), "little")  #: the last sequence number sent
 
     # ------------------------------------------------------------------ plumbing
 
     def exchange(self, request: Request) -> tuple[Status | int, Response | None]:
         """Send one request, retrying on RATE_LIMITED per the policy.
 
-        Raises ResponseError for a malformed response frame.
+        Every frame sent carries a new sequence number; a response that does not echo it
+        answers some other frame (a late response, or a request area overwritten while the
+        service read it): it is never taken as this request's answer. The service did not act
+        on this frame then, so it is sent again, at most ``MAX_MISMATCHED`` times.
+        Raises ResponseError for a malformed response frame (or too many mismatched ones).
         """
-        frame = request.encode()
-        if len(frame) - HEADER_SIZE > MAX_PAYLOAD:
+        payload_size = len(request.to_payload())
+        if payload_size > MAX_PAYLOAD:
             return Status.PAYLOAD_TOO_LARGE, None
         delays = self._retry.delays()
-        for attempt in range(self._retry.attempts):
-            status, body = parse_response(self._transact(frame), request.TYPE)
+        attempt = mismatched = 0
+        while True:
+            self._seq = (self._seq + 1) & 0xFFFF_FFFF
+            seq = self._seq
+            response = self._transact(request.encode(seq))
+            got = response_sequence(response)
+            if got != seq:
+                mismatched += 1
+                if mismatched > MAX_MISMATCHED:
+                    raise ResponseError(f"{request.TYPE.name}: the response answers another request "
+                                        f"(sequence {got}, sent {seq})")
+                continue
+            status, body = parse_response(response, request.TYPE)
             if status != Status.RATE_LIMITED or attempt >= len(delays):
                 return status, body
             self._sleep(delays[attempt])
-        raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
+            attempt += 1
 
     def call(self, request: Request) -> Response:
         status, body = self.exchange(request)

@@ -16,7 +16,7 @@ a token can delete its object. Failures are ``StoreError`` values with
 token); the service turns them into STORAGE_ERROR and a log line.
 
 ``save`` either commits or raises: it raises only when the new state is *not*
-in the store file (a failure before the rename of ``storage_io.replace_file``);
+in the store file (a failure before the rename of ``durable.atomic.replace_file``);
 from the rename on the change is committed and ``save`` returns, so the service
 never reports STORAGE_ERROR for a change that a restart would bring back.
 
@@ -31,7 +31,8 @@ Selection mirrors the task's ``config.json``::
 plus, for every device backend, ``"must_exist": true`` (refuse to start
 empty when the store file is missing).
 
-Store file (all integers little-endian; version 1 files are still read)::
+Store file: ``durable.sealed``'s KEK-sealed file (the one the EST service's state uses too),
+magic "L4KS", kind = the backend (all integers little-endian; version 1 files are still read)::
 
     0   4  magic "L4KS"
     4   1  format version 0x02
@@ -59,27 +60,28 @@ buffer handed to ``AesSealer`` is overwritten once the cipher holds it.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from . import storage_io
+from durable.atomic import WRITE_STEPS, Step, clean_stale_temps, replace_file
+from durable.fileops import OS, FileOps
+from durable.sealed import KEK_SIZE, AesSealer, KekError, SealedError, SealedFile, Sealer, check_kek, read_kek
+
 from .keys import DEVICE_FORMAT, Key
 from .protocol import KeyFormat, KeyType, Usage
-from .storage_io import WRITE_STEPS  # noqa: F401 - re-exported: the step names the hook sees
+
+__all__ = ["WRITE_STEPS", "KEK_SIZE", "AesSealer", "KekError", "Sealer", "StoreError", "check_kek", "open_keystore"]
 
 MAGIC = b"L4KS"
-FORMAT_VERSION = 2
-KEK_SIZE = 32
 BACKEND_CODES = {"file": 0, "tpm": 1, "hsm": 2}
-_HEAD_V1 = struct.Struct("<4sB3x12s")
-_HEAD_V2 = struct.Struct("<4sBBxxQ12s")
+#: Files beside a store ``<path>``: their temporary leftovers are removed when it is loaded.
+COMPANIONS = ("", ".gen", ".replay", ".tpmkek")
 _RECORD = struct.Struct("<IBBIIQH")
-_TAG = 16
 Rng = Callable[[int], bytes]
 Log = Callable[[str], None]
 
@@ -209,36 +211,22 @@ class MemoryKeyStore(KeyFactory):
         self._image = image
 
 
+class UnavailableStore(KeyFactory):
+    """A client's store that could not even be opened (``reason``): every load and save fails,
+    not retried, so that client is answered STORAGE_ERROR while the others are served."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.error = StoreError(reason)
+
+    def load(self) -> Snapshot:
+        raise self.error
+
+    def save(self, keys: Iterable[Key], next_key_id: int) -> None:
+        raise self.error
+
+
 # --------------------------------------------------------------------------- sealing and witnesses
-
-
-class Sealer(Protocol):
-    def seal(self, nonce: bytes, data: bytes | bytearray, aad: bytes) -> bytes: ...
-
-    def unseal(self, nonce: bytes, blob: bytes, aad: bytes) -> bytearray:
-        """The plaintext; raises InvalidTag (wrong key, modified file) or StoreError (device)."""
-        ...
-
-
-class AesSealer:
-    """AES-256-GCM in process memory under a KEK. **Consumes** the KEK buffer:
-    it is overwritten with zeros once the cipher holds its own copy."""
-
-    def __init__(self, kek: bytearray) -> None:
-        try:
-            if len(kek) != KEK_SIZE:
-                raise ValueError("KEK must be 32 bytes")
-            self._aead = AESGCM(bytes(kek))
-        finally:
-            kek[:] = bytes(len(kek))
-
-    def seal(self, nonce: bytes, data: bytes | bytearray, aad: bytes) -> bytes:
-        return self._aead.encrypt(nonce, bytes(data), aad)
-
-    def unseal(self, nonce: bytes, blob: bytes, aad: bytes) -> bytearray:
-        out = bytearray(len(blob) - _TAG)
-        self._aead.decrypt_into(nonce, blob, aad, out)
-        return out
 
 
 class Witness(Protocol):
@@ -252,13 +240,14 @@ class Witness(Protocol):
 class FileWitness:
     """The generation in ``<store>.gen`` (8 bytes LE), written like the store."""
 
-    def __init__(self, path: Path, step: storage_io.Step | None = None) -> None:
+    def __init__(self, path: Path, step: Step | None = None, ops: FileOps = OS) -> None:
         self.path = path
         self._step = step
+        self.ops = ops
 
     def read(self) -> int:
         try:
-            raw = self.path.read_bytes()
+            raw = self.ops.read(self.path)
         except FileNotFoundError:
             return 0
         except OSError as exc:
@@ -269,7 +258,7 @@ class FileWitness:
 
     def advance(self, generation: int) -> None:
         try:
-            storage_io.replace_file(self.path, generation.to_bytes(8, "little"), self._step)
+            replace_file(self.path, generation.to_bytes(8, "little"), ops=self.ops, step=self._step)
         except OSError as exc:
             raise StoreError(f"cannot write {self.path}: {exc}") from exc
 
@@ -285,18 +274,22 @@ class SealedStore(KeyFactory):
         sealer: Sealer | None,
         witness: Witness,
         rng: Rng = os.urandom,
-        step_hook: storage_io.Step | None = None,
+        step_hook: Step | None = None,
         must_exist: bool = False,
+        ops: FileOps = OS,
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self.ops = ops  #: every file operation of the store (and of the service's replay journal)
+        self._file = SealedFile(self.path, MAGIC, what="key store", ops=ops, rng=rng, step=step_hook,
+                                accept_v1=True)
         self._sealer = sealer
         self._witness = witness
         self._rng = rng
         self._step = step_hook
         self.must_exist = must_exist
         self.generation = 0  #: of the store as last loaded or saved
+        self.missing = False  #: the last load found no store file (and started empty)
 
     # -- hooks for the device backends
 
@@ -308,15 +301,28 @@ class SealedStore(KeyFactory):
 
     # -- KeyStore
 
+    def clean_temps(self) -> list[str]:
+        """Remove temporary files a crash left beside the store and its companions."""
+        try:
+            return clean_stale_temps(self.path.parent, [self.path.name + c for c in COMPANIONS], ops=self.ops)
+        except OSError as exc:
+            self.log(f"{self.path}: could not remove stale temporary files: {exc}")
+            return []
+
     def load(self) -> Snapshot:
+        removed = self.clean_temps()
+        if removed:
+            self.log(f"{self.path}: removed {len(removed)} temporary file(s) left by a crash: {', '.join(removed)}")
         self._open_device()
         committed = self._witness.read()
+        self.missing = False
         try:
-            blob = self.path.read_bytes()
+            blob = self.ops.read(self.path)
         except FileNotFoundError:  # a witness this process just created vouches for nothing yet
+            self.missing = True
             return self._no_store(0 if getattr(self._witness, "fresh", False) else committed)
         except OSError as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+            raise StoreError(f"cannot read {self.path}: {exc}", retry=transient(exc)) from exc
         generation, nonce, body, aad = self._split(blob)
         try:
             assert self._sealer is not None
@@ -348,15 +354,14 @@ class SealedStore(KeyFactory):
         generation = max(self.generation, self._witness.read()) + 1  # the device must answer first
         image = serialize(keys, next_key_id)
         try:
-            header = _HEAD_V2.pack(MAGIC, FORMAT_VERSION, BACKEND_CODES[self.backend], generation, self._rng(12))
             assert self._sealer is not None
-            blob = header + self._sealer.seal(header[16:], image, header)
+            blob = self._file.seal(self._sealer, image, generation, BACKEND_CODES[self.backend])
         finally:
             image[:] = bytes(len(image))
         try:
-            synced = storage_io.replace_file(self.path, blob, self._step)
+            synced = replace_file(self.path, blob, ops=self.ops, step=self._step)
         except OSError as exc:
-            raise StoreError(f"cannot write {self.path}: {exc}") from exc
+            raise StoreError(f"cannot write {self.path}: {exc}", retry=transient(exc)) from exc
         # committed: from here on the file holds the new state, whatever fails next
         self.generation = generation
         if not synced:
@@ -380,40 +385,40 @@ class SealedStore(KeyFactory):
                 f"({self._witness_name()}): restore the file (or reset the witness to start empty)"
             )
         if self.must_exist:
-            raise StoreError(f"{self.path} does not exist and storage.must_exist is set: refusing to start empty")
+            raise StoreError(f"{self.path} does not exist and storage.must_exist (required) is set: "
+                             "refusing to start empty")
         self.save([], 1)  # exists from now on: a later disappearance is detected
-        return Snapshot([], 1, f"no key store at {self.path}: created an empty one (generation {self.generation})")
+        return Snapshot([], 1, f"MISSING STORE: no key store at {self.path}: created an empty one (generation "
+                               f"{self.generation}); set storage.required to refuse instead")
 
     def _split(self, blob: bytes) -> tuple[int, bytes, bytes, bytes]:
-        if len(blob) >= 5 and blob[:4] == MAGIC and blob[4] == 1 and len(blob) >= _HEAD_V1.size + _TAG:
-            head = _HEAD_V1.size
+        try:
+            head = self._file.header(blob)
+        except SealedError as exc:
+            raise StoreError(str(exc)) from exc
+        if head.version == 1:
             if self.backend != "file":
                 raise StoreError(f"{self.path} is a version-1 (File backend) key store, not a {self.backend} one")
-            return 0, blob[8:head], blob[head:], blob[:head]
-        head = _HEAD_V2.size
-        if len(blob) < head + _TAG or blob[:4] != MAGIC or blob[4] != FORMAT_VERSION:
-            raise StoreError(f"{self.path} is not a key store (bad magic, version or length)")
-        _, _, backend, generation, nonce = _HEAD_V2.unpack_from(blob)
+            return 0, head.nonce, head.body, head.aad
+        generation, nonce, backend = head.generation, head.nonce, head.kind
         if backend != BACKEND_CODES[self.backend]:
             names = {v: k for k, v in BACKEND_CODES.items()}
             raise StoreError(f"{self.path} was written by the {names.get(backend, backend)!r} backend, "
                              f"not {self.backend!r}")
-        return generation, nonce, blob[head:], blob[:head]
+        return generation, nonce, head.body, head.aad
+
+
+def transient(exc: OSError) -> bool:
+    """A write failure that may go away by itself (space, quota, I/O): retry later."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.EINTR)
 
 
 # --------------------------------------------------------------------------- file backend
 
 
 def load_kek(path: str | os.PathLike[str]) -> bytearray:
-    """Read a 32-byte raw KEK into a zeroizable buffer."""
-    kek = bytearray(KEK_SIZE + 1)
-    with open(path, "rb", buffering=0) as f:
-        n = f.readinto(kek)
-    if n != KEK_SIZE:
-        kek[:] = bytes(len(kek))
-        raise ValueError(f"storage.kek_file must hold exactly {KEK_SIZE} bytes")
-    del kek[KEK_SIZE:]
-    return kek
+    """Read a 32-byte raw KEK into a zeroizable buffer (KekError naming the length otherwise)."""
+    return read_kek(Path(path), source=f"storage.kek_file {path}")
 
 
 class FileKeyStore(SealedStore):
@@ -427,17 +432,19 @@ class FileKeyStore(SealedStore):
         path: str | os.PathLike[str],
         kek: bytearray,
         rng: Rng = os.urandom,
-        step_hook: storage_io.Step | None = None,
+        step_hook: Step | None = None,
         must_exist: bool = False,
+        ops: FileOps = OS,
     ) -> None:
         path = Path(path)
-        super().__init__(path, AesSealer(kek), FileWitness(path.with_name(path.name + ".gen")), rng, step_hook,
-                         must_exist)
+        super().__init__(path, AesSealer(kek, "storage.kek_file"),
+                         FileWitness(path.with_name(path.name + ".gen"), None, ops),
+                         rng, step_hook, must_exist, ops)
 
 
 # --------------------------------------------------------------------------- selection
 
-_COMMON = {"backend", "path", "must_exist"}
+_COMMON = {"backend", "path", "must_exist", "required"}
 
 
 def _strict(cfg: Mapping[str, Any], allowed: set[str], required: tuple[str, ...]) -> None:
@@ -447,8 +454,9 @@ def _strict(cfg: Mapping[str, Any], allowed: set[str], required: tuple[str, ...]
     for name in ("path", *required):
         if not isinstance(cfg.get(name), str):
             raise ValueError(f"storage.{name} is required (a string)")
-    if "must_exist" in cfg and not isinstance(cfg["must_exist"], bool):
-        raise ValueError("storage.must_exist must be true or false")
+    for name in ("must_exist", "required"):
+        if name in cfg and not isinstance(cfg[name], bool):
+            raise ValueError(f"storage.{name} must be true or false")
 
 
 def open_keystore(
@@ -457,15 +465,18 @@ def open_keystore(
     *,
     kek: bytearray | None = None,
     pin: str | None = None,
+    ops: FileOps = OS,
 ) -> KeyStore:
     """Backend from the ``"storage"`` section of config.json (strict keys).
 
     ``kek`` / ``pin``: secrets the task read from boot modules (``kek_rom``,
     ``pin_rom``); they stand in for ``kek_file`` / ``pin_file``. Opening does
-    not touch a device: ``load`` does (and reports what is wrong)."""
+    not touch a device: ``load`` does (and reports what is wrong). ``ops``: the file
+    operations every store file goes through (``durable.faults.FaultyOps`` in tests).
+    ``required`` is a synonym of ``must_exist``."""
     cfg = dict(storage) if storage is not None else {"backend": "memory"}
     backend = cfg.get("backend")
-    must_exist = bool(cfg.get("must_exist", False))
+    must_exist = bool(cfg.get("must_exist", False)) or bool(cfg.get("required", False))
     if backend == "memory":
         if set(cfg) - {"backend"}:
             raise ValueError(f"storage: unknown key(s) {sorted(set(cfg) - {'backend'})} for the memory backend")
@@ -473,7 +484,7 @@ def open_keystore(
     if backend == "file":
         _strict(cfg, {"kek_file"}, () if kek is not None else ("kek_file",))
         key = kek if kek is not None else load_kek(cfg["kek_file"])
-        return FileKeyStore(cfg["path"], key, rng, must_exist=must_exist)
+        return FileKeyStore(cfg["path"], key, rng, must_exist=must_exist, ops=ops)
     if backend == "tpm":
         _strict(cfg, {"tcti", "nv_index"}, ("tcti",))
         from .keystore_tpm import TpmKeyStore
@@ -481,7 +492,7 @@ def open_keystore(
         nv_index = cfg.get("nv_index")
         if nv_index is not None and (isinstance(nv_index, bool) or not isinstance(nv_index, int)):
             raise ValueError("storage.nv_index must be an integer (an owner NV index, 0x01000000..0x01FFFFFF)")
-        return TpmKeyStore(cfg["path"], cfg["tcti"], rng, nv_index=nv_index, must_exist=must_exist)
+        return TpmKeyStore(cfg["path"], cfg["tcti"], rng, nv_index=nv_index, must_exist=must_exist, ops=ops)
     if backend == "hsm":
         _strict(cfg, {"module", "token_label", "pin_file", "softhsm2_conf"}, ("module", "token_label"))
         if pin is None:
@@ -491,5 +502,5 @@ def open_keystore(
         from .keystore_hsm import HsmKeyStore
 
         return HsmKeyStore(cfg["path"], cfg["module"], cfg["token_label"], pin, rng,
-                           softhsm2_conf=cfg.get("softhsm2_conf"), must_exist=must_exist)
+                           softhsm2_conf=cfg.get("softhsm2_conf"), must_exist=must_exist, ops=ops)
     raise ValueError(f"storage.backend must be 'file', 'tpm', 'hsm' or 'memory', not {backend!r}")

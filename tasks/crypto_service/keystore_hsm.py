@@ -33,7 +33,9 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
-from . import storage_io
+from durable.atomic import Step
+from durable.fileops import OS, FileOps
+
 from .keys import SPECS, Key
 from .keystore import Rng, SealedStore, StoreError
 from .protocol import KeyFormat, KeyType, Usage
@@ -143,11 +145,11 @@ class HsmKeyStore(SealedStore):
 
     def __init__(self, path: str | os.PathLike[str], module: str, token_label: str, pin: str,
                  rng: Rng = os.urandom, *, softhsm2_conf: str | None = None, must_exist: bool = False,
-                 step_hook: storage_io.Step | None = None) -> None:
+                 step_hook: Step | None = None, ops: FileOps = OS) -> None:
         path = Path(path)
         self.module, self.token_label, self._pin = module, token_label, pin
         self.softhsm2_conf = os.path.abspath(softhsm2_conf) if softhsm2_conf else None
-        super().__init__(path, None, TokenGeneration(self), rng, step_hook, must_exist)
+        super().__init__(path, None, TokenGeneration(self), rng, step_hook, must_exist, ops)
         self._session: Any = None
         self._pin_refused = ""
 

@@ -34,7 +34,9 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from . import storage_io
+from durable.atomic import Step, replace_file
+from durable.fileops import OS, FileOps
+
 from .keystore import AesSealer, Rng, SealedStore, StoreError
 
 TPM_HEADER = 10
@@ -173,7 +175,7 @@ class TpmKeyStore(SealedStore):
 
     def __init__(self, path: str | os.PathLike[str], tcti: str, rng: Rng = os.urandom, *,
                  nv_index: int | None = None, must_exist: bool = False,
-                 step_hook: storage_io.Step | None = None) -> None:
+                 step_hook: Step | None = None, ops: FileOps = OS) -> None:
         path = Path(path)
         self.tcti_spec = tcti
         self.nv_index = nv_index if nv_index is not None else NV_INDEX_BASE + (zlib.crc32(path.name.encode()) & 0xFFFF)
@@ -181,7 +183,7 @@ class TpmKeyStore(SealedStore):
             raise ValueError("storage.nv_index must be an owner NV index (0x01000000..0x01FFFFFF)")
         self.blob_path = path.with_name(path.name + ".tpmkek")
         self._counter = TpmCounter(self)
-        super().__init__(path, None, self._counter, rng, step_hook, must_exist)
+        super().__init__(path, None, self._counter, rng, step_hook, must_exist, ops)
         self._esapi: Any = None
         self._nv: Any = None
 
@@ -243,13 +245,13 @@ class TpmKeyStore(SealedStore):
     def _unseal_kek(self) -> None:
         tpm = _tpm()
         try:
-            blob = self.blob_path.read_bytes()
+            blob = self.ops.read(self.blob_path)
         except FileNotFoundError:
             blob = None
         primary = self._primary()
         try:
             if blob is None:
-                if self.path.exists():
+                if self.ops.exists(self.path):
                     raise StoreError(f"{self.path} exists but its sealed KEK {self.blob_path} is missing: "
                                      "nothing can decrypt it")
                 blob = self._seal_new_kek(primary)
@@ -288,7 +290,7 @@ class TpmKeyStore(SealedStore):
         private, out_public, *_ = self._esapi.create(primary, sensitive, public)
         blob = private.marshal() + out_public.marshal()
         try:
-            storage_io.replace_file(self.blob_path, blob, self._step)
+            replace_file(self.blob_path, blob, ops=self.ops, step=self._step)
         except OSError as exc:
             raise StoreError(f"cannot write {self.blob_path}: {exc}") from exc
         return blob

@@ -44,6 +44,12 @@ ALLOCATE_KEY_ID = 0  # in create requests: "the service picks the id"
 KEY_LIST_PAGE = 4096  # 6 + 4096 * 14 = 57350 bytes, fits in one response
 
 _HEADER = struct.Struct("<BBBBI")
+#: l4emu extension (header flags bit 7): a u32 LE sequence number follows the 8-byte header. The
+#: client numbers its requests, the service echoes the number in the response, so a late
+#: response can never be taken for the answer to a later request. Frames without the flag are
+#: plain WvdS frames (and get plain responses).
+FLAG_SEQUENCE = 0x80
+_SEQUENCE = struct.Struct("<I")
 
 
 class RequestType(IntEnum):
@@ -68,7 +74,7 @@ class Status(IntEnum):
     """Response byte 2. 0x00-0x09 are WvdS; 0x40-0x46 are l4emu extensions."""
 
     SUCCESS = 0x00
-    INVALID_HEADER = 0x01  #: short header, magic != 0xC7, version != 1, flags != 0
+    INVALID_HEADER = 0x01  #: short header, magic != 0xC7, version != 1, flags not 0 (or 0x80: sequence)
     INVALID_TYPE = 0x02  #: unknown request type
     INVALID_PAYLOAD = 0x03  #: payload layout or length wrong
     KEY_NOT_FOUND = 0x04  #: key id does not exist
@@ -148,10 +154,13 @@ class _Request(_Codec):
     __slots__ = ()
     TYPE: ClassVar[RequestType]
 
-    def encode(self) -> bytes:
-        """The whole request frame: header + payload."""
+    def encode(self, seq: int | None = None) -> bytes:
+        """The whole request frame: header (+ sequence number, if ``seq`` is given) + payload."""
         payload = self.to_payload()
-        return _HEADER.pack(REQUEST_MAGIC, VERSION, self.TYPE, 0, len(payload)) + payload
+        if seq is None:
+            return _HEADER.pack(REQUEST_MAGIC, VERSION, self.TYPE, 0, len(payload)) + payload
+        return _HEADER.pack(REQUEST_MAGIC, VERSION, self.TYPE, FLAG_SEQUENCE, len(payload)) \
+            + _SEQUENCE.pack(seq) + payload
 
 
 def _request(rtype: RequestType, *layout: _F):  # type: ignore[no-untyped-def]
@@ -322,17 +331,18 @@ def parse_request(frame: bytes | bytearray | memoryview) -> Request | Status:
     if len(view) < HEADER_SIZE:
         return Status.INVALID_HEADER
     magic, version, rtype, flags, length = _HEADER.unpack_from(view)
-    if magic != REQUEST_MAGIC or version != VERSION or flags != 0:
+    head = HEADER_SIZE + (_SEQUENCE.size if flags == FLAG_SEQUENCE else 0)
+    if magic != REQUEST_MAGIC or version != VERSION or flags not in (0, FLAG_SEQUENCE) or len(view) < head:
         return Status.INVALID_HEADER
     cls = REQUEST_CLASSES.get(rtype)
     if cls is None:
         return Status.INVALID_TYPE
     if length > MAX_PAYLOAD:
         return Status.PAYLOAD_TOO_LARGE
-    if len(view) - HEADER_SIZE != length:
+    if len(view) - head != length:
         return Status.INVALID_PAYLOAD
     try:
-        return cls.from_payload(view[HEADER_SIZE:])  # type: ignore[no-any-return]
+        return cls.from_payload(view[head:])  # type: ignore[no-any-return]
     except ValueError:
         return Status.INVALID_PAYLOAD
 
@@ -472,13 +482,34 @@ RESPONSE_CLASSES: dict[RequestType, type] = {
 }
 
 
-def encode_response(status: Status, body: Response | None = None) -> bytes:
-    """Response frame: C8 | 01 | Status | 00 | u32 LE length | payload.
+def request_sequence(frame: bytes | bytearray | memoryview) -> int | None:
+    """The sequence number a request frame carries (None: a plain WvdS frame, or no header)."""
+    try:
+        view = memoryview(frame).cast("B")
+    except TypeError:
+        return None
+    if len(view) < HEADER_SIZE + _SEQUENCE.size or view[0] != REQUEST_MAGIC or view[3] != FLAG_SEQUENCE:
+        return None
+    return int(_SEQUENCE.unpack_from(view, HEADER_SIZE)[0])
 
-    An error status always goes out with an empty payload.
+
+def response_sequence(frame: bytes | bytearray | memoryview) -> int | None:
+    """The sequence number a response frame echoes (None if it carries none)."""
+    view = memoryview(frame).cast("B")
+    if len(view) < HEADER_SIZE + _SEQUENCE.size or view[0] != RESPONSE_MAGIC or view[3] != FLAG_SEQUENCE:
+        return None
+    return int(_SEQUENCE.unpack_from(view, HEADER_SIZE)[0])
+
+
+def encode_response(status: Status, body: Response | None = None, seq: int | None = None) -> bytes:
+    """Response frame: C8 | 01 | Status | flags | u32 LE length | [u32 LE seq] | payload.
+
+    An error status always goes out with an empty payload; ``seq`` (the request's) is echoed.
     """
     payload = body.to_payload() if (body is not None and status == Status.SUCCESS) else b""
-    return _HEADER.pack(RESPONSE_MAGIC, VERSION, status, 0, len(payload)) + payload
+    if seq is None:
+        return _HEADER.pack(RESPONSE_MAGIC, VERSION, status, 0, len(payload)) + payload
+    return _HEADER.pack(RESPONSE_MAGIC, VERSION, status, FLAG_SEQUENCE, len(payload)) + _SEQUENCE.pack(seq) + payload
 
 
 def parse_response(
@@ -493,9 +524,10 @@ def parse_response(
     if len(view) < HEADER_SIZE:
         raise ResponseError("response shorter than its header")
     magic, version, raw_status, flags, length = _HEADER.unpack_from(view)
-    if magic != RESPONSE_MAGIC or version != VERSION or flags != 0:
+    head = HEADER_SIZE + (_SEQUENCE.size if flags == FLAG_SEQUENCE else 0)
+    if magic != RESPONSE_MAGIC or version != VERSION or flags not in (0, FLAG_SEQUENCE) or len(view) < head:
         raise ResponseError("bad response magic, version or flags")
-    if len(view) - HEADER_SIZE != length:
+    if len(view) - head != length:
         raise ResponseError("response length field does not match the frame")
     status: Status | int = Status(raw_status) if raw_status in Status._value2member_map_ else raw_status
     if status != Status.SUCCESS:
@@ -503,7 +535,7 @@ def parse_response(
             raise ResponseError("error response with a payload")
         return status, None
     try:
-        body = RESPONSE_CLASSES[request_type].from_payload(view[HEADER_SIZE:])
+        body = RESPONSE_CLASSES[request_type].from_payload(view[head:])
     except ValueError as exc:
         raise ResponseError(f"malformed {request_type.name} response: {exc}") from exc
     return status, body

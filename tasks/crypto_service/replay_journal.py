@@ -10,7 +10,7 @@ File ``<store>.replay``: ``"L4RJ" u8 version(1) 3x0`` then 20-byte records
 ``key_id u32 | version u32 | nonce(12)`` (little-endian). A torn last record
 (a crash inside an append) is dropped when the journal is opened. When the
 journal holds more than ``2 * window`` records per live key version it is
-compacted (atomically, ``storage_io.replace_file``) to the last ``window`` of
+compacted (atomically, ``durable.atomic.replace_file``) to the last ``window`` of
 each live key version, so a restart remembers at least the last ``window``
 nonces of every key, the guarantee the in-memory window gives.
 
@@ -22,29 +22,30 @@ see docs/crypto_keystore.md).
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import defaultdict, deque
 from pathlib import Path
 from typing import Iterable
 
-from . import storage_io
+from durable.atomic import Step, append_record, replace_file
+from durable.fileops import OS, FileOps
 
 MAGIC = b"L4RJ\x01\x00\x00\x00"
 RECORD = struct.Struct("<II12s")
 
 
 class ReplayJournal:
-    def __init__(self, path: Path, step: storage_io.Step | None = None) -> None:
+    def __init__(self, path: Path, step: Step | None = None, ops: FileOps = OS) -> None:
         self.path = path
         self._step = step
+        self.ops = ops
         self._fd: int | None = None
         self.count = 0
 
     def load(self) -> list[tuple[int, int, bytes]]:
         """Every complete record, oldest first; repairs a torn tail. OSError if unreadable."""
         try:
-            raw = self.path.read_bytes()
+            raw = self.ops.read(self.path)
         except FileNotFoundError:
             raw = b""
         if raw and not raw.startswith(MAGIC):
@@ -60,8 +61,12 @@ class ReplayJournal:
     def append(self, key_id: int, version: int, nonce: bytes) -> None:
         """Durable before it returns; OSError otherwise (the record may or may not be there)."""
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        storage_io.append_record(self._fd, RECORD.pack(key_id, version, nonce), self._step)
+            self._fd = self.ops.open_append(self.path)
+        try:
+            append_record(self._fd, RECORD.pack(key_id, version, nonce), ops=self.ops, step=self._step)
+        except OSError:
+            self.close()  # reopen next time (and the next load drops a torn record)
+            raise
         self.count += 1
 
     def compact(self, live: Iterable[tuple[int, int]], keep: int) -> None:
@@ -76,10 +81,10 @@ class ReplayJournal:
     def _rewrite(self, records: list[tuple[int, int, bytes]]) -> None:
         self.close()
         blob = MAGIC + b"".join(RECORD.pack(*r) for r in records)
-        storage_io.replace_file(self.path, blob, self._step)
+        replace_file(self.path, blob, ops=self.ops, step=self._step)
         self.count = len(records)
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            self.ops.close(fd)

@@ -43,8 +43,10 @@ from typing import Any, Callable, Hashable, Mapping
 
 from cryptography.exceptions import InvalidTag
 
+from durable.fileops import OS
+
 from .keys import SPECS, Family, Key
-from .keystore import KeyStore, StoreError, open_keystore
+from .keystore import KeyStore, StoreError, open_keystore, transient
 from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceExhausted, NonceSequence, ReplayWindow
 from .protocol import (
     ALLOCATE_KEY_ID,
@@ -67,6 +69,7 @@ from .protocol import (
     Usage,
     encode_response,
     parse_request,
+    request_sequence,
 )
 from .ratelimit import RateLimitConfig, TokenBucket
 from .replay_journal import ReplayJournal
@@ -140,7 +143,7 @@ class CryptoService:
         self._windows: dict[int, ReplayWindow] = {}
         self._buckets: dict[Hashable, TokenBucket] = {}
         path = getattr(self._store, "path", None)
-        self._journal = ReplayJournal(path.with_name(path.name + ".replay")) \
+        self._journal = ReplayJournal(path.with_name(path.name + ".replay"), ops=getattr(self._store, "ops", OS)) \
             if path is not None and self.config.replay_journal else None
         self._store_error: StoreError | None = None
         self._retry_at = 0
@@ -166,29 +169,32 @@ class CryptoService:
     def handle(self, request: bytes | bytearray | memoryview, *, client: Hashable = 0) -> bytes:
         """Answer one request frame. ``client`` selects the rate-limit bucket
         (the shell passes the IPC badge; clients are capability holders, so
-        the set is small and fixed)."""
+        the set is small and fixed). A request's sequence number, if it carries
+        one, is echoed in the response."""
+        seq = None
         try:
+            seq = request_sequence(request)
             bucket = self._buckets.get(client)
             now = self._clock()
             if bucket is None:
                 bucket = self._buckets[client] = TokenBucket(self.config.rate_limit, now)
             if not bucket.allow(now):
-                return encode_response(Status.RATE_LIMITED)
+                return encode_response(Status.RATE_LIMITED, seq=seq)
             req = parse_request(request)
             if isinstance(req, Status):
-                return encode_response(req)
+                return encode_response(req, seq=seq)
             if self._allowed is not None and req.TYPE not in self._allowed:
-                return encode_response(Status.POLICY_DENIED)
+                return encode_response(Status.POLICY_DENIED, seq=seq)
             if self._store_error is not None and not self._reload(now):
-                return encode_response(Status.STORAGE_ERROR)
+                return encode_response(Status.STORAGE_ERROR, seq=seq)
             try:
                 status, body = self._handlers[req.TYPE](req)
             except StoreError as exc:  # the device failed during an operation
                 self._unavailable(exc, now)
-                return encode_response(Status.STORAGE_ERROR)
-            return encode_response(status, body)
+                return encode_response(Status.STORAGE_ERROR, seq=seq)
+            return encode_response(status, body, seq=seq)
         except Exception:  # the one boundary: a bug must not kill the task
-            return encode_response(Status.INTERNAL_ERROR)
+            return encode_response(Status.INTERNAL_ERROR, seq=seq)
 
     # ------------------------------------------------------------------ the key store
 
@@ -242,7 +248,8 @@ class CryptoService:
         try:
             records = self._journal.load()
         except OSError as exc:
-            raise StoreError(f"cannot read the replay journal {self._journal.path}: {exc}") from exc
+            raise StoreError(f"cannot read the replay journal {self._journal.path}: {exc}",
+                             retry=transient(exc)) from exc
         versions = {k.key_id: k.version for k in keys}
         windows: dict[int, ReplayWindow] = {}
         for kid, version, nonce in records:
@@ -255,6 +262,10 @@ class CryptoService:
 
     def _new_window(self) -> ReplayWindow:
         return ReplayWindow(self._rng(32), self.config.replay_window, self.config.replay_fp_rate)
+
+    @property
+    def store(self) -> KeyStore:
+        return self._store
 
     @property
     def key_count(self) -> int:

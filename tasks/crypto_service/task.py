@@ -23,17 +23,18 @@ from boot modules: ``storage.kek_rom`` (File backend: the 32-byte KEK) and
 The five-step flow and the area layout are ``tasks.runtime.shm``'s. Clients are
 told apart by the kernel-set gate label (per-client rate limits); nothing a
 client sends can claim another client's identity. A key store that cannot be
-loaded does not stop the task: that client gets STORAGE_ERROR and the log
-says why (docs/crypto_keystore.md).
+loaded (damaged, missing but required, a bad KEK module, an absent device)
+does not stop the task: that client gets STORAGE_ERROR and the log says why
+(``load_services``); the other clients are served (docs/crypto_keystore.md).
 """
 from __future__ import annotations
 
 import json
 import os
 
-from tasks.crypto_service.keystore import KEK_SIZE, open_keystore
+from tasks.crypto_service.keystore import KEK_SIZE, UnavailableStore, check_kek, open_keystore
 from tasks.crypto_service.protocol import RequestType
-from tasks.crypto_service.service import CryptoService
+from tasks.crypto_service.service import CryptoService, ServiceConfig
 from tasks.runtime.serve import serve
 from tasks.runtime.shm import bind_peers, shm_calls
 
@@ -68,10 +69,13 @@ def load_service(env, cfg: dict, client: str, position: int = 0, allowed: frozen
     storage = client_storage(cfg.pop("storage", {"backend": "memory"}), client, position)
     kek = pin = None
     if "kek_rom" in storage:
-        kek = bytearray(read_rom(env, storage.pop("kek_rom"))[:KEK_SIZE + 1])
-        if len(kek) != KEK_SIZE:
-            kek[:] = bytes(len(kek))
-            raise ValueError(f"the KEK boot module must hold {KEK_SIZE} bytes")
+        name = storage.pop("kek_rom")
+        kek = bytearray(read_rom(env, name)[:KEK_SIZE + 1])
+        try:
+            check_kek(kek, f"the KEK boot module {name!r}" + (" (or more)" if len(kek) > KEK_SIZE else ""))
+        finally:
+            if len(kek) != KEK_SIZE:
+                kek[:] = bytes(len(kek))
     if "pin_rom" in storage:
         pin = read_rom(env, storage.pop("pin_rom")).decode().strip()
     try:
@@ -88,17 +92,43 @@ def allowlist(names: list[str] | None) -> frozenset[int] | None:
     return frozenset(int(RequestType[name]) for name in names)
 
 
+def load_services(env, cfg: dict, clients: dict) -> dict[str, CryptoService]:
+    """One service per client. Failures stay local: a client whose key store cannot be opened
+    or loaded gets a service that answers STORAGE_ERROR (and a log line saying why); the other
+    clients are served. Each client's store state is logged: loaded, MISSING (started empty)
+    or UNAVAILABLE."""
+    services = {}
+    for position, (name, spec) in enumerate(sorted(clients.items())):
+        log = (lambda client: lambda line: env.log(f"[{client}] {line}"))(name)
+        allowed = allowlist(spec.get("allow"))
+        try:
+            service = load_service(env, cfg, name, position, allowed, log)
+        except Exception as exc:  # noqa: BLE001 - this client's store only: the others are served
+            reason = f"{type(exc).__name__}: {exc}"
+            service = CryptoService({k: v for k, v in cfg.items() if k != "storage"},
+                                    store=UnavailableStore(reason), allowed=allowed, log=log)
+        services[name] = service
+        if service.store_error is not None:
+            log(f"key store UNAVAILABLE: this client gets STORAGE_ERROR, the others are served "
+                f"({service.store_error})")
+        elif getattr(service.store, "missing", False):
+            log(f"key store MISSING: started with an empty one ({service.key_count} key(s))")
+        else:
+            log(f"key store loaded: {service.key_count} key(s)")
+    return services
+
+
 def main(env) -> int:
     clients = env.config.get("clients", {})
     try:
         cfg = service_config(env)
-        services = {}
-        for position, (name, spec) in enumerate(sorted(clients.items())):
-            log = (lambda client: lambda line: env.log(f"[{client}] {line}"))(name)
-            services[name] = load_service(env, cfg, name, position, allowlist(spec.get("allow")), log)
+        ServiceConfig.from_dict(cfg)  # a bad service config stops the task; a bad store does not
+        for spec in clients.values():
+            allowlist(spec.get("allow"))
     except Exception as exc:  # noqa: BLE001 - a service that cannot start says why and exits
         env.log(f"cannot start: {type(exc).__name__}: {exc}")
         return 2
+    services = load_services(env, cfg, clients)
     peers = bind_peers(env, {name: {"gate": spec["gate"], "shm": spec["shm"]} for name, spec in clients.items()})
     backend = cfg.get("storage", {}).get("backend", "memory")
     env.log(f"serving {', '.join(sorted(clients))}, each with its own key namespace ({backend} key storage)")

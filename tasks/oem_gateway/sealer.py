@@ -31,7 +31,7 @@ from tasks.crypto_service.protocol import KeyType
 from tasks.est_service.service_protocol import (Format, Op, Request, ServiceStatus, Status, decode_chain_der,
                                                 decode_response)
 from tasks.oem_gateway import outbox
-from tasks.runtime.files import atomic_write
+from durable.atomic import atomic_write
 from tasks.runtime.shm import ShmClient
 from tasks.sensor import ring
 

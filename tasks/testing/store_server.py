@@ -5,7 +5,7 @@ one (bad JSON, wrong checksum) makes the task say so and exit 2 *before it binds
 with a damaged key store does. Otherwise it binds ``svc`` and answers every call with the value.
 
 With the argument ``count`` every call increments the value and writes the store durably
-(temp file, fsync, rename, directory fsync: ``tasks.runtime.files.atomic_write``) *before* the
+(temp file, fsync, rename, directory fsync: ``durable.atomic.atomic_write``) *before* the
 reply: an answer the client got is never lost, whenever the task is killed (the reliability
 scenario checks this under chaos).
 """
@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from tasks.runtime.files import atomic_write
+from durable.atomic import atomic_write
 
 STORE = Path("store.json")  # the work dir is the current directory
 

@@ -161,10 +161,11 @@ class StoreFactory:
                    "token_label": label, "pin_file": str(pin_file), "softhsm2_conf": str(self.devices.softhsm_conf)}
         return {**cfg, **kw}
 
-    def __call__(self, name: str = "keys.store", **kw: Any) -> Any:
+    def __call__(self, name: str = "keys.store", ops: Any = None, **kw: Any) -> Any:
+        from durable.fileops import OS
         from tasks.crypto_service.keystore import open_keystore
 
-        return open_keystore(self.config(name, **kw), seeded_rng(5))
+        return open_keystore(self.config(name, **kw), seeded_rng(5), ops=ops or OS)
 
 
 @pytest.fixture(scope="session")

@@ -109,9 +109,10 @@ def scripted(statuses: list[Status], success: bytes) -> tuple[Any, list[bytes]]:
 
     def transact(frame: bytes) -> bytes:
         calls.append(frame)
+        seq = p.request_sequence(frame)  # the service echoes it; the client checks it
         if statuses:
-            return p.encode_response(statuses.pop(0))
-        return success
+            return p.encode_response(statuses.pop(0), seq=seq)
+        return p.encode_response(Status.SUCCESS, p.parse_response(success, p.RequestType.KEY_LIST)[1], seq=seq)
 
     return transact, calls
 
@@ -125,7 +126,9 @@ def test_backoff_100_200_400_800_then_success(limited: int) -> None:
     sleeps = Sleeps()
     assert CryptoClient(transact, sleep=sleeps).list_keys() == []
     assert sleeps == [0.1, 0.2, 0.4, 0.8][:limited]
-    assert len(calls) == limited + 1 and len(set(calls)) == 1  # the same frame each time
+    # the same frame each time, each with its own sequence number
+    assert len(calls) == limited + 1 and len({c[:8] + c[12:] for c in calls}) == 1
+    assert len({p.request_sequence(c) for c in calls}) == len(calls)
 
 
 def test_gives_up_after_five_tries() -> None:

@@ -162,3 +162,63 @@ def test_relay_and_tcti_agree_on_framing() -> None:
 
     assert keystore_devices.RELAY_UNREACHABLE == keystore_tpm.RELAY_UNREACHABLE
     assert keystore_devices.MAX_TPM_FRAME == keystore_tpm.MAX_RESPONSE
+
+
+TWO_CLIENTS = """
+name: crypto-two
+run: {until: [client]}
+modules: {script: script.json, kek: kek.bin}
+objects:
+  crypto: {type: gate}
+  crypto_shm: {type: dataspace, size: 160KiB}
+  crypto_b: {type: gate}
+  crypto_b_shm: {type: dataspace, size: 160KiB}
+tasks:
+  crypto:
+    program: crypto_service.task
+    config:
+      clients: {alice: {gate: crypto, shm: crypto_shm}, bob: {gate: crypto_b, shm: crypto_b_shm}}
+      service:
+        rate_limit: {enabled: false}
+        storage: {backend: file, path: keys.store, kek_rom: kek}
+    caps: {crypto: "crypto:svr", crypto_shm: "crypto_shm:rw", crypto_b: "crypto_b:svr",
+           crypto_b_shm: "crypto_b_shm:rw", rom: "rom:r"}
+  client:
+    program: testing.crypto_probe
+    args: [script]
+    caps: {crypto: "crypto:rw", crypto_shm: "crypto_shm:rw", crypto_b: "crypto_b:rw",
+           crypto_b_shm: "crypto_b_shm:rw", rom: "rom:r"}
+"""
+
+
+def test_one_clients_damaged_store_fails_only_that_client_in_a_booted_system(boot: Any, tmp_path: Path) -> None:
+    """Issue 16 item 2: the service starts, answers STORAGE_ERROR to the client whose store is
+    damaged (with a log line naming it) and serves the other client."""
+    path = tmp_path / "image.yaml"
+    path.write_text(TWO_CLIENTS)
+    (tmp_path / "kek.bin").write_bytes(bytes(range(100, 132)))
+    imp = p.KeyImportRequest(9, KeyType.AES_256, Usage(0), KeyFormat.SECRET, KEY).encode().hex()
+    listing = p.KeyListRequest(0).encode().hex()
+
+    def run_script(entries: list[dict]) -> tuple[str, list[dict]]:
+        (tmp_path / "script.json").write_text(json.dumps(entries))
+        system = boot(path)
+        code = system.run(timeout=180)
+        text = system.console.text()
+        system.sup.shutdown()
+        assert code == 0, text
+        return text, system.results("client")
+
+    _, results = run_script([{"hex": imp}, {"hex": imp, "via": "crypto_b"}])
+    assert [r["status"] for r in results] == [Status.SUCCESS, Status.SUCCESS]
+    files = crypto_files(tmp_path)
+    damaged = bytearray((files / "keys.store.alice").read_bytes())
+    damaged[40] ^= 1
+    (files / "keys.store.alice").write_bytes(bytes(damaged))
+    put_crypto_files(tmp_path, files)
+    text, results = run_script([{"hex": listing}, {"hex": listing, "via": "crypto_b"}])
+    assert [r["status"] for r in results] == [Status.STORAGE_ERROR, Status.SUCCESS], text
+    listed = p.parse_response(bytes.fromhex(results[1]["response"]), p.RequestType.KEY_LIST)[1]
+    assert [k.key_id for k in listed.keys] == [9]
+    assert "[alice] key store UNAVAILABLE" in text and "keys.store.alice" in text
+    assert "[bob] key store loaded: 1 key(s)" in text

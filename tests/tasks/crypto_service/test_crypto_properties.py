@@ -37,12 +37,13 @@ KNOWN_TYPES = [int(t) for t in RequestType]
 
 def assert_well_formed(frame: bytes, request_type: RequestType | None) -> None:
     assert isinstance(frame, bytes) and len(frame) >= 8
-    assert frame[0] == 0xC8 and frame[1] == 0x01 and frame[3] == 0
-    assert int.from_bytes(frame[4:8], "little") == len(frame) - 8
+    head = 12 if frame[3] == p.FLAG_SEQUENCE else 8  # a sequenced request gets its number back
+    assert frame[0] == 0xC8 and frame[1] == 0x01 and frame[3] in (0, p.FLAG_SEQUENCE)
+    assert int.from_bytes(frame[4:8], "little") == len(frame) - head
     assert frame[2] in {int(s) for s in Status}
     assert frame[2] != Status.INTERNAL_ERROR  # no bug was hit on the way
     if frame[2] != Status.SUCCESS:
-        assert len(frame) == 8
+        assert len(frame) == head
     if request_type is not None:
         p.parse_response(frame, request_type)  # raises ResponseError if the body is malformed
 
@@ -76,12 +77,15 @@ def test_lying_headers(rtype: int, declared: int, body: bytes, flags: int) -> No
     frame = bytes([0xC7, 0x01, rtype, flags]) + declared.to_bytes(4, "little") + body
     out = populated_service().handle(frame)
     assert_well_formed(out, RequestType(rtype))
-    if flags:
+    sequenced = flags == p.FLAG_SEQUENCE and len(body) >= 4  # a u32 sequence number, then the payload
+    if flags and not sequenced:
         assert out[2] == Status.INVALID_HEADER
     elif declared > p.MAX_PAYLOAD:
         assert out[2] == Status.PAYLOAD_TOO_LARGE
-    elif declared != len(body):
+    elif declared != len(body) - (4 if sequenced else 0):
         assert out[2] == Status.INVALID_PAYLOAD
+    if sequenced:
+        assert p.response_sequence(out) == int.from_bytes(body[:4], "little")
 
 
 @SETTINGS

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tasks.crypto_service import protocol as p
-from tasks.crypto_service import storage_io
+from durable.faults import FaultyOps
 from tasks.crypto_service.keystore import FileKeyStore, StoreError, open_keystore
 from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
 from tasks.crypto_service.service import CryptoService
@@ -89,18 +89,15 @@ def test_replayed_ciphertext_is_refused_after_a_restart(key_backend: Any) -> Non
     assert call(third, decrypt(kid, other))[0] == Status.NONCE_REUSE
 
 
-def test_replay_journal_failure_withholds_the_plaintext(key_backend: Any, monkeypatch: Any) -> None:
+def test_replay_journal_failure_withholds_the_plaintext(key_backend: Any) -> None:
     log = Log()
-    svc = service(key_backend(), log)
+    ops = FaultyOps()
+    svc = service(key_backend(ops=ops), log)
     kid, enc = populate(svc)
-
-    def full(fd: int, record: bytes, step: Any = None) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(storage_io, "append_record", full)
+    ops.full = True
     assert call(svc, decrypt(kid, enc))[0] == Status.STORAGE_ERROR
     assert log.has("STORAGE", "replay journal")
-    monkeypatch.undo()
+    ops.full = False
     assert ok(svc, decrypt(kid, enc)).plaintext == b"kept across restarts"  # not recorded as seen before
 
 
@@ -174,18 +171,22 @@ def test_an_older_copy_of_the_store_is_refused(key_backend: Any, tmp_path: Path)
     assert len(nonces) == 9
 
 
-def test_directory_fsync_failure_after_the_rename_keeps_memory_and_file_consistent(
-        key_backend: Any, monkeypatch: Any) -> None:
+class BrokenDirSync(FaultyOps):
+    broken = False
+
+    def fsync_dir(self, directory: Path) -> None:
+        if self.broken:
+            raise OSError(5, "I/O error")
+        super().fsync_dir(directory)
+
+
+def test_directory_fsync_failure_after_the_rename_keeps_memory_and_file_consistent(key_backend: Any) -> None:
     log = Log()
-    svc = service(key_backend(), log)
-    real = storage_io.fsync_dir
-
-    def broken(directory: Path) -> None:
-        raise OSError(5, "I/O error")
-
-    monkeypatch.setattr(storage_io, "fsync_dir", broken)
+    ops = BrokenDirSync()
+    svc = service(key_backend(ops=ops), log)
+    ops.broken = True
     status, created = call(svc, p.KeyGenerateRequest(0, KeyType.AES_256))
-    monkeypatch.setattr(storage_io, "fsync_dir", real)
+    ops.broken = False
     # the rename happened: the key is in the file, so it is reported as created and kept
     assert status == Status.SUCCESS
     assert log.has("directory could not be synced")
@@ -195,20 +196,21 @@ def test_directory_fsync_failure_after_the_rename_keeps_memory_and_file_consiste
     assert [k.key_id for k in ok(after, p.KeyListRequest(0)).keys] == [kid]
 
 
-def test_failure_before_the_rename_changes_nothing_anywhere(key_backend: Any, monkeypatch: Any) -> None:
-    svc = service(key_backend())
-    populate(svc)
-    real = storage_io.replace_file
-
-    def disk_full(path: Path, blob: bytes, step: Any = None, mode: int = 0o600) -> bool:
-        if path.name == "keys.store":
+class FullForStore(FaultyOps):
+    def create(self, path: Path, mode: int) -> int:
+        if self.full and path.name == "keys.store.tmp":
             raise OSError(28, "No space left on device")
-        return real(path, blob, step, mode)
+        return self.base.create(path, mode)
 
-    monkeypatch.setattr(storage_io, "replace_file", disk_full)
+
+def test_failure_before_the_rename_changes_nothing_anywhere(key_backend: Any) -> None:
+    ops = FullForStore()
+    svc = service(key_backend(ops=ops))
+    populate(svc)
+    ops.full = True
     assert call(svc, p.KeyGenerateRequest(0, KeyType.AES_256))[0] == Status.STORAGE_ERROR
     assert call(svc, p.KeyDestroyRequest(7))[0] == Status.STORAGE_ERROR
-    monkeypatch.undo()
+    ops.full = False
     assert sorted(k.key_id for k in ok(svc, p.KeyListRequest(0)).keys) == [7, 8]
     after = service(key_backend())
     assert sorted(k.key_id for k in ok(after, p.KeyListRequest(0)).keys) == [7, 8]
@@ -229,9 +231,9 @@ def test_task_loader_zeroes_every_kek_copy(tmp_path: Path, monkeypatch: Any) -> 
     seen: list[bytearray] = []
     original = keystore.AesSealer.__init__
 
-    def spy(self: Any, kek: bytearray) -> None:
+    def spy(self: Any, kek: bytearray, *args: Any) -> None:
         seen.append(kek)
-        original(self, kek)
+        original(self, kek, *args)
 
     monkeypatch.setattr(keystore.AesSealer, "__init__", spy)
     kek_bytes = os.urandom(32)

@@ -18,7 +18,9 @@ from tasks.est_service.results import ErrorKind
 from tasks.est_service.service_protocol import (AUTH_REFUSED, Activity, CertState, Format, Op, Request,
                                                 ServiceStatus, Status, decode_chain_der, decode_request,
                                                 decode_response, encode_chain)
-from tasks.est_service.task import Config, ConfigError, EstService, Persisted, Store, StoreError
+from tasks.est_service.config import Config, ConfigError
+from tasks.est_service.service import EstService
+from tasks.est_service.store import Persisted, Store, StoreError
 from tasks.est_service.tls_stream import proxy_connector
 from tasks.est_service.trust import TrustAnchors
 from tasks.netproxy.task import Proxy
@@ -86,19 +88,46 @@ def test_store_is_atomic_encrypted_and_detects_tampering(tmp_path, ca):
     store.save(Persisted(key, None, (), (ca.certificate,)))
     loaded = store.load()
     assert loaded.key.private_numbers() == key.private_numbers() and loaded.ca_certs == (ca.certificate,)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["est-kek.bin", "est-state.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["est-kek.bin", "est-state.sealed"]
     assert (tmp_path / "est-kek.bin").stat().st_mode & 0o077 == 0
-    doc = json.loads((tmp_path / "est-state.json").read_text())
-    ct = bytearray(base64.b64decode(doc["key"]["ciphertext"]))
-    ct[5] ^= 1
-    doc["key"]["ciphertext"] = base64.b64encode(bytes(ct)).decode()
-    (tmp_path / "est-state.json").write_text(json.dumps(doc))
-    with pytest.raises(StoreError, match="InvalidTag"):
-        store.load()
+    raw = (tmp_path / "est-state.sealed").read_bytes()
+    assert raw[:4] == b"L4ES" and b"CERTIFICATE" not in raw  # sealed whole, not only the key
+    for offset in (10, 40, len(raw) - 1):  # header (generation), body, tag
+        damaged = bytearray(raw)
+        damaged[offset] ^= 1
+        (tmp_path / "est-state.sealed").write_bytes(bytes(damaged))
+        with pytest.raises(StoreError, match="wrong key-encryption key or the file was modified"):
+            Store(tmp_path).load()
+    (tmp_path / "est-state.sealed").write_bytes(raw)
     # A certificate that does not hold the stored key is refused too.
     store.save(Persisted(key, ca.certificate, (ca.certificate,), ()))
     with pytest.raises(StoreError, match="does not hold the stored key"):
         store.load()
+
+
+def test_legacy_json_state_is_read_and_replaced_by_the_sealed_file(tmp_path, ca):
+    import os as _os
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    key = generate_key()
+    kek = AESGCM.generate_key(bit_length=256)
+    (tmp_path / "est-kek.bin").write_bytes(kek)
+    nonce = _os.urandom(12)
+    der = key.private_bytes(Encoding.DER, PrivateFormat.PKCS8, NoEncryption())
+    sealed = AESGCM(kek).encrypt(nonce, der, b"l4emu est_service device key v1")
+    doc = {"format": "l4emu-est-state", "version": 2,
+           "key": {"alg": "AES-256-GCM", "nonce": base64.b64encode(nonce).decode(),
+                   "ciphertext": base64.b64encode(sealed).decode()},
+           "certificate": None, "chain": [], "ca_certs": [], "pending": None}
+    (tmp_path / "est-state.json").write_text(json.dumps(doc))
+    store = Store(tmp_path)
+    assert store.exists()
+    state = store.load()
+    assert state.key.private_numbers() == key.private_numbers()
+    store.save(state)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["est-kek.bin", "est-state.sealed"]
+    assert Store(tmp_path).load().key.private_numbers() == key.private_numbers()
 
 
 def test_unusable_state_is_set_aside_and_reported(tmp_path, ca):
@@ -368,3 +397,23 @@ def test_new_cacerts_are_trusted_only_through_the_bootstrap_ta_or_the_current_va
     # Once the current set has expired it vouches for nothing.
     later = current.cert.not_valid_after_utc + dt.timedelta(days=1)
     assert svc._cacerts_trust(later).anchors == (bootstrap.cert,)
+
+
+def test_full_disk_is_a_local_error_for_clients_then_recovers_without_restart(service, tmp_path):
+    from durable.faults import FaultyOps
+    from tasks.est_service.service_protocol import LOCAL_ERROR
+
+    ops = FaultyOps(full=True)
+    service.store = Store(tmp_path, ops=ops)
+    clock = service.fake_clock
+    service.load()
+    service.work(clock())
+    assert service.renewal.certificate is None
+    status = service.status()
+    assert status.error_code == LOCAL_ERROR and "No space left on device" in status.detail
+    assert any("FAILED" in line and "No space left on device" in line for line in service.lines)
+    ops.full = False  # space is back: the next attempt (after the backoff) stores and enrolls
+    clock.now = service.next_wakeup(clock())
+    service.work(clock())
+    assert service.renewal.certificate is not None
+    assert Store(tmp_path).load().certificate == service.renewal.certificate

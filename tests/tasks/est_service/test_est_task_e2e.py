@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import logging
 import shutil
 import tempfile
@@ -39,7 +38,7 @@ from kernel_model.host.supervisor import Supervisor
 from systemlib import System
 from tasks.est_service.results import ErrorKind
 from tasks.est_service.service_protocol import AUTH_REFUSED
-from tasks.est_service.task import Store
+from tasks.est_service.store import Store
 
 SUBJECT = {"CN": "gateway-0001", "O": "WvdS"}
 SANS = ["dns:gateway-0001.local", "ip:10.0.0.7"]
@@ -237,12 +236,11 @@ def test_first_enrollment_through_the_proxy(enrolled, ca):
 
 def test_device_key_is_encrypted_at_rest_and_matches_the_certificate(enrolled):
     workdir = enrolled["workdir"]
-    raw = (workdir / "est-state.json").read_text()
-    doc = json.loads(raw)
-    assert "PRIVATE KEY" not in raw and doc["key"]["alg"] == "AES-256-GCM"
+    raw = (workdir / "est-state.sealed").read_bytes()
+    assert raw[:4] == b"L4ES" and b"PRIVATE KEY" not in raw and b"CERTIFICATE" not in raw
     state = stored(workdir)
     der_key = state.key.private_numbers().private_value.to_bytes(32, "big")
-    assert der_key.hex() not in raw.lower()
+    assert der_key not in raw and der_key.hex().encode() not in raw.lower()
     assert spki(state.certificate) == state.key.public_key().public_bytes(
         Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     # Without the key-encryption key the state cannot be opened (and is not silently replaced).
@@ -251,7 +249,7 @@ def test_device_key_is_encrypted_at_rest_and_matches_the_certificate(enrolled):
     (copy / "est-kek.bin").unlink()
     with pytest.raises(Exception, match="est-kek.bin is missing"):
         stored(copy)
-    assert not list(workdir.glob(".est-state.json.tmp-*")), "a temporary file was left behind"
+    assert not list(workdir.glob("*.tmp")) and not list(workdir.glob(".*.tmp")), "a temporary file was left behind"
 
 
 def test_malformed_service_requests_get_a_status(enrolled):
@@ -285,7 +283,7 @@ def test_reenrollment_uses_the_current_certificate_for_tls_client_auth(boot, ser
     assert f"TLS client auth: serial={old.serial_number:x}" in log
     # ssl needs the TLS client key in a file: it was written (encrypted) to the private work dir only
     # for the moment of loading it.
-    assert sorted(p.name for p in files(device).iterdir()) == ["est-kek.bin", "est-state.json"]
+    assert sorted(p.name for p in files(device).iterdir()) == ["est-kek.bin", "est-state.sealed"]
 
 
 # ------------------------------------------------------------------------------------ 202
