@@ -10,11 +10,20 @@ from pathlib import Path
 from rich.console import Console
 
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage, load_image
-from l4emu.live import RIGHT, SUMMARY_COLUMNS, OutputConsole, ViewSink, service_lines, snapshot, summary_data, task_cells
-from l4emu.tables import emit_table
-from tasks.runtime.files import atomic_write
 from kernel_model.host.supervisor import Supervisor, now_us
 from kernel_model.objects import ThreadState
+from l4emu.live import (
+    RIGHT,
+    SUMMARY_COLUMNS,
+    OutputConsole,
+    ViewSink,
+    service_lines,
+    snapshot,
+    summary_data,
+    task_cells,
+)
+from l4emu.tables import emit_table
+from tasks.runtime.files import atomic_write
 
 
 def boot_complete(sup: Supervisor) -> bool:
@@ -80,7 +89,6 @@ SAMPLE_S = 0.5  #: without a live view: how often memory is sampled for the summ
 def _boot(loaded: LoadedImage, sink: ViewSink, out: Console, *, dump_caps: bool, confine: bool,
           timeout_s: float | None, trace: bool, summary: bool, duration_s: float | None = None,
           json_summary: Path | None = None) -> int:
-    from kernel_model.host.confinement import policy_for
     if not confine:
         Console(stderr=True, highlight=False).print(
             "[bold yellow]warning[/]: --no-confine: task processes run WITHOUT OS confinement (no namespaces, own "

@@ -25,7 +25,8 @@ import json
 import re
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console, Group
 from rich.markup import escape
@@ -261,7 +262,8 @@ def service_lines(sink: LiveSink, now: float | None = None) -> list[str]:
             statuses = crypto.get("status") or {}
             counts = ", ".join(f"{escape(str(k))} {v}" for k, v in sorted(statuses.items()))
             out.append(f"[bold]crypto service[/] (as {escape(task)} sees it): {crypto.get('ops', 0)} requests"
-                       + (f", {rate:.1f} ops/s" if rate is not None else "") + (f"; status: {counts}" if counts else ""))
+                       + (f", {rate:.1f} ops/s" if rate is not None else "")
+                       + (f"; status: {counts}" if counts else ""))
         cert = payload.get("cert")
         if isinstance(cert, dict):
             state = str(cert.get("state", "?"))

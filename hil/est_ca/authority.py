@@ -71,7 +71,7 @@ class EstCaError(Exception):
 
 
 def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _hash_for(key: ec.EllipticCurvePrivateKey) -> hashes.HashAlgorithm:

@@ -197,8 +197,8 @@ def bind(image: Path, *, est_ca: str | None = None, target: EstTarget | None = N
             running = stack.enter_context(start_dev_ca(host, port, state_dir=state_dir, auth=auth,
                                                        announce=announce))
             ca = running.ca
-            target = EstTarget(endpoint=_endpoint(host, port), host=target.host, label=target.label, set_label=target.set_label,
-                               trust_anchor=ca.ca_cert_path, username=target.username,
+            target = EstTarget(endpoint=_endpoint(host, port), host=target.host, label=target.label,
+                               set_label=target.set_label, trust_anchor=ca.ca_cert_path, username=target.username,
                                password=target.password)
         if not _est_tasks(doc):  # e.g. hello.yaml with --est-ca: only the CA is started
             yield image

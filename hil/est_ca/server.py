@@ -58,8 +58,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat,
 from cryptography.x509.oid import AttributeOID
 
 from tasks.est_service.csrattrs import (
-    OID_EC_PUBLIC_KEY, OID_ECDSA_WITH_SHA256, OID_SECP256R1, CsrAttribute, CsrAttrs,
-    encode_csrattrs, encode_oid,
+    OID_EC_PUBLIC_KEY,
+    OID_ECDSA_WITH_SHA256,
+    OID_SECP256R1,
+    CsrAttribute,
+    CsrAttrs,
+    encode_csrattrs,
+    encode_oid,
 )
 
 from .authority import EstCa, EstCaError, Refused
@@ -203,7 +208,7 @@ class _EstHttpServer(ThreadingHTTPServer):
                 self.inflight.discard(seq)
                 self.changed.notify_all()
 
-    def _serve_connection(self, request, client_address, seq: int) -> None:  # noqa: ANN001
+    def _serve_connection(self, request, client_address, seq: int) -> None:
         tls = TlsConnection(self.tls, request, self.options.request_timeout)
         tls.seq = seq
         try:
@@ -232,13 +237,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(_Reader(self.request), 8192)
         self.wfile = _Writer(self.request)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Silence http.server's own access log: `_EstHttpServer.record` replaces it."""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
 
     def _dispatch(self) -> None:
         self.close_connection = True
@@ -282,7 +287,7 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self._send(reply, truncate=False)
 
-    def _hang(self, record) -> None:  # noqa: ANN001
+    def _hang(self, record) -> None:
         server, seq = self.server, self.connection.seq
         with server.changed:
             server.changed.wait_for(lambda: server.released >= seq or server.stopping.is_set(),
@@ -474,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _deferred(self, count: int) -> _Reply:
         options = self.options
         if options.retry_after_http_date:
-            when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=options.retry_after)
+            when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=options.retry_after)
             value = email.utils.format_datetime(when, usegmt=True)
         else:
             value = str(options.retry_after)
@@ -497,7 +502,7 @@ class _Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001
+    def readinto(self, buffer) -> int:
         return self._conn.recv_into(buffer, len(buffer))
 
 
@@ -508,7 +513,7 @@ class _Writer(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # noqa: ANN001
+    def write(self, data) -> int:
         self._conn.sendall(bytes(data))
         return len(data)
 

@@ -29,7 +29,6 @@ import compileall
 import contextlib
 import fcntl
 import hashlib
-import importlib.metadata as md
 import json
 import os
 import py_compile
@@ -82,7 +81,8 @@ PURE_DISTS = ("rich", "markdown-it-py", "mdurl", "Pygments", "pexpect", "ptyproc
               # the test runner, so the guest runs the project's own confinement and attack tests
               "pytest", "pluggy", "iniconfig", "packaging", "pytest-timeout")
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"  # on Debian python3.11's sys.path
-PROJECT_DIRS = ("l4emu", "capabilities", "kernel_model", "roottasks", "protocols", "durable", "tasks", "hil", "images", "tests")
+PROJECT_DIRS = ("l4emu", "capabilities", "kernel_model", "roottasks", "protocols", "durable", "tasks", "hil", "images",
+                "tests")
 PROJECT_FILES = ("pyproject.toml",)  # pytest's configuration, for the tests run in the guest
 SKIP_NAMES = {"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache"}
 SKIP_DIRS = {"hil/build", "hil/runs"}  # build output and run records are not source
@@ -103,7 +103,7 @@ class Image:
     manifest: dict
 
     @classmethod
-    def load(cls, out_dir: Path = DEFAULT_OUT) -> "Image":
+    def load(cls, out_dir: Path = DEFAULT_OUT) -> Image:
         out_dir = Path(out_dir)
         try:
             manifest = json.loads((out_dir / "manifest.json").read_text())
@@ -322,7 +322,7 @@ def _build_base(debs: list[Path], kernel_deb: Path, release: str, wheels: list[P
         only = PARTIAL_DEBS.get(deb.name.split("_")[0])
         if only is None:
             fetch.run_tool(["dpkg-deb", "-x", str(deb), str(root)], "deb-unpack-failed")
-        elif fetch.extract(deb, lambda name: root / name if name in only else None) != len(only):
+        elif fetch.extract(deb, lambda name, only=only: root / name if name in only else None) != len(only):
             raise HarnessError("deb-unpack-failed", f"{deb.name} lacks one of {only}")
     for rel in PRUNE:
         path = root / rel
@@ -372,7 +372,7 @@ def check_closure(root: Path) -> None:
 
 
 def _normalise_modes(top: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(top):
+    for dirpath, _dirnames, filenames in os.walk(top):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             path = Path(dirpath) / name

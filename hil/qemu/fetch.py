@@ -83,7 +83,7 @@ def kernel_package(meta: str) -> str:
     return m.group(1)
 
 
-def ensure_debs(debs: "list[lock.Deb]", cache: Path, log: Log) -> list[Path]:
+def ensure_debs(debs: list[lock.Deb], cache: Path, log: Log) -> list[Path]:
     """Exactly the locked .debs in ``cache``, each one's sha256 checked now (cached or not).
 
     A cached file that does not match is fetched again; a version the archive no longer
@@ -91,7 +91,7 @@ def ensure_debs(debs: "list[lock.Deb]", cache: Path, log: Log) -> list[Path]:
     """
     cache.mkdir(parents=True, exist_ok=True)
     paths = [cache / d.filename for d in debs]
-    missing = [d for d, p in zip(debs, paths) if not lock.verify(p, d.sha256)]
+    missing = [d for d, p in zip(debs, paths, strict=True) if not lock.verify(p, d.sha256)]
     if missing:
         for d in missing:
             (cache / d.filename).unlink(missing_ok=True)
@@ -108,7 +108,7 @@ def ensure_debs(debs: "list[lock.Deb]", cache: Path, log: Log) -> list[Path]:
             raise HarnessError("deb-download-failed", f"apt-get download exited with status {proc.returncode}",
                                context=proc.stderr.splitlines()[-20:],
                                hint="only Debian's mirror is needed; run hil/qemu/setup.sh (apt-get update)")
-    for d, path in zip(debs, paths):
+    for d, path in zip(debs, paths, strict=True):
         if not path.is_file():
             raise HarnessError("deb-download-failed", f"apt-get download did not produce {path.name}")
         actual = lock.sha256_file(path)
@@ -147,11 +147,11 @@ def pip_download_argv(dest: Path) -> list[str]:
     return argv
 
 
-def ensure_wheels(wheels: "list[lock.Wheel]", cache: Path, log: Log) -> list[Path]:
+def ensure_wheels(wheels: list[lock.Wheel], cache: Path, log: Log) -> list[Path]:
     """Exactly the locked wheels in ``cache``; pip checks the hashes (``--require-hashes``) and so do we, every time."""
     cache.mkdir(parents=True, exist_ok=True)
     paths = [cache / w.filename for w in wheels]
-    missing = [w for w, p in zip(wheels, paths) if not lock.verify(p, w.sha256)]
+    missing = [w for w, p in zip(wheels, paths, strict=True) if not lock.verify(p, w.sha256)]
     if missing:
         for w in missing:
             (cache / w.filename).unlink(missing_ok=True)
@@ -161,7 +161,7 @@ def ensure_wheels(wheels: "list[lock.Wheel]", cache: Path, log: Log) -> list[Pat
         run_tool(pip_download_argv(cache) + ["--require-hashes", "-r", str(req)], "wheel-download-failed",
                  hint="PyPI must be reachable for the first build; a version PyPI no longer serves: "
                       + lock.UPDATE_HINT)
-    for w, path in zip(wheels, paths):
+    for w, path in zip(wheels, paths, strict=True):
         if not path.is_file():
             raise HarnessError("wheel-download-failed", f"pip did not produce {w.filename}",
                                hint="the lock names a file for another platform? " + lock.UPDATE_HINT)
@@ -173,7 +173,7 @@ def ensure_wheels(wheels: "list[lock.Wheel]", cache: Path, log: Log) -> list[Pat
     return paths
 
 
-def resolve_debs(specs: list[str]) -> "list[lock.Deb]":
+def resolve_debs(specs: list[str]) -> list[lock.Deb]:
     """The index's candidate version of each ``pkg:arch`` (``pkg`` alone: ``all``), with its sha256."""
     found = _candidates(specs)
     debs = []
@@ -186,7 +186,7 @@ def resolve_debs(specs: list[str]) -> "list[lock.Deb]":
     return debs
 
 
-def resolve_wheels(names: Iterable[str], scratch: Path, log: Log) -> "list[lock.Wheel]":
+def resolve_wheels(names: Iterable[str], scratch: Path, log: Log) -> list[lock.Wheel]:
     """Each distribution at this environment's installed version, as the aarch64/any wheel PyPI serves."""
     pins = {name: md.version(name) for name in names}
     scratch.mkdir(parents=True, exist_ok=True)

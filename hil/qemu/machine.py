@@ -127,7 +127,8 @@ def qemu_argv(kernel: Path, initrd: Path, config: MachineConfig = MachineConfig(
         cmdline.append(f"l4emu_est_ca_port={config.guest_port}")  # /init's environment
     return [
         config.qemu, "-M", "virt", "-cpu", config.cpu, "-smp", str(config.smp), "-m", str(config.memory_mib),
-        "-nodefaults", *network_args(config.est_ca, config.guest_port), "-no-reboot", "-display", "none", "-monitor", "none",
+        "-nodefaults", *network_args(config.est_ca, config.guest_port), "-no-reboot", "-display", "none",
+        "-monitor", "none",
         "-chardev", chardev, "-serial", "chardev:console",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", " ".join(cmdline),
     ]
@@ -183,7 +184,7 @@ class _Transcript:
     """``logfile_read`` target: the raw console to a file and/or a live stream, and a tail kept in memory."""
 
     def __init__(self, path: Path | None, stream: TextIO | None):
-        self.file = open(path, "a", encoding="utf-8", newline="") if path else None
+        self.file = open(path, "a", encoding="utf-8", newline="") if path else None  # noqa: SIM115 (closed by close())
         self.stream = stream
         self.recent: deque[str] = deque(maxlen=256)
         self.received = 0  # characters so far: progress, for the inactivity timeout
@@ -268,7 +269,7 @@ class QemuTransport(Transport):
                 try:
                     self._conn, _ = listener.accept()
                     break
-                except socket.timeout:
+                except TimeoutError:
                     if self.proc.poll() is not None:
                         raise BootFailed("qemu-exited-early",
                                          f"QEMU {exit_description(self.proc.returncode)} before it opened the console",
@@ -340,7 +341,8 @@ class SerialTransport(Transport):
             fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY)
         except OSError as exc:
             raise HarnessError("serial-open-failed", f"cannot open {self.device}: {exc.strerror}",
-                               hint="is the board connected, and may this user open the device (dialout group)?")
+                               hint="is the board connected, and may this user open the device (dialout group)?"
+                               ) from exc
         try:
             tty.setraw(fd)
             attrs = termios.tcgetattr(fd)
@@ -400,14 +402,14 @@ class Machine:
 
     @classmethod
     def serial(cls, device: str, config: MachineConfig = MachineConfig(), *, baud: int = 115200,
-               expected_overlay: str | None = None, **kwargs) -> "Machine":
+               expected_overlay: str | None = None, **kwargs) -> Machine:
         return cls(None, config, transport=SerialTransport(device, baud, expected_overlay), **kwargs)
 
     def tail(self) -> list[str]:
         return self._transcript.tail() if self._transcript else []
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         self.start()
         return self
 

@@ -13,8 +13,6 @@ Two kinds of tests live here:
 from __future__ import annotations
 
 import io
-import re
-import shutil
 import stat
 import subprocess
 import textwrap
@@ -25,8 +23,7 @@ import pytest
 from hil.qemu import cli, fetch, initramfs
 from hil.qemu.build import PROJECT_ROOT, Image
 from hil.qemu.errors import BootFailed, GuestUnresponsive, HarnessError, HilError
-from hil.qemu.machine import (Machine, MachineConfig, command_line, command_output, normalise, qemu_argv,
-                              tail)
+from hil.qemu.machine import Machine, MachineConfig, command_line, command_output, normalise, qemu_argv, tail
 from hil.qemu.timeouts import Timeouts
 
 OVERLAY_ID = "feedfacecafe0001"
@@ -265,7 +262,8 @@ def fake_qemu(tmp_path: Path, body: str, before: str = "") -> str:
     (tmp_path / "guest-rc").write_text(GUEST_RC)
     (tmp_path / "body.sh").write_text(f"export ENV={tmp_path / 'guest-rc'}\n{body}\n")
     script = tmp_path / "fake-qemu"
-    script.write_text(f"#!/bin/sh\n{before}\nexec {sys.executable} {FAKE_DEVICE} qemu '. {tmp_path / 'body.sh'}' \"$@\"\n")
+    script.write_text(f"#!/bin/sh\n{before}\n"
+                      f"exec {sys.executable} {FAKE_DEVICE} qemu '. {tmp_path / 'body.sh'}' \"$@\"\n")
     script.chmod(0o755)
     return str(script)
 

@@ -12,7 +12,7 @@ from cryptography.x509.oid import NameOID
 
 from hil.est_ca import EstCa, Fault, ServerOptions
 from tasks.est_service import protocol
-from tasks.est_service.csr import build_reenroll_csr, build_csr, generate_key, same_identity
+from tasks.est_service.csr import build_csr, build_reenroll_csr, generate_key, same_identity
 from tasks.est_service.csrattrs import OID_SECP256R1
 from tasks.est_service.messages import BasicAuth, HttpRequest
 from tasks.est_service.results import (
@@ -114,7 +114,7 @@ def test_server_not_matching_the_trust_anchor_fails_tls(kit, tmp_path) -> None:
 def test_deferred_enrollment(kit, running, http_date: bool) -> None:
     running.update(defer=2, retry_after=5, retry_after_http_date=http_date)
     slept: list[float] = []
-    clock = [dt.datetime.now(dt.timezone.utc)]
+    clock = [dt.datetime.now(dt.UTC)]
 
     def sleep(seconds: float) -> None:  # nobody sleeps: the injected clock jumps instead
         slept.append(seconds)
@@ -122,7 +122,7 @@ def test_deferred_enrollment(kit, running, http_date: bool) -> None:
             clock[0] += dt.timedelta(seconds=seconds)
 
     # With an HTTP-date the server's wall clock matters, so keep the real clock there.
-    now = (lambda: clock[0]) if not http_date else (lambda: dt.datetime.now(dt.timezone.utc))
+    now = (lambda: clock[0]) if not http_date else (lambda: dt.datetime.now(dt.UTC))
     _, csr = kit.csr()
     outcome = kit.run(protocol.simpleenroll(kit.server(), kit.trust, csr, auth=kit.auth,
                                             ca_certs=kit.ca_certs), clock=now, sleep=sleep)

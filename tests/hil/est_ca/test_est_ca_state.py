@@ -72,7 +72,7 @@ def test_half_a_ca_or_a_foreign_key_is_refused(tmp_path) -> None:
 
 
 def test_issue_copies_subject_and_san_with_configured_validity(tmp_path) -> None:
-    now = dt.datetime(2031, 5, 4, 3, 2, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2031, 5, 4, 3, 2, 1, tzinfo=dt.UTC)
     ca = EstCa(tmp_path / "s", validity=dt.timedelta(hours=5), clock=lambda: now)
     sans = [x509.DNSName("gw.local"), x509.IPAddress(ipaddress.ip_address("10.1.2.3"))]
     cert = ca.issue(csr_for(ec.generate_private_key(ec.SECP384R1()), "gw", sans))
@@ -105,7 +105,7 @@ def test_foreign_and_expired_certificates_are_not_ours(tmp_path) -> None:
     other = EstCa(tmp_path / "b")
     foreign = other.issue(csr_for(ec.generate_private_key(ec.SECP256R1())))
     assert not ca.issued_by_us(foreign)
-    later = EstCa(tmp_path / "a", clock=lambda: dt.datetime.now(dt.timezone.utc)
+    later = EstCa(tmp_path / "a", clock=lambda: dt.datetime.now(dt.UTC)
                   + dt.timedelta(days=400))
     mine = ca.issue(csr_for(ec.generate_private_key(ec.SECP256R1())))
     assert ca.issued_by_us(mine) and not later.issued_by_us(mine)
