@@ -114,7 +114,9 @@ def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, du
     with keystore_devices(loaded, sup.run_dir, sink.kernel, BootError), sup:  # TPM/HSM up first, down last
         sup.kernel.trace = True  # the view counts served IPCs from trace events; printed only with --trace
         sup.handle_signals()
-        sup.on_exit = lambda task, code: snapshot(sup, sink)  # the exiting task's memory, for the peak
+        def on_exit(task: object, code: int) -> None:  # the exiting task's memory, for the peak
+            snapshot(sup, sink)
+        sup.on_exit = on_exit
         started = time.monotonic()
         sup.start()
         code = None

@@ -26,12 +26,15 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 from capabilities.mapdb import Kind
 from kernel_model.abi import Proto
@@ -312,7 +315,7 @@ class ViewSink(LiveSink):
                  quiet_violations: bool = False):
         super().__init__(tag_to_task, show_trace=show_trace)
         self.out = out
-        self.live = None
+        self.live: Live | None = None
         self.quiet_violations = quiet_violations
         self._wants_live = live
         self.sup = None

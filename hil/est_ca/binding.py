@@ -87,8 +87,8 @@ def parse_server(text: str) -> EstTarget:
     if url.query or url.fragment or url.username or url.password:
         raise EstBindingError("--est-server: no query, fragment or user:password@ in the URL "
                               "(credentials: --est-user / --est-password-file)")
-    host, port = url.hostname, url.port or 443
-    if not host:
+    hostname, port = url.hostname, url.port or 443
+    if not hostname:
         raise EstBindingError(f"--est-server: no host in {text!r}")
     path = url.path.rstrip("/")
     label = None
@@ -96,7 +96,7 @@ def parse_server(text: str) -> EstTarget:
         if not path.startswith(WELL_KNOWN + "/") or "/" in path[len(WELL_KNOWN) + 1:]:
             raise EstBindingError(f"--est-server: the path must be {WELL_KNOWN}[/LABEL], got {url.path!r}")
         label = path[len(WELL_KNOWN) + 1:]
-    return EstTarget(endpoint=_endpoint(host, port), host=host, label=label, set_label=True)
+    return EstTarget(endpoint=_endpoint(hostname, port), host=hostname, label=label, set_label=True)
 
 
 def _est_tasks(doc: dict) -> list[dict]:

@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
 from cryptography.x509.oid import AttributeOID
+from OpenSSL import SSL
 
 from tasks.est_service.csrattrs import (
     OID_EC_PUBLIC_KEY,
@@ -178,7 +179,7 @@ class _EstHttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily, ca: EstCa,
-                 options: ServerOptions, context: object) -> None:
+                 options: ServerOptions, context: SSL.Context) -> None:
         self.address_family = family
         self.ca = ca
         self.options = options
@@ -195,7 +196,7 @@ class _EstHttpServer(ThreadingHTTPServer):
         self.records: deque[RequestRecord] = deque(maxlen=10_000)
         super().__init__(address, _Handler)
 
-    def finish_request(self, request, client_address) -> None:  # type: ignore[override]
+    def finish_request(self, request, client_address) -> None:
         """Runs in the connection's thread: TLS handshake first, then HTTP."""
         with self.changed:
             self.accepted += 1
@@ -217,7 +218,7 @@ class _EstHttpServer(ThreadingHTTPServer):
             except OSError as exc:
                 log.info("TLS handshake with %s:%s failed: %s", *client_address[:2], exc)
                 return
-            _Handler(tls, client_address, self)
+            _Handler(tls, client_address, self)  # type: ignore[arg-type]  # TlsConnection stands in for the socket
         finally:
             tls.close()
 
@@ -235,7 +236,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.rfile = io.BufferedReader(_Reader(self.request), 8192)
-        self.wfile = _Writer(self.request)
+        self.wfile = _Writer(self.request)  # type: ignore[assignment]  # unbuffered: every write goes out
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence http.server's own access log: `_EstHttpServer.record` replaces it."""

@@ -322,7 +322,7 @@ def _build_base(debs: list[Path], kernel_deb: Path, release: str, wheels: list[P
         only = PARTIAL_DEBS.get(deb.name.split("_")[0])
         if only is None:
             fetch.run_tool(["dpkg-deb", "-x", str(deb), str(root)], "deb-unpack-failed")
-        elif fetch.extract(deb, lambda name, only=only: root / name if name in only else None) != len(only):
+        elif fetch.extract(deb, lambda name: root / name if name in only else None) != len(only):  # noqa: B023 (used at once)
             raise HarnessError("deb-unpack-failed", f"{deb.name} lacks one of {only}")
     for rel in PRUNE:
         path = root / rel
@@ -395,7 +395,7 @@ def _compile(src: Path, guest_dir: str, log: Log) -> None:
 
 def project_files(root: Path = PROJECT_ROOT) -> list[Path]:
     """The source files the guest gets: PROJECT_DIRS, without caches, bytecode and hil/build."""
-    files = []
+    files: list[Path] = []
     for top in PROJECT_DIRS:
         for dirpath, dirnames, filenames in os.walk(root / top):
             rel = Path(dirpath).relative_to(root)
@@ -416,10 +416,10 @@ def _build_overlay(out: Path, staging: Path, epoch: int, extra_files: dict[str, 
         digest.update(rel.as_posix().encode() + b"\0" + hashlib.sha256(data).digest())
         dest.write_bytes(data)
         dest.chmod(0o644)
-    for rel, data in sorted(extra_files.items()):
-        dest = project / rel
+    for name, data in sorted(extra_files.items()):
+        dest = project / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
         dest.write_bytes(data)
         dest.chmod(0o644)
     bin_dir, site = staging / "usr/local/bin", staging / SITE_PACKAGES

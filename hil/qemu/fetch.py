@@ -23,6 +23,7 @@ import sys
 import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from hil.qemu import lock
 from hil.qemu.errors import HarnessError
@@ -128,7 +129,9 @@ def extract(deb: Path, members: Callable[[str], Path | None]) -> int:
             dest = members(member.name.removeprefix("./")) if member.isfile() else None
             if dest is not None:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(dest, "wb") as dst:
+                src_file = tar.extractfile(member)
+                assert src_file is not None  # a regular file
+                with src_file as src, open(dest, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 22)
                 dest.chmod(member.mode & 0o7777)
                 written += 1
@@ -212,7 +215,7 @@ def copy_distribution(name: str, site: Path) -> int:
             continue  # console scripts live outside site-packages; bytecode is compiled for the guest
         dest = site / file
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(dist.locate_file(file), dest)
+        shutil.copyfile(str(dist.locate_file(file)), dest)
         count += 1
     return count
 
@@ -232,12 +235,12 @@ def marker_applies(marker: str, env: dict[str, str] = GUEST_PYTHON) -> bool:
             return False
         if var not in env:
             return True
-        have: object = env[var]
-        want: object = value
+        have: Any = env[var]
+        want: Any = value
         if var.startswith("python"):
             have, want = tuple(map(int, env[var].split("."))), tuple(map(int, value.split(".")))
-        return {"==": have == want, "!=": have != want, "<": have < want, "<=": have <= want,  # type: ignore
-                ">": have > want, ">=": have >= want}[op]  # type: ignore
+        return {"==": have == want, "!=": have != want, "<": have < want, "<=": have <= want,
+                ">": have > want, ">=": have >= want}[op]
 
     return any(all(clause(c) for c in alt.split(" and ")) for alt in marker.split(" or "))
 

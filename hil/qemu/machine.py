@@ -215,6 +215,7 @@ class Transport:
 
     description = "console"
     expected_overlay: str | None = None
+    argv: list[str]  # how it is started, for the run record
 
     def open(self, deadline: float, clock: Callable[[], float]) -> int:
         raise NotImplementedError
@@ -453,8 +454,9 @@ class Machine:
                     r"Kernel panic - not syncing[^\r\n]*", rf"{INIT_FAILED}[^\r\n]*"]
         index = self._expect(patterns, deadline, inactivity=False)
         child = self._child
+        assert child is not None and self._transcript is not None, "the machine is started"
         if index == 0:
-            self.overlay_id = child.match.group(1)
+            self.overlay_id = _matched(child, 1)
             expected = self.transport.expected_overlay
             if expected is not None and self.overlay_id != expected:
                 raise BootFailed("guest-overlay-mismatch",
@@ -482,12 +484,13 @@ class Machine:
             3: ("guest-init-failed", "the guest's /init gave up", "rebuild the image (l4emu hil build)"),
         }
         reference, message, hint = reasons[index]
-        raise BootFailed(reference, f"{message}: {normalise(child.after).strip()}", context=self.tail(), hint=hint)
+        raise BootFailed(reference, f"{message}: {normalise(str(child.after)).strip()}", context=self.tail(), hint=hint)
 
     def _expect(self, patterns: list, deadline: float, *, inactivity: bool = True) -> int:
         """``expect(patterns + [EOF, TIMEOUT])`` until ``deadline``; TIMEOUT also when the console is silent
         for the inactivity budget. Returns the index (``len(patterns)``: EOF, ``+1``: timeout)."""
         child = self._child
+        assert child is not None and self._transcript is not None, "the machine is started"
         full = [*patterns, pexpect.EOF, pexpect.TIMEOUT]
         while True:
             remaining = deadline - self.clock()
@@ -516,6 +519,7 @@ class Machine:
         guest gets ^C; the machine is then no longer ``clean`` and ``GuestUnresponsive`` is raised.
         """
         child = self._child
+        assert child is not None and self._transcript is not None, "the machine is started"
         if child is None:
             raise HarnessError("machine-not-started", "Machine.run() before start() or after stop()")
         if "\n" in cmd or "\r" in cmd:
@@ -528,7 +532,7 @@ class Machine:
         index = self._expect([end_pattern(token)], self._deadline(budget))
         if index == 0:
             self._busy = False
-            return command_output(child.before, token), int(child.match.group(1))
+            return command_output(str(child.before), token), int(_matched(child, 1))
         self.clean = False
         if index == 1:
             why = self.transport.died() or f"{self.transport.description} closed the console"
@@ -551,6 +555,7 @@ class Machine:
         discard a line that arrives right behind the ^C (ISIG flushes input), hence three tries.
         """
         child = self._child
+        assert child is not None and self._transcript is not None, "the machine is started"
         wait = self.timeouts.interrupt
         # On a loaded machine the ^C can arrive before the command has even started (the shell
         # takes it, then runs the command): each try interrupts again before resynchronising.
@@ -578,6 +583,7 @@ class Machine:
         """Hand the console to the user's terminal (raw mode) until ``escape`` (Ctrl-]) is typed."""
         import select
 
+        assert self._child is not None, "the machine is started"
         fd, stdin = self._child.child_fd, sys.stdin.fileno()
         saved = termios.tcgetattr(stdin)
         tty.setraw(stdin)
@@ -625,6 +631,13 @@ class Machine:
             if self._transcript is not None:
                 self._transcript.close()
                 self._transcript = None
+
+
+def _matched(child: pexpect.fdpexpect.fdspawn, group: int) -> str:
+    """Group ``group`` of the pattern ``child.expect`` just matched (a regex, never EOF/TIMEOUT)."""
+    match = child.match
+    assert isinstance(match, re.Match), match
+    return str(match.group(group))
 
 
 def shell_argv(argv: list[str]) -> str:
