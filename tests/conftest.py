@@ -13,7 +13,7 @@ import pytest
 try:
     from hypothesis import HealthCheck, settings
 except ImportError:  # the HIL guest ships pytest without hypothesis (its suites need none)
-    settings = None  # type: ignore[assignment]
+    settings = None  # type: ignore[misc,assignment]
 
 from kernel_model.host.console import RecordingConsole
 from kernel_model.host.images import load_image

@@ -149,7 +149,8 @@ def test_guest_exists_resolves_symlinks_inside_the_root(tmp_path):
 # ----------------------------------------------------------------------- cpio writer
 def read_newc(data: bytes) -> list[tuple[str, int, tuple[int, int], bytes]]:
     """A minimal newc reader, independent of the writer: (name, mode, rdev, data) per entry."""
-    entries, pos = [], 0
+    entries: list[tuple[str, int, tuple[int, int], bytes]] = []
+    pos = 0
     while True:
         assert data[pos:pos + 6] == b"070701" and pos % 4 == 0
         fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]

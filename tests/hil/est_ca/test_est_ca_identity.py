@@ -151,6 +151,7 @@ def _tls12_enroll(kit, challenge: bytes | None, *, tls12: bool = True):
     sock = context.wrap_socket(socket.create_connection(("127.0.0.1", kit.running.port)),
                                server_hostname="127.0.0.1")
     unique = sock.get_channel_binding("tls-unique")
+    assert unique is not None  # TLS 1.2
     value = base64.b64encode(challenge if challenge is not None else unique).decode()
     csr = build_csr(generate_key(), name("gateway-0001"), challenge_password=value)
     return run_exchange(protocol.simpleenroll(kit.server(), kit.trust, csr, auth=kit.auth,
