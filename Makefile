@@ -18,10 +18,10 @@ test: setup
 	$(VENV)/l4emu hil build
 	L4EMU_HIL_SMOKE=1 $(VENV)/python -m pytest
 
-# The fast lane: every test that starts no process (no task, no QEMU, no server); tests/conftest.py
-# decides which tests boot and proves the lane starts nothing.
+# The fast lane: every test that starts no process (no task, no QEMU, no server). tests/lanes.py
+# decides which tests boot; in this lane any other test that tries to fails.
 test-unit: setup
-	$(VENV)/python -m pytest -m "not boots" -p no:cacheprovider
+	L4EMU_UNIT_LANE=1 $(VENV)/python -m pytest -m "not boots"
 
 # ruff (rules in pyproject.toml) and mypy (strict on capabilities/ and the kernel core); CI runs it
 # before the tests. lint-report counts what is left per directory (never fails).
