@@ -50,8 +50,24 @@ def test_record_mode_lets_it_happen_and_says_what():
     assert seen == ["socket.socket.listen"]
 
 
-def _item(path: str, fixtures=(), hil=False):
-    return SimpleNamespace(path=lanes.TESTS / path, fixturenames=list(fixtures),
+def _runs_openssl():
+    return subprocess.run(["openssl", "version"], check=False)
+
+
+def _serves_lazily():
+    def later(ca):
+        from hil.est_ca import serve
+        return serve(ca)
+    return later
+
+
+def _pure():
+    return sorted([3, 1, 2])
+
+
+def _item(path: str, fixtures=(), hil=False, params=None, function=_pure):
+    return SimpleNamespace(path=lanes.TESTS / path, fixturenames=list(fixtures), function=function,
+                           callspec=SimpleNamespace(params=params or {}),
                            get_closest_marker=lambda name: object() if (name == "hil" and hil) else None)
 
 
@@ -65,6 +81,12 @@ def _item(path: str, fixtures=(), hil=False):
     (_item("hil/test_lock.py", hil=True), True),
     (_item("test_docs.py"), True),
     (_item("test_layering.py"), False),
+    (_item("tasks/crypto_service/test_crypto_service.py", ["harness", "key_backend"], params={"key_backend": "tpm"}),
+     True),
+    (_item("tasks/crypto_service/test_crypto_service.py", ["harness", "key_backend"], params={"key_backend": "file"}),
+     False),
+    (_item("tasks/est_service/test_est_csr.py", function=_runs_openssl), True),
+    (_item("hil/est_ca/test_est_ca_identity.py", function=_serves_lazily), True),
 ])
 def test_classification(item, expected):
     assert lanes.boots(item) is expected
