@@ -25,10 +25,13 @@ BOOTING_FIXTURES = frozenset({
     "attack",           # tests/capability_violations/test_wvds_attacks.py: WvdS under attack
     "enrolled",         # tests/tasks/est_service/test_est_task_e2e.py: est_service against the CA
 })
+# Fixtures that boot only when the test itself asks for them (not merely through another fixture):
+# the TPM and PKCS#11 devices a test starts with devices.tpm() / devices.hsm().
+BOOTING_ARGUMENTS = frozenset({"devices"})
 # Parametrised fixtures whose some values boot: the TPM (swtpm) and the PKCS#11 token (softhsm2-util).
 BOOTING_PARAMS = {"key_backend": frozenset({"tpm", "hsm"})}
 # Names that, used in a test's own body, start something: a tool run, a server.
-BOOTING_CALLS = frozenset({"subprocess", "Popen", "posix_spawn", "serve", "create_server", "start_dev_ca"})
+BOOTING_CALLS = frozenset({"subprocess", "Popen", "posix_spawn", "serve", "create_server", "start_dev_ca", "listen"})
 BOOTING_FILES = (  # relative to tests/; a trailing / means the whole directory
     "system/", "hil/test_guest.py", "hil/test_smoke.py", "hil/test_boards.py", "hil/test_qemu.py",
     "hil/test_lock.py",                     # fake apt-get/pip scripts on PATH
@@ -63,8 +66,12 @@ def boots(item: Any) -> bool:
     if any(params.get(name) in values for name, values in BOOTING_PARAMS.items()):
         return True
     function = getattr(item, "function", None)
-    if function is not None and BOOTING_CALLS.intersection(_names(function.__code__)):
-        return True
+    if function is not None:
+        code = function.__code__
+        if BOOTING_ARGUMENTS.intersection(code.co_varnames[:code.co_argcount]):
+            return True
+        if BOOTING_CALLS.intersection(_names(code)):
+            return True
     path = Path(str(item.path)).resolve()
     rel = path.relative_to(TESTS).as_posix() if path.is_relative_to(TESTS) else ""
     return any(rel == f or (f.endswith("/") and rel.startswith(f)) for f in BOOTING_FILES)

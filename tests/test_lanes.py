@@ -65,6 +65,10 @@ def _pure():
     return sorted([3, 1, 2])
 
 
+def _starts_a_tpm(devices, tmp_path):
+    return devices.tpm()
+
+
 def _item(path: str, fixtures=(), hil=False, params=None, function=_pure):
     return SimpleNamespace(path=lanes.TESTS / path, fixturenames=list(fixtures), function=function,
                            callspec=SimpleNamespace(params=params or {}),
@@ -86,6 +90,8 @@ def _item(path: str, fixtures=(), hil=False, params=None, function=_pure):
     (_item("tasks/crypto_service/test_crypto_service.py", ["harness", "key_backend"], params={"key_backend": "file"}),
      False),
     (_item("tasks/est_service/test_est_csr.py", function=_runs_openssl), True),
+    (_item("tasks/crypto_service/test_crypto_storage_backends.py", ["devices", "tmp_path"], function=_starts_a_tpm),
+     True),
     (_item("hil/est_ca/test_est_ca_identity.py", function=_serves_lazily), True),
 ])
 def test_classification(item, expected):
