@@ -26,8 +26,7 @@ test-unit: setup
 # ruff (rules in pyproject.toml) and mypy (strict on capabilities/ and the kernel core); CI runs it
 # before the tests. lint-report counts what is left per directory (never fails).
 lint: setup
-	$(VENV)/ruff check .
-	$(VENV)/mypy
+	$(VENV)/ruff check .; status=$$?; $(VENV)/mypy && exit $$status
 
 lint-report: setup
 	.ci/lint-report
