@@ -519,7 +519,6 @@ class Machine:
         guest gets ^C; the machine is then no longer ``clean`` and ``GuestUnresponsive`` is raised.
         """
         child = self._child
-        assert child is not None and self._transcript is not None, "the machine is started"
         if child is None:
             raise HarnessError("machine-not-started", "Machine.run() before start() or after stop()")
         if "\n" in cmd or "\r" in cmd:
