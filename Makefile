@@ -4,7 +4,7 @@ IMAGE ?= images/wvds.yaml
 BOOT_ARGS ?= --est-ca
 VENV := .venv/bin
 
-.PHONY: setup boot test bench hil hil-boot clean fuzz reliability
+.PHONY: setup boot test test-unit lint lint-report bench hil hil-boot clean fuzz reliability
 
 setup:
 	./bootstrap.sh
@@ -17,6 +17,19 @@ boot: setup
 test: setup
 	$(VENV)/l4emu hil build
 	L4EMU_HIL_SMOKE=1 $(VENV)/python -m pytest
+
+# The fast lane: every test that starts no process (no task, no QEMU, no server). tests/lanes.py
+# decides which tests boot; in this lane any other test that tries to fails.
+test-unit: setup
+	L4EMU_UNIT_LANE=1 $(VENV)/python -m pytest -m "not boots"
+
+# ruff (rules in pyproject.toml) and mypy (strict on capabilities/ and the kernel core); CI runs it
+# before the tests. lint-report counts what is left per directory (never fails).
+lint: setup
+	$(VENV)/ruff check .; status=$$?; $(VENV)/mypy && exit $$status
+
+lint-report: setup
+	.ci/lint-report
 
 # All HIL tests in the guest; the run record lands in hil/runs/<timestamp>-<pid>-pytest/.
 hil: setup

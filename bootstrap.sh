@@ -38,7 +38,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test,keystore,est-ca,hil]'
+    .venv/bin/python -m pip install -q -e '.[test,lint,keystore,est-ca,hil]'
     # atheris (make fuzz) only where a wheel exists for this Python: it is never built from source
     .venv/bin/python -m pip install -q --only-binary=:all: 'atheris>=2.3' \
         || echo "bootstrap: no atheris wheel for this Python; make fuzz runs only the hypothesis fuzzer"

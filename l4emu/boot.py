@@ -11,12 +11,21 @@ from pathlib import Path
 from rich.console import Console
 
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage, load_image
-from l4emu.live import RIGHT, SUMMARY_COLUMNS, OutputConsole, ViewSink, service_lines, snapshot, summary_data, task_cells
+from kernel_model.host.supervisor import Supervisor, now_us
+from kernel_model.objects import ThreadState
+from l4emu.live import (
+    RIGHT,
+    SUMMARY_COLUMNS,
+    OutputConsole,
+    ViewSink,
+    service_lines,
+    snapshot,
+    summary_data,
+    task_cells,
+)
 from l4emu.tables import emit_table
 from durable.atomic import atomic_write
 from protocols.exit_codes import ExitCode
-from kernel_model.host.supervisor import Supervisor, now_us
-from kernel_model.objects import ThreadState
 
 
 def boot_complete(sup: Supervisor) -> bool:
@@ -120,7 +129,9 @@ def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, du
     with keystore_devices(loaded, sup.run_dir, sink.kernel, BootError), sup:  # TPM/HSM up first, down last
         sup.kernel.trace = True  # the view counts served IPCs from trace events; printed only with --trace
         sup.handle_signals()
-        sup.on_exit = lambda task, code: snapshot(sup, sink)  # the exiting task's memory, for the peak
+        def on_exit(task: object, code: int) -> None:  # the exiting task's memory, for the peak
+            snapshot(sup, sink)
+        sup.on_exit = on_exit
         started = time.monotonic()
         monkey = _chaos(sup, sink, chaos, started) if chaos is not None else None
         sup.start()

@@ -45,7 +45,7 @@ def render_report(a: Analysis, console: Console) -> None:
                   f"{len(image.objects)} objects, {ncaps} declared caps")
 
     console.print("\n[bold]reachability[/]: who can invoke, notify or write to whom (directly, declared caps)")
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for e in a.edges:
         caps = f"{e.source_cap} -> {e.target_cap}" if e.source_cap else str(e.target_cap)
         rows.append((escape(e.source), e.kind.value, escape(e.target), f"{e.object_type} {escape(e.object)}",
@@ -57,12 +57,12 @@ def render_report(a: Analysis, console: Console) -> None:
         console.print("[yellow]reach gained with obtainable caps[/] (--why FROM TO shows how): "
                       + escape(", ".join(f"{src} -> {dst}" for src, dst in gained)))
 
-    rows = [(t, obj, rights, w) for t in a.tasks for (obj, rights), w in a.obtainable(t).items()]
-    if rows:
+    closure = [(t, obj, rights, w) for t in a.tasks for (obj, rights), w in a.obtainable(t).items()]
+    if closure:
         console.print("\n[bold]authority closure[/]: caps a task can obtain beyond its declared ones")
         emit_table(console, ("task", "can obtain", "witness"),
                    [(escape(t), escape(f"{obj}:{rights.letters()}"), escape(str(w).split(" via: ", 1)[1]))
-                    for t, obj, rights, w in rows])
+                    for t, obj, rights, w in closure])
     else:
         console.print("\n[bold]authority closure[/]: no task can obtain anything beyond its declared caps")
 

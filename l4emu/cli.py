@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "to clients, unused caps, write where read suffices...). Exit status 0 without error findings, "
                     "1 with, 2 for an invalid image.")
     check.add_argument("image")
-    check.add_argument("--why", nargs=2, metavar=("A", "B"),
-                       help="explain how task A can reach task B (or obtain a cap to object B), or say there is no path")
+    check.add_argument("--why", nargs=2, metavar=("A", "B"), help="explain how task A can reach task B "
+                       "(or obtain a cap to object B), or say there is no path")
     check.set_defaults(func=cmd_check)
     graph = sub.add_parser(
         "graph", help="draw the capability graph (Graphviz DOT, or SVG/PNG/PDF when `dot` is installed)",

@@ -27,12 +27,16 @@ import json
 import re
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 from capabilities.mapdb import Kind
 from kernel_model.abi import Proto
@@ -304,7 +308,8 @@ def service_lines(sink: LiveSink, now: float | None = None) -> list[str]:
             statuses = crypto.get("status") or {}
             counts = ", ".join(f"{escape(str(k))} {v}" for k, v in sorted(statuses.items()))
             out.append(f"[bold]crypto service[/] (as {escape(task)} sees it): {crypto.get('ops', 0)} requests"
-                       + (f", {rate:.1f} ops/s" if rate is not None else "") + (f"; status: {counts}" if counts else ""))
+                       + (f", {rate:.1f} ops/s" if rate is not None else "")
+                       + (f"; status: {counts}" if counts else ""))
         cert = payload.get("cert")
         if isinstance(cert, dict):
             state = str(cert.get("state", "?"))
@@ -353,7 +358,7 @@ class ViewSink(LiveSink):
                  quiet_violations: bool = False):
         super().__init__(tag_to_task, show_trace=show_trace)
         self.out = out
-        self.live = None
+        self.live: Live | None = None
         self.quiet_violations = quiet_violations
         self._wants_live = live
         self.sup = None

@@ -7,7 +7,7 @@ every cell out, which costs seconds for thousands of rows.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -27,7 +27,7 @@ def plain_lines(columns: Sequence[str], rows: Sequence[Sequence[str]],
     widths = [max([len(col)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
-        out = [v.rjust(w) if col in right else v.ljust(w) for v, w, col in zip(values, widths, columns)]
+        out = [v.rjust(w) if col in right else v.ljust(w) for v, w, col in zip(values, widths, columns, strict=False)]
         return "  ".join(out).rstrip()
 
     return [line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells]

@@ -62,9 +62,9 @@ def _verify(directory: Path, shown: Path, console: Console, ca_path: Path, key_p
         with open(path, "rb") as f:
             files.append((path.name, f.read(outbox.MAX_RECORD + 1)))
     report = outbox.verify(files, ca, expected_key=expected)
-    for f in report.findings:
-        mark = "[green]ok[/]  " if f.ok else "[bold red]FAIL[/]"
-        console.print(f"{mark} {escape(f.name)}: {escape(f.message)}", soft_wrap=True)
+    for finding in report.findings:
+        mark = "[green]ok[/]  " if finding.ok else "[bold red]FAIL[/]"
+        console.print(f"{mark} {escape(finding.name)}: {escape(finding.message)}", soft_wrap=True)
     for note in report.notes:
         console.print(f"[cyan]note[/]: {escape(note)}", soft_wrap=True)
     bad = sum(not f.ok for f in report.findings)

@@ -36,7 +36,7 @@ def frame(flags=IpcFlags.CALL, dest=16 << 12, tag=0x100 << 16, *, timeout=0, lab
     return head + b"".join(_ITEM.pack(*i) for i in items) + data
 
 
-def others_unchanged(w: "World", before: dict, attacker: str) -> None:
+def others_unchanged(w: World, before: dict, attacker: str) -> None:
     after = w.tables()
     for task, rows in before.items():
         if task != attacker:

@@ -20,7 +20,9 @@ BLOCK = re.compile(r"<!-- file: (?P<path>\S+) -->\s*\n```[a-z]*\n(?P<body>.*?)``
 
 def fenced(text: str) -> list[tuple[str, str]]:
     """(language, body) of every fenced block, in order."""
-    out, lang, body = [], None, []
+    out: list[tuple[str, str]] = []
+    lang: str | None = None
+    body: list[str] = []
     for line in text.splitlines(keepends=True):
         if line.startswith("```"):
             if lang is None:

@@ -18,6 +18,5 @@ from .serving import RunningServer, serve
 
 __all__ = [
     "CURVES", "DEFAULT_CSRATTRS", "DevicePolicy", "EstCa", "EstCaError", "Fault", "Refused",
-    "RequestRecord", "ServerNames",
-    "RunningServer", "ServerOptions", "serve",
+    "RequestRecord", "RunningServer", "ServerNames", "ServerOptions", "serve",
 ]

@@ -56,7 +56,7 @@ __all__ = ["CURVES", "EstCa", "EstCaError", "Refused"]
 log = logging.getLogger("l4emu.est_ca")
 
 CURVES: dict[str, ec.EllipticCurve] = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1()}
-_HASHES = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384}
+_HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384]] = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384}
 _CA_VALIDITY = dt.timedelta(days=3650)
 _ISSUING_VALIDITY = dt.timedelta(days=1825)
 _SERVER_VALIDITY = dt.timedelta(days=30)
@@ -71,10 +71,10 @@ class EstCaError(Exception):
 
 
 def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
-def _hash_for(key: ec.EllipticCurvePrivateKey) -> hashes.HashAlgorithm:
+def _hash_for(key: ec.EllipticCurvePrivateKey) -> hashes.SHA256 | hashes.SHA384:
     return _HASHES[key.curve.name]()
 
 

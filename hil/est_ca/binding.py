@@ -88,8 +88,8 @@ def parse_server(text: str) -> EstTarget:
     if url.query or url.fragment or url.username or url.password:
         raise EstBindingError("--est-server: no query, fragment or user:password@ in the URL "
                               "(credentials: --est-user / --est-password-file)")
-    host, port = url.hostname, url.port or 443
-    if not host:
+    hostname, port = url.hostname, url.port or 443
+    if not hostname:
         raise EstBindingError(f"--est-server: no host in {text!r}")
     path = url.path.rstrip("/")
     label = None
@@ -97,7 +97,7 @@ def parse_server(text: str) -> EstTarget:
         if not path.startswith(WELL_KNOWN + "/") or "/" in path[len(WELL_KNOWN) + 1:]:
             raise EstBindingError(f"--est-server: the path must be {WELL_KNOWN}[/LABEL], got {url.path!r}")
         label = path[len(WELL_KNOWN) + 1:]
-    return EstTarget(endpoint=_endpoint(host, port), host=host, label=label, set_label=True)
+    return EstTarget(endpoint=_endpoint(hostname, port), host=hostname, label=label, set_label=True)
 
 
 def _est_tasks(doc: dict) -> list[dict]:
@@ -198,8 +198,8 @@ def bind(image: Path, *, est_ca: str | None = None, target: EstTarget | None = N
             running = stack.enter_context(start_dev_ca(host, port, state_dir=state_dir, auth=auth,
                                                        announce=announce))
             ca = running.ca
-            target = EstTarget(endpoint=_endpoint(host, port), host=target.host, label=target.label, set_label=target.set_label,
-                               trust_anchor=ca.ca_cert_path, username=target.username,
+            target = EstTarget(endpoint=_endpoint(host, port), host=target.host, label=target.label,
+                               set_label=target.set_label, trust_anchor=ca.ca_cert_path, username=target.username,
                                password=target.password)
         if not _est_tasks(doc):  # e.g. hello.yaml with --est-ca: only the CA is started
             yield image

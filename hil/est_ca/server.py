@@ -56,10 +56,16 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs7
 from cryptography.x509.oid import AttributeOID
+from OpenSSL import SSL
 
 from protocols.csrattrs import (
-    OID_EC_PUBLIC_KEY, OID_ECDSA_WITH_SHA256, OID_SECP256R1, CsrAttribute, CsrAttrs,
-    encode_csrattrs, encode_oid,
+    OID_EC_PUBLIC_KEY,
+    OID_ECDSA_WITH_SHA256,
+    OID_SECP256R1,
+    CsrAttribute,
+    CsrAttrs,
+    encode_csrattrs,
+    encode_oid,
 )
 
 from .authority import EstCa, EstCaError, Refused
@@ -173,7 +179,7 @@ class _EstHttpServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily, ca: EstCa,
-                 options: ServerOptions, context: object) -> None:
+                 options: ServerOptions, context: SSL.Context) -> None:
         self.address_family = family
         self.ca = ca
         self.options = options
@@ -190,7 +196,7 @@ class _EstHttpServer(ThreadingHTTPServer):
         self.records: deque[RequestRecord] = deque(maxlen=10_000)
         super().__init__(address, _Handler)
 
-    def finish_request(self, request, client_address) -> None:  # type: ignore[override]
+    def finish_request(self, request, client_address) -> None:
         """Runs in the connection's thread: TLS handshake first, then HTTP."""
         with self.changed:
             self.accepted += 1
@@ -203,7 +209,7 @@ class _EstHttpServer(ThreadingHTTPServer):
                 self.inflight.discard(seq)
                 self.changed.notify_all()
 
-    def _serve_connection(self, request, client_address, seq: int) -> None:  # noqa: ANN001
+    def _serve_connection(self, request, client_address, seq: int) -> None:
         tls = TlsConnection(self.tls, request, self.options.request_timeout)
         tls.seq = seq
         try:
@@ -212,7 +218,7 @@ class _EstHttpServer(ThreadingHTTPServer):
             except OSError as exc:
                 log.info("TLS handshake with %s:%s failed: %s", *client_address[:2], exc)
                 return
-            _Handler(tls, client_address, self)
+            _Handler(tls, client_address, self)  # type: ignore[arg-type]  # TlsConnection stands in for the socket
         finally:
             tls.close()
 
@@ -230,15 +236,15 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.connection = self.request
         self.rfile = io.BufferedReader(_Reader(self.request), 8192)
-        self.wfile = _Writer(self.request)
+        self.wfile = _Writer(self.request)  # type: ignore[assignment]  # unbuffered: every write goes out
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Silence http.server's own access log: `_EstHttpServer.record` replaces it."""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._dispatch()
 
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET  # noqa: N815
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
 
     def _dispatch(self) -> None:
         self.close_connection = True
@@ -282,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self._send(reply, truncate=False)
 
-    def _hang(self, record) -> None:  # noqa: ANN001
+    def _hang(self, record) -> None:
         server, seq = self.server, self.connection.seq
         with server.changed:
             server.changed.wait_for(lambda: server.released >= seq or server.stopping.is_set(),
@@ -474,7 +480,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _deferred(self, count: int) -> _Reply:
         options = self.options
         if options.retry_after_http_date:
-            when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=options.retry_after)
+            when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=options.retry_after)
             value = email.utils.format_datetime(when, usegmt=True)
         else:
             value = str(options.retry_after)
@@ -497,7 +503,7 @@ class _Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # noqa: ANN001
+    def readinto(self, buffer) -> int:
         return self._conn.recv_into(buffer, len(buffer))
 
 
@@ -508,7 +514,7 @@ class _Writer(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # noqa: ANN001
+    def write(self, data) -> int:
         self._conn.sendall(bytes(data))
         return len(data)
 

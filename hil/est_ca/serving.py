@@ -15,6 +15,7 @@ import ipaddress
 import socket
 import threading
 from types import TracebackType
+from typing import Any
 
 from .authority import EstCa, EstCaError
 from .server import RequestRecord, ServerOptions, make_server
@@ -68,7 +69,7 @@ class RunningServer:
         """Every request handled so far, oldest first (one per log line)."""
         return list(self._httpd.records)
 
-    def update(self, **changes: object) -> ServerOptions:
+    def update(self, **changes: Any) -> ServerOptions:
         """Change `ServerOptions` fields for requests that start from now on, e.g.
         ``update(fault=Fault.HANG)`` or ``update(defer=2, retry_after=5)``; returns the new
         options. (Deferral counts already kept per key are not reset.)"""

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pyOpenSSL is imported by make_context (the `est-ca` extra)
 __all__ = ["TlsConnection", "make_context"]
 
 
-def _accept_any(conn, cert, errnum, depth, ok) -> bool:  # noqa: ANN001
+def _accept_any(conn, cert, errnum, depth, ok) -> bool:
     return True  # the application judges the certificate; the handshake never fails on it
 
 
@@ -64,12 +64,12 @@ class TlsConnection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
         self._sock = sock
-        self._conn = SSL.Connection(context, sock)  # noqa: F821
+        self._conn = SSL.Connection(context, sock)
         self._conn.set_accept_state()
 
     def handshake(self) -> None:
         """Raises OSError: TimeoutError, or ConnectionError for a failed handshake."""
-        SSL = self._ssl  # noqa: N806
+        SSL = self._ssl
         try:
             self._conn.do_handshake()
         except SSL.WantReadError as exc:
@@ -90,8 +90,8 @@ class TlsConnection:
             return None
         return self._conn.get_peer_finished()  # full handshake: the client's Finished
 
-    def recv_into(self, buffer, nbytes: int = 0) -> int:  # noqa: ANN001
-        SSL = self._ssl  # noqa: N806
+    def recv_into(self, buffer, nbytes: int = 0) -> int:
+        SSL = self._ssl
         try:
             return self._conn.recv_into(buffer, nbytes or None)
         except SSL.ZeroReturnError:
@@ -106,7 +106,7 @@ class TlsConnection:
             raise ConnectionError(f"TLS error: {exc}") from exc
 
     def sendall(self, data: bytes) -> None:
-        SSL = self._ssl  # noqa: N806
+        SSL = self._ssl
         try:
             self._conn.sendall(data)
         except SSL.WantWriteError as exc:

@@ -29,7 +29,6 @@ import compileall
 import contextlib
 import fcntl
 import hashlib
-import importlib.metadata as md
 import json
 import os
 import py_compile
@@ -83,7 +82,8 @@ PURE_DISTS = ("rich", "markdown-it-py", "mdurl", "Pygments", "pexpect", "ptyproc
               # the test runner, so the guest runs the project's own confinement and attack tests
               "pytest", "pluggy", "iniconfig", "packaging", "pytest-timeout", "sortedcontainers")
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"  # on Debian python3.11's sys.path
-PROJECT_DIRS = ("l4emu", "capabilities", "kernel_model", "roottasks", "protocols", "durable", "tasks", "hil", "images", "tests")
+PROJECT_DIRS = ("l4emu", "capabilities", "kernel_model", "roottasks", "protocols", "durable", "tasks", "hil", "images",
+                "tests")
 PROJECT_FILES = ("pyproject.toml",)  # pytest's configuration, for the tests run in the guest
 SKIP_NAMES = {"__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache"}
 SKIP_DIRS = {"hil/build", "hil/runs"}  # build output and run records are not source
@@ -104,7 +104,7 @@ class Image:
     manifest: dict
 
     @classmethod
-    def load(cls, out_dir: Path = DEFAULT_OUT) -> "Image":
+    def load(cls, out_dir: Path = DEFAULT_OUT) -> Image:
         out_dir = Path(out_dir)
         try:
             manifest = json.loads((out_dir / "manifest.json").read_text())
@@ -323,7 +323,7 @@ def _build_base(debs: list[Path], kernel_deb: Path, release: str, wheels: list[P
         only = PARTIAL_DEBS.get(deb.name.split("_")[0])
         if only is None:
             fetch.run_tool(["dpkg-deb", "-x", str(deb), str(root)], "deb-unpack-failed")
-        elif fetch.extract(deb, lambda name: root / name if name in only else None) != len(only):
+        elif fetch.extract(deb, lambda name: root / name if name in only else None) != len(only):  # noqa: B023 (used at once)
             raise HarnessError("deb-unpack-failed", f"{deb.name} lacks one of {only}")
     for rel in PRUNE:
         path = root / rel
@@ -373,7 +373,7 @@ def check_closure(root: Path) -> None:
 
 
 def _normalise_modes(top: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(top):
+    for dirpath, _dirnames, filenames in os.walk(top):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             path = Path(dirpath) / name
@@ -396,7 +396,7 @@ def _compile(src: Path, guest_dir: str, log: Log) -> None:
 
 def project_files(root: Path = PROJECT_ROOT) -> list[Path]:
     """The source files the guest gets: PROJECT_DIRS, without caches, bytecode and hil/build."""
-    files = []
+    files: list[Path] = []
     for top in PROJECT_DIRS:
         for dirpath, dirnames, filenames in os.walk(root / top):
             rel = Path(dirpath).relative_to(root)
@@ -417,10 +417,10 @@ def _build_overlay(out: Path, staging: Path, epoch: int, extra_files: dict[str, 
         digest.update(rel.as_posix().encode() + b"\0" + hashlib.sha256(data).digest())
         dest.write_bytes(data)
         dest.chmod(0o644)
-    for rel, data in sorted(extra_files.items()):
-        dest = project / rel
+    for name, data in sorted(extra_files.items()):
+        dest = project / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+        digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
         dest.write_bytes(data)
         dest.chmod(0o644)
     bin_dir, site = staging / "usr/local/bin", staging / SITE_PACKAGES

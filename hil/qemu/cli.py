@@ -162,8 +162,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = boot_command(guest_image, boot_args)
     config = _config(args, est_ca if not args.serial else None)
     if args.dry_run:
-        image = Image.load(args.out)
-        print(shlex.join(qemu_argv(image.kernel, image.initrd, config)))
+        built = Image.load(args.out)
+        print(shlex.join(qemu_argv(built.kernel, built.initrd, config)))
         print(f"# then, in the guest: {command}")
         return Exit.OK
     with contextlib.ExitStack() as stack:
@@ -171,6 +171,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if server is not None:  # the CA may listen elsewhere than where the guest's tasks connect
             from hil.qemu.relay import parse_address
 
+            assert est_ca is not None  # host_est_ca serves only then
             config = _config(args, f"{server.host}:{server.port}", parse_address(est_ca)[1])
         check_image(PROJECT_ROOT / guest_image)  # after the CA: its trust anchor is one of wvds' modules
         record = None if args.no_record else RunRecord.create(args.runs, label="run")
@@ -178,6 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"hil: run record in {record.dir}", file=sys.stderr)
         console = None if args.quiet else sys.stdout
         log_path = args.log or (record.transcript if record else None)
+        image: Image | None
         if args.serial:
             machine = Machine.serial(args.serial, config, baud=args.baud, log_path=log_path, console=console)
             image = None
@@ -202,6 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         try:
             with machine:
                 if record is not None:
+                    assert machine.boot_seconds is not None  # set once the guest is ready
                     record.data.update(boot_s=round(machine.boot_seconds, 2), overlay_id=machine.overlay_id)
                 print(f"\nhil: guest ready after {machine.boot_seconds:.2f} s; running: {command}", file=sys.stderr)
                 if config.est_ca is not None:
@@ -355,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return Exit.INTERRUPTED
-    except Exception:  # noqa: BLE001 - a bug in the harness: say so, with the traceback
+    except Exception:
         traceback.print_exc()
         print("error: unexpected failure in hil/qemu (a bug; the traceback is above) [harness-bug]", file=sys.stderr)
         return Exit.BUG

@@ -23,6 +23,7 @@ import sys
 import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from hil.qemu import lock
 from hil.qemu.errors import HarnessError
@@ -83,7 +84,7 @@ def kernel_package(meta: str) -> str:
     return m.group(1)
 
 
-def ensure_debs(debs: "list[lock.Deb]", cache: Path, log: Log) -> list[Path]:
+def ensure_debs(debs: list[lock.Deb], cache: Path, log: Log) -> list[Path]:
     """Exactly the locked .debs in ``cache``, each one's sha256 checked now (cached or not).
 
     A cached file that does not match is fetched again; a version the archive no longer
@@ -91,7 +92,7 @@ def ensure_debs(debs: "list[lock.Deb]", cache: Path, log: Log) -> list[Path]:
     """
     cache.mkdir(parents=True, exist_ok=True)
     paths = [cache / d.filename for d in debs]
-    missing = [d for d, p in zip(debs, paths) if not lock.verify(p, d.sha256)]
+    missing = [d for d, p in zip(debs, paths, strict=True) if not lock.verify(p, d.sha256)]
     if missing:
         for d in missing:
             (cache / d.filename).unlink(missing_ok=True)
@@ -108,7 +109,7 @@ def ensure_debs(debs: "list[lock.Deb]", cache: Path, log: Log) -> list[Path]:
             raise HarnessError("deb-download-failed", f"apt-get download exited with status {proc.returncode}",
                                context=proc.stderr.splitlines()[-20:],
                                hint="only Debian's mirror is needed; run hil/qemu/setup.sh (apt-get update)")
-    for d, path in zip(debs, paths):
+    for d, path in zip(debs, paths, strict=True):
         if not path.is_file():
             raise HarnessError("deb-download-failed", f"apt-get download did not produce {path.name}")
         actual = lock.sha256_file(path)
@@ -128,7 +129,9 @@ def extract(deb: Path, members: Callable[[str], Path | None]) -> int:
             dest = members(member.name.removeprefix("./")) if member.isfile() else None
             if dest is not None:
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(dest, "wb") as dst:
+                src_file = tar.extractfile(member)
+                assert src_file is not None  # a regular file
+                with src_file as src, open(dest, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 22)
                 dest.chmod(member.mode & 0o7777)
                 written += 1
@@ -147,11 +150,11 @@ def pip_download_argv(dest: Path) -> list[str]:
     return argv
 
 
-def ensure_wheels(wheels: "list[lock.Wheel]", cache: Path, log: Log) -> list[Path]:
+def ensure_wheels(wheels: list[lock.Wheel], cache: Path, log: Log) -> list[Path]:
     """Exactly the locked wheels in ``cache``; pip checks the hashes (``--require-hashes``) and so do we, every time."""
     cache.mkdir(parents=True, exist_ok=True)
     paths = [cache / w.filename for w in wheels]
-    missing = [w for w, p in zip(wheels, paths) if not lock.verify(p, w.sha256)]
+    missing = [w for w, p in zip(wheels, paths, strict=True) if not lock.verify(p, w.sha256)]
     if missing:
         for w in missing:
             (cache / w.filename).unlink(missing_ok=True)
@@ -161,7 +164,7 @@ def ensure_wheels(wheels: "list[lock.Wheel]", cache: Path, log: Log) -> list[Pat
         run_tool(pip_download_argv(cache) + ["--require-hashes", "-r", str(req)], "wheel-download-failed",
                  hint="PyPI must be reachable for the first build; a version PyPI no longer serves: "
                       + lock.UPDATE_HINT)
-    for w, path in zip(wheels, paths):
+    for w, path in zip(wheels, paths, strict=True):
         if not path.is_file():
             raise HarnessError("wheel-download-failed", f"pip did not produce {w.filename}",
                                hint="the lock names a file for another platform? " + lock.UPDATE_HINT)
@@ -173,7 +176,7 @@ def ensure_wheels(wheels: "list[lock.Wheel]", cache: Path, log: Log) -> list[Pat
     return paths
 
 
-def resolve_debs(specs: list[str]) -> "list[lock.Deb]":
+def resolve_debs(specs: list[str]) -> list[lock.Deb]:
     """The index's candidate version of each ``pkg:arch`` (``pkg`` alone: ``all``), with its sha256."""
     found = _candidates(specs)
     debs = []
@@ -186,7 +189,7 @@ def resolve_debs(specs: list[str]) -> "list[lock.Deb]":
     return debs
 
 
-def resolve_wheels(names: Iterable[str], scratch: Path, log: Log) -> "list[lock.Wheel]":
+def resolve_wheels(names: Iterable[str], scratch: Path, log: Log) -> list[lock.Wheel]:
     """Each distribution at this environment's installed version, as the aarch64/any wheel PyPI serves."""
     pins = {name: md.version(name) for name in names}
     scratch.mkdir(parents=True, exist_ok=True)
@@ -212,7 +215,7 @@ def copy_distribution(name: str, site: Path) -> int:
             continue  # console scripts live outside site-packages; bytecode is compiled for the guest
         dest = site / file
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(dist.locate_file(file), dest)
+        shutil.copyfile(str(dist.locate_file(file)), dest)
         count += 1
     return count
 

@@ -127,7 +127,8 @@ def qemu_argv(kernel: Path, initrd: Path, config: MachineConfig = MachineConfig(
         cmdline.append(f"l4emu_est_ca_port={config.guest_port}")  # /init's environment
     return [
         config.qemu, "-M", "virt", "-cpu", config.cpu, "-smp", str(config.smp), "-m", str(config.memory_mib),
-        "-nodefaults", *network_args(config.est_ca, config.guest_port), "-no-reboot", "-display", "none", "-monitor", "none",
+        "-nodefaults", *network_args(config.est_ca, config.guest_port), "-no-reboot", "-display", "none",
+        "-monitor", "none",
         "-chardev", chardev, "-serial", "chardev:console",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", " ".join(cmdline),
     ]
@@ -183,7 +184,7 @@ class _Transcript:
     """``logfile_read`` target: the raw console to a file and/or a live stream, and a tail kept in memory."""
 
     def __init__(self, path: Path | None, stream: TextIO | None):
-        self.file = open(path, "a", encoding="utf-8", newline="") if path else None
+        self.file = open(path, "a", encoding="utf-8", newline="") if path else None  # noqa: SIM115 (closed by close())
         self.stream = stream
         self.recent: deque[str] = deque(maxlen=256)
         self.received = 0  # characters so far: progress, for the inactivity timeout
@@ -214,6 +215,7 @@ class Transport:
 
     description = "console"
     expected_overlay: str | None = None
+    argv: list[str]  # how it is started, for the run record
 
     def open(self, deadline: float, clock: Callable[[], float]) -> int:
         raise NotImplementedError
@@ -268,7 +270,7 @@ class QemuTransport(Transport):
                 try:
                     self._conn, _ = listener.accept()
                     break
-                except socket.timeout:
+                except TimeoutError:
                     if self.proc.poll() is not None:
                         raise BootFailed("qemu-exited-early",
                                          f"QEMU {exit_description(self.proc.returncode)} before it opened the console",
@@ -340,7 +342,8 @@ class SerialTransport(Transport):
             fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY)
         except OSError as exc:
             raise HarnessError("serial-open-failed", f"cannot open {self.device}: {exc.strerror}",
-                               hint="is the board connected, and may this user open the device (dialout group)?")
+                               hint="is the board connected, and may this user open the device (dialout group)?"
+                               ) from exc
         try:
             tty.setraw(fd)
             attrs = termios.tcgetattr(fd)
@@ -400,14 +403,14 @@ class Machine:
 
     @classmethod
     def serial(cls, device: str, config: MachineConfig = MachineConfig(), *, baud: int = 115200,
-               expected_overlay: str | None = None, **kwargs) -> "Machine":
+               expected_overlay: str | None = None, **kwargs) -> Machine:
         return cls(None, config, transport=SerialTransport(device, baud, expected_overlay), **kwargs)
 
     def tail(self) -> list[str]:
         return self._transcript.tail() if self._transcript else []
 
     # ------------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "Machine":
+    def __enter__(self) -> Machine:
         self.start()
         return self
 
@@ -451,8 +454,9 @@ class Machine:
                     r"Kernel panic - not syncing[^\r\n]*", rf"{INIT_FAILED}[^\r\n]*"]
         index = self._expect(patterns, deadline, inactivity=False)
         child = self._child
+        assert child is not None and self._transcript is not None, "the machine is started"
         if index == 0:
-            self.overlay_id = child.match.group(1)
+            self.overlay_id = _matched(child, 1)
             expected = self.transport.expected_overlay
             if expected is not None and self.overlay_id != expected:
                 raise BootFailed("guest-overlay-mismatch",
@@ -480,12 +484,13 @@ class Machine:
             3: ("guest-init-failed", "the guest's /init gave up", "rebuild the image (l4emu hil build)"),
         }
         reference, message, hint = reasons[index]
-        raise BootFailed(reference, f"{message}: {normalise(child.after).strip()}", context=self.tail(), hint=hint)
+        raise BootFailed(reference, f"{message}: {normalise(str(child.after)).strip()}", context=self.tail(), hint=hint)
 
     def _expect(self, patterns: list, deadline: float, *, inactivity: bool = True) -> int:
         """``expect(patterns + [EOF, TIMEOUT])`` until ``deadline``; TIMEOUT also when the console is silent
         for the inactivity budget. Returns the index (``len(patterns)``: EOF, ``+1``: timeout)."""
         child = self._child
+        assert child is not None and self._transcript is not None, "the machine is started"
         full = [*patterns, pexpect.EOF, pexpect.TIMEOUT]
         while True:
             remaining = deadline - self.clock()
@@ -526,7 +531,7 @@ class Machine:
         index = self._expect([end_pattern(token)], self._deadline(budget))
         if index == 0:
             self._busy = False
-            return command_output(child.before, token), int(child.match.group(1))
+            return command_output(str(child.before), token), int(_matched(child, 1))
         self.clean = False
         if index == 1:
             why = self.transport.died() or f"{self.transport.description} closed the console"
@@ -549,6 +554,7 @@ class Machine:
         discard a line that arrives right behind the ^C (ISIG flushes input), hence three tries.
         """
         child = self._child
+        assert child is not None and self._transcript is not None, "the machine is started"
         wait = self.timeouts.interrupt
         # On a loaded machine the ^C can arrive before the command has even started (the shell
         # takes it, then runs the command): each try interrupts again before resynchronising.
@@ -576,6 +582,7 @@ class Machine:
         """Hand the console to the user's terminal (raw mode) until ``escape`` (Ctrl-]) is typed."""
         import select
 
+        assert self._child is not None, "the machine is started"
         fd, stdin = self._child.child_fd, sys.stdin.fileno()
         saved = termios.tcgetattr(stdin)
         tty.setraw(stdin)
@@ -623,6 +630,13 @@ class Machine:
             if self._transcript is not None:
                 self._transcript.close()
                 self._transcript = None
+
+
+def _matched(child: pexpect.fdpexpect.fdspawn, group: int) -> str:
+    """Group ``group`` of the pattern ``child.expect`` just matched (a regex, never EOF/TIMEOUT)."""
+    match = child.match
+    assert isinstance(match, re.Match), match
+    return str(match.group(group))
 
 
 def shell_argv(argv: list[str]) -> str:

@@ -45,7 +45,7 @@ class GuestPool:
         if machine is not None:
             machine.stop()
 
-    def __enter__(self) -> "GuestPool":
+    def __enter__(self) -> GuestPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -41,8 +41,8 @@ class RunRecord:
     data: dict = field(default_factory=dict)
 
     @classmethod
-    def create(cls, runs_dir: Path = DEFAULT_RUNS, *, now: dt.datetime | None = None, label: str = "") -> "RunRecord":
-        stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    def create(cls, runs_dir: Path = DEFAULT_RUNS, *, now: dt.datetime | None = None, label: str = "") -> RunRecord:
+        stamp = (now or dt.datetime.now(dt.UTC)).strftime("%Y%m%dT%H%M%SZ")
         name = f"{stamp}-{os.getpid()}" + (f"-{label}" if label else "")
         path = Path(runs_dir) / name
         path.mkdir(parents=True, exist_ok=False)

@@ -60,10 +60,10 @@ class Timeouts:
             raise ValueError(f"the timeout multiplier must be positive, got {self.multiplier}")
 
     @classmethod
-    def from_env(cls, **overrides) -> "Timeouts":
+    def from_env(cls, **overrides) -> Timeouts:
         return cls(multiplier=multiplier_from_env(), **overrides)
 
-    def with_multiplier(self, multiplier: float) -> "Timeouts":
+    def with_multiplier(self, multiplier: float) -> Timeouts:
         return replace(self, multiplier=multiplier)
 
     def scaled(self, seconds: float) -> float:

@@ -26,7 +26,8 @@ def _host_boot(image: str, *args: str) -> float:
                           capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"host boot of {image} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        raise RuntimeError(f"host boot of {image} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     return elapsed
 
 
@@ -54,12 +55,14 @@ def bench_hil(args) -> list[tuple[str, str, str]]:
     except HarnessError as exc:
         return [("HIL guest", "not measured", f"{exc.message} (l4emu hil build)")]
     boots, g_hello, h_hello, g_wvds, h_wvds = [], [], [], [], []
-    with tempfile.TemporaryDirectory(prefix="l4emu-bench-hil-") as tmp, host_est_ca("127.0.0.1:0", ROOT / "images" / "wvds.yaml") as server:
+    with (tempfile.TemporaryDirectory(prefix="l4emu-bench-hil-") as tmp,
+          host_est_ca("127.0.0.1:0", ROOT / "images" / "wvds.yaml") as server):
         ta = (ROOT / "var" / "est-ca" / "ca.crt").read_bytes()
         image = refresh(dest=Path(tmp), extra_files={"var/est-ca/ca.crt": ta}, log=lambda _: None)
         config = MachineConfig(timeouts=Timeouts.from_env(), est_ca=f"127.0.0.1:{server.port}", est_ca_guest_port=8443)
         for _ in range(args.hil_runs):
             with Machine(image, config) as machine:
+                assert machine.boot_seconds is not None  # set once the guest is ready
                 boots.append(machine.boot_seconds)
                 start_guest_relay(machine, 8443)
                 g_hello.append(_guest_boot(machine, "images/hello.yaml"))

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tasks.testing.crypto_bench import timed
 
@@ -79,14 +80,15 @@ def bench_keystore(args: Any) -> list[tuple[str, str, str]]:
         try:
             for repeat in range(args.repeats):  # interleaved: drift hits every backend alike
                 aes, data = AESGCM(os.urandom(32)), os.urandom(4096)
-                base.append(timed(lambda: aes.encrypt(os.urandom(12), data, b""), rounds * 10))
+                base.append(timed(lambda aes=aes, data=data: aes.encrypt(os.urandom(12), data, b""), rounds * 10))
                 for backend in BACKENDS:
                     runs[backend].append(_measure(configs[backend](f"{backend}-{repeat}.store"), rounds))
         finally:
             stop()
     med = {b: {k: statistics.median(r[k] for r in runs[b]) for k in runs[b][0]} for b in BACKENDS}
     names = {"create": "key create (KEY_GENERATE AES-256, 1 save)", "encrypt4k": "AES-GCM 4 KiB encrypt",
-             "decrypt4k": "AES-GCM 4 KiB decrypt (+ replay journal record)", "rotate": "key rotate (KEY_ROTATE, 1 save)"}
+             "decrypt4k": "AES-GCM 4 KiB decrypt (+ replay journal record)",
+             "rotate": "key rotate (KEY_ROTATE, 1 save)"}
     rows = []
     for op, title in names.items():
         file_s = med["file"][op]

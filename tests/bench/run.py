@@ -20,11 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from l4emu.boot import boot_complete  # noqa: E402
-from kernel_model.host.console import RecordingConsole  # noqa: E402
 from kernel_model.host.confinement import policy_for  # noqa: E402
+from kernel_model.host.console import RecordingConsole  # noqa: E402
 from kernel_model.host.images import load_image  # noqa: E402
 from kernel_model.host.supervisor import Supervisor, now_us  # noqa: E402
+from l4emu.boot import boot_complete  # noqa: E402
 from tasks.testing.crypto_bench import timed  # noqa: E402  (the same timing in-process and in the task)
 
 PAYLOAD = 64
@@ -173,7 +173,7 @@ def _run_image(text: str, confine: bool) -> dict:
                         run_dir=Path(tmp) / "run") as sup:
             sup.start()
             code = sup.run(timeout_s=900)
-            line = next((l for l in console.lines if "BENCH " in l), None)
+            line = next((text for text in console.lines if "BENCH " in text), None)
             if code != 0 or line is None:
                 raise RuntimeError("benchmark image failed:\n" + console.text())
             return json.loads(line.split("BENCH ", 1)[1])

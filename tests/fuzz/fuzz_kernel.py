@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # kernel_world, when run as a script
 
-import struct  # noqa: E402
+import struct
 
-from kernel_model.abi import INVALID_CAP, IpcFlags, sel  # noqa: E402
-from kernel_model.wire import WireError, decode_invocation  # noqa: E402
-from kernel_world import Arena, frame  # noqa: E402
+from kernel_model.abi import INVALID_CAP, IpcFlags, sel
+from kernel_model.wire import WireError, decode_invocation
+from kernel_world import Arena, frame
 
 
 def decode(data: bytes) -> None:

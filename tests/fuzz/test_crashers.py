@@ -12,6 +12,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("fuzz_kernel", HERE / "fuzz_kernel.py")
+assert _spec is not None and _spec.loader is not None
 fuzz_kernel = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fuzz_kernel)
 

@@ -54,7 +54,8 @@ def board(tmp_path):
         b.close()
 
 
-BOOTING = f'sleep 0.3; echo "[    0.000000] Booting Linux on physical CPU 0x0"; echo "{initramfs.READY} {OVERLAY_ID}"; exec /bin/sh -i'
+BOOTING = ('sleep 0.3; echo "[    0.000000] Booting Linux on physical CPU 0x0"; '
+           f'echo "{initramfs.READY} {OVERLAY_ID}"; exec /bin/sh -i')
 
 
 def test_serial_board_runs_commands_with_the_same_expect_logic(board):
@@ -180,7 +181,8 @@ def test_concurrent_runs_each_get_their_own_overlay_and_initrd(tmp_path):
         f"echo \"{initramfs.READY} $({sys.executable} -c \"{SENTINEL_ID}\" \"$INITRD\")\"\nexec /bin/sh -i\n")
     qemu = tmp_path / "fake-qemu"
     qemu.write_text(f"#!/bin/sh\nwhile [ \"$1\" != -initrd ]; do shift; done; export INITRD=\"$2\"\n"
-                    f"exec {sys.executable} {FAKE_DEVICE} qemu '. {tmp_path / 'body.sh'}' -chardev \"$(cat /proc/$$/cmdline | tr '\\0' '\\n' | grep '^socket,id=console')\"\n")
+                    f"exec {sys.executable} {FAKE_DEVICE} qemu '. {tmp_path / 'body.sh'}' "
+                    "-chardev \"$(cat /proc/$$/cmdline | tr '\\0' '\\n' | grep '^socket,id=console')\"\n")
     qemu.chmod(0o755)
     argv = [sys.executable, "-m", "hil.qemu.cli", "run", "--qemu", str(qemu), "--quiet", "--out", str(out),
             "--runs", str(tmp_path / "runs"), "images/hello.yaml"]

@@ -86,9 +86,7 @@ def image(record, tmp_path_factory):
         Image.load()
     except HarnessError as exc:
         pytest.skip(f"no HIL image: {exc.message} (l4emu hil build)")
-    from hil.qemu.build import refresh
-
-    from hil.qemu.build import DEFAULT_OUT
+    from hil.qemu.build import DEFAULT_OUT, refresh
     from hil.qemu.machine import qemu_argv
 
     built = refresh(dest=tmp_path_factory.mktemp("hil-image"), log=lambda _: None)
@@ -173,8 +171,8 @@ def test_wvds_crypto_runs_in_the_guest(guest, record):
 @pytest.mark.timeout(TIMEOUTS.host_test_timeout(BOOT_BUDGET_S, 180, boots=1))
 def test_full_wvds_enrolls_against_the_ca_on_the_host(image, record):
     """The guest's only network path: a restricted user-mode NIC forwarding one port to the host's CA."""
-    from hil.qemu.cli import host_est_ca, start_guest_relay
     from hil.qemu.build import refresh
+    from hil.qemu.cli import host_est_ca, start_guest_relay
 
     with host_est_ca("127.0.0.1:0", PROJECT_ROOT / "images" / "wvds.yaml") as server:  # any free host port; the guest's tasks still use 8443
         ta = (PROJECT_ROOT / "var" / "est-ca" / "ca.crt").read_bytes()

@@ -13,8 +13,6 @@ Two kinds of tests live here:
 from __future__ import annotations
 
 import io
-import re
-import shutil
 import stat
 import subprocess
 import textwrap
@@ -25,8 +23,7 @@ import pytest
 from hil.qemu import cli, fetch, initramfs
 from hil.qemu.build import PROJECT_ROOT, Image
 from hil.qemu.errors import BootFailed, GuestUnresponsive, HarnessError, HilError
-from hil.qemu.machine import (Machine, MachineConfig, command_line, command_output, normalise, qemu_argv,
-                              tail)
+from hil.qemu.machine import Machine, MachineConfig, command_line, command_output, normalise, qemu_argv, tail
 from hil.qemu.timeouts import Timeouts
 
 OVERLAY_ID = "feedfacecafe0001"
@@ -152,7 +149,8 @@ def test_guest_exists_resolves_symlinks_inside_the_root(tmp_path):
 # ----------------------------------------------------------------------- cpio writer
 def read_newc(data: bytes) -> list[tuple[str, int, tuple[int, int], bytes]]:
     """A minimal newc reader, independent of the writer: (name, mode, rdev, data) per entry."""
-    entries, pos = [], 0
+    entries: list[tuple[str, int, tuple[int, int], bytes]] = []
+    pos = 0
     while True:
         assert data[pos:pos + 6] == b"070701" and pos % 4 == 0
         fields = [int(data[pos + 6 + 8 * i:pos + 14 + 8 * i], 16) for i in range(13)]
@@ -266,7 +264,8 @@ def fake_qemu(tmp_path: Path, body: str, before: str = "") -> str:
     (tmp_path / "guest-rc").write_text(GUEST_RC)
     (tmp_path / "body.sh").write_text(f"export ENV={tmp_path / 'guest-rc'}\n{body}\n")
     script = tmp_path / "fake-qemu"
-    script.write_text(f"#!/bin/sh\n{before}\nexec {sys.executable} {FAKE_DEVICE} qemu '. {tmp_path / 'body.sh'}' \"$@\"\n")
+    script.write_text(f"#!/bin/sh\n{before}\n"
+                      f"exec {sys.executable} {FAKE_DEVICE} qemu '. {tmp_path / 'body.sh'}' \"$@\"\n")
     script.chmod(0o755)
     return str(script)
 

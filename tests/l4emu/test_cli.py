@@ -90,7 +90,8 @@ def test_dump_caps_keeps_memory_out_of_the_label_columns():
 
 
 def test_trace_names_protocols():
-    assert name_protocols("moe -> kernel log kernel-log proto -13 -> 0") == "moe -> kernel log kernel-log proto LOG -> 0"
+    assert (name_protocols("moe -> kernel log kernel-log proto -13 -> 0")
+            == "moe -> kernel log kernel-log proto LOG -> 0")
     assert name_protocols("a -> b call proto 0x4000 label 0x1") == "a -> b call proto DATASPACE label 0x1"
     assert name_protocols("a -> b call proto 0x100 label 0x11") == "a -> b call proto 0x100 label 0x11"
 

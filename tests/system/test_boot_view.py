@@ -86,6 +86,7 @@ def test_ctrl_c_stops_a_forever_system_with_a_summary(tmp_path):
 def test_boot_with_est_ca_reads_modules_after_the_ca_made_them(tmp_path, monkeypatch):
     """A fresh clone: the trust anchor module appears only when the EST CA first starts (make boot)."""
     import contextlib
+
     import l4emu.boot as boot_mod
     ta = tmp_path / "var" / "ca.crt"
 
@@ -98,7 +99,8 @@ def test_boot_with_est_ca_reads_modules_after_the_ca_made_them(tmp_path, monkeyp
     monkeypatch.setattr(boot_mod, "start_est", fake_ca)
     image = tmp_path / "i.yaml"
     image.write_text((ROOT / "images" / "hello.yaml").read_text()
-                     .replace("greeting: hello/greeting.txt", f"greeting: {ROOT}/images/hello/greeting.txt\n  ta: var/ca.crt"))
+                     .replace("greeting: hello/greeting.txt",
+                              f"greeting: {ROOT}/images/hello/greeting.txt\n  ta: var/ca.crt"))
     out = Console(file=io.StringIO(), width=200)
     assert boot_image(image, console=out, timeout_s=60, est_ca="127.0.0.1:1") == 0, out.file.getvalue()
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from capabilities.rights import CapRights
-
 from systemlib import ROOT
 
 

@@ -18,8 +18,8 @@ from hil.est_ca import EstCa, serve
 from hil.est_ca.binding import EstTarget, rebind
 from kernel_model.host.confinement import policy_for
 from kernel_model.host.images import load_image
-from l4emu.live import ViewSink, render_live, snapshot
 from kernel_model.host.supervisor import Supervisor
+from l4emu.live import ViewSink, render_live, snapshot
 from l4emu.verify import verify_outbox
 from systemlib import ROOT, System
 

@@ -86,7 +86,7 @@ def est_ca(tmp_path) -> EstCa:
     # "now", so validity periods are exact however slow the machine (a real clock can cross a
     # second between creating the CA and issuing from it). It is the real time of the fixture's
     # creation, so TLS peers checking against the wall clock accept the certificates.
-    frozen = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    frozen = dt.datetime.now(dt.UTC).replace(microsecond=0)
     return EstCa(tmp_path / "est-ca", validity=dt.timedelta(days=7), clock=lambda: frozen)
 
 

@@ -14,8 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hil.est_ca.binding import (EstBindingError, EstTarget, add_boot_options, bind, est_target_from_args,
-                                image_endpoints, parse_server, rebind)
+from hil.est_ca.binding import (
+    EstBindingError,
+    EstTarget,
+    add_boot_options,
+    bind,
+    est_target_from_args,
+    image_endpoints,
+    parse_server,
+    rebind,
+)
 from kernel_model.host.console import RecordingConsole
 from kernel_model.host.images import PROJECT_ROOT, load_image
 from kernel_model.host.supervisor import Supervisor

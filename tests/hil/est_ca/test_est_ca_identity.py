@@ -25,8 +25,8 @@ from tasks.est_service import protocol
 from tasks.est_service.csr import build_csr, build_reenroll_csr, generate_key
 from tasks.est_service.http_transport import HttpTransport, make_ssl_context, run_exchange
 from tasks.est_service.messages import BasicAuth, EstServer
+from tasks.est_service.results import AuthRequired, CaCerts, Enrolled, EstError
 from tasks.est_service.trust import TrustAnchors
-from tasks.est_service.results import AuthRequired, CaCerts, Enrolled, ErrorKind, EstError
 
 SERVER_NAMES = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                 x509.DNSName("localhost")]
@@ -118,7 +118,7 @@ def test_only_current_device_certificates_authenticate_reenrollment(kit, running
 
 
 def test_expired_device_certificate_is_no_identity_but_no_handshake_abort(tmp_path):
-    start = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    start = dt.datetime.now(dt.UTC).replace(microsecond=0)
     clock = [start]
     ca = EstCa(tmp_path / "ca", validity=dt.timedelta(days=1), clock=lambda: clock[0])
     with serve(ca) as running:
@@ -151,6 +151,7 @@ def _tls12_enroll(kit, challenge: bytes | None, *, tls12: bool = True):
     sock = context.wrap_socket(socket.create_connection(("127.0.0.1", kit.running.port)),
                                server_hostname="127.0.0.1")
     unique = sock.get_channel_binding("tls-unique")
+    assert unique is not None  # TLS 1.2
     value = base64.b64encode(challenge if challenge is not None else unique).decode()
     csr = build_csr(generate_key(), name("gateway-0001"), challenge_password=value)
     return run_exchange(protocol.simpleenroll(kit.server(), kit.trust, csr, auth=kit.auth,

@@ -16,6 +16,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hil.est_ca import EstCa, EstCaError, Refused, serve
 
 
+def issued(result: x509.Certificate | Refused) -> x509.Certificate:
+    assert isinstance(result, x509.Certificate), result
+    return result
+
+
 def mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -72,7 +77,7 @@ def test_half_a_ca_or_a_foreign_key_is_refused(tmp_path) -> None:
 
 
 def test_issue_copies_subject_and_san_with_configured_validity(tmp_path) -> None:
-    now = dt.datetime(2031, 5, 4, 3, 2, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2031, 5, 4, 3, 2, 1, tzinfo=dt.UTC)
     ca = EstCa(tmp_path / "s", validity=dt.timedelta(hours=5), clock=lambda: now)
     sans = [x509.DNSName("gw.local"), x509.IPAddress(ipaddress.ip_address("10.1.2.3"))]
     cert = ca.issue(csr_for(ec.generate_private_key(ec.SECP384R1()), "gw", sans))
@@ -103,11 +108,11 @@ def test_issue_refuses_other_keys_and_bad_signatures(tmp_path) -> None:
 def test_foreign_and_expired_certificates_are_not_ours(tmp_path) -> None:
     ca = EstCa(tmp_path / "a")
     other = EstCa(tmp_path / "b")
-    foreign = other.issue(csr_for(ec.generate_private_key(ec.SECP256R1())))
+    foreign = issued(other.issue(csr_for(ec.generate_private_key(ec.SECP256R1()))))
     assert not ca.issued_by_us(foreign)
-    later = EstCa(tmp_path / "a", clock=lambda: dt.datetime.now(dt.timezone.utc)
+    later = EstCa(tmp_path / "a", clock=lambda: dt.datetime.now(dt.UTC)
                   + dt.timedelta(days=400))
-    mine = ca.issue(csr_for(ec.generate_private_key(ec.SECP256R1())))
+    mine = issued(ca.issue(csr_for(ec.generate_private_key(ec.SECP256R1()))))
     assert ca.issued_by_us(mine) and not later.issued_by_us(mine)
 
 
@@ -140,12 +145,12 @@ def test_loose_key_permissions_are_reported(tmp_path, caplog) -> None:
 def test_rotation_issues_from_a_new_intermediate_and_keeps_devices(tmp_path) -> None:
     ca = EstCa(tmp_path / "s")
     key = ec.generate_private_key(ec.SECP256R1())
-    before = ca.issue(csr_for(key, "gw", [x509.DNSName("gw.local")]))
+    before = issued(ca.issue(csr_for(key, "gw", [x509.DNSName("gw.local")])))
     first_issuing = ca.issuing
     second_issuing = ca.rotate_issuing()
     assert second_issuing != first_issuing and ca.ca_certificates == [second_issuing, ca.certificate]
     second_issuing.verify_directly_issued_by(ca.certificate)
-    after = ca.reissue(csr_for(key, "gw", [x509.DNSName("gw.local")]), before)
+    after = issued(ca.reissue(csr_for(key, "gw", [x509.DNSName("gw.local")]), before))
     after.verify_directly_issued_by(second_issuing)
     # Reloaded from disk: the same issuing CAs, the old device certificate still a device.
     again = EstCa(tmp_path / "s")
@@ -159,7 +164,7 @@ def test_rotation_issues_from_a_new_intermediate_and_keeps_devices(tmp_path) -> 
 def test_reissue_takes_the_identity_of_the_current_certificate(tmp_path) -> None:
     ca = EstCa(tmp_path / "s")
     key = ec.generate_private_key(ec.SECP256R1())
-    current = ca.issue(csr_for(key, "gw", [x509.DNSName("gw.local")]))
+    current = issued(ca.issue(csr_for(key, "gw", [x509.DNSName("gw.local")])))
     assert ca.reissue(csr_for(key, "l4emu EST server", [x509.DNSName("gw.local")]), current) == \
         Refused("re-enrollment must keep the Subject and SubjectAltName of the current "
                 "certificate (RFC 7030 §4.2.2)")
@@ -169,6 +174,7 @@ def test_reissue_takes_the_identity_of_the_current_certificate(tmp_path) -> None
 def test_state_from_an_older_single_tier_ca_is_refused_clearly(tmp_path) -> None:
     ca = EstCa(tmp_path / "s")
     key = load_pem_private_key(ca.ca_key_path.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
     old = (x509.CertificateBuilder().subject_name(ca.certificate.subject)
            .issuer_name(ca.certificate.subject).public_key(key.public_key())
            .serial_number(1).not_valid_before(ca.certificate.not_valid_before_utc)
