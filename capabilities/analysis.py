@@ -42,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections import deque
-from typing import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from capabilities.image import BUILTIN_OBJECTS, Image, ObjectType
 from capabilities.kinds import BIND, IMAGE_KINDS, Flow
@@ -71,7 +71,7 @@ class Step:
     via: str
     via_type: str
     rights: CapRights | None = None  #: for a cap transfer: the rights the target receives
-    needs: tuple["Witness", ...] = ()  #: obtained caps this hop relies on
+    needs: tuple[Witness, ...] = ()  #: obtained caps this hop relies on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Witness:
             rights = s.rights
         return "".join(out)
 
-    def requirements(self) -> tuple["Witness", ...]:
+    def requirements(self) -> tuple[Witness, ...]:
         """The witnesses of every obtained cap the path uses, depth first, each once."""
         seen: dict[str, Witness] = {}
 

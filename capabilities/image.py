@@ -47,11 +47,11 @@ these names are reserved.
 """
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
-
 import dataclasses
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 import yaml
 

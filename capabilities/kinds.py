@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 from capabilities import lint
 from capabilities.lint import Check, LintRule

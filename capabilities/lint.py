@@ -6,7 +6,7 @@ entry in ``capabilities.kinds``.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 from capabilities.rights import CapRights
 

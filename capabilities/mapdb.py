@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import itertools
-from typing import Any, ClassVar, Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Any, ClassVar, Generic, TypeVar
 
 
 class Kind(enum.Enum):
@@ -46,8 +47,8 @@ class Node(Generic[Obj]):
     index: int
     obj: Obj
     rights: int
-    parent: "Node[Obj] | None" = None
-    children: list["Node[Obj]"] = dataclasses.field(default_factory=list)
+    parent: Node[Obj] | None = None
+    children: list[Node[Obj]] = dataclasses.field(default_factory=list)
     live: bool = True
     id: int = dataclasses.field(default_factory=lambda: next(_ids))
     kind: ClassVar[Kind]
@@ -64,7 +65,7 @@ class Node(Generic[Obj]):
     def size(self) -> int:
         return 0
 
-    def subtree(self) -> Iterator["Node[Obj]"]:
+    def subtree(self) -> Iterator[Node[Obj]]:
         """This node and every node derived from it, parents before children."""
         stack: list[Node[Obj]] = [self]
         while stack:
@@ -73,7 +74,7 @@ class Node(Generic[Obj]):
             stack.extend(reversed(node.children))
 
     def derive(self, space: int, index: int, rights: int, *, offset: int = 0, size: int = 0,
-               parent: "Node[Obj] | None" = None) -> "Node[Obj]":
+               parent: Node[Obj] | None = None) -> Node[Obj]:
         """A node like this one at ``(space, index)``: same object, ``rights`` (and for memory the range)."""
         raise NotImplementedError
 
@@ -86,7 +87,7 @@ class ObjectCap(Node[Obj]):
     kind: ClassVar[Kind] = Kind.OBJECT
 
     def derive(self, space: int, index: int, rights: int, *, offset: int = 0, size: int = 0,
-               parent: "Node[Obj] | None" = None) -> "ObjectCap[Obj]":
+               parent: Node[Obj] | None = None) -> ObjectCap[Obj]:
         return ObjectCap(space, index, self.obj, rights, parent=parent)
 
 
@@ -108,7 +109,7 @@ class MemoryMapping(Node[Obj]):
         return self.mem_size
 
     def derive(self, space: int, index: int, rights: int, *, offset: int = 0, size: int = 0,
-               parent: "Node[Obj] | None" = None) -> "MemoryMapping[Obj]":
+               parent: Node[Obj] | None = None) -> MemoryMapping[Obj]:
         return MemoryMapping(space, index, self.obj, rights, parent=parent, mem_offset=offset or self.mem_offset,
                              mem_size=size or self.mem_size)
 

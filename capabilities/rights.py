@@ -22,7 +22,7 @@ class CapRights(enum.IntFlag):
     SVR = 0x20  #: L4_FPAGE_C_IPCGATE_SVR: bind / get_infos on an IPC gate
 
     @classmethod
-    def parse(cls, letters: str) -> "CapRights":
+    def parse(cls, letters: str) -> CapRights:
         """Parse Ned-style letters (``"rw"``, ``"rws"``, ``"svr"``); R is always implied.
 
         Raises ``ValueError`` naming the first unknown letter: unlike Ned, an unknown
@@ -48,7 +48,7 @@ class CapRights(enum.IntFlag):
             return "svr"
         return "".join(ch for ch, bit in _LETTERS.items() if bit in self) or "-"
 
-    def covers(self, needed: "CapRights") -> bool:
+    def covers(self, needed: CapRights) -> bool:
         return (self & needed) == needed
 
 
@@ -67,7 +67,7 @@ class MemRights(enum.IntFlag):
     R = 0x4  #: L4_FPAGE_RO
 
     @classmethod
-    def parse(cls, letters: str) -> "MemRights":
+    def parse(cls, letters: str) -> MemRights:
         rights = cls.NONE
         for ch in letters.strip().lower():
             if ch == "r":

@@ -198,7 +198,7 @@ class MsgTag:
         return ((self.label << 16) | (self.flags & 0xF000) | (self.items << 6) | self.words) & 0xFFFF_FFFF_FFFF_FFFF
 
     @classmethod
-    def from_raw(cls, raw: int) -> "MsgTag":
+    def from_raw(cls, raw: int) -> MsgTag:
         label = raw >> 16
         if label >= 1 << 47:
             label -= 1 << 48

@@ -76,7 +76,7 @@ class ConfinementPolicy:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_dict(cls, data: object) -> "ConfinementPolicy":
+    def from_dict(cls, data: object) -> ConfinementPolicy:
         """The policy ``to_dict`` wrote; ``BootRecordError`` names an unknown or mistyped setting."""
         if not isinstance(data, dict):
             raise BootRecordError("the confinement policy is not a JSON object")
@@ -152,7 +152,7 @@ class BootRecord:
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
-    def decode(cls, data: bytes) -> "BootRecord":
+    def decode(cls, data: bytes) -> BootRecord:
         """Everything ``encode`` wrote; ``BootRecordError`` if it is malformed."""
         doc = _json_object(data)
         base = cls.from_task(data)
@@ -177,7 +177,7 @@ class BootRecord:
         )
 
     @classmethod
-    def from_task(cls, data: bytes) -> "BootRecord":
+    def from_task(cls, data: bytes) -> BootRecord:
         """The part of a record a task may set (what Moe hands the kernel); other keys are ignored.
 
         The host uses the name for the work directory and the program as a module name, so both are

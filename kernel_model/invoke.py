@@ -13,13 +13,29 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from capabilities.mapdb import Kind, ObjectCap
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, L4_CAP_SHIFT, DebuggerOp, Err, FactoryOp, GateOp, IpcError,
-                              IrqOp, LogOp, Proto, TaskOp, ThreadOp, UnmapMask, sel)
 from kernel_model import server_gone
+from kernel_model.abi import (
+    INVALID_CAP,
+    KERNEL_LABEL,
+    L4_CAP_SHIFT,
+    DebuggerOp,
+    Err,
+    FactoryOp,
+    GateOp,
+    IpcError,
+    IrqOp,
+    LogOp,
+    Proto,
+    TaskOp,
+    ThreadOp,
+    UnmapMask,
+    sel,
+)
 from kernel_model.bootrecord import BootRecord, BootRecordError
 from kernel_model.events import ConsoleLine, Rule
 from kernel_model.logs import LogBudget, LogStream, printable

@@ -125,7 +125,7 @@ class Kernel(IpcPaths, ItemTransfer, MemoryRetirement):
         self._current = thread
         try:
             self._ipc(thread, inv)
-        except Exception as exc:  # noqa: BLE001 - the last-resort boundary: a kernel slip costs one task
+        except Exception as exc:
             self._kernel_bug(thread, inv, exc)
         finally:
             self._current = None

@@ -56,12 +56,12 @@ class ThreadState(enum.Enum):
 class Task(KObject):
     """A protection domain: an object space and a memory space (both in the MappingDb)."""
 
-    threads: list["Thread"] = dataclasses.field(default_factory=list)
+    threads: list[Thread] = dataclasses.field(default_factory=list)
     started: bool = False
     exit_status: int | None = None
     generation: int = 0  #: incarnation of the task called ``name``: 1 for the first start, +1 per restart
-    budget: "Budget | None" = None  #: None: unlimited (root tasks)
-    parent_pending: "tuple[IpcGate, int] | None" = None  #: (gate, rights) of the parent to notify once a killed
+    budget: Budget | None = None  #: None: unlimited (root tasks)
+    parent_pending: tuple[IpcGate, int] | None = None  #: (gate, rights) of the parent to notify once a killed
     #: task's process is gone
 
     def __post_init__(self) -> None:
@@ -87,22 +87,22 @@ class AsyncMessage:
     label: int
     tag: MsgTag
     data: bytes = b""
-    irq: "Irq | None" = None
+    irq: Irq | None = None
 
 
 @dataclasses.dataclass(eq=False)
 class Thread(KObject):
     task: Task = dataclasses.field(kw_only=True)  #: the task it runs in (bound at creation)
     state: ThreadState = ThreadState.RUNNING
-    inv: "Invocation | None" = None  # the Invocation the thread is blocked in
+    inv: Invocation | None = None  # the Invocation the thread is blocked in
     deadline: int | None = None  # µs, for the current blocking phase
     send_label: int = 0  # label the receiver will see for the pending send
     send_via_s: bool = True  # the cap used to reach the partner had S (S-right transfer rule)
-    send_target: "Thread | IpcGate | None" = None  # what the pending send is queued on
-    senders: collections.deque["Thread"] = dataclasses.field(default_factory=collections.deque)
+    send_target: Thread | IpcGate | None = None  # what the pending send is queued on
+    senders: collections.deque[Thread] = dataclasses.field(default_factory=collections.deque)
     asyncs: collections.deque[AsyncMessage] = dataclasses.field(default_factory=collections.deque)
-    recv_from: "Thread | Irq | None" = None  # None = open wait; a Thread (call reply, or itself: sleep) or Irq
-    reply_to: "Thread | None" = None  # implicit single-use reply capability
+    recv_from: Thread | Irq | None = None  # None = open wait; a Thread (call reply, or itself: sleep) or Irq
+    reply_to: Thread | None = None  # implicit single-use reply capability
     generation: int = 0
 
     def __post_init__(self) -> None:
@@ -135,7 +135,7 @@ class Irq(KObject):
 class Factory(KObject):
     quota: int = 0  # objects it may still create (kernel memory, counted in objects)
     used: int = 0
-    parent: "Factory | None" = None
+    parent: Factory | None = None
 
     def __post_init__(self) -> None:
         self.type = ObjType.FACTORY

@@ -6,7 +6,8 @@ internals (so the two modules do not import each other).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from capabilities.mapdb import MappingDb, Node, ObjectCap
 from kernel_model.abi import Err, IpcError

@@ -6,7 +6,8 @@ them can touch it (all inside the kernel).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from capabilities.mapdb import Kind, Node
 from kernel_model.events import Deliver, Effect, MemoryRetired, Remapped, Revoked

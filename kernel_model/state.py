@@ -6,7 +6,8 @@ a part of ``kernel.Kernel`` over this state.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from capabilities.mapdb import MappingDb, Node, ObjectCap
 from kernel_model.abi import L4_CAP_SHIFT

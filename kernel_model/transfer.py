@@ -4,7 +4,8 @@ Everything is checked before anything changes; rights only shrink (``capabilitie
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from capabilities.mapdb import Kind, Node
 from capabilities.rights import CapRights, MemRights, derive_cap_rights, derive_mem_rights

@@ -101,11 +101,11 @@ class Item:
     dest: int = 0
 
     @classmethod
-    def obj(cls, selector: int, rights: int, *, grant: bool = False, dest: int = 0) -> "Item":
+    def obj(cls, selector: int, rights: int, *, grant: bool = False, dest: int = 0) -> Item:
         return cls(ItemKind.OBJECT, selector, int(rights), 1, grant, dest)
 
     @classmethod
-    def mem(cls, address: int, size: int, rights: int, *, grant: bool = False, dest: int = 0) -> "Item":
+    def mem(cls, address: int, size: int, rights: int, *, grant: bool = False, dest: int = 0) -> Item:
         return cls(ItemKind.MEMORY, address, int(rights), size, grant, dest)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from durable.atomic import atomic_write
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage, load_image
 from kernel_model.host.supervisor import Supervisor, now_us
 from kernel_model.objects import ThreadState
@@ -24,7 +25,6 @@ from l4emu.live import (
     task_cells,
 )
 from l4emu.tables import emit_table
-from durable.atomic import atomic_write
 from protocols.exit_codes import ExitCode
 
 
@@ -42,7 +42,7 @@ def boot_complete(sup: Supervisor) -> bool:
 def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, timeout_s: float | None = None,
                console: Console | None = None, est_ca: str | None = None, trace: bool = False,
                summary: bool = True, est_server=None, duration_s: float | None = None, live: bool | None = None,
-               json_summary: Path | None = None, run_dir: Path | None = None, chaos: "ChaosOptions | None" = None) -> int:
+               json_summary: Path | None = None, run_dir: Path | None = None, chaos: ChaosOptions | None = None) -> int:
     """Boot ``path`` and run it; the exit status as documented in the README.
 
     ``est_ca``: "HOST:PORT", or "" for the image's own EST endpoint; ``est_server``: a
@@ -102,7 +102,6 @@ SAMPLE_S = 0.5  #: without a live view: how often memory is sampled for the summ
 def _boot(loaded: LoadedImage, sink: ViewSink, out: Console, *, dump_caps: bool, confine: bool,
           timeout_s: float | None, trace: bool, summary: bool, duration_s: float | None = None,
           json_summary: Path | None = None, run_dir: Path | None = None, chaos: ChaosOptions | None = None) -> int:
-    from kernel_model.host.confinement import policy_for
     if not confine:
         Console(stderr=True, highlight=False).print(
             "[bold yellow]warning[/]: --no-confine: task processes run WITHOUT OS confinement (no namespaces, own "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import signal
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 ROOT_TASKS = ("sigma0", "moe")
 

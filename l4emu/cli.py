@@ -10,10 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from capabilities.image import ImageError
-from protocols.exit_codes import ExitCode
 from l4emu.boot import BootError
-
-
+from protocols.exit_codes import ExitCode
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
@@ -255,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         os.close(devnull)
         err.print("l4emu: output closed (broken pipe): the system was stopped")
         return ExitCode.BROKEN_PIPE
-    except Exception:  # noqa: BLE001 - the one catch-all: a bug in l4emu, said as such, never a bare traceback
+    except Exception:
         import traceback
 
         traceback.print_exc()

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 __all__ = [
     "OID_CHALLENGE_PASSWORD",
-    "OID_EC_PUBLIC_KEY",
     "OID_ECDSA_WITH_SHA256",
     "OID_ECDSA_WITH_SHA384",
+    "OID_EC_PUBLIC_KEY",
     "OID_EXTENSION_REQUEST",
     "OID_SECP256R1",
     "OID_SECP384R1",

@@ -27,12 +27,31 @@ from __future__ import annotations
 import functools
 import operator
 import struct
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
-from typing import Any, Callable, ClassVar, Mapping, Sequence, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
-__all__ = ["DecodeError", "Field", "Layout", "Message", "Tagged", "message", "const", "fixed", "pad",
-           "U8", "U16", "U32", "U64", "I64", "VAR8", "VAR16", "VAR32", "REST"]
+__all__ = [
+    "I64",
+    "REST",
+    "U8",
+    "U16",
+    "U32",
+    "U64",
+    "VAR8",
+    "VAR16",
+    "VAR32",
+    "DecodeError",
+    "Field",
+    "Layout",
+    "Message",
+    "Tagged",
+    "const",
+    "fixed",
+    "message",
+    "pad",
+]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -107,7 +126,7 @@ VAR8, VAR16, VAR32, REST = Field("var8"), Field("var16"), Field("var32"), Field(
 class _Run:
     """Consecutive fixed-size fields: one struct, and what each of its slots is."""
 
-    __slots__ = ("st", "slots", "visible", "checks", "plain", "hidden", "expected", "pick")
+    __slots__ = ("checks", "expected", "hidden", "pick", "plain", "slots", "st", "visible")
 
     def __init__(self, specs: list[tuple[Field, int | None]]):
         self.st = struct.Struct("<" + "".join(f.struct_code or "" for f, _ in specs))
@@ -440,6 +459,7 @@ def _view(data: Buffer) -> memoryview:
 
 
 M = TypeVar("M", bound="Message")
+_T = TypeVar("_T")
 
 
 class Message:
@@ -474,7 +494,8 @@ class Message:
             raise DecodeError(str(exc)) from None
 
 
-def message(*specs: Field) -> Callable[[type], Any]:
+@dataclass_transform(frozen_default=True)
+def message(*specs: Field) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: a frozen slotted dataclass, a ``Message``, with this layout.
 
     The layout's visible fields bind, in order, to the dataclass fields.

@@ -21,10 +21,11 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from protocols.exit_codes import ExitCode
+
 from .authority import CURVES, EstCa, EstCaError
 from .server import Fault, ServerOptions
 from .serving import serve
-from protocols.exit_codes import ExitCode
 
 __all__ = ["build_parser", "main"]
 
@@ -139,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.FAILED
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
-    except Exception:  # noqa: BLE001 - the one catch-all: a bug in the CA, said as such
+    except Exception:
         import traceback
 
         traceback.print_exc()

@@ -23,7 +23,6 @@ import sys
 import tarfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 from hil.qemu import lock
 from hil.qemu.errors import HarnessError

@@ -19,8 +19,8 @@ from pathlib import Path
 from capabilities.image import TaskDecl
 from kernel_model.abi import CHANNEL_FD
 from kernel_model.bootrecord import ConfinementPolicy
-from kernel_model.host.images import PROJECT_ROOT
 from kernel_model.host import workdirs
+from kernel_model.host.images import PROJECT_ROOT
 from kernel_model.host.keystore_devices import workdir_entries
 from kernel_model.host.uids import Lease, UidRegistry
 from kernel_model.objects import Task

@@ -40,8 +40,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 SWTPM = "swtpm"
 SOFTHSM_UTIL = "softhsm2-util"
@@ -137,7 +137,7 @@ class FifoRelay:
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name=f"tpm-relay {self.dir}", daemon=True)
 
-    def start(self) -> "FifoRelay":
+    def start(self) -> FifoRelay:
         self._thread.start()
         return self
 
@@ -164,7 +164,7 @@ class FifoRelay:
             try:
                 while not self._stop and self._one(cmd, rsp):
                     pass
-            except Exception as exc:  # noqa: BLE001 - a task's bytes never end the relay
+            except Exception as exc:
                 self.log(f"tpm relay: {type(exc).__name__}: {exc}")
             finally:
                 os.close(cmd)

@@ -17,7 +17,7 @@ trade frames one for one, so a busy pair is never over its share however idle th
 """
 from __future__ import annotations
 
-from typing import Hashable, Iterable
+from collections.abc import Hashable, Iterable
 
 
 class FairScheduler:

@@ -23,23 +23,33 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from capabilities.image import TaskDecl
+from capabilities.mapdb import Kind
 from kernel_model.abi import CHANNEL_FD, MAX_FRAME
 from kernel_model.bootrecord import FAULT_MAGIC, BootRecord, ConfinementPolicy
-from kernel_model.events import (ConsoleLine, Deliver, Denied, Kill, MemoryCreated, MemoryRetired, Remapped, Revoked,
-                                 Spawn, Traced)
+from kernel_model.events import (
+    ConsoleLine,
+    Deliver,
+    Denied,
+    Kill,
+    MemoryCreated,
+    MemoryRetired,
+    Remapped,
+    Revoked,
+    Spawn,
+    Traced,
+)
 from kernel_model.host.console import ConsoleSink, tagged_line
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.host.scheduler import FairScheduler
 from kernel_model.host.workdir_watch import WorkdirWatch
-from protocols.exit_codes import ExitCode
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
 from kernel_model.wire import Boot, ItemKind, Remap, Revoke
-from capabilities.mapdb import Kind
+from protocols.exit_codes import ExitCode
 
 MFD_ALLOW_SEALING = getattr(os, "MFD_ALLOW_SEALING", 2)
 F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
@@ -97,7 +107,7 @@ class Supervisor:
         self.workdir_watch = WorkdirWatch()  # work dirs at their budget -> violation events
 
     # ------------------------------------------------------------ lifecycle
-    def __enter__(self) -> "Supervisor":
+    def __enter__(self) -> Supervisor:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -491,7 +501,7 @@ class Supervisor:
             import pyseccomp
             name = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, nr)
             name = name.decode() if isinstance(name, bytes) else str(name)
-        except Exception:  # noqa: BLE001 - the number alone still says it
+        except Exception:
             name = "?"
         return f"syscall {nr} ({name})"
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 DEFAULT_DIR = Path("/run/l4emu/uids")
 FIRST_UID = 61000

@@ -3,11 +3,22 @@ from __future__ import annotations
 
 from capabilities.image import Image, ObjectType, parse_image
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (KERNEL_LABEL, DebuggerOp, EnvSlot, Err, FactoryOp, LogOp, Proto, Sigma0Op, TaskOp,
-                              UnmapMask, sel)
+from kernel_model.abi import (
+    KERNEL_LABEL,
+    DebuggerOp,
+    EnvSlot,
+    Err,
+    FactoryOp,
+    LogOp,
+    Proto,
+    Sigma0Op,
+    TaskOp,
+    UnmapMask,
+    sel,
+)
+from kernel_model.wire import ItemKind, log_chunks
 from roottasks.moe import loader, restarts
 from roottasks.moe.objects import Backing, DataspaceObject, NamespaceObject, ParentObject, Response, Served
-from kernel_model.wire import ItemKind, log_chunks
 
 FACTORY = sel(EnvSlot.FACTORY)
 PAGER = sel(EnvSlot.PAGER)
@@ -95,7 +106,7 @@ class Moe:
         self.pool.setdefault(ds.backing.size, []).append(ds.backing)
 
     # -- children ----------------------------------------------------------------
-    def child_exited(self, record: "loader.TaskRecord", code: int, notice_from: ParentObject) -> None:
+    def child_exited(self, record: loader.TaskRecord, code: int, notice_from: ParentObject) -> None:
         loader.child_exited(self, record, code, notice_from)
 
     def delete_served(self, gate: int) -> None:

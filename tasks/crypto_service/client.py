@@ -36,8 +36,8 @@ import hashlib
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .protocol import (
     ALLOCATE_KEY_ID,

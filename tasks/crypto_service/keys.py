@@ -55,9 +55,10 @@ guarantee. A real deployment keeps keys in a TPM/HSM backend.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
@@ -190,8 +191,18 @@ class Key:
     for bad material or a usage the key's form may not have.
     """
 
-    __slots__ = ("key_id", "spec", "usage", "version", "nonce_lease", "_secret", "_private", "_public", "_public_bytes",
-                 "_device")
+    __slots__ = (
+        "_device",
+        "_private",
+        "_public",
+        "_public_bytes",
+        "_secret",
+        "key_id",
+        "nonce_lease",
+        "spec",
+        "usage",
+        "version",
+    )
 
     def __init__(
         self,

@@ -63,8 +63,9 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cryptography.exceptions import InvalidTag
 
@@ -75,7 +76,7 @@ from durable.sealed import KEK_SIZE, AesSealer, KekError, SealedError, SealedFil
 from .keys import DEVICE_FORMAT, Key
 from .protocol import KeyFormat, KeyType, Usage
 
-__all__ = ["WRITE_STEPS", "KEK_SIZE", "AesSealer", "KekError", "Sealer", "StoreError", "check_kek", "open_keystore"]
+__all__ = ["KEK_SIZE", "WRITE_STEPS", "AesSealer", "KekError", "Sealer", "StoreError", "check_kek", "open_keystore"]
 
 MAGIC = b"L4KS"
 BACKEND_CODES = {"file": 0, "tpm": 1, "hsm": 2}

@@ -49,7 +49,7 @@ def _lib(module: str) -> Any:
     if module not in _LIBS:
         try:
             _LIBS[module] = pkcs11.lib(module)
-        except Exception as exc:  # noqa: BLE001 - a missing or broken module: say which
+        except Exception as exc:
             raise StoreError(f"cannot load the PKCS#11 module {module}: {exc}") from exc
     return _LIBS[module]
 
@@ -65,9 +65,9 @@ def _device_errors() -> tuple[type[BaseException], ...]:
 class TokenAead:
     """An AES-256 key inside the token, with AESGCM's ``encrypt``/``decrypt``."""
 
-    __slots__ = ("store", "obj", "ref")
+    __slots__ = ("obj", "ref", "store")
 
-    def __init__(self, store: "HsmKeyStore", obj: Any, ref: bytes) -> None:
+    def __init__(self, store: HsmKeyStore, obj: Any, ref: bytes) -> None:
         self.store, self.obj, self.ref = store, obj, ref
 
     def encrypt(self, nonce: bytes, data: bytes, aad: bytes | None) -> bytes:
@@ -109,7 +109,7 @@ class TokenSealer:
 class TokenGeneration:
     """Rollback witness: the largest value of the store's generation data objects."""
 
-    def __init__(self, store: "HsmKeyStore") -> None:
+    def __init__(self, store: HsmKeyStore) -> None:
         self._store = store
 
     def _objects(self) -> list[tuple[int, Any]]:
@@ -172,7 +172,7 @@ class HsmKeyStore(SealedStore):
         if self._session is not None:
             try:
                 self._session.close()
-            except Exception:  # noqa: BLE001 - already broken
+            except Exception:
                 pass
         self._session, self._sealer = None, None
 
@@ -291,5 +291,5 @@ class HsmKeyStore(SealedStore):
             return
         try:
             self._call(device.obj.destroy)
-        except Exception as exc:  # noqa: BLE001 - the key is gone from the store; an orphan object is harmless
+        except Exception as exc:
             self.log(f"token object of key {key.key_id} could not be deleted: {exc}")

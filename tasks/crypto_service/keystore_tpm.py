@@ -159,7 +159,7 @@ def make_tcti(spec: str) -> Any:
 class TpmCounter:
     """Rollback witness: a TPM NV counter (the store generation)."""
 
-    def __init__(self, store: "TpmKeyStore") -> None:
+    def __init__(self, store: TpmKeyStore) -> None:
         self._store = store
         self.fresh = False  #: defined by this process (a brand-new store may start empty)
 
@@ -211,7 +211,7 @@ class TpmKeyStore(SealedStore):
         if esapi is not None:
             try:
                 esapi.close()
-            except Exception:  # noqa: BLE001 - the connection is already broken
+            except Exception:
                 pass
         self._esapi, self._nv = None, None
 
@@ -258,7 +258,7 @@ class TpmKeyStore(SealedStore):
             try:
                 private, used = tpm.TPM2B_PRIVATE.unmarshal(blob)
                 public, _ = tpm.TPM2B_PUBLIC.unmarshal(blob[used:])
-            except Exception as exc:  # noqa: BLE001 - any decoding failure: a damaged blob
+            except Exception as exc:
                 raise StoreError(f"{self.blob_path} is damaged: {exc}") from exc
             try:
                 sealed = self._esapi.load(primary, private, public)

@@ -93,7 +93,7 @@ class NonceExhausted(Exception):
 class NonceSequence:
     """Encrypt nonces for one key version in one service run."""
 
-    __slots__ = ("salt", "next_counter", "lease_end", "block")
+    __slots__ = ("block", "lease_end", "next_counter", "salt")
 
     def __init__(self, salt: bytes, start: int, block: int = DEFAULT_LEASE_BLOCK) -> None:
         """``start`` is the persisted lease end (0 for a new key)."""
@@ -138,7 +138,7 @@ def _slice_k(fp: float) -> int:
 class _Slice:
     """A plain Bloom filter sized for ``capacity`` items at rate ``2^-k``."""
 
-    __slots__ = ("capacity", "k", "m", "bits", "count")
+    __slots__ = ("bits", "capacity", "count", "k", "m")
 
     def __init__(self, capacity: int, fp: float) -> None:
         self.capacity = capacity
@@ -175,7 +175,7 @@ class _Slice:
 class _Generation:
     """A scalable Bloom filter holding at most ``window`` items."""
 
-    __slots__ = ("window", "fp_rate", "first", "slices", "count")
+    __slots__ = ("count", "first", "fp_rate", "slices", "window")
 
     def __init__(self, window: int, fp_rate: float, first: int) -> None:
         self.window, self.fp_rate, self.first = window, fp_rate, first
@@ -211,7 +211,7 @@ class _Generation:
 class ReplayWindow:
     """Nonces seen by successful decrypts of one key version (see module doc)."""
 
-    __slots__ = ("window", "fp_rate", "_key", "_first", "_current", "_previous", "_words")
+    __slots__ = ("_current", "_first", "_key", "_previous", "_words", "fp_rate", "window")
 
     def __init__(
         self,

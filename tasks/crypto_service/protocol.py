@@ -19,11 +19,14 @@ returns a request object or the ``Status`` to answer with. It never raises.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import ClassVar, Union
+from typing import ClassVar, TypeVar, Union, dataclass_transform
 
 from protocols.layout import Field, Layout, Message, message
+
+_T = TypeVar("_T")
 
 REQUEST_MAGIC = 0xC7
 RESPONSE_MAGIC = 0xC8
@@ -163,13 +166,14 @@ class _Request(_Codec):
             + _SEQUENCE.pack(seq) + payload
 
 
-def _request(rtype: RequestType, *layout: _F):  # type: ignore[no-untyped-def]
+@dataclass_transform(frozen_default=True)
+def _request(rtype: RequestType, *layout: _F) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: a ``protocols.layout`` message with TYPE set."""
 
-    def wrap(cls):  # type: ignore[no-untyped-def]
-        cls = message(*layout)(cls)
-        cls.TYPE = rtype
-        return cls
+    def wrap(cls: type[_T]) -> type[_T]:
+        made = message(*layout)(cls)
+        made.TYPE = rtype  # type: ignore[attr-defined]
+        return made
 
     return wrap
 

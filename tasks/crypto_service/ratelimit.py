@@ -23,8 +23,9 @@ The bucket has no I/O and never reads the clock itself: ``allow(now_ns)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 _NS = 1_000_000_000
 
@@ -60,7 +61,7 @@ class RateLimitConfig:
 class TokenBucket:
     """One client's bucket. Not thread-safe (the service is single-threaded)."""
 
-    __slots__ = ("_config", "_level", "_last", "_cooldown_until")
+    __slots__ = ("_config", "_cooldown_until", "_last", "_level")
 
     def __init__(self, config: RateLimitConfig, now_ns: int) -> None:
         self._config = config

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import struct
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from durable.atomic import Step, append_record, replace_file
 from durable.fileops import OS, FileOps

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 
@@ -53,6 +54,7 @@ from .protocol import (
     KEY_LIST_PAGE,
     MAX_AAD_AND_PLAINTEXT,
     MAX_PLAINTEXT,
+    TAG_SIZE,
     AesDecryptResponse,
     AesEncryptResponse,
     EmptyResponse,
@@ -65,7 +67,6 @@ from .protocol import (
     RequestType,
     Response,
     Status,
-    TAG_SIZE,
     Usage,
     encode_response,
     parse_request,
@@ -210,7 +211,7 @@ class CryptoService:
         except StoreError as exc:
             self._unavailable(exc, self._clock())
             return False
-        except Exception as exc:  # noqa: BLE001 - e.g. a PKCS#11 module that does not load
+        except Exception as exc:
             self._unavailable(StoreError(f"{type(exc).__name__}: {exc}"), self._clock())
             return False
         self._keys = {k.key_id: k for k in snapshot.keys}

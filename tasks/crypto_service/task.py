@@ -103,7 +103,7 @@ def load_services(env, cfg: dict, clients: dict) -> dict[str, CryptoService]:
         allowed = allowlist(spec.get("allow"))
         try:
             service = load_service(env, cfg, name, position, allowed, log)
-        except Exception as exc:  # noqa: BLE001 - this client's store only: the others are served
+        except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             service = CryptoService({k: v for k, v in cfg.items() if k != "storage"},
                                     store=UnavailableStore(reason), allowed=allowed, log=log)
@@ -125,7 +125,7 @@ def main(env) -> int:
         ServiceConfig.from_dict(cfg)  # a bad service config stops the task; a bad store does not
         for spec in clients.values():
             allowlist(spec.get("allow"))
-    except Exception as exc:  # noqa: BLE001 - a service that cannot start says why and exits
+    except Exception as exc:
         env.log(f"cannot start: {type(exc).__name__}: {exc}")
         return 2
     services = load_services(env, cfg, clients)

@@ -33,8 +33,7 @@ from .protocol import (
     simpleenroll,
     simplereenroll,
 )
-from .renewal import Action, Decision, RenewalPolicy, RenewalState, decide, record_failure, \
-    record_success
+from .renewal import Action, Decision, RenewalPolicy, RenewalState, decide, record_failure, record_success
 from .results import (
     AuthRequired,
     CaCerts,

@@ -28,8 +28,8 @@ from .results import ErrorKind, EstError
 
 __all__ = [
     "MEDIA_CSRATTRS",
-    "MEDIA_PKCS10",
     "MEDIA_PKCS7",
+    "MEDIA_PKCS10",
     "check_media_type",
     "decode_base64_body",
     "decode_certs_only",

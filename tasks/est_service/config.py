@@ -33,7 +33,7 @@ from tasks.est_service.exchange import DeferralLimits
 from tasks.est_service.messages import BasicAuth, EstServer
 from tasks.est_service.renewal import RenewalPolicy
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 class ConfigError(ValueError):
@@ -107,7 +107,7 @@ class Config:
     store_required: bool = False  #: ``store: {required: true}``: refuse to start without a stored state
 
     @classmethod
-    def parse(cls, raw: dict) -> "Config":
+    def parse(cls, raw: dict) -> Config:
         try:
             return cls._parse(raw or {})
         except ConfigError:
@@ -116,7 +116,7 @@ class Config:
             raise ConfigError(f"{type(exc).__name__}: {exc}") from None
 
     @classmethod
-    def _parse(cls, raw: dict) -> "Config":
+    def _parse(cls, raw: dict) -> Config:
         server = raw.get("server") or {}
         endpoint = str(server.get("endpoint", ""))
         host, _, port = endpoint.rpartition(":")

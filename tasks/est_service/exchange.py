@@ -41,8 +41,8 @@ from .messages import BasicAuth, HttpRequest, HttpResponse, Operation
 from .results import AuthRequired, Deferred, ErrorKind, EstError, Outcome, Redirected
 
 __all__ = [
-    "TRANSITIONS",
     "MAX_REDIRECTS",
+    "TRANSITIONS",
     "DeferralLimits",
     "Event",
     "Exchange",
@@ -67,7 +67,7 @@ class DeferralLimits:
     max_deferrals: int = 10
 
     def __post_init__(self) -> None:
-        if not 0 <= self.min_delay:
+        if not self.min_delay >= 0:
             raise ValueError("DeferralLimits needs min_delay >= 0")
         if self.max_deferrals < 0:
             raise ValueError("DeferralLimits.max_deferrals must be >= 0")
@@ -137,8 +137,17 @@ class Exchange:
     other than 401 and (for enrollment) 202.
     """
 
-    __slots__ = ("_operation", "_request", "_interpret", "_limits", "_state", "_deferrals",
-                 "_outcome", "_response", "_redirects")
+    __slots__ = (
+        "_deferrals",
+        "_interpret",
+        "_limits",
+        "_operation",
+        "_outcome",
+        "_redirects",
+        "_request",
+        "_response",
+        "_state",
+    )
 
     def __init__(
         self,
@@ -326,5 +335,5 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:  # "-0000" zone: RFC 5322 "no information", HTTP-dates are GMT
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return max(0.0, (when - now).total_seconds())

@@ -111,7 +111,7 @@ class HttpTransport:
         deadline = time.monotonic() + self._timeout
         try:
             sock = self._connect()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return EstError(ErrorKind.TIMEOUT, f"connect/TLS handshake took over {self._timeout}s")
         except ssl.SSLError as exc:
             return EstError(ErrorKind.TLS_FAILED, f"TLS handshake failed: {exc}")
@@ -140,7 +140,7 @@ class HttpTransport:
                     raise TimeoutError
             if response.length:  # Content-Length promised more than arrived
                 raise http.client.IncompleteRead(bytes(body), response.length)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return EstError(ErrorKind.TIMEOUT, f"no complete answer within {self._timeout}s "
                             f"while {phase}")
         except (http.client.RemoteDisconnected, http.client.IncompleteRead,
@@ -162,7 +162,7 @@ class HttpTransport:
 
 
 def _utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def run_exchange(

@@ -98,7 +98,7 @@ class BasicAuth:
             raise ValueError("BasicAuth.username must not contain ':'")
 
     def header_value(self) -> str:
-        raw = f"{self.username}:{self.password}".encode("utf-8")
+        raw = f"{self.username}:{self.password}".encode()
         return "Basic " + base64.b64encode(raw).decode("ascii")
 
     def __repr__(self) -> str:

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
+from protocols.csrattrs import CsrAttrs, decode_csrattrs
+
 from .codec import (
     MEDIA_CSRATTRS,
     MEDIA_PKCS7,
@@ -39,7 +41,6 @@ from .codec import (
     parse_media_type,
 )
 from .csr import encode_pkcs10, same_public_key
-from protocols.csrattrs import CsrAttrs, decode_csrattrs
 from .exchange import (
     TRANSITIONS,
     DeferralLimits,

@@ -20,9 +20,20 @@ from tasks.est_service.exchange import Exchange
 from tasks.est_service.http_transport import HttpTransport
 from tasks.est_service.renewal import Action, RenewalState, decide, record_failure, record_success
 from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, ErrorKind, EstError, Redirected
-from tasks.est_service.service_protocol import (AUTH_REFUSED, LOCAL_ERROR, Activity, CertState, Op,
-                                                ServiceStatus, Status, decode_request, encode_cert,
-                                                encode_chain, encode_response, too_large)
+from tasks.est_service.service_protocol import (
+    AUTH_REFUSED,
+    LOCAL_ERROR,
+    Activity,
+    CertState,
+    Op,
+    ServiceStatus,
+    Status,
+    decode_request,
+    encode_cert,
+    encode_chain,
+    encode_response,
+    too_large,
+)
 from tasks.est_service.store import Pending, Persisted, Store, StoreError
 from tasks.est_service.trust import TrustAnchors, still_valid
 from tasks.runtime.shm import ShmPeer
@@ -142,7 +153,7 @@ class EstService:
         est_service keeps serving its clients."""
         try:
             self._work(now)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self.attempt = None
             self._local_failure("enrollment", f"internal error: {type(exc).__name__}: {exc}")
 

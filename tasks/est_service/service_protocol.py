@@ -50,7 +50,7 @@ import enum
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from protocols.layout import I64, U8, U16, U32, VAR32, DecodeError, Field, Layout, Tagged
+from protocols.layout import I64, U16, U32, VAR32, DecodeError, Field, Layout, Tagged
 from tasks.runtime.status import decode_status, encode_status
 
 MAX_DETAIL = 512
@@ -142,7 +142,7 @@ class ServiceStatus:
                                self.not_after, self.next_attempt, detail])
 
     @classmethod
-    def decode(cls, raw: bytes) -> "ServiceStatus | None":
+    def decode(cls, raw: bytes) -> ServiceStatus | None:
         """None for anything malformed (any bytes: never an exception)."""
         try:
             return cls(*_STATUS.check(_STATUS.decode(raw)))

@@ -28,8 +28,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import (Encoding, NoEncryption, PrivateFormat,
-                                                          PublicFormat, load_der_private_key)
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+    load_der_private_key,
+)
 
 from durable.atomic import clean_stale_temps
 from durable.fileops import OS, FileOps
@@ -208,7 +213,7 @@ class Store:
             ca_certs = tuple(x509.load_pem_x509_certificate(p.encode()) for p in doc.get("ca_certs", []))
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - InvalidTag, base64, PEM, missing fields
+        except Exception as exc:
             raise StoreError(f"{name} cannot be loaded: {type(exc).__name__}: {exc}") from None
         if certificate is not None and (key is None or _spki(certificate.public_key()) != _spki(key.public_key())):
             raise StoreError(f"{name}: the certificate does not hold the stored key")

@@ -70,7 +70,7 @@ def main(env) -> int:
         return 2
     try:
         trust = _trust_anchors(env, cfg.trust_anchor_rom)
-    except Exception as exc:  # noqa: BLE001 - missing module / cap / bad PEM: say which
+    except Exception as exc:
         env.log(f"config error: trust anchor rom/{cfg.trust_anchor_rom}: {type(exc).__name__}: {exc}")
         return 2
     # ssl loads client keys only from files (make_ssl_context writes one, encrypted under a
@@ -82,7 +82,7 @@ def main(env) -> int:
         net = ShmClient(env, env.cap(cfg.net["gate"]), env.cap(cfg.net["shm"]),
                         timeout_us=int((cfg.timeout_s + 15) * 1_000_000))
         peers = bind_peers(env, cfg.clients)
-    except Exception as exc:  # noqa: BLE001 - a capability the config names is missing or unusable
+    except Exception as exc:
         env.log(f"config error: {type(exc).__name__}: {exc}")
         return 2
     service: EstService

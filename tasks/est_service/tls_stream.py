@@ -60,7 +60,7 @@ class ProxyStream:
     def _call(self, request: Request) -> tuple[Status, bytes]:
         try:
             return decode_response(self._transact(request.encode()))
-        except Exception as exc:  # noqa: BLE001 - any transport failure is a broken stream
+        except Exception as exc:
             self.connected = False
             raise ConnectionResetError(f"network proxy unreachable: {exc}") from exc
 
@@ -113,7 +113,7 @@ class ProxyStream:
 
 
 class _Reader(io.RawIOBase):
-    def __init__(self, tls: "TlsOverProxy") -> None:
+    def __init__(self, tls: TlsOverProxy) -> None:
         self._tls = tls
 
     def readable(self) -> bool:
@@ -211,7 +211,7 @@ class TlsOverProxy:
                 pass
         self._stream.close()
 
-    def __enter__(self) -> "TlsOverProxy":
+    def __enter__(self) -> TlsOverProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:

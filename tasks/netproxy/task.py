@@ -58,7 +58,7 @@ class Proxy:
         sock.settimeout(max(req.timeout_ms, 1) / 1000)
         try:
             data = sock.recv(req.max_bytes or 1)
-        except socket.timeout:
+        except TimeoutError:
             return encode_response(Status.TIMEOUT)
         if not data:
             self._close(peer)

@@ -39,7 +39,7 @@ import datetime as dt
 import hashlib
 import json
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import mldsa
@@ -199,7 +199,7 @@ def verify(files: list[tuple[str, bytes]], ca: x509.Certificate, *, expected_key
         problem = _check_record(name, r, ca)
         findings.append(Finding(name, r.seq, problem is None, problem or
                                 f"{r.readings} readings from {r.device}, sealed "
-                                f"{dt.datetime.fromtimestamp(r.sealed_at, dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC"))
+                                f"{dt.datetime.fromtimestamp(r.sealed_at, dt.UTC):%Y-%m-%d %H:%M:%S} UTC"))
         records.append((name, r))
     records.sort(key=lambda nr: nr[1].seq)
     key = expected_key if expected_key is not None else (records[0][1].public_key if records else None)
@@ -242,7 +242,7 @@ def _check_record(name: str, r: Record, ca: x509.Certificate) -> str | None:
         return f"unknown signature algorithm {r.algorithm!r}"
     if r.aad != aad_for(r.device, r.seq):
         return "the AES-GCM AAD does not bind this device id and sequence number"
-    when = dt.datetime.fromtimestamp(r.sealed_at, dt.timezone.utc)
+    when = dt.datetime.fromtimestamp(r.sealed_at, dt.UTC)
     problem = check_chain(r.chain, ca, when)
     if problem:
         return problem
@@ -253,6 +253,6 @@ def _check_record(name: str, r: Record, ca: x509.Certificate) -> str | None:
         mldsa.MLDSA65PublicKey.from_public_bytes(r.public_key).verify(r.signature, signed_bytes(r), CONTEXT)
     except ValueError as exc:
         return f"malformed ML-DSA public key: {exc}"
-    except Exception:  # noqa: BLE001 - cryptography's InvalidSignature
+    except Exception:
         return "the ML-DSA-65 signature does not verify"
     return None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from kernel_model.abi import IpcError
 from tasks.runtime.shm import ShmError
 
 
@@ -36,7 +35,7 @@ def patient(transact: Callable[[bytes], bytes], sleep: Callable[[float], None],
             try:
                 return transact(request)
             except ShmError as exc:
-                if exc.error != IpcError.ENOT_EXISTENT or waited >= patience.total_s:
+                if not exc.partner_gone or waited >= patience.total_s:
                     raise
             if waited == 0.0 and log is not None:
                 log("crypto service gone (restarting?): trying again")

@@ -25,13 +25,20 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from durable.atomic import atomic_write
 from kernel_model.abi import IpcError
 from tasks.crypto_service.client import CryptoClient
 from tasks.crypto_service.protocol import KeyType
-from tasks.est_service.service_protocol import (Format, Op, Request, ServiceStatus, Status, decode_chain_der,
-                                                decode_response)
+from tasks.est_service.service_protocol import (
+    Format,
+    Op,
+    Request,
+    ServiceStatus,
+    Status,
+    decode_chain_der,
+    decode_response,
+)
 from tasks.oem_gateway import outbox
-from durable.atomic import atomic_write
 from tasks.runtime.shm import ShmClient
 from tasks.sensor import ring
 

@@ -12,7 +12,8 @@ import importlib
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kernel_model.abi import CHANNEL_FD
 from protocols.exit_codes import ExitCode
@@ -39,6 +40,7 @@ def run() -> int:
     refused = False
     if record.confine is not None:
         import dataclasses
+
         from tasks.runtime import confine as confinement
         keep = (*boot_fds, *([fault_fd] if fault_fd is not None else []))
         policy = dataclasses.replace(record.confine, allow_fds=record.confine.allow_fds + keep, fault_fd=fault_fd)
@@ -73,7 +75,7 @@ def run() -> int:
         return ExitCode.TASK_CHANNEL_CLOSED
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # noqa: BLE001 - the task's own crash; report it, exit non-zero
+    except BaseException:
         for line in traceback.format_exc().splitlines():
             say(line)
         return ExitCode.FAILED
@@ -90,7 +92,7 @@ def _sayer(env: Env) -> Callable[[str], None]:
     def say(line: str) -> None:
         try:
             env.log(prefix + line)
-        except Exception:  # noqa: BLE001 - the kernel is gone: nothing left to tell
+        except Exception:
             pass
     return say
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import array
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from kernel_model.abi import CHANNEL_FD, MAX_FRAME
 from kernel_model.wire import Boot, Invocation, Remap, Result, Revoke, decode_kernel_frame
@@ -29,7 +29,7 @@ class KernelChannel:
         self.on_remap: Callable[[Remap, int], None] | None = None
 
     @classmethod
-    def inherited(cls, fd: int = CHANNEL_FD) -> "KernelChannel":
+    def inherited(cls, fd: int = CHANNEL_FD) -> KernelChannel:
         return cls(socket.socket(fileno=fd))
 
     def _recv(self) -> tuple[object, list[int]]:

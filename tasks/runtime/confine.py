@@ -20,7 +20,6 @@ from typing import Any
 from kernel_model.abi import CHANNEL_FD
 from kernel_model.bootrecord import FAULT_MAGIC, BootRecordError, ConfinementPolicy
 
-
 ENFORCED, SKIPPED, UNAVAILABLE, FAILED = "enforced", "skipped", "unavailable", "failed"
 CLONE_THREAD, CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS = 0x10000, 0x20000, 0x02000000, 0x04000000
 CLONE_NEWIPC, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x08000000, 0x10000000, 0x20000000, 0x40000000
@@ -43,7 +42,7 @@ _libc.unshare.argtypes = (ctypes.c_int,)
 class ConfinementError(RuntimeError):
     """A required step was not enforced; .report says which. The process must exit."""
 
-    def __init__(self, report: "ConfinementReport"):
+    def __init__(self, report: ConfinementReport):
         self.report = report
         bad = ", ".join(f"{s.name} ({s.status}: {s.detail})" for s in report.violations())
         super().__init__(f"required confinement not enforced: {bad}")
@@ -99,7 +98,7 @@ class ConfinementReport:
         return {"elapsed_s": self.elapsed_s, "steps": [asdict(s) for s in self.steps]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ConfinementReport":
+    def from_dict(cls, d: dict) -> ConfinementReport:
         return cls([StepResult(**s) for s in d["steps"]], d["elapsed_s"])
 
     def summary(self) -> str:
@@ -258,7 +257,7 @@ class _Confiner:
             status, detail = (ENFORCED, fn()) if wanted else (SKIPPED, why_skipped)
         except _Unavailable as e:
             status, detail = UNAVAILABLE, str(e)
-        except Exception as e:  # noqa: BLE001 - every failure is recorded, required ones raise later
+        except Exception as e:
             status, detail = FAILED, f"{type(e).__name__}: {e}"
         req = wanted and (self.p.strict or name in self.p.required)
         self.report.steps.append(StepResult(name, status, str(detail or ""), req))
@@ -346,7 +345,7 @@ class _Confiner:
             mounts = [line.split() for line in f]
         for m in mounts:
             target = m[4].encode().decode("unicode_escape")
-            if wd and (target == wd or target.startswith(wd + "/")) or target == img:
+            if (wd and (target == wd or target.startswith(wd + "/"))) or target == img:
                 continue
             try:  # MS_BIND: per-mount flag only, never the (host's) superblock
                 _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | sum(
@@ -506,7 +505,7 @@ class _Confiner:
             try:
                 import pyseccomp
                 self.sc = pyseccomp
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 self.sc = e
         self.step("env", p.clean_env, lambda: f"removed {clean_env(p.keep_env)} variables")
         self.step("fds", True, self.fds)

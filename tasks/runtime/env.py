@@ -10,11 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Iterable
+from collections.abc import Iterable
 
 from capabilities.rights import MemRights
-from kernel_model.abi import (INVALID_CAP, MR_BYTES, DataspaceOp, EnvSlot, Err, FactoryOp, GateOp, IpcError,
-                              IpcFlags, IrqOp, LogOp, MsgTag, NamespaceOp, Proto, TaskOp, UnmapMask, sel, timeouts)
+from kernel_model.abi import (
+    INVALID_CAP,
+    MR_BYTES,
+    DataspaceOp,
+    EnvSlot,
+    Err,
+    FactoryOp,
+    GateOp,
+    IpcError,
+    IpcFlags,
+    IrqOp,
+    LogOp,
+    MsgTag,
+    NamespaceOp,
+    Proto,
+    TaskOp,
+    UnmapMask,
+    sel,
+    timeouts,
+)
 from kernel_model.bootrecord import BootRecord
 from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke, log_chunks
 from tasks.runtime.channel import KernelChannel
@@ -75,7 +93,7 @@ class Msg:
         """Selector of the capability this message delivered (INVALID_CAP if none)."""
         return next((i.index for i in self.items if i.kind is ItemKind.OBJECT), INVALID_CAP)
 
-    def check(self, what: str = "ipc") -> "Msg":
+    def check(self, what: str = "ipc") -> Msg:
         if not self.ok:
             raise IpcFailed(self.error, what)
         if self.tag.label < 0:
@@ -86,7 +104,7 @@ class Msg:
 class TaskLog:
     """``env.log(text)``: a line to the task's log capability, in Log WRITE chunks (``wire.log_chunks``)."""
 
-    def __init__(self, env: "Env"):
+    def __init__(self, env: Env):
         self.env = env
 
     def __call__(self, text: str) -> None:

@@ -11,9 +11,9 @@ import dataclasses
 import mmap
 import os
 
+from capabilities.rights import MemRights
 from kernel_model.abi import PAGE_SIZE
 from kernel_model.wire import RecvItem
-from capabilities.rights import MemRights
 
 WINDOW_BASE = 0x1000_0000
 

@@ -26,7 +26,8 @@ it first sends the reply it owes, then calls ``work``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kernel_model.abi import Err
 from kernel_model.wire import Item
@@ -52,7 +53,7 @@ def dispatch(env: Any, handle: Handler, msg: Any) -> Reply | None:
         return handle(msg)
     except ChannelClosed:
         raise
-    except Exception as exc:  # noqa: BLE001 - the service boundary: a bug answers with a status
+    except Exception as exc:
         env.log(f"request failed: {type(exc).__name__}: {exc}")
         return Reply(-int(Err.EIO))
 

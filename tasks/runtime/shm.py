@@ -15,7 +15,8 @@ area; -L4_EPERM when the server has no shared dataspace for this client.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kernel_model.abi import Err, IpcError
 from tasks.runtime.memory import Region
@@ -28,6 +29,11 @@ class ShmError(Exception):
     def __init__(self, what: str, error: IpcError | int):
         self.error = error
         super().__init__(f"{what}: {error!r}")
+
+    @property
+    def partner_gone(self) -> bool:
+        """The server is gone (restarting, or for good): L4_IPC_ENOT_EXISTENT."""
+        return self.error == IpcError.ENOT_EXISTENT
 
 
 class ShmClient:

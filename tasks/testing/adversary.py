@@ -52,7 +52,6 @@ from kernel_model.abi import INVALID_CAP, DataspaceOp, IpcError, IpcFlags, MsgTa
 from kernel_model.wire import Invocation
 from tasks.runtime.env import pack
 
-
 STATE: dict = {}
 #: A guard against a hang, not an expectation of speed: an answer that comes (from the kernel or a
 #: server on a loaded machine) must be the answer recorded, never a timeout.
@@ -93,7 +92,7 @@ def run(env, verb: str, args: list[str]) -> dict:
         writable = len(args) > 1 and args[1] == "w"
         try:
             region = env.map_dataspace(_sel(env, args[0]), writable=writable)
-        except Exception as exc:  # noqa: BLE001 - report, do not die
+        except Exception as exc:
             return {"mapped": False, "error": str(exc)}
         return {"mapped": True, "writable": region.writable, "first": region.read(0, 16).hex()}
     if verb == "mapoff":  # map a dataspace at an offset past its end
@@ -340,7 +339,7 @@ def main(env) -> int:
         args = [a for a in rest.split(",") if a]
         try:
             result = run(env, verb, args)
-        except Exception as exc:  # noqa: BLE001 - the result is the report
+        except Exception as exc:
             result = {"exception": type(exc).__name__, "message": str(exc)}
         env.log("RESULT " + json.dumps({"command": command, **result}))
     return 0

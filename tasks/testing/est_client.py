@@ -18,8 +18,15 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tasks.est_service.service_protocol import (Format, Op, Request, ServiceStatus, Status, decode_chain_der,
-                                                decode_response)
+from tasks.est_service.service_protocol import (
+    Format,
+    Op,
+    Request,
+    ServiceStatus,
+    Status,
+    decode_chain_der,
+    decode_response,
+)
 from tasks.runtime.shm import SHM_PROTO, ShmClient, ShmError
 
 

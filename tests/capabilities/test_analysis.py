@@ -16,17 +16,27 @@ import itertools
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from capabilities.analysis import ROM_NODE, Analysis, EdgeKind
-from capabilities.image import (ALLOWED_RIGHTS, CapDecl, Image, ImageError, LogDecl, ObjectDecl, ObjectType, TaskDecl,
-                                parse_image)
+from capabilities.image import (
+    ALLOWED_RIGHTS,
+    CapDecl,
+    Image,
+    ImageError,
+    LogDecl,
+    ObjectDecl,
+    ObjectType,
+    TaskDecl,
+    parse_image,
+)
 from capabilities.kinds import BIND
 from capabilities.lint import LintRule, Severity
 from capabilities.rights import CapRights
-from l4emu.check import check_image, explain
 from kernel_model.host.images import load_image, program_exists
+from l4emu.check import check_image, explain
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]

@@ -12,8 +12,8 @@ from rich.console import Console
 
 from capabilities.analysis import Analysis
 from capabilities.graph import quote, render_dot
-from l4emu import check
 from kernel_model.host.images import load_image
+from l4emu import check
 
 HERE = Path(__file__).parent
 HELLO = HERE.parents[1] / "images" / "hello.yaml"

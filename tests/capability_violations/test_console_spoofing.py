@@ -11,18 +11,17 @@ from __future__ import annotations
 import unicodedata
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from capabilities.image import ImageError, parse_image
 from capabilities.rights import CapRights
 from kernel_model.abi import EnvSlot, Err, FactoryOp, IpcFlags, LogOp, MsgTag, Proto, sel
 from kernel_model.events import ConsoleLine, Rule
 from kernel_model.host.console import strip_ansi, tagged_line
-from kernel_model.logs import printable
+from kernel_model.logs import LogBudget, printable
 from kernel_model.objects import Factory, KernelLog
-from kernel_model.logs import LogBudget
 from kernel_model.wire import Invocation
-
 from kernel_world import RWS, World, call, words
 
 ATTACKS = [

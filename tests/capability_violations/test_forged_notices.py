@@ -9,13 +9,23 @@ from __future__ import annotations
 
 import struct
 
-from kernel_model.abi import (KERNEL_LABEL, EnvSlot, Err, FactoryOp, GateOp, IpcFlags, MsgTag, ParentOp, Proto,
-                              ThreadOp, sel)
+from capabilities.rights import CapRights
+from kernel_model.abi import (
+    KERNEL_LABEL,
+    EnvSlot,
+    Err,
+    FactoryOp,
+    GateOp,
+    IpcFlags,
+    MsgTag,
+    ParentOp,
+    Proto,
+    ThreadOp,
+    sel,
+)
 from kernel_model.events import Rule
 from kernel_model.objects import Factory, IpcGate
 from kernel_model.wire import Invocation
-
-from capabilities.rights import CapRights
 from kernel_world import RWS, World, call, words
 
 R, W, SVR = CapRights.R, CapRights.W, CapRights.parse("svr")

@@ -11,15 +11,28 @@ import struct
 
 import pytest
 
+from capabilities.mapdb import Kind
+from capabilities.rights import CapRights, MemRights
 from kernel_model import invoke
-from kernel_model.abi import (INVALID_CAP, KERNEL_LABEL, EnvSlot, Err, FactoryOp, GateOp, IpcError, IpcFlags, IrqOp,
-                              MsgTag, Proto, ThreadOp, sel, timeouts)
+from kernel_model.abi import (
+    INVALID_CAP,
+    KERNEL_LABEL,
+    EnvSlot,
+    Err,
+    FactoryOp,
+    GateOp,
+    IpcError,
+    IpcFlags,
+    IrqOp,
+    MsgTag,
+    Proto,
+    ThreadOp,
+    sel,
+    timeouts,
+)
 from kernel_model.events import Kill, Rule
 from kernel_model.objects import Factory, IpcGate, Irq, KernelLog, Memory
 from kernel_model.wire import Invocation, Item, ItemKind
-
-from capabilities.mapdb import Kind
-from capabilities.rights import CapRights, MemRights
 from kernel_world import RWS, World, call, frame, others_unchanged, words
 
 R, W, SVR = CapRights.R, CapRights.W, CapRights.parse("svr")

@@ -18,13 +18,13 @@ import json
 import os
 import struct
 
-from hypothesis import HealthCheck, settings, strategies as st
-
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from kernel_model.abi import INVALID_CAP, IpcFlags, sel
-
 from kernel_world import Arena, frame
+
 PROTOS = [0, 0x100, 0x4000, 0x4001, 0x4002, -1, -2, -5, -10, -11, -12, -13, -15, -18, -23, -(1 << 47), (1 << 47) - 1]
 TIMEOUTS = st.one_of(st.sampled_from([0x0400_0400, 0x0400_0000, 0x0000_0400, 0x0401_0401, 0x0400_0401]),
                      st.sampled_from([0, 0x8000_0000, 0x0000_8000, 0x8000_8000]), st.integers(0, (1 << 32) - 1))

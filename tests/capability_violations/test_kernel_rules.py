@@ -10,12 +10,25 @@ import itertools
 import pytest
 
 from capabilities.rights import CapRights
-from kernel_model.abi import (INVALID_CAP, EnvSlot, Err, FactoryOp, GateOp, IpcError, IpcFlags, IrqOp, MsgTag, Proto,
-                              TaskOp, UnmapMask, sel, timeouts)
+from kernel_model.abi import (
+    INVALID_CAP,
+    EnvSlot,
+    Err,
+    FactoryOp,
+    GateOp,
+    IpcError,
+    IpcFlags,
+    IrqOp,
+    MsgTag,
+    Proto,
+    TaskOp,
+    UnmapMask,
+    sel,
+    timeouts,
+)
 from kernel_model.events import Rule
 from kernel_model.objects import Factory, IpcGate, Irq
 from kernel_model.wire import Invocation, Item, ItemKind
-
 from kernel_world import RWS, World, call, others_unchanged, words
 
 R, W, S, D, C = CapRights.R, CapRights.W, CapRights.S, CapRights.D, CapRights.SVR

@@ -13,12 +13,23 @@ import pytest
 from capabilities.image import ImageError, LimitsDecl, parse_image
 from capabilities.mapdb import Kind
 from capabilities.rights import CapRights, MemRights
-from kernel_model.abi import (INVALID_CAP, EnvSlot, Err, FactoryOp, GateOp, IpcError, IpcFlags, MsgTag, Proto, TaskOp,
-                              sel, timeouts)
+from kernel_model.abi import (
+    INVALID_CAP,
+    EnvSlot,
+    Err,
+    FactoryOp,
+    GateOp,
+    IpcError,
+    IpcFlags,
+    MsgTag,
+    Proto,
+    TaskOp,
+    sel,
+    timeouts,
+)
 from kernel_model.events import Kill, Rule
 from kernel_model.objects import Budget, Factory, IpcGate, Memory
 from kernel_model.wire import Invocation, Item
-
 from kernel_world import RWS, World, call, words
 
 R, W, SVR = CapRights.R, CapRights.W, CapRights.parse("svr")

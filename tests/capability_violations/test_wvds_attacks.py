@@ -16,11 +16,11 @@ import yaml
 from hil.est_ca import EstCa, serve
 from hil.est_ca.binding import EstTarget, rebind
 from kernel_model.events import Rule
-from l4emu.boot import boot_complete
 from kernel_model.host.confinement import policy_for
 from kernel_model.host.console import RecordingConsole
 from kernel_model.host.images import load_image
 from kernel_model.host.supervisor import Supervisor
+from l4emu.boot import boot_complete
 from systemlib import ROOT, System
 
 ATTACKS = [

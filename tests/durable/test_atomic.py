@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from durable.atomic import append_record, atomic_write, clean_stale_temps, replace_file
-from durable.faults import FaultyOps, SimulatedCrash, crash_points, finish, armed
+from durable.faults import FaultyOps, SimulatedCrash, armed, crash_points, finish
 from durable.sealed import AesSealer, KekError, SealedError, SealedFile, create_kek, read_kek
 
 OLD, NEW = b"old content " * 50, b"the new content " * 70

@@ -1,15 +1,29 @@
 """The kernel core, driven directly with frames (no processes): IPC rules, rights, errors, violations."""
 from __future__ import annotations
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from capabilities.rights import CapRights
-from kernel_model.abi import (INVALID_CAP, EnvSlot, Err, FactoryOp, GateOp, IpcError, IpcFlags, IrqOp, MsgTag, Proto,
-                              TaskOp, UnmapMask, sel, timeouts)
+from kernel_model.abi import (
+    INVALID_CAP,
+    EnvSlot,
+    Err,
+    FactoryOp,
+    GateOp,
+    IpcError,
+    IpcFlags,
+    IrqOp,
+    MsgTag,
+    Proto,
+    TaskOp,
+    UnmapMask,
+    sel,
+    timeouts,
+)
 from kernel_model.events import Rule
 from kernel_model.objects import Factory, IpcGate, Irq
 from kernel_model.wire import Invocation, Item, ItemKind
-
 from kernel_world import RWS, World, call, words
 
 SVR = CapRights.parse("svr")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import unicodedata
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kernel_model.logs import MAX_LINE, WINDOW_US, LogBudget, LogStream, original, printable
 

@@ -2,13 +2,37 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from kernel_model.abi import (INVALID_CAP, MR_WORDS, PAGE_SIZE, IpcError, IpcFlags, MsgTag, timeout_from_us,
-                              timeout_to_us, timeouts)
+from kernel_model.abi import (
+    INVALID_CAP,
+    MR_WORDS,
+    PAGE_SIZE,
+    IpcError,
+    IpcFlags,
+    MsgTag,
+    timeout_from_us,
+    timeout_to_us,
+    timeouts,
+)
 from kernel_model.bootrecord import BootRecord
-from kernel_model.wire import (ITEM_RIGHTS, LOG_WRITE_MAX, MAX_ITEMS, Boot, Invocation, Item, ItemKind, RecvItem,
-                               Remap, Result, Revoke, WireError, decode_invocation, decode_kernel_frame, log_chunks)
+from kernel_model.wire import (
+    ITEM_RIGHTS,
+    LOG_WRITE_MAX,
+    Boot,
+    Invocation,
+    Item,
+    ItemKind,
+    RecvItem,
+    Remap,
+    Result,
+    Revoke,
+    WireError,
+    decode_invocation,
+    decode_kernel_frame,
+    log_chunks,
+)
 
 GOLDEN_CALL = bytes.fromhex(
     "01" "03" "0100" "00000000"          # kind, flags CALL, 1 item, timeout never

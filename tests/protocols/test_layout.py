@@ -4,10 +4,28 @@ from __future__ import annotations
 import enum
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from protocols.layout import (I64, REST, U8, U16, U32, U64, VAR8, VAR16, VAR32, DecodeError, Field, Layout, Tagged,
-                              const, fixed, message, pad)
+from protocols.layout import (
+    I64,
+    REST,
+    U8,
+    U16,
+    U32,
+    U64,
+    VAR8,
+    VAR16,
+    VAR32,
+    DecodeError,
+    Field,
+    Layout,
+    Tagged,
+    const,
+    fixed,
+    message,
+    pad,
+)
 
 
 class Color(enum.IntEnum):

@@ -11,8 +11,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from hil.est_ca import EstCa, Fault, ServerOptions
-from tasks.est_service import protocol
 from protocols.csrattrs import OID_SECP256R1
+from tasks.est_service import protocol
 from tasks.est_service.csr import build_csr, build_reenroll_csr, generate_key, same_identity
 from tasks.est_service.messages import BasicAuth, HttpRequest
 from tasks.est_service.results import (

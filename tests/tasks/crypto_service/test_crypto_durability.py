@@ -15,8 +15,9 @@ from __future__ import annotations
 import errno
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import enum
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tasks.crypto_service import protocol as p
 

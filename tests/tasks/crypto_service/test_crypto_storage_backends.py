@@ -9,11 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tasks.crypto_service import protocol as p
 from durable.faults import FaultyOps
-from tasks.crypto_service.keystore import FileKeyStore, StoreError, open_keystore
+from tasks.crypto_service import protocol as p
+from tasks.crypto_service.keystore import FileKeyStore, open_keystore
 from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
 from tasks.crypto_service.service import CryptoService
 

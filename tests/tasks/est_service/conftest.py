@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tasks.est_service.trust import TrustAnchors
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 NOW = dt.datetime(2025, 12, 1, 12, 0, tzinfo=UTC)
 GOLDEN = Path(__file__).parent / "golden"
 

@@ -9,8 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import AttributeOID, NameOID
 from cryptography.x509.name import _ASN1Type
+from cryptography.x509.oid import AttributeOID, NameOID
 
 from tasks.est_service.csr import (
     Curve,

@@ -13,9 +13,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from protocols.csrattrs import OID_CHALLENGE_PASSWORD, OID_SECP384R1
 from tasks.est_service.codec import encode_base64_body, encode_certs_only
 from tasks.est_service.csr import build_csr, generate_key
-from protocols.csrattrs import OID_CHALLENGE_PASSWORD, OID_SECP384R1
 from tasks.est_service.messages import BasicAuth, EstServer, HttpResponse
 from tasks.est_service.protocol import (
     TRANSITIONS,
@@ -351,7 +351,7 @@ def test_enrolled_cert_not_chaining_to_the_trust_anchor(golden, now) -> None:
 
 
 def test_enrolled_cert_checked_at_the_injected_time(golden) -> None:
-    after_expiry = dt.datetime(2026, 7, 1, tzinfo=dt.timezone.utc)
+    after_expiry = dt.datetime(2026, 7, 1, tzinfo=dt.UTC)
     outcome = enroll(golden).receive(ok(golden.bytes("enroll.b64")), after_expiry)
     assert error_kind(outcome) is ErrorKind.UNTRUSTED_CHAIN
 

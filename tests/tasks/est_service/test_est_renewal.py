@@ -18,7 +18,7 @@ from tasks.est_service.renewal import (
 )
 from tasks.est_service.results import AuthRequired, Enrolled, ErrorKind, EstError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 START = dt.datetime(2030, 1, 1, tzinfo=UTC)
 DAY = dt.timedelta(days=1)
 POLICY = RenewalPolicy(renew_at_fraction=0.66, initial_backoff=30, backoff_factor=2,

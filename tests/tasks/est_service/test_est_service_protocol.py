@@ -2,11 +2,25 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tasks.est_service.service_protocol import (MAX_DETAIL, Activity, CertState, Format, Op, Request, ServiceStatus,
-                                                Status, decode_chain_der, decode_request, decode_response,
-                                                decode_too_large, encode_response, too_large)
+from tasks.est_service.service_protocol import (
+    MAX_DETAIL,
+    Activity,
+    CertState,
+    Format,
+    Op,
+    Request,
+    ServiceStatus,
+    Status,
+    decode_chain_der,
+    decode_request,
+    decode_response,
+    decode_too_large,
+    encode_response,
+    too_large,
+)
 
 GOLDEN_REQUESTS = [
     (Request(Op.GET_CERT, Format.DER), bytes.fromhex("01 00")),

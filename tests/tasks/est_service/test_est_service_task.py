@@ -12,21 +12,32 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hil.est_ca import EstCa, Fault, ServerOptions, serve
+from tasks.est_service.config import Config, ConfigError
 from tasks.est_service.csr import generate_key
 from tasks.est_service.http_transport import HttpTransport, make_ssl_context
 from tasks.est_service.results import ErrorKind
-from tasks.est_service.service_protocol import (AUTH_REFUSED, Activity, CertState, Format, Op, Request,
-                                                ServiceStatus, Status, decode_chain_der, decode_request,
-                                                decode_response, encode_chain)
-from tasks.est_service.config import Config, ConfigError
 from tasks.est_service.service import EstService
+from tasks.est_service.service_protocol import (
+    AUTH_REFUSED,
+    Activity,
+    CertState,
+    Format,
+    Op,
+    Request,
+    ServiceStatus,
+    Status,
+    decode_chain_der,
+    decode_request,
+    decode_response,
+    encode_chain,
+)
 from tasks.est_service.store import Persisted, Store, StoreError
 from tasks.est_service.tls_stream import proxy_connector
 from tasks.est_service.trust import TrustAnchors
 from tasks.netproxy.task import Proxy
 from tasks.runtime.shm import ShmPeer
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # ------------------------------------------------------------------------------ service protocol
@@ -107,6 +118,7 @@ def test_store_is_atomic_encrypted_and_detects_tampering(tmp_path, ca):
 
 def test_legacy_json_state_is_read_and_replaced_by_the_sealed_file(tmp_path, ca):
     import os as _os
+
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 

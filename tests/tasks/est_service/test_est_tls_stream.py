@@ -23,7 +23,7 @@ from tasks.netproxy.protocol import Op, Request
 from tasks.netproxy.task import Proxy
 from tasks.runtime.shm import ShmPeer
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 class _Env:

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tasks.netproxy.protocol import MAX_IO, Op, Request, Status, decode_request, decode_response, encode_response
 

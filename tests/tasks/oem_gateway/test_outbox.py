@@ -13,7 +13,7 @@ from cryptography.x509.oid import NameOID
 
 from tasks.oem_gateway import outbox
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
 

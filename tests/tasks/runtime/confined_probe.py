@@ -21,7 +21,7 @@ import sys
 import traceback
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
-from tasks.runtime.confine import ConfinementError, apply, policy_from_record  # noqa: E402
+from tasks.runtime.confine import ConfinementError, apply, policy_from_record
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.mmap.restype = ctypes.c_void_p
@@ -72,7 +72,7 @@ def attempt(fn):
         return {"ok": True, "value": fn()}
     except OSError as e:
         return {"ok": False, "errno": errno.errorcode.get(e.errno, str(e.errno)), "error": str(e)}
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return {"ok": False, "errno": None, "error": f"{type(e).__name__}: {e}"}
 
 
@@ -238,7 +238,7 @@ def main():
             msg, fd = recv_fd(chan)
             send(chan, {"phase": "attacks", "results": attacks(cfg, fd, msg["size"])})
             send(chan, {"phase": "exec", "result": attempt(lambda: os.execv("/bin/true", ["true"]))})
-    except BaseException:  # noqa: BLE001 - stderr is /dev/null: report through the channel
+    except BaseException:
         if chan is None:
             chan = socket.socket(fileno=cfg["chan"])
         send(chan, {"phase": "error", "traceback": traceback.format_exc()})

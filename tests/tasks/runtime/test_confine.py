@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.runtime.confine import (ENFORCED, SKIPPED, UNAVAILABLE, ConfinementReport, for_task,
-                                   policy_from_record)
+from tasks.runtime.confine import ENFORCED, SKIPPED, UNAVAILABLE, ConfinementReport, for_task, policy_from_record
 
 PROBE = Path(__file__).with_name("confined_probe.py")
 ROOT = os.geteuid() == 0

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 HERE = Path(__file__).parent
-UTC = dt.timezone.utc
+UTC = dt.UTC
 CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Golden EST Root")])
 
 CSRATTRS_CONF = """\
