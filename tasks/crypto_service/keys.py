@@ -65,7 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import mldsa, mlkem
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kyber_py.ml_kem import ML_KEM_512  # imported eagerly: a confined task cannot import later
 
-from .protocol import KeyFlags, KeyFormat, KeyInfo, KeyType, Usage
+from protocols.crypto import KeyFlags, KeyFormat, KeyInfo, KeyType, Usage
 
 Rng = Callable[[int], bytes]
 #: Store-record format of a key held in a token (never on the wire): material = the token's id for it.

@@ -74,7 +74,7 @@ from durable.fileops import OS, FileOps
 from durable.sealed import KEK_SIZE, AesSealer, KekError, SealedError, SealedFile, Sealer, check_kek, read_kek
 
 from .keys import DEVICE_FORMAT, Key
-from .protocol import KeyFormat, KeyType, Usage
+from protocols.crypto import KeyFormat, KeyType, Usage
 
 __all__ = ["KEK_SIZE", "WRITE_STEPS", "AesSealer", "KekError", "Sealer", "StoreError", "check_kek", "open_keystore"]
 

@@ -38,7 +38,7 @@ from durable.fileops import OS, FileOps
 
 from .keys import SPECS, Key
 from .keystore import Rng, SealedStore, StoreError
-from .protocol import KeyFormat, KeyType, Usage
+from protocols.crypto import KeyFormat, KeyType, Usage
 
 _LIBS: dict[str, Any] = {}
 

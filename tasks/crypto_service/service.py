@@ -49,7 +49,7 @@ from durable.fileops import OS
 from .keys import SPECS, Family, Key
 from .keystore import KeyStore, StoreError, open_keystore, transient
 from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceExhausted, NonceSequence, ReplayWindow
-from .protocol import (
+from protocols.crypto import (
     ALLOCATE_KEY_ID,
     KEY_LIST_PAGE,
     MAX_AAD_AND_PLAINTEXT,

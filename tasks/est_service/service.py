@@ -20,7 +20,7 @@ from tasks.est_service.exchange import Exchange
 from tasks.est_service.http_transport import HttpTransport
 from tasks.est_service.renewal import Action, RenewalState, decide, record_failure, record_success
 from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, ErrorKind, EstError, Redirected
-from tasks.est_service.service_protocol import (
+from protocols.est_service import (
     AUTH_REFUSED,
     LOCAL_ERROR,
     Activity,

@@ -33,7 +33,7 @@ import ssl
 import time
 from collections.abc import Callable
 
-from tasks.netproxy.protocol import MAX_IO, Op, Request, Status, decode_response
+from protocols.netproxy import MAX_IO, Op, Request, Status, decode_response
 
 __all__ = ["ProxyStream", "TlsOverProxy", "proxy_connector"]
 

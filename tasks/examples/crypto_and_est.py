@@ -1,8 +1,8 @@
 from cryptography import x509
 
-from tasks.crypto_service.client import CryptoClient
-from tasks.crypto_service.protocol import KeyType
-from tasks.est_service.service_protocol import CertState, Format, Op, Request, ServiceStatus, Status, decode_response
+from protocols.crypto_client import CryptoClient
+from protocols.crypto import KeyType
+from protocols.est_service import CertState, Format, Op, Request, ServiceStatus, Status, decode_response
 from tasks.runtime.shm import ShmClient
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 
-from tasks.netproxy.protocol import Op, Request, Status, decode_request, encode_response
+from protocols.netproxy import Op, Request, Status, decode_request, encode_response
 from tasks.runtime.serve import serve
 from tasks.runtime.shm import ShmPeer, bind_peers, shm_calls
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from tasks.est_service.service_protocol import CertState, Format, Op, Request, ServiceStatus, Status, decode_response
+from protocols.est_service import CertState, Format, Op, Request, ServiceStatus, Status, decode_response
 from tasks.runtime.shm import ShmClient
 
 POLL_US = 200_000

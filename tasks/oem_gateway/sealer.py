@@ -26,10 +26,10 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from durable.atomic import atomic_write
-from kernel_model.abi import IpcError
-from tasks.crypto_service.client import CryptoClient
-from tasks.crypto_service.protocol import KeyType
-from tasks.est_service.service_protocol import (
+from tasks.runtime.errors import IpcError
+from protocols.crypto_client import CryptoClient
+from protocols.crypto import KeyType
+from protocols.est_service import (
     Format,
     Op,
     Request,
@@ -40,7 +40,7 @@ from tasks.est_service.service_protocol import (
 )
 from tasks.oem_gateway import outbox
 from tasks.runtime.shm import ShmClient
-from tasks.sensor import ring
+from protocols import sensor_ring as ring
 
 IRQ_LABEL = 0x5E
 

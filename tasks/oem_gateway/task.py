@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 
-from tasks.crypto_service.client import CryptoClient
-from tasks.crypto_service.protocol import KeyType
+from protocols.crypto_client import CryptoClient
+from protocols.crypto import KeyType
 from tasks.oem_gateway.patience import patient
 from tasks.runtime.shm import ShmClient
 

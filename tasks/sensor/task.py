@@ -2,7 +2,7 @@
 
 It owns nothing but its caps: ``readings`` (a dataspace it shares with the consumer) and ``ready``
 (an IRQ the consumer has bound). Every ``1/rate_hz`` seconds it samples its (simulated) device,
-writes the reading into the ring in the dataspace (``tasks/sensor/ring.py``) and triggers the IRQ.
+writes the reading into the ring in the dataspace (``protocols/sensor_ring.py``) and triggers the IRQ.
 Waiting between samples is a kernel receive timeout, not a Python sleep. Config::
 
     config:
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 
-from tasks.sensor import ring
+from protocols import sensor_ring as ring
 
 
 def sample(seq: int, channel: int = 0) -> int:

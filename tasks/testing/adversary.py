@@ -214,7 +214,7 @@ def run(env, verb: str, args: list[str]) -> dict:
                        rcv_cap=env.alloc_slot())
         return {**_msg(msg), "got_cap": bool(msg.items)}
     if verb in ("crypto_import", "crypto_destroy"):  # through the gateway's crypto capability
-        from tasks.crypto_service import protocol as cp
+        from protocols import crypto as cp
         from tasks.runtime.shm import ShmClient
         client = STATE.setdefault("crypto", ShmClient(env, env.cap("crypto"), env.cap("crypto_shm"),
                                                       timeout_us=GUARD_US))

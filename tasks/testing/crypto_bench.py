@@ -3,8 +3,8 @@ import json
 import os
 import time
 
-from tasks.crypto_service.client import CryptoClient
-from tasks.crypto_service.protocol import KeyType
+from protocols.crypto_client import CryptoClient
+from protocols.crypto import KeyType
 from tasks.runtime.shm import ShmClient
 
 

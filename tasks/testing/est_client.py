@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tasks.est_service.service_protocol import (
+from protocols.est_service import (
     Format,
     Op,
     Request,

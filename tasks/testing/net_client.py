@@ -1,7 +1,7 @@
 """Talks to an endpoint through the network proxy: ``args = [endpoint, text]``; logs ``RESULT``."""
 import json
 
-from tasks.netproxy.protocol import Op, Request, Status, decode_response
+from protocols.netproxy import Op, Request, Status, decode_response
 from tasks.runtime.shm import ShmClient
 
 

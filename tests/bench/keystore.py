@@ -40,8 +40,8 @@ def _stores(tmp: Path) -> tuple[dict[str, Callable[[str], dict]], Callable[[], N
 
 
 def _measure(config: dict, rounds: int) -> dict[str, float]:
-    from tasks.crypto_service import protocol as p
-    from tasks.crypto_service.protocol import KeyType
+    from protocols import crypto as p
+    from protocols.crypto import KeyType
     from tasks.crypto_service.service import CryptoService
 
     svc = CryptoService({"storage": config, "rate_limit": {"enabled": False}})

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tasks.crypto_service import protocol as p
+from protocols import crypto as p
 from tasks.crypto_service.keystore import MemoryKeyStore
 from tasks.crypto_service.service import CryptoService
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tasks.crypto_service import protocol as p
-from tasks.crypto_service.client import (
+from protocols import crypto as p
+from protocols.crypto_client import (
     CHUNK_SIZE,
     MAX_CHUNK_SIZE,
     ChunkedCiphertext,
@@ -18,7 +18,7 @@ from tasks.crypto_service.client import (
     RetryPolicy,
     chunk_aad,
 )
-from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 
 
 class Sleeps(list):  # type: ignore[type-arg]

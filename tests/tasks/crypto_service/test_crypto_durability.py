@@ -23,10 +23,10 @@ import pytest
 
 from durable.faults import FaultyOps, SimulatedCrash, crash_points, finish
 from durable.fileops import OS
-from tasks.crypto_service import protocol as p
-from tasks.crypto_service.client import CryptoClient
+from protocols import crypto as p
+from protocols.crypto_client import CryptoClient
 from tasks.crypto_service.keystore import FileKeyStore
-from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 from tasks.crypto_service.service import CryptoService
 
 KEY = bytes(range(32))

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tasks.crypto_service.keys import SPECS, Family, Key, KeyDestroyed
-from tasks.crypto_service.protocol import KeyFlags, KeyFormat, KeyType, Usage
+from protocols.crypto import KeyFlags, KeyFormat, KeyType, Usage
 
 
 def seeded_rng(seed: int):  # type: ignore[no-untyped-def]

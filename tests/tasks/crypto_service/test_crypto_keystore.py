@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.crypto_service import protocol as p
+from protocols import crypto as p
 from tasks.crypto_service.keys import Key
 from tasks.crypto_service.keystore import (
     WRITE_STEPS,
@@ -18,7 +18,7 @@ from tasks.crypto_service.keystore import (
     StoreError,
     open_keystore,
 )
-from tasks.crypto_service.protocol import KeyFormat, KeyType, Usage
+from protocols.crypto import KeyFormat, KeyType, Usage
 from tasks.crypto_service.service import CryptoService
 
 

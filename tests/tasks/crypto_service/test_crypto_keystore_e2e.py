@@ -19,8 +19,8 @@ from capabilities.image import WORKDIR_BYTES, WORKDIR_FILES
 from kernel_model.host import workdirs
 from kernel_model.host.images import load_image
 from kernel_model.host.keystore_devices import keystore_devices
-from tasks.crypto_service import protocol as p
-from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
+from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 
 KEY = bytes(range(32))
 

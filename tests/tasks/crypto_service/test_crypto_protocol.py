@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.crypto_service import protocol as p
-from tasks.crypto_service.protocol import KeyType, Status, Usage
+from protocols import crypto as p
+from protocols.crypto import KeyType, Status, Usage
 
 
 def h(text: str) -> bytes:

@@ -6,7 +6,7 @@ import enum
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.crypto_service import protocol as p
+from protocols import crypto as p
 
 
 def _value(spec):

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from durable.faults import FaultyOps
-from tasks.crypto_service import protocol as p
+from protocols import crypto as p
 from tasks.crypto_service.keystore import FileKeyStore, open_keystore
-from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 from tasks.crypto_service.service import CryptoService
 
 KEY = bytes(range(32))

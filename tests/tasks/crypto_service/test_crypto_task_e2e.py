@@ -11,8 +11,8 @@ import struct
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tasks.crypto_service import protocol as p
-from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
+from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 
 IMAGE = """
 name: crypto-e2e

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tasks.crypto_service import protocol as p
-from tasks.crypto_service.protocol import KeyFormat, KeyType, Status, Usage
+from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 
 KEM_TYPES = {"512": KeyType.MLKEM_512, "768": KeyType.MLKEM_768, "1024": KeyType.MLKEM_1024}
 DSA_TYPES = {"44": KeyType.MLDSA_44, "65": KeyType.MLDSA_65, "87": KeyType.MLDSA_87}

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.est_service.service_protocol import (
+from protocols.est_service import (
     MAX_DETAIL,
     Activity,
     CertState,

@@ -17,7 +17,7 @@ from tasks.est_service.csr import generate_key
 from tasks.est_service.http_transport import HttpTransport, make_ssl_context
 from tasks.est_service.results import ErrorKind
 from tasks.est_service.service import EstService
-from tasks.est_service.service_protocol import (
+from protocols.est_service import (
     AUTH_REFUSED,
     Activity,
     CertState,
@@ -413,7 +413,7 @@ def test_new_cacerts_are_trusted_only_through_the_bootstrap_ta_or_the_current_va
 
 def test_full_disk_is_a_local_error_for_clients_then_recovers_without_restart(service, tmp_path):
     from durable.faults import FaultyOps
-    from tasks.est_service.service_protocol import LOCAL_ERROR
+    from protocols.est_service import LOCAL_ERROR
 
     ops = FaultyOps(full=True)
     service.store = Store(tmp_path, ops=ops)

@@ -37,7 +37,7 @@ from kernel_model.host.images import load_image
 from kernel_model.host.supervisor import Supervisor
 from systemlib import System
 from tasks.est_service.results import ErrorKind
-from tasks.est_service.service_protocol import AUTH_REFUSED
+from protocols.est_service import AUTH_REFUSED
 from tasks.est_service.store import Store
 
 SUBJECT = {"CN": "gateway-0001", "O": "WvdS"}

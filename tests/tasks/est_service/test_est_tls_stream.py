@@ -19,7 +19,7 @@ from tasks.est_service.messages import BasicAuth, EstServer
 from tasks.est_service.results import CaCerts, Enrolled, ErrorKind, EstError
 from tasks.est_service.tls_stream import ProxyStream, proxy_connector
 from tasks.est_service.trust import TrustAnchors
-from tasks.netproxy.protocol import Op, Request
+from protocols.netproxy import Op, Request
 from tasks.netproxy.task import Proxy
 from tasks.runtime.shm import ShmPeer
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tasks.netproxy.protocol import Op, Request, Status, decode_request, decode_response, encode_response
+from protocols.netproxy import Op, Request, Status, decode_request, decode_response, encode_response
 
 IMAGE = """
 name: net

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tasks.netproxy.protocol import MAX_IO, Op, Request, Status, decode_request, decode_response, encode_response
+from protocols.netproxy import MAX_IO, Op, Request, Status, decode_request, decode_response, encode_response
 
 GOLDEN_REQUESTS = [
     (Request(Op.CONNECT, endpoint="127.0.0.1:8443"), b"\x01" + b"127.0.0.1:8443"),

@@ -1,7 +1,7 @@
 """The sensor's readings ring: published in order, overruns and torn slots counted as lost, never as data."""
 from __future__ import annotations
 
-from tasks.sensor import ring
+from protocols import sensor_ring as ring
 from tasks.sensor.task import sample
 
 

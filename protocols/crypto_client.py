@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .protocol import (
+from protocols.crypto import (
     ALLOCATE_KEY_ID,
     MAX_PAYLOAD,
     NONCE_SIZE,

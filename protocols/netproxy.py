@@ -20,7 +20,7 @@ import dataclasses
 import enum
 
 from protocols.layout import REST, U32, DecodeError, Field, Layout, Tagged
-from tasks.runtime.status import decode_status, encode_status
+from protocols.status import decode_status, encode_status
 
 MAX_IO = 60 * 1024
 

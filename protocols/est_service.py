@@ -51,7 +51,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from protocols.layout import I64, U16, U32, VAR32, DecodeError, Field, Layout, Tagged
-from tasks.runtime.status import decode_status, encode_status
+from protocols.status import decode_status, encode_status
 
 MAX_DETAIL = 512
 
