@@ -80,7 +80,9 @@ BINARY_DISTS = ("cryptography", "cffi", "PyYAML",
 PURE_DISTS = ("rich", "markdown-it-py", "mdurl", "Pygments", "pexpect", "ptyprocess", "pyseccomp",
               "kyber-py", "pycparser",
               # the test runner, so the guest runs the project's own confinement and attack tests
-              "pytest", "pluggy", "iniconfig", "packaging", "pytest-timeout", "sortedcontainers")
+              "pytest", "pluggy", "iniconfig", "packaging", "pytest-timeout", "sortedcontainers",
+              # the development EST CA, which the attack suite starts in the guest (hil/est_ca/tls.py)
+              "pyOpenSSL", "typing_extensions")
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"  # on Debian python3.11's sys.path
 PROJECT_DIRS = ("l4emu", "capabilities", "kernel_model", "roottasks", "protocols", "durable", "tasks", "hil", "images",
                 "tests")
