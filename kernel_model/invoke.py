@@ -263,7 +263,11 @@ def gate(k: KernelOps, thread: Thread, cap: Cap, inv: Invocation) -> Reply:
             k.send_to(sender, g.thread, g, sender.send_label, sender.send_via_s)
         return Reply(0)
     if args[0] == GateOp.SERVER_GONE:
-        return _need(k, thread, cap, inv, CapRights.S, "gate.server_gone") or server_gone.close(k, g)
+        refused = _need(k, thread, cap, inv, CapRights.S, "gate.server_gone")
+        if refused is not None:
+            return refused
+        server_gone.close(k, g)
+        return Reply(0)
     return err(Err.ENOSYS)
 
 

@@ -23,7 +23,6 @@ from kernel_model.events import Traced
 from kernel_model.objects import IpcGate, Task, Thread, ThreadState
 
 if TYPE_CHECKING:
-    from kernel_model.invoke import Reply
     from kernel_model.ops import KernelOps
 
 
@@ -34,8 +33,8 @@ def tombstone(gate: IpcGate) -> Thread:
     return Thread(name=grave.name, task=grave, alive=False, state=ThreadState.DEAD)
 
 
-def close(k: KernelOps, gate: IpcGate) -> Reply:
-    from kernel_model.invoke import Reply
+def close(k: KernelOps, gate: IpcGate) -> None:
+    """Bind ``gate`` to a tombstone and answer everyone queued on it (the caller replies 0)."""
     gate.thread = tombstone(gate)
     waiting = list(gate.waiters)
     gate.waiters.clear()
@@ -45,4 +44,3 @@ def close(k: KernelOps, gate: IpcGate) -> Reply:
     if k.trace:
         k.emit(Traced(f"gate {gate.describe()}: server gone for good; {len(waiting)} waiting "
                       f"caller(s) answered L4_IPC_ENOT_EXISTENT"))
-    return Reply(0)

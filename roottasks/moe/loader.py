@@ -128,6 +128,4 @@ def child_exited(moe: LoaderServices, rec: TaskRecord, code: int, notice_from: P
     for gate in (rec.parent, rec.alloc):
         moe.delete_served(gate)
     rec.log = rec.parent = rec.alloc = 0
-    rec.parent_obj = None
-    from roottasks.moe import restarts
-    restarts.exited(moe, rec, code)  # restart now, later (backoff), or never (its gates are then closed)
+    rec.parent_obj = None  # what happens next (restart now, later, never) is Moe's (server.child_exited)

@@ -20,16 +20,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from capabilities.image import ObjectType
 from capabilities.rights import CapRights
 from kernel_model.abi import GateOp, Proto
+from roottasks.moe import loader
 from roottasks.moe import supervision as sv
+from roottasks.moe.loader import LoaderServices, TaskRecord
 
-if TYPE_CHECKING:
-    from roottasks.moe.loader import TaskRecord
-    from roottasks.moe.server import Moe
+
+class Moe(LoaderServices, Protocol):
+    """What supervision asks of Moe (``server.Moe`` provides it): the loader's services and its tasks."""
+
+    tasks: dict[str, TaskRecord]
 
 CLOCK: Callable[[], float] = time.monotonic  #: Moe's clock (seconds); the policy itself never reads one
 
@@ -50,7 +54,6 @@ def exited(moe: Moe, rec: TaskRecord, code: int) -> None:
 
 
 def restart(moe: Moe, rec: TaskRecord, now: float) -> None:
-    from roottasks.moe import loader
     sv.started(rec.supervision, now, rec.decl.restart_policy)
     rec.restarts = rec.supervision.restarts
     loader.start(moe, rec)

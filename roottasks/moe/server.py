@@ -108,6 +108,7 @@ class Moe:
     # -- children ----------------------------------------------------------------
     def child_exited(self, record: loader.TaskRecord, code: int, notice_from: ParentObject) -> None:
         loader.child_exited(self, record, code, notice_from)
+        restarts.exited(self, record, code)  # restart now, later (backoff), or never (its gates are then closed)
 
     def delete_served(self, gate: int) -> None:
         """Delete one of Moe's gates (every cap to it empties) and forget the object behind it."""
