@@ -43,9 +43,12 @@ bench: setup
 
 # Chaos + durability + load (l4emu/reliability.py, docs/supervision.md): the server of
 # images/reliability.yaml is killed at seeded points under load; prints a table, fails on any loss.
+# Then every crash point of every durable write of both services (docs/durability.md).
 RELIABILITY_ARGS ?= --seed 1 --faults 10 --clients 3 --requests 1000
 reliability: setup
 	$(VENV)/python -m l4emu.reliability $(RELIABILITY_ARGS)
+	$(VENV)/python -m pytest -q -p no:cacheprovider tests/durable \
+	  tests/tasks/crypto_service/test_crypto_durability.py tests/tasks/est_service/test_est_store.py
 
 # Long fuzzing runs (make test runs the short ones): the hypothesis state machine with many more
 # examples, then atheris on the frame decoder and the kernel's syscall entry, FUZZ_SECONDS each.
