@@ -423,8 +423,8 @@ def parse_image(text: str, filename: str = "<image>",
                     continue  # the task itself is invalid, and that is reported where it is declared
                 if until_task is not None and until_task not in task_nodes:
                     ck.problem(item, "run.until", f"unknown task {until_task!r} (tasks: {', '.join(task_nodes) or 'none'})")
-                elif tname is not None:
-                    until.append(tname)
+                elif until_task is not None:
+                    until.append(until_task)
 
     module_names = {m.name for m in modules}
     for mname in module_names & set(objects):

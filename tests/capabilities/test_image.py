@@ -60,3 +60,12 @@ def test_cli_exits_2_and_names_the_problem(tmp_path, capsys):
     assert main(["boot", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:7:15:" in err.replace("\n", "") and "unknown rights letter 'x'" in err
+
+
+def test_run_until_names_exactly_the_tasks_it_lists_whatever_their_order():
+    """A regression: run.until once came out as the last task *declared*, so images/wvds.yaml
+    (until: [gateway], sensor declared last) never ended when its gateway did."""
+    text = ("name: u\nrun: {until: [first, third]}\ntasks:\n"
+            "  first: {program: hello.ping_client}\n  second: {program: hello.ping_client}\n"
+            "  third: {program: hello.ping_client}\n  last: {program: hello.ping_client}\n")
+    assert parse_image(text, "u.yaml", None).run_until == ("first", "third")
