@@ -72,9 +72,9 @@ from cryptography.exceptions import InvalidTag
 from durable.atomic import WRITE_STEPS, Step, clean_stale_temps, replace_file
 from durable.fileops import OS, FileOps
 from durable.sealed import KEK_SIZE, AesSealer, KekError, SealedError, SealedFile, Sealer, check_kek, read_kek
+from protocols.crypto import KeyFormat, KeyType, Usage
 
 from .keys import DEVICE_FORMAT, Key
-from protocols.crypto import KeyFormat, KeyType, Usage
 
 __all__ = ["KEK_SIZE", "WRITE_STEPS", "AesSealer", "KekError", "Sealer", "StoreError", "check_kek", "open_keystore"]
 

@@ -35,10 +35,10 @@ from cryptography.exceptions import InvalidTag
 
 from durable.atomic import Step
 from durable.fileops import OS, FileOps
+from protocols.crypto import KeyFormat, KeyType, Usage
 
 from .keys import SPECS, Key
 from .keystore import Rng, SealedStore, StoreError
-from protocols.crypto import KeyFormat, KeyType, Usage
 
 _LIBS: dict[str, Any] = {}
 

@@ -13,13 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tasks.est_service import protocol
-from tasks.est_service.config import Config, utc_now
-from tasks.est_service.csr import Curve, build_csr, build_reenroll_csr, generate_key, same_identity
-from tasks.est_service.exchange import Exchange
-from tasks.est_service.http_transport import HttpTransport
-from tasks.est_service.renewal import Action, RenewalState, decide, record_failure, record_success
-from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, ErrorKind, EstError, Redirected
 from protocols.est_service import (
     AUTH_REFUSED,
     LOCAL_ERROR,
@@ -34,6 +27,13 @@ from protocols.est_service import (
     encode_response,
     too_large,
 )
+from tasks.est_service import protocol
+from tasks.est_service.config import Config, utc_now
+from tasks.est_service.csr import Curve, build_csr, build_reenroll_csr, generate_key, same_identity
+from tasks.est_service.exchange import Exchange
+from tasks.est_service.http_transport import HttpTransport
+from tasks.est_service.renewal import Action, RenewalState, decide, record_failure, record_success
+from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, ErrorKind, EstError, Redirected
 from tasks.est_service.store import Pending, Persisted, Store, StoreError
 from tasks.est_service.trust import TrustAnchors, still_valid
 from tasks.runtime.shm import ShmPeer

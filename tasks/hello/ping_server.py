@@ -1,9 +1,9 @@
 """hello's server: answers pings on its gate, and requests that arrive through shared memory + IRQ."""
 from __future__ import annotations
 
-from tasks.runtime.errors import Err
 from protocols.layout import DecodeError
 from tasks.hello.protocol import KICK_LABEL, PING_PROTO, RESPONSE_OFFSET, SERVER_LABEL, SHM_HEADER, PingOp
+from tasks.runtime.errors import Err
 from tasks.runtime.serve import Reply, serve
 
 

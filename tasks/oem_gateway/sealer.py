@@ -26,9 +26,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from durable.atomic import atomic_write
-from tasks.runtime.errors import IpcError
-from protocols.crypto_client import CryptoClient
+from protocols import sensor_ring as ring
 from protocols.crypto import KeyType
+from protocols.crypto_client import CryptoClient
 from protocols.est_service import (
     Format,
     Op,
@@ -39,8 +39,8 @@ from protocols.est_service import (
     decode_response,
 )
 from tasks.oem_gateway import outbox
+from tasks.runtime.errors import IpcError
 from tasks.runtime.shm import ShmClient
-from protocols import sensor_ring as ring
 
 IRQ_LABEL = 0x5E
 

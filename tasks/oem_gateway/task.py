@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import hashlib
 
-from protocols.crypto_client import CryptoClient
 from protocols.crypto import KeyType
+from protocols.crypto_client import CryptoClient
 from tasks.oem_gateway.patience import patient
 from tasks.runtime.shm import ShmClient
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 from protocols.crypto_client import (
     CHUNK_SIZE,
     MAX_CHUNK_SIZE,
@@ -18,7 +19,6 @@ from protocols.crypto_client import (
     RetryPolicy,
     chunk_aad,
 )
-from protocols.crypto import KeyFormat, KeyType, Status, Usage
 
 
 class Sleeps(list):  # type: ignore[type-arg]

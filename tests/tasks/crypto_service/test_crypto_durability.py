@@ -24,9 +24,9 @@ import pytest
 from durable.faults import FaultyOps, SimulatedCrash, crash_points, finish
 from durable.fileops import OS
 from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 from protocols.crypto_client import CryptoClient
 from tasks.crypto_service.keystore import FileKeyStore
-from protocols.crypto import KeyFormat, KeyType, Status, Usage
 from tasks.crypto_service.service import CryptoService
 
 KEY = bytes(range(32))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, Usage
 from tasks.crypto_service.keys import Key
 from tasks.crypto_service.keystore import (
     WRITE_STEPS,
@@ -18,7 +19,6 @@ from tasks.crypto_service.keystore import (
     StoreError,
     open_keystore,
 )
-from protocols.crypto import KeyFormat, KeyType, Usage
 from tasks.crypto_service.service import CryptoService
 
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, RequestType, Status, Usage
 from tasks.crypto_service import service as service_module
 from tasks.crypto_service.keys import Key
 from tasks.crypto_service.keystore import MemoryKeyStore
 from tasks.crypto_service.nonces import COUNTER_LIMIT
-from protocols.crypto import KeyFormat, KeyType, RequestType, Status, Usage
 from tasks.crypto_service.service import CryptoService, ServiceConfig
 
 DSA = [KeyType.MLDSA_44, KeyType.MLDSA_65, KeyType.MLDSA_87]

@@ -11,8 +11,8 @@ from typing import Any
 
 from durable.faults import FaultyOps
 from protocols import crypto as p
-from tasks.crypto_service.keystore import FileKeyStore, open_keystore
 from protocols.crypto import KeyFormat, KeyType, Status, Usage
+from tasks.crypto_service.keystore import FileKeyStore, open_keystore
 from tasks.crypto_service.service import CryptoService
 
 KEY = bytes(range(32))

@@ -12,11 +12,6 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hil.est_ca import EstCa, Fault, ServerOptions, serve
-from tasks.est_service.config import Config, ConfigError
-from tasks.est_service.csr import generate_key
-from tasks.est_service.http_transport import HttpTransport, make_ssl_context
-from tasks.est_service.results import ErrorKind
-from tasks.est_service.service import EstService
 from protocols.est_service import (
     AUTH_REFUSED,
     Activity,
@@ -31,6 +26,11 @@ from protocols.est_service import (
     decode_response,
     encode_chain,
 )
+from tasks.est_service.config import Config, ConfigError
+from tasks.est_service.csr import generate_key
+from tasks.est_service.http_transport import HttpTransport, make_ssl_context
+from tasks.est_service.results import ErrorKind
+from tasks.est_service.service import EstService
 from tasks.est_service.store import Persisted, Store, StoreError
 from tasks.est_service.tls_stream import proxy_connector
 from tasks.est_service.trust import TrustAnchors

@@ -35,9 +35,9 @@ from kernel_model.abi import Err
 from kernel_model.host.console import RecordingConsole
 from kernel_model.host.images import load_image
 from kernel_model.host.supervisor import Supervisor
+from protocols.est_service import AUTH_REFUSED
 from systemlib import System
 from tasks.est_service.results import ErrorKind
-from protocols.est_service import AUTH_REFUSED
 from tasks.est_service.store import Store
 
 SUBJECT = {"CN": "gateway-0001", "O": "WvdS"}

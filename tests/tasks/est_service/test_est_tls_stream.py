@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from hil.est_ca import EstCa, Fault, ServerOptions, serve
+from protocols.netproxy import Op, Request
 from tasks.est_service import protocol
 from tasks.est_service.csr import build_csr, build_reenroll_csr, generate_key
 from tasks.est_service.http_transport import HttpTransport, make_ssl_context
@@ -19,7 +20,6 @@ from tasks.est_service.messages import BasicAuth, EstServer
 from tasks.est_service.results import CaCerts, Enrolled, ErrorKind, EstError
 from tasks.est_service.tls_stream import ProxyStream, proxy_connector
 from tasks.est_service.trust import TrustAnchors
-from protocols.netproxy import Op, Request
 from tasks.netproxy.task import Proxy
 from tasks.runtime.shm import ShmPeer
 
