@@ -228,7 +228,7 @@ class TpmKeyStore(SealedStore):
         """Transient objects left by a process that died mid-way (a bare swtpm has no resource
         manager; behind /dev/tpmrm0 this list holds only our own, i.e. none)."""
         tpm = _tpm()
-        more, data = self._esapi.get_capability(tpm.TPM2_CAP.HANDLES, tpm.TPM2_HT.TRANSIENT << 24, 64)
+        _more, data = self._esapi.get_capability(tpm.TPM2_CAP.HANDLES, tpm.TPM2_HT.TRANSIENT << 24, 64)
         for handle in data.data.handles:
             self._esapi.flush_context(self._esapi.tr_from_tpmpublic(handle))
 

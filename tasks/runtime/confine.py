@@ -584,7 +584,8 @@ def _seccomp_rules(sc, pid: int, p: ConfinementPolicy) -> list[tuple[object, str
                    "sched_setaffinity", "sched_setparam", "sched_setscheduler", "sched_setattr", "setpriority",
                    "ioprio_set", "prctl", "fcntl", "ioctl", "clone", "socket"}
     denied = set(DENIED) - ({"connect"} if p.network else set()) - conditional
-    denied |= ({"fork", "vfork"} if not p.allow_fork else set()) | ({"execve", "execveat"} if not p.allow_exec else set())
+    denied |= ({"fork", "vfork"} if not p.allow_fork else set()) | (
+        {"execve", "execveat"} if not p.allow_exec else set())
     allowed = (set(ALLOWED) | ({"fork", "vfork"} if p.allow_fork else set())
                | ({"execve", "execveat"} if p.allow_exec else set())) - denied - conditional
     rules: list[tuple[object, str, tuple]] = [(ok, n, ()) for n in sorted(allowed)]

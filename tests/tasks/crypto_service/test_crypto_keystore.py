@@ -211,14 +211,17 @@ def test_kek_file_must_be_32_bytes(tmp_path: Path, size: int) -> None:
 
 def test_service_keys_survive_a_restart_from_config(tmp_path: Path) -> None:
     config = {
-        "storage": {"backend": "file", "path": str(tmp_path / "keys.bin"), "kek_file": write_kek(tmp_path, os.urandom(32))},
+        "storage": {"backend": "file", "path": str(tmp_path / "keys.bin"),
+                    "kek_file": write_kek(tmp_path, os.urandom(32))},
         "rate_limit": {"enabled": False},
     }
     first = CryptoService(config, clock=lambda: 0)
-    status, created = p.parse_response(first.handle(p.KeyGenerateRequest(0, KeyType.AES_256).encode()), p.RequestType.KEY_GENERATE)
+    status, created = p.parse_response(first.handle(p.KeyGenerateRequest(0, KeyType.AES_256).encode()),
+                                       p.RequestType.KEY_GENERATE)
     assert status == p.Status.SUCCESS
     kid = created.info.key_id
-    status, sealed = p.parse_response(first.handle(p.AesEncryptRequest(kid, b"a", b"kept").encode()), p.RequestType.AES_ENCRYPT)
+    status, sealed = p.parse_response(first.handle(p.AesEncryptRequest(kid, b"a", b"kept").encode()),
+                                      p.RequestType.AES_ENCRYPT)
     del first  # no clean shutdown
 
     second = CryptoService(config, clock=lambda: 0)

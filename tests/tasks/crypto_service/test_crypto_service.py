@@ -96,7 +96,8 @@ def s_policy_denied(h: Any) -> bytes:
 
 
 def s_import_disabled(h: Any) -> bytes:
-    h2 = type(h)(CryptoService({"allow_import": False, "rate_limit": {"enabled": False}}, store=MemoryKeyStore()), h.clock, None)
+    service = CryptoService({"allow_import": False, "rate_limit": {"enabled": False}}, store=MemoryKeyStore())
+    h2 = type(h)(service, h.clock, None)
     return h2.raw(p.KeyImportRequest(0, KeyType.AES_256, Usage(0), KeyFormat.SECRET, bytes(32)).encode())
 
 
@@ -251,7 +252,8 @@ def test_rotated_key_no_longer_decrypts_old_ciphertext(harness: Any) -> None:
     kid = harness.new_key(KeyType.AES_256).info.key_id
     enc = harness.ok(p.AesEncryptRequest(kid, b"", b"m"))
     harness.ok(p.KeyRotateRequest(kid))
-    assert harness.call(p.AesDecryptRequest(kid, b"", enc.nonce, enc.ciphertext, enc.tag))[0] == Status.DECRYPTION_FAILED
+    old = p.AesDecryptRequest(kid, b"", enc.nonce, enc.ciphertext, enc.tag)
+    assert harness.call(old)[0] == Status.DECRYPTION_FAILED
 
 
 def test_rate_limited_requests_do_no_crypto(make_harness: Any) -> None:
@@ -360,7 +362,8 @@ def test_bad_creation_requests_are_invalid_payload(harness: Any, request_obj: An
 
 def test_public_import_switch(make_harness: Any) -> None:
     h = make_harness({"allow_import": True, "allow_public_import": False})
-    assert h.call(p.KeyImportRequest(0, KeyType.MLKEM_512, Usage(0), KeyFormat.PUBLIC, bytes(800)))[0] == Status.IMPORT_DISABLED
+    public = p.KeyImportRequest(0, KeyType.MLKEM_512, Usage(0), KeyFormat.PUBLIC, bytes(800))
+    assert h.call(public)[0] == Status.IMPORT_DISABLED
     assert h.call(p.KeyImportRequest(0, KeyType.AES_256, Usage(0), KeyFormat.SECRET, bytes(32)))[0] == Status.SUCCESS
 
 

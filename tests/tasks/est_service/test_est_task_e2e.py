@@ -247,7 +247,7 @@ def test_device_key_is_encrypted_at_rest_and_matches_the_certificate(enrolled):
     copy = workdir.parent / "no-kek"
     shutil.copytree(workdir, copy)
     (copy / "est-kek.bin").unlink()
-    with pytest.raises(Exception, match="est-kek.bin is missing"):
+    with pytest.raises(Exception, match=r"est-kek\.bin is missing"):
         stored(copy)
     assert not list(workdir.glob("*.tmp")) and not list(workdir.glob(".*.tmp")), "a temporary file was left behind"
 
