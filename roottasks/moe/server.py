@@ -81,6 +81,7 @@ class Moe:
         reuse = self.pool.get(size)
         if reuse:
             backing = reuse.pop()
+            assert backing.region is not None  # pooled backings were made by ram() below, mapped
             backing.region.write(0, bytes(size))
             return backing
         msg = self.env.call(PAGER, Proto.SIGMA0, Sigma0Op.RAM, size, rcv_mem=size)
