@@ -106,7 +106,9 @@ class Snapshot(NamedTuple):
 
 
 class KeyStore(Protocol):
-    path: Path | None
+    @property
+    def path(self) -> Path | None: ...  # read-only here: a sealed store narrows it to its Path
+
     log: Log
 
     def load(self) -> Snapshot: ...
@@ -268,6 +270,7 @@ class SealedStore(KeyFactory):
     """The store file every device backend writes (format in the module doc)."""
 
     backend = "file"
+    path: Path  # always a file
 
     def __init__(
         self,

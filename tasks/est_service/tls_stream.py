@@ -122,7 +122,7 @@ class _Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         data = self._tls.recv(len(buffer))
         buffer[:len(data)] = data
         return len(data)

@@ -21,7 +21,7 @@ from protocols.crypto_client import (
 )
 
 
-class Sleeps(list):  # type: ignore[type-arg]
+class Sleeps(list):
     """An injectable sleep that records instead of sleeping (optionally moving a fake clock)."""
 
     def __init__(self, clock: Any = None) -> None:

@@ -22,7 +22,7 @@ from tasks.crypto_service.keystore import (
 from tasks.crypto_service.service import CryptoService
 
 
-def seeded_rng(seed: int):  # type: ignore[no-untyped-def]
+def seeded_rng(seed: int):
     """Deterministic stand-in for os.urandom."""
     return random.Random(seed).randbytes
 
@@ -46,7 +46,7 @@ def secrets_of(keys: list[Key]) -> list[bytes]:
 
 
 def same(a: list[Key], b: list[Key]) -> bool:
-    def facts(k: Key) -> tuple:  # type: ignore[type-arg]
+    def facts(k: Key) -> tuple:
         return (k.key_id, k.key_type, k.usage, k.version, k.nonce_lease, k.public_key, bytes(k.storage_material()[1]))
 
     return sorted(map(facts, a)) == sorted(map(facts, b))
@@ -57,7 +57,7 @@ def kek() -> bytearray:
     return bytearray(seeded_rng(99)(32))
 
 
-def file_store(path: Path, kek: bytearray, hook=None) -> FileKeyStore:  # type: ignore[no-untyped-def]
+def file_store(path: Path, kek: bytearray, hook=None) -> FileKeyStore:
     return FileKeyStore(path, bytearray(kek), seeded_rng(5), step_hook=hook)
 
 
@@ -108,7 +108,7 @@ def test_no_key_material_in_the_file(tmp_path: Path, kek: bytearray) -> None:
         lambda b: b[:8] + bytes([b[8] ^ 1]) + b[9:],  # generation (authenticated)
     ],
 )
-def test_damaged_file_is_detected_not_loaded(tmp_path: Path, kek: bytearray, damage) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_file_is_detected_not_loaded(tmp_path: Path, kek: bytearray, damage) -> None:
     path = tmp_path / "keys.bin"
     file_store(path, kek).save(keyset(4), 2)
     path.write_bytes(damage(path.read_bytes()))
@@ -196,7 +196,7 @@ def test_open_keystore_selects_backends(tmp_path: Path) -> None:
         {},
     ],
 )
-def test_open_keystore_is_strict(tmp_path: Path, cfg: dict) -> None:  # type: ignore[type-arg]
+def test_open_keystore_is_strict(tmp_path: Path, cfg: dict) -> None:
     cfg = {k: (write_kek(tmp_path, bytes(32)) if v == "KEK" else v) for k, v in cfg.items()}
     with pytest.raises(ValueError):
         open_keystore(cfg)

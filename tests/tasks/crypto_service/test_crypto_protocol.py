@@ -189,7 +189,7 @@ def test_non_buffer_input_is_an_invalid_header() -> None:
         lambda: p.MlkemDecapsResponse(bytes(31)),
     ],
 )
-def test_invalid_objects_cannot_be_constructed(build) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_objects_cannot_be_constructed(build) -> None:
     with pytest.raises(ValueError):
         build()
 

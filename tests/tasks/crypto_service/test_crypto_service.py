@@ -437,7 +437,7 @@ def test_handle_accepts_any_byte_buffer_and_survives_non_buffers(harness: Any) -
     frame = p.KeyListRequest().encode()
     assert status_of(harness.service.handle(bytearray(frame))) == Status.SUCCESS
     assert status_of(harness.service.handle(memoryview(frame))) == Status.SUCCESS
-    assert status_of(harness.service.handle("not bytes")) == Status.INVALID_HEADER  # type: ignore[arg-type]
+    assert status_of(harness.service.handle("not bytes")) == Status.INVALID_HEADER
 
 
 @pytest.mark.parametrize(
@@ -452,7 +452,7 @@ def test_handle_accepts_any_byte_buffer_and_survives_non_buffers(harness: Any) -
         {"rate_limit": {"rate": 1}},
     ],
 )
-def test_config_is_strict(raw: dict) -> None:  # type: ignore[type-arg]
+def test_config_is_strict(raw: dict) -> None:
     with pytest.raises(ValueError):
         ServiceConfig.from_dict(raw)
 
