@@ -550,7 +550,8 @@ def _deny_rules(sc, pid: int, p: ConfinementPolicy) -> list[tuple[object, str, t
     deny += [] if p.allow_fork else ["fork", "vfork"]
     deny += [] if p.allow_exec else ["execve", "execveat"]
     A, E, U32 = sc.Arg, errno.EPERM, 0xFFFFFFFF
-    rules: list[tuple[str, int, tuple[Any, ...]]] = [(name, E, ()) for name in deny] + [("clone3", errno.ENOSYS, ())]  # glibc falls back to clone
+    rules: list[tuple[str, int, tuple[Any, ...]]] = [(name, E, ()) for name in deny]
+    rules += [("clone3", errno.ENOSYS, ())]  # glibc falls back to clone
     if p.network:
         rules += [("socket", E, (A(0, sc.EQ, family),)) for family in (1, 16, 17)]  # AF_UNIX/NETLINK/PACKET
     rules += [("clone", E, (A(0, sc.MASKED_EQ, f, f),)) for f in _NS_FLAGS]
