@@ -89,7 +89,12 @@ def test_key_management(client: CryptoClient) -> None:
 
 def test_oversized_request_is_refused_locally(harness: Any) -> None:
     sent = []
-    client = CryptoClient(lambda f: (sent.append(f), harness.service.handle(f))[1], sleep=Sleeps())
+
+    def transact(f: bytes) -> bytes:
+        sent.append(f)
+        return harness.service.handle(f)
+
+    client = CryptoClient(transact, sleep=Sleeps())
     with pytest.raises(CryptoServiceError) as err:
         client.encrypt(1, bytes(70_000))
     assert err.value.status == Status.PAYLOAD_TOO_LARGE and sent == []

@@ -214,7 +214,12 @@ def test_encrypt_nonces_are_unique_and_leases_persisted(make_harness: Any) -> No
     h = make_harness({"nonce_lease_block": 7})
     saves = []
     original = h.store.save
-    h.store.save = lambda keys, nxt: (saves.append(nxt), original(keys, nxt))[1]
+
+    def save(keys: Any, nxt: int) -> None:
+        saves.append(nxt)
+        return original(keys, nxt)
+
+    h.store.save = save
     kid = h.new_key(KeyType.AES_256).info.key_id
     saves.clear()
     seen = {h.ok(p.AesEncryptRequest(kid, b"", b"x")).nonce for _ in range(50)}

@@ -40,7 +40,7 @@ class InProcessProxy:
     def __init__(self, allowed: list[str]) -> None:
         self.env = _Env()
         self.proxy = Proxy(self.env, allowed)
-        self.peer = ShmPeer("est", 16, None)  # type: ignore[arg-type]  (the handler never touches it)
+        self.peer = ShmPeer("est", 16, None)  # type: ignore[arg-type]  # the handler never touches it
         self.ops: list[int] = []
         self.sent = bytearray()
 
@@ -85,7 +85,7 @@ def transport(ca, running, proxy, *, timeout=3.0, idle=None, trust=None, endpoin
     context = make_ssl_context(anchors, client_cert=cert, client_key=key)
     connect = proxy_connector(proxy.transact, endpoint or f"127.0.0.1:{running.port}", context, "127.0.0.1",
                               timeout=timeout, idle=idle)
-    return HttpTransport(connect, timeout=timeout)
+    return HttpTransport(connect, timeout=timeout)  # type: ignore[arg-type]  # TlsOverProxy: a duck-typed socket
 
 
 def est_server(running) -> EstServer:
