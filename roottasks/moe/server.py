@@ -1,6 +1,8 @@
 """Moe's state and its server loop."""
 from __future__ import annotations
 
+from typing import Any
+
 from capabilities.image import Image, ObjectType, parse_image
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (
@@ -28,7 +30,7 @@ TASK = sel(EnvSlot.TASK)
 
 
 class Moe:
-    def __init__(self, env):
+    def __init__(self, env: Any) -> None:  # the task runtime's Env
         self.env = env
         self.objects: dict[int, Served] = {}
         self._next_label = 1

@@ -21,6 +21,7 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -48,7 +49,7 @@ IRQ_LABEL = 0x5E
 class CountingClient(CryptoClient):
     """A crypto client that counts its requests by final status (for the METRIC line)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.statuses: Counter[str] = Counter()
 
