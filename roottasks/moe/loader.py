@@ -25,6 +25,7 @@ class LoaderServices(MoeServices, Protocol):
     env: Any
     named: dict[str, tuple[int, str]]
     objects: dict[int, Served]
+    tasks: dict[str, TaskRecord]
 
     def create(self, what: FactoryOp, *args: int, blob: bytes = b"", name: str = "") -> int: ...
 
@@ -83,7 +84,7 @@ def start(moe: LoaderServices, rec: TaskRecord) -> None:
     rec.alloc = moe.serve(rec.allocator, f"{decl.name}.mem_alloc")
     rec.task = moe.create(FactoryOp.TASK, limits.caps, limits.mappings, name=decl.name)
     rec.thread = moe.create(FactoryOp.THREAD, rec.task, name=f"{decl.name}.main")
-    mapping = [
+    mapping: list[tuple[int, int, CapRights]] = [
         (EnvSlot.TASK, rec.task, CapRights.R),
         (EnvSlot.THREAD, rec.thread, CapRights.R | CapRights.W | CapRights.S),
         (EnvSlot.LOG, rec.log, CLIENT),

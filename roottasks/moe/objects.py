@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import PAGE_SIZE, DataspaceOp, Err, NamespaceOp, ParentOp, Proto
 from kernel_model.wire import Item
+
+if TYPE_CHECKING:
+    from roottasks.moe.loader import TaskRecord
+    from tasks.runtime.memory import Region
 
 
 class MoeServices(Protocol):
@@ -21,7 +25,7 @@ class MoeServices(Protocol):
 
     def new_dataspace(self, size: int, *, name: str, owner: object = None) -> DataspaceObject | None: ...
 
-    def child_exited(self, record: object, code: int, notice_from: ParentObject) -> None: ...
+    def child_exited(self, record: TaskRecord, code: int, notice_from: ParentObject) -> None: ...
 
 
 @dataclasses.dataclass
@@ -71,7 +75,7 @@ class Backing:
     address: int  # where the memory sits in Moe's address space
     size: int  # mapped size (whole pages)
     rights: MemRights
-    region: object = None  # Moe's own mapping (None for boot modules Moe cannot write)
+    region: Region | None = None  # Moe's own mapping (None for boot modules Moe cannot write)
 
 
 class DataspaceObject(Served):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from capabilities.image import ObjectType
 from capabilities.rights import CapRights
@@ -29,16 +28,10 @@ from roottasks.moe import loader
 from roottasks.moe import supervision as sv
 from roottasks.moe.loader import LoaderServices, TaskRecord
 
-
-class Moe(LoaderServices, Protocol):
-    """What supervision asks of Moe (``server.Moe`` provides it): the loader's services and its tasks."""
-
-    tasks: dict[str, TaskRecord]
-
 CLOCK: Callable[[], float] = time.monotonic  #: Moe's clock (seconds); the policy itself never reads one
 
 
-def exited(moe: Moe, rec: TaskRecord, code: int) -> None:
+def exited(moe: LoaderServices, rec: TaskRecord, code: int) -> None:
     policy = rec.decl.restart_policy
     how = "exited" if code < 128 else f"was killed by signal {code - 128}"
     now = CLOCK()
@@ -53,13 +46,13 @@ def exited(moe: Moe, rec: TaskRecord, code: int) -> None:
     report(moe)
 
 
-def restart(moe: Moe, rec: TaskRecord, now: float) -> None:
+def restart(moe: LoaderServices, rec: TaskRecord, now: float) -> None:
     sv.started(rec.supervision, now, rec.decl.restart_policy)
     rec.restarts = rec.supervision.restarts
     loader.start(moe, rec)
 
 
-def restart_due(moe: Moe) -> None:
+def restart_due(moe: LoaderServices) -> None:
     """Make every restart whose time has come."""
     now = CLOCK()
     made = False
@@ -71,7 +64,7 @@ def restart_due(moe: Moe) -> None:
         report(moe)
 
 
-def wait_timeout_us(moe: Moe) -> int | None:
+def wait_timeout_us(moe: LoaderServices) -> int | None:
     """How long Moe's open wait may last: until the earliest pending restart (None: no restart pending)."""
     pending = [r.supervision.next_attempt for r in moe.tasks.values()
                if r.supervision.next_attempt is not None and not r.running and not r.finished]
@@ -85,7 +78,7 @@ def served_gates(decl) -> list[str]:
     return [c.object for c in decl.caps if CapRights.S in c.rights]  # Moe checks the type (close_served_gates)
 
 
-def close_served_gates(moe: Moe, rec: TaskRecord) -> None:
+def close_served_gates(moe: LoaderServices, rec: TaskRecord) -> None:
     for name in served_gates(rec.decl):
         selector, otype = moe.named.get(name, (0, ""))
         if otype != ObjectType.GATE or not selector:
@@ -98,7 +91,7 @@ def close_served_gates(moe: Moe, rec: TaskRecord) -> None:
                 + (f" (the kernel refused: {status})" if status < 0 else ""))
 
 
-def state(moe: Moe) -> dict:
+def state(moe: LoaderServices) -> dict:
     now = CLOCK()
     out = {}
     for rec in moe.tasks.values():
@@ -120,5 +113,5 @@ def state(moe: Moe) -> dict:
     return out
 
 
-def report(moe: Moe) -> None:
+def report(moe: LoaderServices) -> None:
     moe.say("METRIC " + json.dumps({"supervision": state(moe)}, separators=(",", ":")))

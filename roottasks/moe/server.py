@@ -1,6 +1,8 @@
 """Moe's state and its server loop."""
 from __future__ import annotations
 
+from typing import Any
+
 from capabilities.image import Image, ObjectType, parse_image
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import (
@@ -28,7 +30,7 @@ TASK = sel(EnvSlot.TASK)
 
 
 class Moe:
-    def __init__(self, env):
+    def __init__(self, env: Any) -> None:  # the task runtime's Env
         self.env = env
         self.objects: dict[int, Served] = {}
         self._next_label = 1
@@ -81,6 +83,7 @@ class Moe:
         reuse = self.pool.get(size)
         if reuse:
             backing = reuse.pop()
+            assert backing.region is not None  # pooled backings were made by ram() below, mapped
             backing.region.write(0, bytes(size))
             return backing
         msg = self.env.call(PAGER, Proto.SIGMA0, Sigma0Op.RAM, size, rcv_mem=size)

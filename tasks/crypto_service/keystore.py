@@ -72,9 +72,9 @@ from cryptography.exceptions import InvalidTag
 from durable.atomic import WRITE_STEPS, Step, clean_stale_temps, replace_file
 from durable.fileops import OS, FileOps
 from durable.sealed import KEK_SIZE, AesSealer, KekError, SealedError, SealedFile, Sealer, check_kek, read_kek
+from protocols.crypto import KeyFormat, KeyType, Usage
 
 from .keys import DEVICE_FORMAT, Key
-from protocols.crypto import KeyFormat, KeyType, Usage
 
 __all__ = ["KEK_SIZE", "WRITE_STEPS", "AesSealer", "KekError", "Sealer", "StoreError", "check_kek", "open_keystore"]
 
@@ -106,7 +106,9 @@ class Snapshot(NamedTuple):
 
 
 class KeyStore(Protocol):
-    path: Path | None
+    @property
+    def path(self) -> Path | None: ...  # read-only here: a sealed store narrows it to its Path
+
     log: Log
 
     def load(self) -> Snapshot: ...
@@ -268,6 +270,7 @@ class SealedStore(KeyFactory):
     """The store file every device backend writes (format in the module doc)."""
 
     backend = "file"
+    path: Path  # always a file
 
     def __init__(
         self,

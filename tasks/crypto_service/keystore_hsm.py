@@ -35,10 +35,10 @@ from cryptography.exceptions import InvalidTag
 
 from durable.atomic import Step
 from durable.fileops import OS, FileOps
+from protocols.crypto import KeyFormat, KeyType, Usage
 
 from .keys import SPECS, Key
 from .keystore import Rng, SealedStore, StoreError
-from protocols.crypto import KeyFormat, KeyType, Usage
 
 _LIBS: dict[str, Any] = {}
 
@@ -90,7 +90,7 @@ class TokenAead:
             except PKCS11Error as exc:  # tag mismatch: SoftHSM2 says GeneralError, others EncryptedDataInvalid
                 raise InvalidTag() from exc
 
-        return self.store._call(run)  # type: ignore[no-any-return]
+        return self.store._call(run)
 
 
 class TokenSealer:
@@ -187,13 +187,14 @@ class HsmKeyStore(SealedStore):
         if self.softhsm2_conf:
             os.environ["SOFTHSM2_CONF"] = self.softhsm2_conf
         lib = _lib(self.module)
+        missing: tuple[type[BaseException], ...] = (e.NoSuchToken, *_device_errors())
         try:
             token = lib.get_token(token_label=self.token_label)
-        except (e.NoSuchToken, *_device_errors()):
+        except missing:
             try:  # a token plugged in (or created) since the module was initialised
                 lib.reinitialize()
                 token = lib.get_token(token_label=self.token_label)
-            except (e.NoSuchToken, *_device_errors()) as exc:
+            except missing as exc:
                 raise StoreError(f"PKCS#11 token {self.token_label!r} not found in {self.module}", retry=True) from exc
         try:
             try:

@@ -47,7 +47,7 @@ _CONNECTIONS: dict[str, Any] = {}
 RELAY_UNREACHABLE = b"\x00\x00\x00\x00\x00\x0a\x00\x00\x00\x00"
 
 
-def _tpm():  # type: ignore[no-untyped-def]
+def _tpm() -> Any:
     """tpm2-pytss, imported when a TPM store is opened (it loads the TSS C libraries). The TSS's
     own log lines (e.g. "NV index not defined" while probing) are silenced: every failure that
     matters reaches the service as a StoreError and is logged there, once."""
@@ -77,12 +77,13 @@ def _read_exact(read: Any, n: int) -> bytes:
 def make_tcti(spec: str) -> Any:
     from tpm2_pytss.TCTI import PyTCTI
 
-    class SocketTcti(PyTCTI):  # type: ignore[misc]
+    class SocketTcti(PyTCTI):
         """swtpm's server channel on a unix socket; reconnects after the TPM restarts."""
 
         def __init__(self, path: str) -> None:
             super().__init__(max_size=MAX_RESPONSE)
-            self.path, self.sock = path, None
+            self.path = path
+            self.sock: socket.socket | None = None
 
         def do_transmit(self, command: bytes) -> None:
             try:
@@ -97,8 +98,11 @@ def make_tcti(spec: str) -> Any:
 
         def do_receive(self, timeout: int) -> bytes:
             try:
-                head = _read_exact(self.sock.recv, TPM_HEADER)
-                return head + _read_exact(self.sock.recv, _frame_size(head) - TPM_HEADER)
+                sock = self.sock
+                if sock is None:  # not connected: answered like a closed connection (below)
+                    raise OSError("not connected")
+                head = _read_exact(sock.recv, TPM_HEADER)
+                return head + _read_exact(sock.recv, _frame_size(head) - TPM_HEADER)
             except (OSError, AttributeError):
                 self.do_finalize()
                 raise OSError(f"the TPM at {self.path} does not answer") from None
@@ -108,12 +112,14 @@ def make_tcti(spec: str) -> Any:
                 self.sock.close()
             self.sock = None
 
-    class FifoTcti(PyTCTI):  # type: ignore[misc]
+    class FifoTcti(PyTCTI):
         """The boot's relay: commands into ``DIR/cmd``, responses from ``DIR/rsp``."""
 
         def __init__(self, directory: str) -> None:
             super().__init__(max_size=MAX_RESPONSE)
-            self.dir, self.cmd, self.rsp = directory, None, None
+            self.dir = directory
+            self.cmd: int | None = None
+            self.rsp: int | None = None
 
         def do_transmit(self, command: bytes) -> None:
             try:
@@ -129,7 +135,10 @@ def make_tcti(spec: str) -> Any:
 
         def do_receive(self, timeout: int) -> bytes:
             try:
-                read = lambda n: os.read(self.rsp, n)  # noqa: E731
+                rsp = self.rsp
+                if rsp is None:  # what os.read(None, n) raised before: handled like it (below)
+                    raise TypeError("the relay's response FIFO is not open")
+                read = lambda n: os.read(rsp, n)  # noqa: E731
                 head = _read_exact(read, TPM_HEADER)
                 if head == RELAY_UNREACHABLE:
                     raise OSError("the TPM does not answer (the relay cannot reach it)")
@@ -228,7 +237,7 @@ class TpmKeyStore(SealedStore):
         """Transient objects left by a process that died mid-way (a bare swtpm has no resource
         manager; behind /dev/tpmrm0 this list holds only our own, i.e. none)."""
         tpm = _tpm()
-        more, data = self._esapi.get_capability(tpm.TPM2_CAP.HANDLES, tpm.TPM2_HT.TRANSIENT << 24, 64)
+        _more, data = self._esapi.get_capability(tpm.TPM2_CAP.HANDLES, tpm.TPM2_HT.TRANSIENT << 24, 64)
         for handle in data.data.handles:
             self._esapi.flush_context(self._esapi.tr_from_tpmpublic(handle))
 

@@ -194,10 +194,7 @@ class _Generation:
         self.count += 1
 
     def contains(self, hashes: tuple[int, ...]) -> bool:
-        for s in self.slices:
-            if s.contains(hashes):
-                return True
-        return False
+        return any(s.contains(hashes) for s in self.slices)
 
     def max_k(self) -> int:
         """The most hashes any slice of a generation can need."""

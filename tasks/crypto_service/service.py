@@ -45,10 +45,6 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 
 from durable.fileops import OS
-
-from .keys import SPECS, Family, Key
-from .keystore import KeyStore, StoreError, open_keystore, transient
-from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceExhausted, NonceSequence, ReplayWindow
 from protocols.crypto import (
     ALLOCATE_KEY_ID,
     KEY_LIST_PAGE,
@@ -72,6 +68,10 @@ from protocols.crypto import (
     parse_request,
     request_sequence,
 )
+
+from .keys import SPECS, Family, Key
+from .keystore import KeyStore, StoreError, open_keystore, transient
+from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceExhausted, NonceSequence, ReplayWindow
 from .ratelimit import RateLimitConfig, TokenBucket
 from .replay_journal import ReplayJournal
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 import json
 import os
 
-from tasks.crypto_service.keystore import KEK_SIZE, UnavailableStore, check_kek, open_keystore
 from protocols.crypto import RequestType
+from tasks.crypto_service.keystore import KEK_SIZE, UnavailableStore, check_kek, open_keystore
 from tasks.crypto_service.service import CryptoService, ServiceConfig
 from tasks.runtime.serve import serve
 from tasks.runtime.shm import bind_peers, shm_calls

@@ -46,7 +46,7 @@ class Curve(IntEnum):
     def curve(self) -> ec.EllipticCurve:
         return ec.SECP256R1() if self is Curve.P256 else ec.SECP384R1()
 
-    def hash(self) -> hashes.HashAlgorithm:
+    def hash(self) -> hashes.SHA256 | hashes.SHA384:
         """The hash paired with the curve for signatures (ecdsa-with-SHA256 / -SHA384)."""
         return hashes.SHA256() if self is Curve.P256 else hashes.SHA384()
 

@@ -54,8 +54,7 @@ from .messages import BasicAuth, EstServer, HttpRequest, HttpResponse, Operation
 from .results import CaCerts, CsrAttributes, Enrolled, ErrorKind, EstError, Outcome
 from .trust import TrustAnchors, verify_ca_certs, verify_issued
 
-__all__ = [
-    # re-exported from exchange.py, so callers need one import
+__all__ = [  # re-exported from exchange.py, so callers need one import
     "TRANSITIONS",
     "DeferralLimits",
     "Event",
@@ -63,7 +62,8 @@ __all__ = [
     "ProtocolMisuse",
     "State",
     "parse_retry_after",
-    # the operations
+]
+__all__ += [  # the operations
     "USER_AGENT",
     "cacerts",
     "csrattrs",

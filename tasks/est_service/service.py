@@ -13,13 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tasks.est_service import protocol
-from tasks.est_service.config import Config, utc_now
-from tasks.est_service.csr import Curve, build_csr, build_reenroll_csr, generate_key, same_identity
-from tasks.est_service.exchange import Exchange
-from tasks.est_service.http_transport import HttpTransport
-from tasks.est_service.renewal import Action, RenewalState, decide, record_failure, record_success
-from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, ErrorKind, EstError, Redirected
 from protocols.est_service import (
     AUTH_REFUSED,
     LOCAL_ERROR,
@@ -34,6 +27,13 @@ from protocols.est_service import (
     encode_response,
     too_large,
 )
+from tasks.est_service import protocol
+from tasks.est_service.config import Config, utc_now
+from tasks.est_service.csr import Curve, build_csr, build_reenroll_csr, generate_key, same_identity
+from tasks.est_service.exchange import Exchange
+from tasks.est_service.http_transport import HttpTransport
+from tasks.est_service.renewal import Action, RenewalState, decide, record_failure, record_success
+from tasks.est_service.results import AuthRequired, CaCerts, Deferred, Enrolled, ErrorKind, EstError, Redirected
 from tasks.est_service.store import Pending, Persisted, Store, StoreError
 from tasks.est_service.trust import TrustAnchors, still_valid
 from tasks.runtime.shm import ShmPeer
@@ -226,6 +226,7 @@ class EstService:
             elif current is None or self.cfg.rekey:
                 key = generate_key(self.cfg.curve)
             else:
+                assert self.key is not None  # a current certificate comes with its key (as for REENROLL)
                 key = self.key
             csr = build_csr(key, self.cfg.subject, self.cfg.sans)
             for_serial = None
@@ -344,7 +345,9 @@ class EstService:
             return error
         make = protocol.simplereenroll if attempt.action is Action.REENROLL else protocol.simpleenroll
         again = make(self.cfg.server, self.trust, attempt.csr, ca_certs=self.ca_certs)
-        return again.receive(attempt.exchange.response, self.clock())
+        response = attempt.exchange.response
+        assert response is not None  # the caller rechecks only an answer that arrived
+        return again.receive(response, self.clock())
 
     def _enrolled(self, attempt: Attempt, enrolled: Enrolled) -> None:
         op = attempt.exchange.operation.value
@@ -373,6 +376,7 @@ class EstService:
         self.last_error = (code, http, detail)
 
     def _failed(self, op: str, step: str, outcome) -> None:
+        failure: EstError | AuthRequired | None
         if isinstance(outcome, AuthRequired):
             if outcome.credentials_sent:
                 user = f" (user {self.cfg.auth.username})" if self.cfg.auth else ""

@@ -101,7 +101,8 @@ def main(env) -> int:
         context = make_ssl_context(trust.anchors, client_cert=cert, client_key=key, client_chain=chain)
         connect = proxy_connector(net.transact, cfg.endpoint, context, cfg.server.host,
                                   timeout=cfg.timeout_s, area=net.half, idle=poll_clients)
-        return HttpTransport(connect, timeout=cfg.timeout_s)
+        # TlsOverProxy is duck-typed as a socket: it has what HttpTransport and http.client use of one
+        return HttpTransport(connect, timeout=cfg.timeout_s)  # type: ignore[arg-type]
 
     store = Store(Path.cwd())
     if not start_store(env, cfg, store):

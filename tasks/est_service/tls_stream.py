@@ -32,12 +32,15 @@ import io
 import ssl
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 from protocols.netproxy import MAX_IO, Op, Request, Status, decode_response
 
 __all__ = ["ProxyStream", "TlsOverProxy", "proxy_connector"]
 
 Transact = Callable[[bytes], bytes]
+_T = TypeVar("_T")
 
 
 class ProxyStream:
@@ -119,7 +122,7 @@ class _Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         data = self._tls.recv(len(buffer))
         buffer[:len(data)] = data
         return len(data)
@@ -151,14 +154,14 @@ class TlsOverProxy:
         else:
             self._in.write_eof()
 
-    def _run(self, operation: Callable[[], object]) -> object:
+    def _run(self, operation: Callable[[], _T]) -> _T:
         while True:
             try:
                 result = operation()
             except ssl.SSLWantReadError:
                 self._flush()
                 if self._in.eof:
-                    raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "connection closed by the server")
+                    raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "connection closed by the server") from None
                 self._fill()
                 continue
             self._flush()
@@ -171,7 +174,7 @@ class TlsOverProxy:
         if self._closed:
             raise OSError("read from a closed TLS connection")
         try:
-            return self._run(lambda: self._tls.read(max(1, n)))  # type: ignore[return-value]
+            return self._run(partial(self._tls.read, max(1, n)))
         except ssl.SSLZeroReturnError:  # close_notify: a clean end of the stream
             return b""
 
@@ -180,8 +183,8 @@ class TlsOverProxy:
             raise OSError("write to a closed TLS connection")
         view = memoryview(data)
         while view:
-            written = self._run(lambda: self._tls.write(view))
-            view = view[written:]  # type: ignore[index]
+            written = self._run(partial(self._tls.write, view))
+            view = view[written:]
 
     # -- what HttpTransport and http.client use ----------------------------------------
     def settimeout(self, timeout: float | None) -> None:

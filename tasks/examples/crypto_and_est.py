@@ -1,7 +1,7 @@
 from cryptography import x509
 
-from protocols.crypto_client import CryptoClient
 from protocols.crypto import KeyType
+from protocols.crypto_client import CryptoClient
 from protocols.est_service import CertState, Format, Op, Request, ServiceStatus, Status, decode_response
 from tasks.runtime.shm import ShmClient
 

@@ -1,7 +1,7 @@
 """hello's client: N calls to the server, one request through shared memory + IRQs, one rom module."""
 from __future__ import annotations
 
-from tasks.hello.protocol import DONE_LABEL, PING_PROTO, RESPONSE_OFFSET, SHM_HEADER, PingOp
+from tasks.hello.protocol import DONE_LABEL, PING_PROTO, RESPONSE_OFFSET, SHM_HEADER, SHM_HEADER_SIZE, PingOp
 
 
 def main(env) -> int:
@@ -29,7 +29,7 @@ def main(env) -> int:
     if not signal.ok:
         env.log(f"no answer signal: {signal.error.name}")
         return 1
-    (length,) = SHM_HEADER.unpack_from(shm.read(RESPONSE_OFFSET, SHM_HEADER.size), 0)
-    answer = shm.read(RESPONSE_OFFSET + SHM_HEADER.size, length).decode()
+    (length,) = SHM_HEADER.unpack_from(shm.read(RESPONSE_OFFSET, SHM_HEADER_SIZE), 0)
+    answer = shm.read(RESPONSE_OFFSET + SHM_HEADER_SIZE, length).decode()
     env.log(f"server answered through shared memory: {answer}")
     return 0 if answer == text.decode().upper() else 1

@@ -1,9 +1,17 @@
 """hello's server: answers pings on its gate, and requests that arrive through shared memory + IRQ."""
 from __future__ import annotations
 
-from tasks.runtime.errors import Err
 from protocols.layout import DecodeError
-from tasks.hello.protocol import KICK_LABEL, PING_PROTO, RESPONSE_OFFSET, SERVER_LABEL, SHM_HEADER, PingOp
+from tasks.hello.protocol import (
+    KICK_LABEL,
+    PING_PROTO,
+    RESPONSE_OFFSET,
+    SERVER_LABEL,
+    SHM_HEADER,
+    SHM_HEADER_SIZE,
+    PingOp,
+)
+from tasks.runtime.errors import Err
 from tasks.runtime.serve import Reply, serve
 
 
@@ -27,14 +35,14 @@ def main(env) -> int:
             return Reply(-Err.EBADPROTO)
         if msg.label == KICK_LABEL:  # request -> shared memory -> signal -> process -> response -> signal
             try:
-                (length,) = SHM_HEADER.unpack_from(shm.read(0, SHM_HEADER.size), 0)
+                (length,) = SHM_HEADER.unpack_from(shm.read(0, SHM_HEADER_SIZE), 0)
             except DecodeError:
                 env.log("shared-memory request with a malformed header: ignored")
                 return None
-            request = shm.read(SHM_HEADER.size, min(length, RESPONSE_OFFSET - SHM_HEADER.size))
+            request = shm.read(SHM_HEADER_SIZE, min(length, RESPONSE_OFFSET - SHM_HEADER_SIZE))
             answer = request.upper()
             shm.write(RESPONSE_OFFSET, SHM_HEADER.pack(len(answer)) + answer)
-            shm.write(0, bytes(SHM_HEADER.size + len(request)))  # done with the request area
+            shm.write(0, bytes(SHM_HEADER_SIZE + len(request)))  # done with the request area
             env.log(f"shared-memory request of {len(request)} bytes answered (after {served} pings)")
             env.trigger(env.cap("done"))
         return None  # an IRQ (or a stray label) gets no reply

@@ -16,3 +16,5 @@ class PingOp(enum.IntEnum):
 
 #: The shared-memory request / answer header: u32 length | 4 bytes zero, then the bytes.
 SHM_HEADER = Layout((U32, pad(4)), ("length",))
+assert SHM_HEADER.size is not None  # fixed-size fields only
+SHM_HEADER_SIZE: int = SHM_HEADER.size

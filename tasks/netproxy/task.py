@@ -39,11 +39,11 @@ class Proxy:
                 return encode_response(Status.DENIED)
             host, _, port = req.endpoint.rpartition(":")
             try:
-                sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+                conn = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
             except OSError as exc:
                 self.env.log(f"{peer.name}: connect to {req.endpoint} failed: {exc}")
                 return encode_response(Status.CONNECT_FAILED)
-            self.streams[peer.label] = sock
+            self.streams[peer.label] = conn
             return encode_response(Status.OK)
         sock = self.streams.get(peer.label)
         if req.op is Op.CLOSE:

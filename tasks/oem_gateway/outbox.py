@@ -174,7 +174,7 @@ def check_chain(chain: Iterable[bytes], ca: x509.Certificate, when: dt.datetime)
     certs = [c for c in certs if c != ca]  # the chain may end with the trust anchor itself
     if not certs:
         return "the chain holds no device certificate"
-    for cert, issuer in zip(certs, certs[1:] + [ca]):
+    for cert, issuer in zip(certs, certs[1:] + [ca], strict=True):
         try:
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, Exception) as exc:  # InvalidSignature is not a ValueError

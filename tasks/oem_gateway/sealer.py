@@ -21,14 +21,15 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from durable.atomic import atomic_write
-from tasks.runtime.errors import IpcError
-from protocols.crypto_client import CryptoClient
+from protocols import sensor_ring as ring
 from protocols.crypto import KeyType
+from protocols.crypto_client import CryptoClient
 from protocols.est_service import (
     Format,
     Op,
@@ -39,8 +40,8 @@ from protocols.est_service import (
     decode_response,
 )
 from tasks.oem_gateway import outbox
+from tasks.runtime.errors import IpcError
 from tasks.runtime.shm import ShmClient
-from protocols import sensor_ring as ring
 
 IRQ_LABEL = 0x5E
 
@@ -48,7 +49,7 @@ IRQ_LABEL = 0x5E
 class CountingClient(CryptoClient):
     """A crypto client that counts its requests by final status (for the METRIC line)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.statuses: Counter[str] = Counter()
 

@@ -18,14 +18,18 @@ Without ``sensor`` it runs its demo and exits; with it, it then seals batches un
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-from protocols.crypto_client import CryptoClient
 from protocols.crypto import KeyType
+from protocols.crypto_client import CryptoClient
 from tasks.oem_gateway.patience import patient
 from tasks.runtime.shm import ShmClient
 
+if TYPE_CHECKING:
+    from tasks.oem_gateway.sealer import CountingClient
 
-def crypto_client(env) -> CryptoClient:
+
+def crypto_client(env) -> CountingClient:
     from tasks.oem_gateway.sealer import CountingClient
     caps = env.config.get("crypto", {"gate": "crypto", "shm": "crypto_shm"})
     shm = ShmClient(env, env.cap(caps["gate"]), env.cap(caps["shm"]), timeout_us=60_000_000)
@@ -46,7 +50,7 @@ def key_of_type(crypto: CryptoClient, existing: dict, key_type: KeyType) -> int:
 
 
 def run_crypto_demo(env, crypto: CryptoClient) -> None:
-    existing = {}
+    existing: dict[KeyType, int] = {}
     for info in crypto.list_keys():
         existing.setdefault(info.key_type, info.key_id)
     aes = key_of_type(crypto, existing, KeyType.AES_256)
@@ -88,7 +92,7 @@ def main(env) -> int:
             return 1
     if "sensor" in env.config:
         from tasks.oem_gateway import sealer
-        existing = {}
+        existing: dict[KeyType, int] = {}
         for info in crypto.list_keys():
             existing.setdefault(info.key_type, info.key_id)
         keys = {t: key_of_type(crypto, existing, t) for t in (KeyType.AES_256, KeyType.MLDSA_65)}

@@ -232,6 +232,7 @@ def _mount_image(ctl: int, image: int, wd: str, uid: int | None, gid: int | None
         os.close(ctl)
         os.close(image)
     if uid is not None:
+        gid = uid if gid is None else gid  # as filesystem() passes it: the task's gid defaults to its uid
         for root, dirs, files in os.walk(wd):
             for name in [*dirs, *files]:
                 os.lchown(os.path.join(root, name), uid, gid)
@@ -249,7 +250,8 @@ def _traversable(path: str, uid: int, gid: int) -> bool:
 class _Confiner:
     def __init__(self, policy: ConfinementPolicy):
         self.p, self.report, self.root, self.userns = policy, ConfinementReport(), os.geteuid() == 0, False
-        self.pid, self.sc = os.getpid(), None
+        self.pid = os.getpid()
+        self.sc: Any = None  # the pyseccomp module (untyped), or why it could not be loaded
         self.ppid = policy.parent_pid if policy.parent_pid is not None else os.getppid()
 
     def step(self, name: str, wanted: bool, fn, why_skipped: str = "not requested by policy") -> None:
@@ -331,6 +333,7 @@ class _Confiner:
         _cover("/dev", {n for n in _DEV_NODES if os.path.exists("/dev/" + n)}, MS_NOSUID | MS_NOEXEC)
         budget = ""
         if wd and image is not None:
+            assert loops is not None and img is not None  # both opened above, with the image
             keep = _hold_passthrough(wd, self.p.workdir_passthrough)
             budget = _mount_image(loops, image, wd, self.p.uid, self.p.gid if self.p.gid is not None else self.p.uid)
             _restore_passthrough(wd, keep)
@@ -361,6 +364,7 @@ class _Confiner:
         """Keep the interpreter reachable for the task uid: a non-traversable ancestor (e.g. /root
         0700 holding pyenv) is covered by a tmpfs into which only the needed children are bound."""
         uid, gid = self.p.uid, self.p.gid if self.p.gid is not None else self.p.uid
+        assert uid is not None and gid is not None  # filesystem() calls this only for a task uid
         want = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, os.path.dirname(sys.executable),
                 os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),  # editable src
                 *self.p.expose_paths, self.p.writable_dir or "", *(p for p in sys.path if os.path.exists(p))}
@@ -397,6 +401,7 @@ class _Confiner:
     def credentials(self) -> str:
         uid = self.p.uid
         gid = self.p.gid if self.p.gid is not None else uid
+        assert uid is not None and gid is not None  # the step runs only when the policy sets a uid
         if not self.root:
             if os.getresuid() == (uid,) * 3:
                 return f"already running as uid {uid}"
@@ -545,7 +550,8 @@ def _deny_rules(sc, pid: int, p: ConfinementPolicy) -> list[tuple[object, str, t
     deny += [] if p.allow_fork else ["fork", "vfork"]
     deny += [] if p.allow_exec else ["execve", "execveat"]
     A, E, U32 = sc.Arg, errno.EPERM, 0xFFFFFFFF
-    rules = [(name, E, ()) for name in deny] + [("clone3", errno.ENOSYS, ())]  # glibc falls back to clone
+    rules: list[tuple[str, int, tuple[Any, ...]]] = [(name, E, ()) for name in deny]
+    rules += [("clone3", errno.ENOSYS, ())]  # glibc falls back to clone
     if p.network:
         rules += [("socket", E, (A(0, sc.EQ, family),)) for family in (1, 16, 17)]  # AF_UNIX/NETLINK/PACKET
     rules += [("clone", E, (A(0, sc.MASKED_EQ, f, f),)) for f in _NS_FLAGS]
@@ -584,7 +590,8 @@ def _seccomp_rules(sc, pid: int, p: ConfinementPolicy) -> list[tuple[object, str
                    "sched_setaffinity", "sched_setparam", "sched_setscheduler", "sched_setattr", "setpriority",
                    "ioprio_set", "prctl", "fcntl", "ioctl", "clone", "socket"}
     denied = set(DENIED) - ({"connect"} if p.network else set()) - conditional
-    denied |= ({"fork", "vfork"} if not p.allow_fork else set()) | ({"execve", "execveat"} if not p.allow_exec else set())
+    denied |= ({"fork", "vfork"} if not p.allow_fork else set()) | (
+        {"execve", "execveat"} if not p.allow_exec else set())
     allowed = (set(ALLOWED) | ({"fork", "vfork"} if p.allow_fork else set())
                | ({"execve", "execveat"} if p.allow_exec else set())) - denied - conditional
     rules: list[tuple[object, str, tuple]] = [(ok, n, ()) for n in sorted(allowed)]

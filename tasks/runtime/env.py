@@ -131,7 +131,7 @@ class Env:
                                                                 notice.rights)
         # Root tasks start with boot modules mapped (read-only), described in the record.
         self.modules: dict[str, Region] = {}
-        for mod, fd in zip(record.modules, boot_fds or []):
+        for mod, fd in zip(record.modules, boot_fds or [], strict=False):
             item = RecvItem(ItemKind.MEMORY, mod.address, 0x5, mod.mapped, 0)
             self.modules[mod.name] = self.memory.attach(item, fd)
 
@@ -140,9 +140,8 @@ class Env:
         try:
             return self.caps[name]
         except KeyError:
-            raise MissingCapability(
-                f"task {self.name!r} has no capability named {name!r} (it has: {', '.join(sorted(self.caps)) or 'none'})"
-            ) from None
+            have = ", ".join(sorted(self.caps)) or "none"
+            raise MissingCapability(f"task {self.name!r} has no capability named {name!r} (it has: {have})") from None
 
     def has(self, name: str) -> bool:
         return name in self.caps
@@ -164,7 +163,7 @@ class Env:
         result, fds = self.channel.ipc(inv)
         regions = []
         mem_items = [i for i in result.items if i.kind is ItemKind.MEMORY]
-        for item, fd in zip(mem_items, fds):
+        for item, fd in zip(mem_items, fds, strict=False):
             regions.append(self.memory.attach(item, fd))
         return Msg(result.error, result.tag, result.label, result.data, result.items, tuple(regions))
 

@@ -15,7 +15,13 @@ import re
 import sys
 
 #: seen in the traces of the shipped images (hello, wvds) and of the system and attack tests
-TRACED = frozenset(["brk", "chdir", "chmod", "close", "connect", "exit_group", "fcntl", "fsync", "ftruncate", "futex", "getcwd", "getdents64", "getgid", "getpeername", "getpid", "getppid", "getrandom", "getsockname", "getsockopt", "getuid", "ioctl", "kill", "lseek", "mkdir", "mmap", "mprotect", "mremap", "munmap", "newfstatat", "openat", "poll", "prctl", "read", "readlink", "recvfrom", "recvmsg", "rename", "rmdir", "rt_sigaction", "sched_getaffinity", "sendto", "socket", "statx", "unlink", "unlinkat", "write"])
+TRACED = frozenset([
+    "brk", "chdir", "chmod", "close", "connect", "exit_group", "fcntl", "fsync", "ftruncate", "futex", "getcwd",
+    "getdents64", "getgid", "getpeername", "getpid", "getppid", "getrandom", "getsockname", "getsockopt", "getuid",
+    "ioctl", "kill", "lseek", "mkdir", "mmap", "mprotect", "mremap", "munmap", "newfstatat", "openat", "poll",
+    "prctl", "read", "readlink", "recvfrom", "recvmsg", "rename", "rmdir", "rt_sigaction", "sched_getaffinity",
+    "sendto", "socket", "statx", "unlink", "unlinkat", "write",
+])
 
 #: what CPython/glibc need on paths the traces did not take, by group
 RUNTIME = {
@@ -37,7 +43,19 @@ RUNTIME = {
 ALLOWED = TRACED | frozenset(" ".join(RUNTIME.values()).split())
 
 #: a known way out: refused with EPERM (conditional rules in confine.py narrow kill/clone/prctl/...)
-DENIED = ["socket", "socketpair", "connect", "bind", "listen", "accept", "accept4", "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "process_mrelease", "pidfd_open", "pidfd_getfd", "pidfd_send_signal", "kcmp", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open", "personality", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot", "swapon", "swapoff", "acct", "syslog", "quotactl", "quotactl_fd", "name_to_handle_at", "open_by_handle_at", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "fanotify_init", "lookup_dcookie", "uselib", "modify_ldt", "iopl", "ioperm", "vhangup", "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "sethostname", "setdomainname", "migrate_pages", "move_pages", "msgget", "semget", "shmget", "mq_open", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid", "setgroups", "capset"]
+DENIED = [
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4", "ptrace", "process_vm_readv",
+    "process_vm_writev", "process_madvise", "process_mrelease", "pidfd_open", "pidfd_getfd", "pidfd_send_signal",
+    "kcmp", "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsconfig", "fsmount",
+    "fspick", "mount_setattr", "unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "personality", "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "reboot",
+    "swapon", "swapoff", "acct", "syslog", "quotactl", "quotactl_fd", "name_to_handle_at", "open_by_handle_at",
+    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "fanotify_init", "lookup_dcookie",
+    "uselib", "modify_ldt", "iopl", "ioperm", "vhangup", "settimeofday", "clock_settime", "clock_adjtime",
+    "adjtimex", "sethostname", "setdomainname", "migrate_pages", "move_pages", "msgget", "semget", "shmget",
+    "mq_open", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
+    "setgroups", "capset",
+]
 
 
 def traced_after_filter(lines: list[str]) -> set[str]:

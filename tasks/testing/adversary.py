@@ -104,7 +104,8 @@ def run(env, verb: str, args: list[str]) -> dict:
         # CPython's mmap object starts with PyObject_HEAD, then ``char *data``: the mapping's address.
         addr = ctypes.c_void_p.from_address(id(region.map) + object.__basicsize__).value
         env.log("RESULT " + json.dumps({"command": command_text(verb, args), "about_to_write": addr is not None}))
-        ctypes.memset(addr, 0x41, 16)  # a read-only mapping: the OS faults this store (SIGSEGV)
+        # a read-only mapping: the OS faults this store (SIGSEGV); None would be NULL, faulting too
+        ctypes.memset(addr, 0x41, 16)  # type: ignore[arg-type]
         return {"wrote": True}
     if verb == "mmap_rw":
         return _mmap_rw(env, _sel(env, args[0]))

@@ -3,8 +3,8 @@ import json
 import os
 import time
 
-from protocols.crypto_client import CryptoClient
 from protocols.crypto import KeyType
+from protocols.crypto_client import CryptoClient
 from tasks.runtime.shm import ShmClient
 
 

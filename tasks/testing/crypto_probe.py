@@ -24,7 +24,7 @@ def main(env) -> int:
             clients[via] = ShmClient(env, env.cap(via), env.cap(f"{via}_shm"), timeout_us=30_000_000)
         client = clients[via]
         frame = bytes.fromhex(entry["hex"])
-        statuses = collections.Counter()
+        statuses: collections.Counter[int] = collections.Counter()
         response = b""
         for _ in range(entry.get("repeat", 1)):
             response = client.transact(frame)

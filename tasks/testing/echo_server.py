@@ -6,7 +6,5 @@ def main(env) -> int:
     env.log("ready")
     msg = env.wait()
     while True:
-        if msg.ok:
-            msg = env.ipc(0xE, 0xFFFFFFFFFFFFF800, msg.proto, msg.data, send_timeout_us=0)  # REPLY_AND_WAIT
-        else:
-            msg = env.wait()
+        msg = (env.ipc(0xE, 0xFFFFFFFFFFFFF800, msg.proto, msg.data, send_timeout_us=0)  # REPLY_AND_WAIT
+               if msg.ok else env.wait())

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, Status, Usage
 from protocols.crypto_client import (
     CHUNK_SIZE,
     MAX_CHUNK_SIZE,
@@ -18,10 +19,9 @@ from protocols.crypto_client import (
     RetryPolicy,
     chunk_aad,
 )
-from protocols.crypto import KeyFormat, KeyType, Status, Usage
 
 
-class Sleeps(list):  # type: ignore[type-arg]
+class Sleeps(list):
     """An injectable sleep that records instead of sleeping (optionally moving a fake clock)."""
 
     def __init__(self, clock: Any = None) -> None:
@@ -89,7 +89,12 @@ def test_key_management(client: CryptoClient) -> None:
 
 def test_oversized_request_is_refused_locally(harness: Any) -> None:
     sent = []
-    client = CryptoClient(lambda f: (sent.append(f), harness.service.handle(f))[1], sleep=Sleeps())
+
+    def transact(f: bytes) -> bytes:
+        sent.append(f)
+        return harness.service.handle(f)
+
+    client = CryptoClient(transact, sleep=Sleeps())
     with pytest.raises(CryptoServiceError) as err:
         client.encrypt(1, bytes(70_000))
     assert err.value.status == Status.PAYLOAD_TOO_LARGE and sent == []

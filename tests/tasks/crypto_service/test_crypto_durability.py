@@ -24,9 +24,9 @@ import pytest
 from durable.faults import FaultyOps, SimulatedCrash, crash_points, finish
 from durable.fileops import OS
 from protocols import crypto as p
-from protocols.crypto_client import CryptoClient
-from tasks.crypto_service.keystore import FileKeyStore
 from protocols.crypto import KeyFormat, KeyType, Status, Usage
+from protocols.crypto_client import CryptoClient
+from tasks.crypto_service.keystore import FileKeyStore, StoreError
 from tasks.crypto_service.service import CryptoService
 
 KEY = bytes(range(32))
@@ -290,7 +290,8 @@ def test_stale_temp_files_are_removed_at_start(tmp_path: Path) -> None:
 
 class FakeEnv:
     def __init__(self, kek: bytes) -> None:
-        self.kek, self.lines = kek, []
+        self.kek = kek
+        self.lines: list[str] = []
 
     def rom(self, name: str) -> str:
         return name
@@ -410,6 +411,6 @@ def test_only_mismatched_responses_give_up_with_a_clear_error() -> None:
 def test_a_full_disk_error_is_transient(tmp_path: Path) -> None:
     ops = FaultyOps(full=True)
     store = FileKeyStore(tmp_path / "keys.store", bytearray(KEK), ops=ops)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(StoreError) as err:
         store.save([], 1)
     assert err.value.retry and err.value.__cause__.errno == errno.ENOSPC

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from tasks.crypto_service.keys import SPECS, Family, Key, KeyDestroyed
 from protocols.crypto import KeyFlags, KeyFormat, KeyType, Usage
+from tasks.crypto_service.keys import SPECS, Family, Key, KeyDestroyed
 
 
-def seeded_rng(seed: int):  # type: ignore[no-untyped-def]
+def seeded_rng(seed: int):
     """Deterministic stand-in for os.urandom."""
     return random.Random(seed).randbytes
 

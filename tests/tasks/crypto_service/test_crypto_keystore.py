@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, Usage
 from tasks.crypto_service.keys import Key
 from tasks.crypto_service.keystore import (
     WRITE_STEPS,
@@ -18,11 +19,10 @@ from tasks.crypto_service.keystore import (
     StoreError,
     open_keystore,
 )
-from protocols.crypto import KeyFormat, KeyType, Usage
 from tasks.crypto_service.service import CryptoService
 
 
-def seeded_rng(seed: int):  # type: ignore[no-untyped-def]
+def seeded_rng(seed: int):
     """Deterministic stand-in for os.urandom."""
     return random.Random(seed).randbytes
 
@@ -46,7 +46,7 @@ def secrets_of(keys: list[Key]) -> list[bytes]:
 
 
 def same(a: list[Key], b: list[Key]) -> bool:
-    def facts(k: Key) -> tuple:  # type: ignore[type-arg]
+    def facts(k: Key) -> tuple:
         return (k.key_id, k.key_type, k.usage, k.version, k.nonce_lease, k.public_key, bytes(k.storage_material()[1]))
 
     return sorted(map(facts, a)) == sorted(map(facts, b))
@@ -57,7 +57,7 @@ def kek() -> bytearray:
     return bytearray(seeded_rng(99)(32))
 
 
-def file_store(path: Path, kek: bytearray, hook=None) -> FileKeyStore:  # type: ignore[no-untyped-def]
+def file_store(path: Path, kek: bytearray, hook=None) -> FileKeyStore:
     return FileKeyStore(path, bytearray(kek), seeded_rng(5), step_hook=hook)
 
 
@@ -108,7 +108,7 @@ def test_no_key_material_in_the_file(tmp_path: Path, kek: bytearray) -> None:
         lambda b: b[:8] + bytes([b[8] ^ 1]) + b[9:],  # generation (authenticated)
     ],
 )
-def test_damaged_file_is_detected_not_loaded(tmp_path: Path, kek: bytearray, damage) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_file_is_detected_not_loaded(tmp_path: Path, kek: bytearray, damage) -> None:
     path = tmp_path / "keys.bin"
     file_store(path, kek).save(keyset(4), 2)
     path.write_bytes(damage(path.read_bytes()))
@@ -196,7 +196,7 @@ def test_open_keystore_selects_backends(tmp_path: Path) -> None:
         {},
     ],
 )
-def test_open_keystore_is_strict(tmp_path: Path, cfg: dict) -> None:  # type: ignore[type-arg]
+def test_open_keystore_is_strict(tmp_path: Path, cfg: dict) -> None:
     cfg = {k: (write_kek(tmp_path, bytes(32)) if v == "KEK" else v) for k, v in cfg.items()}
     with pytest.raises(ValueError):
         open_keystore(cfg)
@@ -211,14 +211,17 @@ def test_kek_file_must_be_32_bytes(tmp_path: Path, size: int) -> None:
 
 def test_service_keys_survive_a_restart_from_config(tmp_path: Path) -> None:
     config = {
-        "storage": {"backend": "file", "path": str(tmp_path / "keys.bin"), "kek_file": write_kek(tmp_path, os.urandom(32))},
+        "storage": {"backend": "file", "path": str(tmp_path / "keys.bin"),
+                    "kek_file": write_kek(tmp_path, os.urandom(32))},
         "rate_limit": {"enabled": False},
     }
     first = CryptoService(config, clock=lambda: 0)
-    status, created = p.parse_response(first.handle(p.KeyGenerateRequest(0, KeyType.AES_256).encode()), p.RequestType.KEY_GENERATE)
+    status, created = p.parse_response(first.handle(p.KeyGenerateRequest(0, KeyType.AES_256).encode()),
+                                       p.RequestType.KEY_GENERATE)
     assert status == p.Status.SUCCESS
     kid = created.info.key_id
-    status, sealed = p.parse_response(first.handle(p.AesEncryptRequest(kid, b"a", b"kept").encode()), p.RequestType.AES_ENCRYPT)
+    status, sealed = p.parse_response(first.handle(p.AesEncryptRequest(kid, b"a", b"kept").encode()),
+                                      p.RequestType.AES_ENCRYPT)
     del first  # no clean shutdown
 
     second = CryptoService(config, clock=lambda: 0)

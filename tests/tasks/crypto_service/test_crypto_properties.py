@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from protocols import crypto as p
-from tasks.crypto_service.keystore import MemoryKeyStore
 from protocols.crypto import KeyType, RequestType, Status
+from tasks.crypto_service.keystore import MemoryKeyStore
 from tasks.crypto_service.service import CryptoService
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

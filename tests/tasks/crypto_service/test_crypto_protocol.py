@@ -66,11 +66,15 @@ GOLDEN_RESPONSES = [
         p.KeyResponse(INFO_KEM, b"\xab\xcd"),
         h("c8 01 00 00 10000000 | 01000000 21 01 f0010000 01000000 | abcd"),
     ),
-    (p.RequestType.KEY_GENERATE, p.KeyResponse(INFO_AES, b""), h("c8 01 00 00 0e000000 | 02000000 01 01 83010000 03000000")),
-    (p.RequestType.KEY_IMPORT, p.KeyResponse(INFO_DSA_PUB, b"\x99"), h("c8 01 00 00 0f000000 | 07000000 10 00 48000000 01000000 99")),
-    (p.RequestType.KEY_EXPORT_PUBLIC, p.KeyResponse(INFO_KEM, b""), h("c8 01 00 00 0e000000 | 01000000 21 01 f0010000 01000000")),
+    (p.RequestType.KEY_GENERATE, p.KeyResponse(INFO_AES, b""),
+     h("c8 01 00 00 0e000000 | 02000000 01 01 83010000 03000000")),
+    (p.RequestType.KEY_IMPORT, p.KeyResponse(INFO_DSA_PUB, b"\x99"),
+     h("c8 01 00 00 0f000000 | 07000000 10 00 48000000 01000000 99")),
+    (p.RequestType.KEY_EXPORT_PUBLIC, p.KeyResponse(INFO_KEM, b""),
+     h("c8 01 00 00 0e000000 | 01000000 21 01 f0010000 01000000")),
     (p.RequestType.KEY_DESTROY, p.EmptyResponse(), h("c8 01 00 00 00000000")),
-    (p.RequestType.KEY_ROTATE, p.KeyResponse(INFO_AES, b""), h("c8 01 00 00 0e000000 | 02000000 01 01 83010000 03000000")),
+    (p.RequestType.KEY_ROTATE, p.KeyResponse(INFO_AES, b""),
+     h("c8 01 00 00 0e000000 | 02000000 01 01 83010000 03000000")),
     (
         p.RequestType.KEY_LIST,
         p.KeyListResponse(0, (INFO_AES, INFO_DSA_PUB)),
@@ -108,7 +112,8 @@ def test_error_responses_are_header_only(status: Status) -> None:
         assert p.parse_response(frame, p.RequestType.AES_DECRYPT) == (status, None)
 
 
-def frame(rtype: int, payload: bytes = b"", *, magic: int = 0xC7, version: int = 1, flags: int = 0, length: int | None = None) -> bytes:
+def frame(rtype: int, payload: bytes = b"", *, magic: int = 0xC7, version: int = 1, flags: int = 0,
+          length: int | None = None) -> bytes:
     n = len(payload) if length is None else length
     return bytes([magic, version, rtype, flags]) + n.to_bytes(4, "little") + payload
 
@@ -184,7 +189,7 @@ def test_non_buffer_input_is_an_invalid_header() -> None:
         lambda: p.MlkemDecapsResponse(bytes(31)),
     ],
 )
-def test_invalid_objects_cannot_be_constructed(build) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_objects_cannot_be_constructed(build) -> None:
     with pytest.raises(ValueError):
         build()
 

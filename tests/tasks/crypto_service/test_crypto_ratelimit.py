@@ -101,6 +101,6 @@ def test_configurable_for_a_benchmark_image() -> None:
         {"enabled": "yes"},
     ],
 )
-def test_config_is_strict(raw: dict) -> None:  # type: ignore[type-arg]
+def test_config_is_strict(raw: dict) -> None:
     with pytest.raises(ValueError):
         RateLimitConfig.from_dict(raw)

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from protocols import crypto as p
+from protocols.crypto import KeyFormat, KeyType, RequestType, Status, Usage
 from tasks.crypto_service import service as service_module
 from tasks.crypto_service.keys import Key
 from tasks.crypto_service.keystore import MemoryKeyStore
 from tasks.crypto_service.nonces import COUNTER_LIMIT
-from protocols.crypto import KeyFormat, KeyType, RequestType, Status, Usage
 from tasks.crypto_service.service import CryptoService, ServiceConfig
 
 DSA = [KeyType.MLDSA_44, KeyType.MLDSA_65, KeyType.MLDSA_87]
@@ -96,7 +96,8 @@ def s_policy_denied(h: Any) -> bytes:
 
 
 def s_import_disabled(h: Any) -> bytes:
-    h2 = type(h)(CryptoService({"allow_import": False, "rate_limit": {"enabled": False}}, store=MemoryKeyStore()), h.clock, None)
+    service = CryptoService({"allow_import": False, "rate_limit": {"enabled": False}}, store=MemoryKeyStore())
+    h2 = type(h)(service, h.clock, None)
     return h2.raw(p.KeyImportRequest(0, KeyType.AES_256, Usage(0), KeyFormat.SECRET, bytes(32)).encode())
 
 
@@ -213,7 +214,12 @@ def test_encrypt_nonces_are_unique_and_leases_persisted(make_harness: Any) -> No
     h = make_harness({"nonce_lease_block": 7})
     saves = []
     original = h.store.save
-    h.store.save = lambda keys, nxt: (saves.append(nxt), original(keys, nxt))[1]
+
+    def save(keys: Any, nxt: int) -> None:
+        saves.append(nxt)
+        return original(keys, nxt)
+
+    h.store.save = save
     kid = h.new_key(KeyType.AES_256).info.key_id
     saves.clear()
     seen = {h.ok(p.AesEncryptRequest(kid, b"", b"x")).nonce for _ in range(50)}
@@ -251,7 +257,8 @@ def test_rotated_key_no_longer_decrypts_old_ciphertext(harness: Any) -> None:
     kid = harness.new_key(KeyType.AES_256).info.key_id
     enc = harness.ok(p.AesEncryptRequest(kid, b"", b"m"))
     harness.ok(p.KeyRotateRequest(kid))
-    assert harness.call(p.AesDecryptRequest(kid, b"", enc.nonce, enc.ciphertext, enc.tag))[0] == Status.DECRYPTION_FAILED
+    old = p.AesDecryptRequest(kid, b"", enc.nonce, enc.ciphertext, enc.tag)
+    assert harness.call(old)[0] == Status.DECRYPTION_FAILED
 
 
 def test_rate_limited_requests_do_no_crypto(make_harness: Any) -> None:
@@ -360,7 +367,8 @@ def test_bad_creation_requests_are_invalid_payload(harness: Any, request_obj: An
 
 def test_public_import_switch(make_harness: Any) -> None:
     h = make_harness({"allow_import": True, "allow_public_import": False})
-    assert h.call(p.KeyImportRequest(0, KeyType.MLKEM_512, Usage(0), KeyFormat.PUBLIC, bytes(800)))[0] == Status.IMPORT_DISABLED
+    public = p.KeyImportRequest(0, KeyType.MLKEM_512, Usage(0), KeyFormat.PUBLIC, bytes(800))
+    assert h.call(public)[0] == Status.IMPORT_DISABLED
     assert h.call(p.KeyImportRequest(0, KeyType.AES_256, Usage(0), KeyFormat.SECRET, bytes(32)))[0] == Status.SUCCESS
 
 
@@ -434,7 +442,7 @@ def test_handle_accepts_any_byte_buffer_and_survives_non_buffers(harness: Any) -
     frame = p.KeyListRequest().encode()
     assert status_of(harness.service.handle(bytearray(frame))) == Status.SUCCESS
     assert status_of(harness.service.handle(memoryview(frame))) == Status.SUCCESS
-    assert status_of(harness.service.handle("not bytes")) == Status.INVALID_HEADER  # type: ignore[arg-type]
+    assert status_of(harness.service.handle("not bytes")) == Status.INVALID_HEADER
 
 
 @pytest.mark.parametrize(
@@ -449,7 +457,7 @@ def test_handle_accepts_any_byte_buffer_and_survives_non_buffers(harness: Any) -
         {"rate_limit": {"rate": 1}},
     ],
 )
-def test_config_is_strict(raw: dict) -> None:  # type: ignore[type-arg]
+def test_config_is_strict(raw: dict) -> None:
     with pytest.raises(ValueError):
         ServiceConfig.from_dict(raw)
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from durable.faults import FaultyOps
 from protocols import crypto as p
-from tasks.crypto_service.keystore import FileKeyStore, open_keystore
 from protocols.crypto import KeyFormat, KeyType, Status, Usage
+from tasks.crypto_service.keystore import FileKeyStore, open_keystore
+from tasks.crypto_service.keystore_hsm import HsmKeyStore
 from tasks.crypto_service.service import CryptoService
 
 KEY = bytes(range(32))
@@ -342,6 +343,7 @@ def test_hsm_aes_keys_live_in_the_token_and_cannot_leave(devices: Any, tmp_path:
     from pkcs11 import Attribute
 
     store = open_keystore(hsm_config(devices, tmp_path))
+    assert isinstance(store, HsmKeyStore)
     svc = service(store)
     kid, enc = populate(svc)
     key = svc._keys[kid]

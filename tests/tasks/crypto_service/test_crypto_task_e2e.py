@@ -106,7 +106,8 @@ def test_keys_survive_a_restart_and_stay_encrypted_at_rest(boot, tmp_path):
     frames = [p.KeyImportRequest(9, KeyType.AES_256, ALL, KeyFormat.SECRET, KEY).encode()]
     boot_script(boot, tmp_path, [{"hex": f.hex()} for f in frames])
     from kernel_model.host import workdirs  # the work dir's files live in its budget image
-    stored = (workdirs.export_files(tmp_path / "run" / "crypto", tmp_path / "export") / "keys.store.client").read_bytes()
+    exported = workdirs.export_files(tmp_path / "run" / "crypto", tmp_path / "export")
+    stored = (exported / "keys.store.client").read_bytes()
     assert KEY not in stored and stored[:4] == b"L4KS"
     enc = p.AesEncryptRequest(9, b"", b"after restart").encode()
     _, results = boot_script(boot, tmp_path, [{"hex": enc.hex()}])  # same work dir: the store is reloaded

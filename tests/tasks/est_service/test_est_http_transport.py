@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -114,6 +115,7 @@ def test_broken_answers_are_typed_errors(peer, data: bytes, kind: ErrorKind) -> 
 
 
 def test_hanging_server_times_out(peer) -> None:
+    p: Any  # the handler below waits on the peer it is given to
     p = peer(lambda sock: p.release.wait(30))  # reads the request, then says nothing
     result = HttpTransport(p.connect, timeout=0.3).send(REQUEST)
     assert isinstance(result, EstError) and result.kind is ErrorKind.TIMEOUT

@@ -89,6 +89,7 @@ def test_backoff_retry_that_crosses_expiry_enrolls(cert) -> None:
     now = START + 100 * DAY - dt.timedelta(seconds=10)
     state = record_failure(RenewalState(certificate=cert), TIMEOUT, POLICY, now)
     assert decide(state, POLICY, now).action is Action.WAIT
+    assert state.retry_at is not None
     assert decide(state, POLICY, state.retry_at).action is Action.ENROLL
     assert state.certificate is cert  # still kept: the caller decides when to drop it
 

@@ -12,11 +12,6 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from hil.est_ca import EstCa, Fault, ServerOptions, serve
-from tasks.est_service.config import Config, ConfigError
-from tasks.est_service.csr import generate_key
-from tasks.est_service.http_transport import HttpTransport, make_ssl_context
-from tasks.est_service.results import ErrorKind
-from tasks.est_service.service import EstService
 from protocols.est_service import (
     AUTH_REFUSED,
     Activity,
@@ -31,6 +26,11 @@ from protocols.est_service import (
     decode_response,
     encode_chain,
 )
+from tasks.est_service.config import Config, ConfigError
+from tasks.est_service.csr import generate_key
+from tasks.est_service.http_transport import HttpTransport, make_ssl_context
+from tasks.est_service.results import ErrorKind
+from tasks.est_service.service import EstService
 from tasks.est_service.store import Persisted, Store, StoreError
 from tasks.est_service.tls_stream import proxy_connector
 from tasks.est_service.trust import TrustAnchors
@@ -184,7 +184,7 @@ class Clock:
 @pytest.fixture
 def service(tmp_path, ca, running):
     proxy = Proxy(type("E", (), {"log": staticmethod(lambda text: None)})(), [f"127.0.0.1:{running.port}"])
-    peer = ShmPeer("est", 16, None)  # type: ignore[arg-type]
+    peer = ShmPeer("est", 16, None)
     cfg = Config.parse(config(running.port, renew_at_fraction=1e-6, min_reenroll_interval_s=60))
     trust = TrustAnchors((ca.certificate,))
 
@@ -196,7 +196,7 @@ def service(tmp_path, ca, running):
     clock = Clock()
     lines: list[str] = []
     svc = EstService(cfg, trust, Store(tmp_path), log=lines.append, transport_for=transport_for, clock=clock)
-    svc.lines, svc.fake_clock = lines, clock  # type: ignore[attr-defined]
+    svc.lines, svc.fake_clock = lines, clock
     yield svc
     running.release_hung()
     defaults = ServerOptions(hang_limit=10)
@@ -210,7 +210,7 @@ def test_enroll_then_reenroll_is_rate_limited(service):
     service.work(clock())
     first = service.renewal.certificate
     assert first is not None and service.successes == 1
-    small = ShmPeer("gw", 16, type("R", (), {"size": 128})())  # type: ignore[arg-type]
+    small = ShmPeer("gw", 16, type("R", (), {"size": 128})())
     status, payload = decode_response(service.handle(small, Request(Op.GET_CHAIN, Format.PEM).encode()))
     assert status is Status.TOO_LARGE and int.from_bytes(payload, "little") > 64
     # Renewal is due at once (fraction ~0), but not before min_reenroll_interval_s.
@@ -256,7 +256,7 @@ def test_refused_credentials_leave_no_certificate(service, running):
     assert status.error_code == AUTH_REFUSED and status.http_status == 401
     assert "refused our credentials" in status.detail
     assert service.store.load().certificate is None, "only the pending key is stored"
-    peer = ShmPeer("gw", 16, type("R", (), {"size": 64})())  # type: ignore[arg-type]
+    peer = ShmPeer("gw", 16, type("R", (), {"size": 64})())
     assert decode_response(service.handle(peer, Request(Op.GET_CERT).encode()))[0] is Status.NO_CERTIFICATE
 
 
@@ -265,7 +265,7 @@ def restarted(service):
     """A new EstService on the same work directory (what a restart of the task does)."""
     again = EstService(service.cfg, service.trust, service.store, log=service.lines.append,
                        transport_for=service.transport_for, clock=service.fake_clock)
-    again.lines, again.fake_clock = service.lines, service.fake_clock  # type: ignore[attr-defined]
+    again.lines, again.fake_clock = service.lines, service.fake_clock
     again.load()
     return again
 
@@ -367,7 +367,7 @@ def test_401_on_any_path_is_answered_with_the_configured_credentials(service, ru
 def test_401_without_configured_credentials_says_so(tmp_path, ca, running):
     cfg = Config.parse({k: v for k, v in config(running.port).items() if k != "auth"})
     proxy = Proxy(type("E", (), {"log": staticmethod(lambda text: None)})(), [f"127.0.0.1:{running.port}"])
-    peer = ShmPeer("est", 16, None)  # type: ignore[arg-type]
+    peer = ShmPeer("est", 16, None)
     trust = TrustAnchors((ca.certificate,))
 
     def transport_for(cert, key, chain):

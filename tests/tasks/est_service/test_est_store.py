@@ -137,6 +137,7 @@ def test_a_required_state_that_is_missing_refuses_to_start(tmp_path: Path) -> No
 def test_store_config_is_strict() -> None:
     from tasks.est_service.config import ConfigError
 
+    bad: object
     for bad in ({"required": "yes"}, {"must": True}, []):
         with pytest.raises(ConfigError, match="store"):
             cfg(store=bad)

@@ -35,9 +35,9 @@ from kernel_model.abi import Err
 from kernel_model.host.console import RecordingConsole
 from kernel_model.host.images import load_image
 from kernel_model.host.supervisor import Supervisor
+from protocols.est_service import AUTH_REFUSED
 from systemlib import System
 from tasks.est_service.results import ErrorKind
-from protocols.est_service import AUTH_REFUSED
 from tasks.est_service.store import Store
 
 SUBJECT = {"CN": "gateway-0001", "O": "WvdS"}
@@ -247,7 +247,7 @@ def test_device_key_is_encrypted_at_rest_and_matches_the_certificate(enrolled):
     copy = workdir.parent / "no-kek"
     shutil.copytree(workdir, copy)
     (copy / "est-kek.bin").unlink()
-    with pytest.raises(Exception, match="est-kek.bin is missing"):
+    with pytest.raises(Exception, match=r"est-kek\.bin is missing"):
         stored(copy)
     assert not list(workdir.glob("*.tmp")) and not list(workdir.glob(".*.tmp")), "a temporary file was left behind"
 

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from hil.est_ca import EstCa, Fault, ServerOptions, serve
+from protocols.netproxy import Op, Request
 from tasks.est_service import protocol
 from tasks.est_service.csr import build_csr, build_reenroll_csr, generate_key
 from tasks.est_service.http_transport import HttpTransport, make_ssl_context
@@ -19,7 +20,6 @@ from tasks.est_service.messages import BasicAuth, EstServer
 from tasks.est_service.results import CaCerts, Enrolled, ErrorKind, EstError
 from tasks.est_service.tls_stream import ProxyStream, proxy_connector
 from tasks.est_service.trust import TrustAnchors
-from protocols.netproxy import Op, Request
 from tasks.netproxy.task import Proxy
 from tasks.runtime.shm import ShmPeer
 
@@ -40,7 +40,7 @@ class InProcessProxy:
     def __init__(self, allowed: list[str]) -> None:
         self.env = _Env()
         self.proxy = Proxy(self.env, allowed)
-        self.peer = ShmPeer("est", 16, None)  # type: ignore[arg-type]  (the handler never touches it)
+        self.peer = ShmPeer("est", 16, None)  # type: ignore[arg-type]  # the handler never touches it
         self.ops: list[int] = []
         self.sent = bytearray()
 
@@ -85,7 +85,7 @@ def transport(ca, running, proxy, *, timeout=3.0, idle=None, trust=None, endpoin
     context = make_ssl_context(anchors, client_cert=cert, client_key=key)
     connect = proxy_connector(proxy.transact, endpoint or f"127.0.0.1:{running.port}", context, "127.0.0.1",
                               timeout=timeout, idle=idle)
-    return HttpTransport(connect, timeout=timeout)
+    return HttpTransport(connect, timeout=timeout)  # type: ignore[arg-type]  # TlsOverProxy: a duck-typed socket
 
 
 def est_server(running) -> EstServer:

@@ -43,7 +43,8 @@ class Proc:
         cmd = [sys.executable, str(PROBE), json.dumps(cfg)]
         if as_uid is not None and ROOT:
             cmd = ["setpriv", f"--reuid={as_uid}", f"--regid={as_uid}", "--clear-groups", *cmd]
-        self.stderr = tempfile.TemporaryFile()
+        # not a with-block: the probe's stderr, read whenever it fails, lives as long as the probe
+        self.stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, pass_fds=(child.fileno(), *extra_fds), env=env or {},
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self.stderr,
                                      start_new_session=True)
