@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from capabilities.rights import CapRights, MemRights
 from kernel_model.abi import PAGE_SIZE, DataspaceOp, Err, NamespaceOp, ParentOp, Proto
 from kernel_model.wire import Item
 
 if TYPE_CHECKING:
-    from roottasks.moe.loader import TaskRecord
     from tasks.runtime.memory import Region
 
 
@@ -25,7 +24,7 @@ class MoeServices(Protocol):
 
     def new_dataspace(self, size: int, *, name: str, owner: object = None) -> DataspaceObject | None: ...
 
-    def child_exited(self, record: TaskRecord, code: int, notice_from: ParentObject) -> None: ...
+    def child_exited(self, record: Any, code: int, notice_from: ParentObject) -> None: ...  # record: loader.TaskRecord
 
 
 @dataclasses.dataclass

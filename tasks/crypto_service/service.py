@@ -69,8 +69,9 @@ from protocols.crypto import (
     request_sequence,
 )
 
+from .backends import open_keystore
 from .keys import SPECS, Family, Key
-from .keystore import KeyStore, StoreError, open_keystore, transient
+from .keystore import KeyStore, StoreError, transient
 from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceExhausted, NonceSequence, ReplayWindow
 from .ratelimit import RateLimitConfig, TokenBucket
 from .replay_journal import ReplayJournal

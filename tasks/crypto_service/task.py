@@ -33,7 +33,8 @@ import json
 import os
 
 from protocols.crypto import RequestType
-from tasks.crypto_service.keystore import KEK_SIZE, UnavailableStore, check_kek, open_keystore
+from tasks.crypto_service.backends import open_keystore
+from tasks.crypto_service.keystore import KEK_SIZE, UnavailableStore, check_kek
 from tasks.crypto_service.service import CryptoService, ServiceConfig
 from tasks.runtime.serve import serve
 from tasks.runtime.shm import bind_peers, shm_calls

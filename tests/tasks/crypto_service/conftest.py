@@ -164,7 +164,7 @@ class StoreFactory:
 
     def __call__(self, name: str = "keys.store", ops: Any = None, **kw: Any) -> Any:
         from durable.fileops import OS
-        from tasks.crypto_service.keystore import open_keystore
+        from tasks.crypto_service.backends import open_keystore
 
         return open_keystore(self.config(name, **kw), seeded_rng(5), ops=ops or OS)
 

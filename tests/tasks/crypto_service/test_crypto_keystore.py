@@ -11,13 +11,13 @@ import pytest
 
 from protocols import crypto as p
 from protocols.crypto import KeyFormat, KeyType, Usage
+from tasks.crypto_service.backends import open_keystore
 from tasks.crypto_service.keys import Key
 from tasks.crypto_service.keystore import (
     WRITE_STEPS,
     FileKeyStore,
     MemoryKeyStore,
     StoreError,
-    open_keystore,
 )
 from tasks.crypto_service.service import CryptoService
 

@@ -12,7 +12,8 @@ from typing import Any
 from durable.faults import FaultyOps
 from protocols import crypto as p
 from protocols.crypto import KeyFormat, KeyType, Status, Usage
-from tasks.crypto_service.keystore import FileKeyStore, open_keystore
+from tasks.crypto_service.backends import open_keystore
+from tasks.crypto_service.keystore import FileKeyStore
 from tasks.crypto_service.keystore_hsm import HsmKeyStore
 from tasks.crypto_service.service import CryptoService
 
