@@ -332,7 +332,7 @@ class Supervisor:
         mapping is already gone again, the task gets an empty placeholder, never a retired backing."""
         items = [i for i in eff.result.items if i.kind is ItemKind.MEMORY]
         fds, temps = [], []
-        for (mem, writable), item in zip(eff.memory, items):
+        for (_mem, writable), item in zip(eff.memory, items, strict=False):
             node = self.kernel.db.get(eff.task.space, Kind.MEMORY, item.index)
             if node is not None and node.live and isinstance(node.obj, Memory) and node.obj.id in self.memfds:
                 fds.append(self._fd_for(node.obj, writable))
