@@ -89,7 +89,8 @@ def test_rom_write_is_rejected_by_the_validator_and_flagged_on_an_image_built_in
     task = image.tasks[0]
     forged = dataclasses.replace(image, tasks=(dataclasses.replace(task, caps=(CapDecl("rom", "rom", R | W),)),))
     [finding] = Analysis(forged).findings
-    assert (finding.rule, finding.severity, finding.task, finding.cap) == (LintRule.ROM_WRITE, Severity.ERROR, "a", "rom")
+    assert (finding.rule, finding.severity, finding.task, finding.cap) == (LintRule.ROM_WRITE, Severity.ERROR, "a",
+            "rom")
 
 
 def test_findings_name_the_yaml_field_and_say_why():
