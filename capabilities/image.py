@@ -65,7 +65,8 @@ PROGRAM_RE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|K|M|G)?\s*$")
 SIZE_UNITS = {None: 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1 << 20, "MiB": 1 << 20, "G": 1 << 30, "GiB": 1 << 30}
 COLORS = "nrgybmcw"
-COLOR_NAMES = {"black": "n", "red": "r", "green": "g", "yellow": "y", "blue": "b", "magenta": "m", "cyan": "c", "white": "w"}
+COLOR_NAMES = {"black": "n", "red": "r", "green": "g", "yellow": "y", "blue": "b", "magenta": "m", "cyan": "c",
+               "white": "w"}
 RESERVED_CAPS = ("log", "parent", "mem_alloc", "task", "thread")
 RESERVED_TAGS = ("kernel", "moe", "sigma0", "ipc")  # the console's own lines
 BUILTIN_OBJECTS = {"rom": "namespace"}
@@ -305,7 +306,8 @@ def parse_image(text: str, filename: str = "<image>",
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ImageError([Problem(filename, line, col, "<yaml>", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        problem = Problem(filename, line, col, "<yaml>", f"not valid YAML: {getattr(exc, 'problem', exc)}")
+        raise ImageError([problem]) from None
     except RecursionError:
         raise ImageError([Problem(filename, 1, 1, "<yaml>", "nested too deeply")]) from None
     if root is None:

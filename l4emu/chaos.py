@@ -127,4 +127,5 @@ class Chaos:
         for task in self.sup.kernel.tasks.values():
             if task.started:
                 newest[task.name] = max(newest.get(task.name, 0), getattr(task, "generation", 0))
-        return sum(1 for kill in self.kills if kill.pid is not None and newest.get(kill.fault.task, 0) > kill.generation)
+        return sum(1 for kill in self.kills
+                   if kill.pid is not None and newest.get(kill.fault.task, 0) > kill.generation)

@@ -148,8 +148,8 @@ class LiveSink(RecordingConsole):
         self.supervision_at = self.clock()
         if self.show_trace:  # --trace: every change of Moe's supervision state, as a trace line
             for name, st in changed.items():
-                text = f"supervision: {name} {supervision_text(st, 0.0, why=True)}, generation {st.get('generation')}, " \
-                       f"restarts {st.get('restarts')} ({st.get('policy')})"
+                text = (f"supervision: {name} {supervision_text(st, 0.0, why=True)}, "
+                        f"generation {st.get('generation')}, restarts {st.get('restarts')} ({st.get('policy')})")
                 super().trace(text)
                 self.on_trace(text)
 

@@ -220,7 +220,8 @@ def test_check_prints_reach_closure_flow_findings_and_exits_0_without_errors():
     assert check_image(ROOT / "images" / "hello.yaml", con) == 0
     text = out.getvalue()
     for part in ("hello (", "reachability", "ping=ping:rw -> ping=ping:svr", "authority closure",
-                 "server --reply--> client (gate ping, now rwdc)", "information flow", "irq-write", "tasks.server.caps.kick",
+                 "server --reply--> client (gate ping, now rwdc)", "information flow", "irq-write",
+                 "tasks.server.caps.kick",
                  "0 errors, 0 warnings, 3 notes"):
         assert part in text, part
     # client -> server and server -> client are direct already; only the rom flow to the server is new

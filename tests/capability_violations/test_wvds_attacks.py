@@ -97,7 +97,8 @@ def test_no_other_task_table_changed(attack):
         assert after[task] == before[task], task
 
 
-@pytest.mark.parametrize("command,selector", [("call:0x50000", 0x50000), ("call:0xfffffffffff00000", 0xfffffffffff00000),
+@pytest.mark.parametrize("command,selector", [("call:0x50000", 0x50000),
+                                              ("call:0xfffffffffff00000", 0xfffffffffff00000),
                                               ("call:0x2000", 0x2000)])
 def test_v1_forged_selector(attack, command, selector):
     _, _, results, violations, _ = attack

@@ -80,8 +80,9 @@ GOLDEN_KERNEL_FRAMES = [
 
 
 def test_send_with_a_memory_item_golden_bytes():
-    inv = Invocation(IpcFlags.SEND, 0x2000, MsgTag(0, 0, 1), b"", (Item.mem(0x1000_0000, 0x1000, 3, grant=True, dest=0x4000),),
-                     timeouts(0, None), 0x2A, INVALID_CAP, 0x2000_0000, 0x2000)
+    inv = Invocation(IpcFlags.SEND, 0x2000, MsgTag(0, 0, 1), b"",
+                     (Item.mem(0x1000_0000, 0x1000, 3, grant=True, dest=0x4000),), timeouts(0, None),
+                     0x2A, INVALID_CAP, 0x2000_0000, 0x2000)
     assert inv.encode() == GOLDEN_SEND_MEM
     assert decode_invocation(GOLDEN_SEND_MEM) == inv
 
@@ -127,8 +128,8 @@ def invocations(draw) -> Invocation:
                  draw(st.sampled_from([0, 0x1000, 0xF000])))
     base = draw(st.integers(0, (1 << 52) - 1)) * PAGE_SIZE
     size = draw(st.integers(0, ((1 << 64) - base) // PAGE_SIZE)) * PAGE_SIZE
-    return Invocation(draw(st.integers(0, 15)), draw(_ADDR), tag, data, tuple(items), draw(st.integers(0, (1 << 32) - 1)),
-                      draw(_ADDR), draw(_ADDR), base, size)
+    return Invocation(draw(st.integers(0, 15)), draw(_ADDR), tag, data, tuple(items),
+                      draw(st.integers(0, (1 << 32) - 1)), draw(_ADDR), draw(_ADDR), base, size)
 
 
 @given(invocations())
@@ -157,7 +158,8 @@ def test_kernel_frame_round_trip(frame):
 
 
 @given(st.one_of(st.binary(max_size=200), st.sampled_from([g for _v, g in GOLDEN_KERNEL_FRAMES]).flatmap(
-    lambda g: st.tuples(st.integers(0, len(g)), st.binary(max_size=3)).map(lambda c: g[:c[0]] + c[1] + g[c[0] + len(c[1]):]))))
+    lambda g: st.tuples(st.integers(0, len(g)), st.binary(max_size=3)).map(
+        lambda c: g[:c[0]] + c[1] + g[c[0] + len(c[1]):]))))
 def test_decoding_kernel_frames_only_ever_raises_wire_error(frame):
     try:
         decode_kernel_frame(frame)
@@ -196,7 +198,8 @@ def test_malformed_frames(frame, reason):
 
 
 @given(st.one_of(st.binary(max_size=400), st.sampled_from([GOLDEN_CALL, GOLDEN_SEND_MEM]).flatmap(
-    lambda g: st.tuples(st.integers(0, len(g)), st.binary(max_size=3)).map(lambda c: g[:c[0]] + c[1] + g[c[0] + len(c[1]):]))))
+    lambda g: st.tuples(st.integers(0, len(g)), st.binary(max_size=3)).map(
+        lambda c: g[:c[0]] + c[1] + g[c[0] + len(c[1]):]))))
 def test_decoding_random_bytes_only_ever_raises_wire_error(frame):
     try:
         decode_invocation(frame)
