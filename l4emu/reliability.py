@@ -102,7 +102,7 @@ def durable(o: Outcome) -> list[Row]:
         rows.append(Row("durable: store intact after the last kill", "intact" if intact else "damaged", "intact",
                         intact))
         rows.append(Row("durable: store holds every answered count", f"{value} (highest answered {highest})",
-                        f">= {highest}", intact and value >= highest))
+                        f">= {highest}", intact and isinstance(value, int) and value >= highest))
     return rows
 
 

@@ -481,6 +481,7 @@ def test_kernel_agrees_any_irq_holder_triggers():
 def _pairs(n: int):
     import importlib.util
     spec = importlib.util.spec_from_file_location("check_scale", Path(__file__).parents[1] / "bench" / "check_scale.py")
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     from capabilities.image import parse_image
