@@ -65,7 +65,8 @@ PROGRAM_RE = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|K|M|G)?\s*$")
 SIZE_UNITS = {None: 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1 << 20, "MiB": 1 << 20, "G": 1 << 30, "GiB": 1 << 30}
 COLORS = "nrgybmcw"
-COLOR_NAMES = {"black": "n", "red": "r", "green": "g", "yellow": "y", "blue": "b", "magenta": "m", "cyan": "c", "white": "w"}
+COLOR_NAMES = {"black": "n", "red": "r", "green": "g", "yellow": "y", "blue": "b", "magenta": "m", "cyan": "c",
+               "white": "w"}
 RESERVED_CAPS = ("log", "parent", "mem_alloc", "task", "thread")
 RESERVED_TAGS = ("kernel", "moe", "sigma0", "ipc")  # the console's own lines
 BUILTIN_OBJECTS = {"rom": "namespace"}
@@ -230,7 +231,8 @@ class _Checker:
                 continue
             sub = f"{field}.{key}" if field else key
             if key in out:
-                self.problem(knode, sub, f"duplicate key {key!r} (first defined on line {out[key][0].start_mark.line + 1})")
+                self.problem(knode, sub,
+                             f"duplicate key {key!r} (first defined on line {out[key][0].start_mark.line + 1})")
                 continue
             if allowed is not None and key not in allowed:
                 self.problem(knode, sub, f"unknown key {key!r} (expected one of: {', '.join(sorted(allowed))})")
@@ -304,7 +306,8 @@ def parse_image(text: str, filename: str = "<image>",
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise ImageError([Problem(filename, line, col, "<yaml>", f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        problem = Problem(filename, line, col, "<yaml>", f"not valid YAML: {getattr(exc, 'problem', exc)}")
+        raise ImageError([problem]) from None
     except RecursionError:
         raise ImageError([Problem(filename, 1, 1, "<yaml>", "nested too deeply")]) from None
     if root is None:
@@ -351,15 +354,18 @@ def parse_image(text: str, filename: str = "<image>",
                 continue
             body = ck.mapping(vnode, field, None)
             if "type" not in body:
-                ck.problem(vnode, f"{field}.type", f"missing required key 'type' (expected one of: {', '.join(OBJECT_KEYS)})")
+                ck.problem(vnode, f"{field}.type",
+                           f"missing required key 'type' (expected one of: {', '.join(OBJECT_KEYS)})")
                 continue
             otype = ck.scalar(body["type"][1], f"{field}.type")
             if otype not in OBJECT_KEYS:
-                ck.problem(body["type"][1], f"{field}.type", f"unknown object type {otype!r} (expected one of: {', '.join(OBJECT_KEYS)})")
+                ck.problem(body["type"][1], f"{field}.type",
+                           f"unknown object type {otype!r} (expected one of: {', '.join(OBJECT_KEYS)})")
                 continue
             for key, (kn, _) in body.items():
                 if key not in OBJECT_KEYS[otype]:
-                    ck.problem(kn, f"{field}.{key}", f"unknown key {key!r} for a {otype} (expected one of: {', '.join(sorted(OBJECT_KEYS[otype]))})")
+                    ck.problem(kn, f"{field}.{key}", f"unknown key {key!r} for a {otype} (expected one of: "
+                                                     f"{', '.join(sorted(OBJECT_KEYS[otype]))})")
             size = quota = 0
             if "size" in OBJECT_KEYS[otype]:
                 if "size" not in body:
@@ -401,7 +407,8 @@ def parse_image(text: str, filename: str = "<image>",
             if task is None:
                 continue
             if task.log.tag in tags:
-                ck.problem(vnode, f"{field}.log.tag", f"duplicate log tag {task.log.tag!r} (also used by task {tags[task.log.tag]!r})")
+                ck.problem(vnode, f"{field}.log.tag",
+                           f"duplicate log tag {task.log.tag!r} (also used by task {tags[task.log.tag]!r})")
             tags[task.log.tag] = tname
             tasks.append(task)
             task_nodes[tname] = knode
@@ -422,7 +429,8 @@ def parse_image(text: str, filename: str = "<image>",
                 if until_task is not None and until_task in declared_tasks and until_task not in task_nodes:
                     continue  # the task itself is invalid, and that is reported where it is declared
                 if until_task is not None and until_task not in task_nodes:
-                    ck.problem(item, "run.until", f"unknown task {until_task!r} (tasks: {', '.join(task_nodes) or 'none'})")
+                    ck.problem(item, "run.until",
+                               f"unknown task {until_task!r} (tasks: {', '.join(task_nodes) or 'none'})")
                 elif until_task is not None:
                     until.append(until_task)
 
@@ -444,15 +452,18 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
         return None
     program = None
     if "program" not in body:
-        ck.problem(node, f"{field}.program", "missing required key 'program' (a module under tasks/, e.g. hello.ping_server)")
+        ck.problem(node, f"{field}.program",
+                   "missing required key 'program' (a module under tasks/, e.g. hello.ping_server)")
     else:
         pnode = body["program"][1]
         program = ck.scalar(pnode, f"{field}.program", "a program name")
         if program is not None and not PROGRAM_RE.match(program):
-            ck.problem(pnode, f"{field}.program", f"expected a dotted module name such as hello.ping_server, got {program!r}")
+            ck.problem(pnode, f"{field}.program",
+                       f"expected a dotted module name such as hello.ping_server, got {program!r}")
             program = None
         elif program is not None and program_exists is not None and not program_exists(program):
-            ck.problem(pnode, f"{field}.program", f"no program {program!r} (expected a module tasks/{program.replace('.', '/')}.py)")
+            ck.problem(pnode, f"{field}.program",
+                       f"no program {program!r} (expected a module tasks/{program.replace('.', '/')}.py)")
             program = None
     args: list[str] = []
     if "args" in body:
@@ -466,19 +477,23 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
         if "tag" in log:
             tag = ck.scalar(log["tag"][1], f"{field}.log.tag") or tag
             if not 0 < len(tag) <= 8:
-                ck.problem(log["tag"][1], f"{field}.log.tag", f"expected a tag of 1 to 8 characters (Moe pads or cuts to 8), got {tag!r}")
+                ck.problem(log["tag"][1], f"{field}.log.tag",
+                           f"expected a tag of 1 to 8 characters (Moe pads or cuts to 8), got {tag!r}")
             elif tag.strip().lower() in RESERVED_TAGS or not tag.isprintable():
-                ck.problem(log["tag"][1], f"{field}.log.tag", f"{tag!r} is reserved or not printable (the console's own tags: {', '.join(RESERVED_TAGS)})")
+                ck.problem(log["tag"][1], f"{field}.log.tag",
+                           f"{tag!r} is reserved or not printable (the console's own tags: {', '.join(RESERVED_TAGS)})")
         if "color" in log:
             cnode = log["color"][1]
             ctext = ck.scalar(cnode, f"{field}.log.color") or ""
             letter = COLOR_NAMES.get(ctext.lower(), ctext)
             if len(letter) != 1 or letter.lower() not in COLORS:
-                ck.problem(cnode, f"{field}.log.color", f"expected one of the letters {COLORS} (upper case = bright) or a colour name, got {ctext!r}")
+                ck.problem(cnode, f"{field}.log.color", f"expected one of the letters {COLORS} (upper case = bright) "
+                                                        f"or a colour name, got {ctext!r}")
             else:
                 color = letter
     if "log" not in body and tag in RESERVED_TAGS:
-        ck.problem(node, f"{field}.log.tag", f"the default tag {tag!r} is reserved (the console's own tags: {', '.join(RESERVED_TAGS)}); declare log.tag")
+        ck.problem(node, f"{field}.log.tag", f"the default tag {tag!r} is reserved (the console's own tags: "
+                                             f"{', '.join(RESERVED_TAGS)}); declare log.tag")
     memory = ck.size(body["memory"][1], f"{field}.memory") if "memory" in body else 1 << 20
     limit = ck.integer(body["restart_limit"][1], f"{field}.restart_limit") if "restart_limit" in body else 3
     restart_policy = RestartPolicy()
@@ -508,7 +523,8 @@ def _task(ck: _Checker, field: str, tname: str, node: yaml.Node, objects: dict[s
                 text = ck.scalar(item, f"{field}.network.connect", "an endpoint host:port")
                 m = ENDPOINT_RE.match(text or "")
                 if text is not None and (not m or not 0 < int(m.group("port")) < 65536):
-                    ck.problem(item, f"{field}.network.connect", f"expected host:port such as 127.0.0.1:8443, got {text!r}")
+                    ck.problem(item, f"{field}.network.connect",
+                               f"expected host:port such as 127.0.0.1:8443, got {text!r}")
                 elif text is not None:
                     connect.append(text)
     limits = LimitsDecl()
@@ -601,6 +617,7 @@ def _cap(ck: _Checker, field: str, cname: str, node: yaml.Node, objects: dict[st
         return None
     extra = rights & ~ALLOWED_RIGHTS[otype]
     if extra:
-        ck.problem(rnode, field, f"rights {CapRights(extra).letters()!r} mean nothing on a {otype} (allowed: {ALLOWED_RIGHTS[otype].letters()})")
+        ck.problem(rnode, field, f"rights {CapRights(extra).letters()!r} mean nothing on a {otype} (allowed: "
+                                 f"{ALLOWED_RIGHTS[otype].letters()})")
         return None
     return CapDecl(cname, oname, rights)

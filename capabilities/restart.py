@@ -119,7 +119,8 @@ def parse(ck: Any, field: str, node: Any, limit: int | None) -> RestartPolicy | 
             except ValueError:
                 factor = None
             if factor is None or not 1.0 <= factor <= 100.0:
-                ck.problem(sub["factor"][1], f"{field}.backoff.factor", f"expected a number from 1 to 100, got {text!r}")
+                ck.problem(sub["factor"][1], f"{field}.backoff.factor",
+                           f"expected a number from 1 to 100, got {text!r}")
                 ok = False
             values["backoff_factor"] = factor
         initial = values.get("backoff_initial_s", base.backoff_initial_s)

@@ -81,7 +81,8 @@ class MemRights(enum.IntFlag):
         return rights
 
     def letters(self) -> str:
-        return "".join(ch for ch, bit in (("r", MemRights.R), ("w", MemRights.W), ("x", MemRights.X)) if bit in self) or "-"
+        return "".join(ch for ch,
+                       bit in (("r", MemRights.R), ("w", MemRights.W), ("x", MemRights.X)) if bit in self) or "-"
 
 
 def derive_cap_rights(held: CapRights, requested: CapRights, *, partner_has_s: bool = True) -> CapRights:

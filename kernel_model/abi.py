@@ -125,7 +125,8 @@ class FactoryOp(enum.IntEnum):
     FACTORY = Proto.FACTORY
     GATE = 0  # L4_PROTO_KOBJECT creation of an IPC gate uses protocol 0
     IRQ = Proto.IRQ_SENDER
-    LOG = Proto.LOG  #: model addition: a tagged log (Vcon); MR[1] colour letter, MR[2] lines/s, MR[3] bytes/s, data = tag
+    #: model addition: a tagged log (Vcon); MR[1] colour letter, MR[2] lines/s, MR[3] bytes/s, data = tag
+    LOG = Proto.LOG
 
 
 # Factory::create(TASK): MR[1] = capability-slot budget, MR[2] = memory-mapping budget (0 = the default).

@@ -50,7 +50,8 @@ class Violation:
 
     def __str__(self) -> str:
         extra = f" ({self.detail})" if self.detail else ""
-        return f"DENIED {self.task} sel={self.selector:#x} op={self.operation} rule={self.rule.value} -> {self.error}{extra}"
+        return (f"DENIED {self.task} sel={self.selector:#x} op={self.operation} rule={self.rule.value} "
+                f"-> {self.error}{extra}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -65,7 +65,7 @@ class Kernel(IpcPaths, ItemTransfer, MemoryRetirement):
         """Create Sigma0 and Moe the way fiasco's init_std_workload does, and start them."""
         self.ram_size = ram
         sigma0, s0_thread = self._new_root_task("sigma0")
-        moe, moe_thread = self._new_root_task("moe")
+        moe, _moe_thread = self._new_root_task("moe")
         self.sigma0, self.moe = sigma0, moe
         pager = IpcGate(name="sigma0-pager", label=SIGMA0_PAGER_LABEL, thread=s0_thread)
         self.db.insert_root(moe.space, Kind.OBJECT, EnvSlot.PAGER, pager, CapRights.R | CapRights.W)

@@ -109,9 +109,9 @@ class ItemTransfer(KernelState):
                 if not cap_rights:
                     continue
                 if item.grant:
-                    new, removed = self.db.grant(node, dst.space, dest, int(cap_rights))
+                    _new, removed = self.db.grant(node, dst.space, dest, int(cap_rights))
                 else:
-                    new, removed = self.db.map(node, dst.space, dest, int(cap_rights))
+                    _new, removed = self.db.map(node, dst.space, dest, int(cap_rights))
                 self.revoked(removed)
                 received.append(RecvItem(ItemKind.OBJECT, sel(dest), int(cap_rights)))
             else:
@@ -121,9 +121,9 @@ class ItemTransfer(KernelState):
                 offset = node.offset + (item.index - node.index)
                 self.revoked(self._clear_memory(dst, dest, item.size))
                 if item.grant and node.size == item.size:
-                    new, removed = self.db.grant(node, dst.space, dest, int(rights))
+                    _new, removed = self.db.grant(node, dst.space, dest, int(rights))
                 else:
-                    new, removed = self.db.map(node, dst.space, dest, int(rights), offset=offset, size=item.size)
+                    _new, removed = self.db.map(node, dst.space, dest, int(rights), offset=offset, size=item.size)
                 self.revoked(removed)
                 received.append(RecvItem(ItemKind.MEMORY, dest, int(rights), item.size, offset))
                 memory.append((node.obj, MemRights.W in rights))
@@ -149,9 +149,9 @@ class ItemTransfer(KernelState):
     def _mem_source(self, task: Task, addr: int, size: int) -> Node[Any] | None:
         best = None
         for node in self.db.in_space(task.space, Kind.MEMORY):
-            if node.index <= addr and addr + size <= node.index + node.size:
-                if best is None or node.size < best.size:
-                    best = node
+            if (node.index <= addr and addr + size <= node.index + node.size
+                    and (best is None or node.size < best.size)):
+                best = node
         if best is None and task is self.sigma0:
             return self._carve(task, addr, size)
         return best

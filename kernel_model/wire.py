@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Callable
 
 from kernel_model.abi import INVALID_CAP, MR_BYTES, MR_WORDS, PAGE_SIZE, IpcError, MsgTag
 from kernel_model.bootrecord import BootRecord, BootRecordError
@@ -69,7 +70,18 @@ _REV = Layout((const("u8", FrameKind.REVOKE), pad(1), U16, pad(4)), ("n",))
 _ADDRESS = Layout((U64,), ("address",))
 _REMAP = Layout((const("u8", FrameKind.REMAP), pad(1), U16, pad(4), U64, U64, U64),
                 ("rights", "address", "size", "offset"))
-assert _INV.size == 58 and _ITEM.size == 32 and _RES.size == 26 and _REV.size == 8 and _REMAP.size == 32
+
+
+def _fixed_size(layout: Layout) -> int:
+    """The byte size of a layout whose every field has a fixed size."""
+    if layout.size is None:
+        raise TypeError("not a fixed-size layout")
+    return layout.size
+
+
+_INV_SIZE, _ITEM_SIZE, _RES_SIZE, _REV_SIZE, _ADDRESS_SIZE, _REMAP_SIZE = map(
+    _fixed_size, (_INV, _ITEM, _RES, _REV, _ADDRESS, _REMAP))
+assert _INV_SIZE == 58 and _ITEM_SIZE == 32 and _RES_SIZE == 26 and _REV_SIZE == 8 and _REMAP_SIZE == 32
 
 MAX_DATA = 16 * 1024  #: only Thread EX_REGS (the initial stack) may use more than 63 MRs
 MAX_ITEMS = 31
@@ -147,7 +159,8 @@ class Result:
 
     def encode(self) -> bytes:
         head = _RES.pack(int(self.error), len(self.items), self.tag.raw(), self.label, len(self.data))
-        return head + b"".join(_ITEM.pack(i.kind, 0, i.rights, i.index, i.size, i.offset) for i in self.items) + self.data
+        items = b"".join(_ITEM.pack(i.kind, 0, i.rights, i.index, i.size, i.offset) for i in self.items)
+        return head + items + self.data
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -185,8 +198,8 @@ def _pack_item(item: Item) -> bytes:
 
 def decode_invocation(frame: bytes) -> Invocation:
     """Parse a task's frame; every malformation is a ``WireError`` with a reason."""
-    if len(frame) < _INV.size:
-        raise WireError(f"frame of {len(frame)} bytes is shorter than the {_INV.size}-byte header")
+    if len(frame) < _INV_SIZE:
+        raise WireError(f"frame of {len(frame)} bytes is shorter than the {_INV_SIZE}-byte header")
     try:
         (flags, n_items, timeout, dest, tag, label, rcv_obj, mem_base, mem_size, data_len) = _INV.unpack_from(frame)
     except DecodeError:  # the one constant: the frame kind
@@ -199,22 +212,23 @@ def decode_invocation(frame: bytes) -> Invocation:
     if data_len > MAX_DATA:
         raise WireError(f"{data_len} data bytes (at most {MAX_DATA})")
     if msgtag.words + 2 * msgtag.items > MR_WORDS:
-        raise WireError(f"message tag has {msgtag.words} words + 2 x {msgtag.items} items: more than {MR_WORDS} registers")
+        raise WireError(f"message tag has {msgtag.words} words + 2 x {msgtag.items} items: "
+                        f"more than {MR_WORDS} registers")
     if msgtag.items != n_items:
         raise WireError(f"message tag announces {msgtag.items} typed items, the frame carries {n_items}")
     if mem_base % PAGE_SIZE or mem_size % PAGE_SIZE or mem_base + mem_size > WORD_LIMIT:
         raise WireError(f"receive window {mem_base:#x}+{mem_size:#x} is not page-aligned inside the address space")
-    expected = _INV.size + n_items * _ITEM.size + data_len
+    expected = _INV_SIZE + n_items * _ITEM_SIZE + data_len
     if len(frame) != expected:
         raise WireError(f"frame is {len(frame)} bytes, header says {expected}")
     items = []
-    off = _INV.size
+    off = _INV_SIZE
     for _ in range(n_items):
         try:
             ikind, grant, rights, index, size, dst = _ITEM.unpack_from(frame, off)
         except DecodeError:  # the padding
             raise WireError(f"typed item with padding {bytes(frame[off + 4:off + 8]).hex()}") from None
-        off += _ITEM.size
+        off += _ITEM_SIZE
         if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
             raise WireError(f"unknown typed item kind {ikind}")
         if grant > 1 or rights & ~ITEM_RIGHTS:
@@ -242,13 +256,13 @@ def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke | Remap:
 
 def _decode_result(frame: bytes) -> Result:
     error, n_items, tag, label, data_len = _RES.unpack_from(frame)
-    off = _RES.size
-    if len(frame) != off + n_items * _ITEM.size + data_len:
-        raise WireError(f"result frame is {len(frame)} bytes, header says {off + n_items * _ITEM.size + data_len}")
+    off = _RES_SIZE
+    if len(frame) != off + n_items * _ITEM_SIZE + data_len:
+        raise WireError(f"result frame is {len(frame)} bytes, header says {off + n_items * _ITEM_SIZE + data_len}")
     items = []
     for _ in range(n_items):
         ikind, _grant, rights, index, size, offset = _ITEM.unpack_from(frame, off)
-        off += _ITEM.size
+        off += _ITEM_SIZE
         if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
             raise WireError(f"unknown received item kind {ikind}")
         items.append(RecvItem(ItemKind(ikind), index, rights, size, offset))
@@ -267,9 +281,9 @@ def _decode_boot(frame: bytes) -> Boot:
 
 def _decode_revoke(frame: bytes) -> Revoke:
     (n,) = _REV.unpack_from(frame)
-    if len(frame) != _REV.size + n * _ADDRESS.size:
+    if len(frame) != _REV_SIZE + n * _ADDRESS_SIZE:
         raise WireError(f"revoke frame is {len(frame)} bytes for {n} addresses")
-    return Revoke(tuple(_ADDRESS.unpack_from(frame, _REV.size + i * _ADDRESS.size)[0] for i in range(n)))
+    return Revoke(tuple(_ADDRESS.unpack_from(frame, _REV_SIZE + i * _ADDRESS_SIZE)[0] for i in range(n)))
 
 
 def _decode_remap(frame: bytes) -> Remap:
@@ -277,5 +291,6 @@ def _decode_remap(frame: bytes) -> Remap:
     return Remap(address, size, offset, rights)
 
 
-_KERNEL_FRAMES = {FrameKind.RESULT: _decode_result, FrameKind.BOOT: _decode_boot,
-                  FrameKind.REVOKE: _decode_revoke, FrameKind.REMAP: _decode_remap}
+_KERNEL_FRAMES: dict[int, Callable[[bytes], Result | Boot | Revoke | Remap]] = {
+    FrameKind.RESULT: _decode_result, FrameKind.BOOT: _decode_boot,
+    FrameKind.REVOKE: _decode_revoke, FrameKind.REMAP: _decode_remap}

@@ -181,7 +181,7 @@ def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, du
                           soft_wrap=True)
             for line in service_lines(sink):
                 out.print(line, soft_wrap=True)
-            if monkey is not None:
+            if monkey is not None and chaos is not None:  # (a monkey only with chaos options)
                 out.print(f"chaos (seed {chaos.seed}): {monkey.injected} fault(s) injected, {monkey.recovered()} "
                           f"recovered (a later incarnation started)", soft_wrap=True)
         if json_summary is not None:

@@ -75,18 +75,21 @@ class Chaos:
         return self._next is None or (self.limit is not None and len(self.kills) >= self.limit)
 
     def next_at(self) -> float | None:
-        return None if self.done else self._next.at
+        nxt = self._next
+        return None if nxt is None or self.done else nxt.at
 
     def due(self) -> bool:
-        if self.done or self.progress() < self._next.at:
+        nxt = self._next
+        if nxt is None or self.done or self.progress() < nxt.at:
             return False
-        return not self.wait_for_target or self._running(self._next.task)
+        return not self.wait_for_target or self._running(nxt.task)
 
     def tick(self) -> int:
         """Inject every fault that is due; how many were injected."""
         made = 0
         while self.due():  # with wait_for_target, a target being restarted is killed once it is back
             fault, self._next = self._next, next(self._faults, None)
+            assert fault is not None  # due(): a fault is next
             self.kills.append(self._kill(fault))
             made += 1
         return made
@@ -127,4 +130,5 @@ class Chaos:
         for task in self.sup.kernel.tasks.values():
             if task.started:
                 newest[task.name] = max(newest.get(task.name, 0), getattr(task, "generation", 0))
-        return sum(1 for kill in self.kills if kill.pid is not None and newest.get(kill.fault.task, 0) > kill.generation)
+        return sum(1 for kill in self.kills
+                   if kill.pid is not None and newest.get(kill.fault.task, 0) > kill.generation)

@@ -38,6 +38,8 @@ from rich.text import Text
 if TYPE_CHECKING:
     from rich.live import Live
 
+    from kernel_model.objects import Task
+
 from capabilities.mapdb import Kind
 from kernel_model.abi import Proto
 from kernel_model.events import Violation
@@ -148,8 +150,8 @@ class LiveSink(RecordingConsole):
         self.supervision_at = self.clock()
         if self.show_trace:  # --trace: every change of Moe's supervision state, as a trace line
             for name, st in changed.items():
-                text = f"supervision: {name} {supervision_text(st, 0.0, why=True)}, generation {st.get('generation')}, " \
-                       f"restarts {st.get('restarts')} ({st.get('policy')})"
+                text = (f"supervision: {name} {supervision_text(st, 0.0, why=True)}, "
+                        f"generation {st.get('generation')}, restarts {st.get('restarts')} ({st.get('policy')})")
                 super().trace(text)
                 self.on_trace(text)
 
@@ -223,7 +225,7 @@ def snapshot(sup, sink: LiveSink) -> list[TaskRow]:
     for v in k.violations:
         denied[v.task] = denied.get(v.task, 0) + 1
     live = {p.task.name: p for p in sup.procs.values() if p.status is None}
-    tasks_by_name = {}
+    tasks_by_name: dict[str, Task] = {}
     for t in k.tasks.values():  # the live incarnation, else the latest one
         best = tasks_by_name.get(t.name)
         if best is None or (t.alive, getattr(t, "generation", 0)) >= (best.alive, getattr(best, "generation", 0)):

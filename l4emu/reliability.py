@@ -78,10 +78,11 @@ def load(o: Outcome) -> list[Row]:
     refused = sum(r.get("enot_existent", 0) for r in res)
     lost = sum(r.get("lost", 0) + r.get("other", 0) + r.get("abandoned", 0) for r in res)
     finished = o.exit_code == 0 and len(res) == o.clients
-    return [Row("clients finished", f"{len(res)} of {o.clients}" + ("" if o.exit_code is not None else " (guard ran out)"),
-                f"{o.clients}", finished),
+    guard = "" if o.exit_code is not None else " (guard ran out)"
+    return [Row("clients finished", f"{len(res)} of {o.clients}" + guard, f"{o.clients}", finished),
             Row("requests under load", str(total), f">= {o.clients * o.requests}", total >= o.clients * o.requests),
-            Row("answered by the server", str(answered), f"{o.clients * o.requests}", answered == o.clients * o.requests),
+            Row("answered by the server", str(answered), f"{o.clients * o.requests}",
+                answered == o.clients * o.requests),
             Row("ENOT_EXISTENT while it was down (retried)", str(refused), "any", True),
             Row("lost responses", str(lost), "0", lost == 0 and finished)]
 
@@ -98,9 +99,10 @@ def durable(o: Outcome) -> list[Row]:
         from tasks.testing.store_server import digest
         value = o.store.get("value")
         intact = isinstance(value, int) and o.store.get("sha256") == digest(value)
-        rows.append(Row("durable: store intact after the last kill", "intact" if intact else "damaged", "intact", intact))
+        rows.append(Row("durable: store intact after the last kill", "intact" if intact else "damaged", "intact",
+                        intact))
         rows.append(Row("durable: store holds every answered count", f"{value} (highest answered {highest})",
-                        f">= {highest}", intact and value >= highest))
+                        f">= {highest}", intact and isinstance(value, int) and value >= highest))
     return rows
 
 

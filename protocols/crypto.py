@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import ClassVar, TypeVar, Union, dataclass_transform
+from typing import ClassVar, TypeVar, dataclass_transform
 
 from protocols.layout import Field, Layout, Message, message
 
@@ -178,7 +178,10 @@ def _request(rtype: RequestType, *layout: _F) -> Callable[[type[_T]], type[_T]]:
     return wrap
 
 
-_response = message
+@dataclass_transform(frozen_default=True)
+def _response(*layout: _F) -> Callable[[type[_T]], type[_T]]:
+    """Class decorator: a ``protocols.layout`` message (declared here so type checkers see the dataclass)."""
+    return message(*layout)
 
 
 # --------------------------------------------------------------------------- requests
@@ -294,23 +297,23 @@ class KeyListRequest(_Request):
     cursor: int = 0
 
 
-Request = Union[
-    AesEncryptRequest,
-    AesDecryptRequest,
-    MldsaSignRequest,
-    MldsaVerifyRequest,
-    MlkemKeygenRequest,
-    MlkemEncapsRequest,
-    MlkemDecapsRequest,
-    KeyGenerateRequest,
-    KeyImportRequest,
-    KeyExportPublicRequest,
-    KeyDestroyRequest,
-    KeyRotateRequest,
-    KeyListRequest,
-]
+Request = (
+    AesEncryptRequest
+    | AesDecryptRequest
+    | MldsaSignRequest
+    | MldsaVerifyRequest
+    | MlkemKeygenRequest
+    | MlkemEncapsRequest
+    | MlkemDecapsRequest
+    | KeyGenerateRequest
+    | KeyImportRequest
+    | KeyExportPublicRequest
+    | KeyDestroyRequest
+    | KeyRotateRequest
+    | KeyListRequest
+)
 
-REQUEST_CLASSES: dict[int, type] = {cls.TYPE: cls for cls in Request.__args__}  # type: ignore[attr-defined]
+REQUEST_CLASSES: dict[int, type[Request]] = {cls.TYPE: cls for cls in Request.__args__}
 
 
 def parse_request(frame: bytes | bytearray | memoryview) -> Request | Status:
@@ -346,7 +349,7 @@ def parse_request(frame: bytes | bytearray | memoryview) -> Request | Status:
     if len(view) - head != length:
         return Status.INVALID_PAYLOAD
     try:
-        return cls.from_payload(view[head:])  # type: ignore[no-any-return]
+        return cls.from_payload(view[head:])
     except ValueError:
         return Status.INVALID_PAYLOAD
 
@@ -458,18 +461,18 @@ class KeyListResponse:
         return cls(next_cursor, keys)
 
 
-Response = Union[
-    AesEncryptResponse,
-    AesDecryptResponse,
-    MldsaSignResponse,
-    EmptyResponse,
-    MlkemEncapsResponse,
-    MlkemDecapsResponse,
-    KeyResponse,
-    KeyListResponse,
-]
+Response = (
+    AesEncryptResponse
+    | AesDecryptResponse
+    | MldsaSignResponse
+    | EmptyResponse
+    | MlkemEncapsResponse
+    | MlkemDecapsResponse
+    | KeyResponse
+    | KeyListResponse
+)
 
-RESPONSE_CLASSES: dict[RequestType, type] = {
+RESPONSE_CLASSES: dict[RequestType, type[Response]] = {
     RequestType.AES_ENCRYPT: AesEncryptResponse,
     RequestType.AES_DECRYPT: AesDecryptResponse,
     RequestType.MLDSA_SIGN: MldsaSignResponse,

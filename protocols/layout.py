@@ -199,16 +199,16 @@ class Layout:
         self.nvisible = index
         self._pack: Callable[..., bytes] | None = None
         if self.struct is not None:  # pack(): padding as struct pad bytes, leading constants bound once
-            run = self.segments[0]
-            self._template = [_zero(f) if f.value is None else f.value for f, _slot in run.slots]
-            consts = [f for f, slot in run.slots if f.kind != "pad" and slot is None]
-            leading = next((i for i, (f, slot) in enumerate(run.slots) if slot is not None), len(run.slots))
-            if all(f.kind == "pad" or f.value is None or i < leading for i, (f, _s) in enumerate(run.slots)):
-                fmt = "<" + "".join(f"{f.size}x" if f.kind == "pad" else (f.struct_code or "") for f, _s in run.slots)
+            only: _Run = self.segments[0]
+            self._template = [_zero(f) if f.value is None else f.value for f, _slot in only.slots]
+            consts = [f for f, slot in only.slots if f.kind != "pad" and slot is None]
+            leading = next((i for i, (f, slot) in enumerate(only.slots) if slot is not None), len(only.slots))
+            if all(f.kind == "pad" or f.value is None or i < leading for i, (f, _s) in enumerate(only.slots)):
+                fmt = "<" + "".join(f"{f.size}x" if f.kind == "pad" else (f.struct_code or "") for f, _s in only.slots)
                 self._pack = functools.partial(struct.Struct(fmt).pack, *(f.value for f in consts))
                 self.pack = self._pack  # type: ignore[method-assign]  # the bound fast path, no wrapper
-            self.unpack_from = self._compile_unpack(run)  # type: ignore[method-assign]
-        self._checks = tuple(self._checker(f, n) for f, n in zip(visible, self.names))
+            self.unpack_from = self._compile_unpack(only)  # type: ignore[method-assign]
+        self._checks = tuple(self._checker(f, n) for f, n in zip(visible, self.names, strict=True))
 
     # -- construction-time checks ---------------------------------------------------------
     @staticmethod
@@ -251,7 +251,7 @@ class Layout:
         return check_bytes
 
     def check(self, values: Sequence[Any]) -> list[Any]:
-        return [c(v) for c, v in zip(self._checks, values)]
+        return [c(v) for c, v in zip(self._checks, values, strict=False)]
 
     # -- encode -----------------------------------------------------------------------------
     def encode(self, values: Sequence[Any]) -> bytes:
@@ -283,7 +283,7 @@ class Layout:
         if run.plain:
             return self.struct.pack(*values)
         args = list(self._template)
-        for i, value in zip(run.visible, values):
+        for i, value in zip(run.visible, values, strict=False):  # pack() is the unchecked path
             args[i] = value
         return self.struct.pack(*args)
 
@@ -375,7 +375,7 @@ class Layout:
                     raise DecodeError("payload too short")
                 raw = seg.st.unpack_from(view, pos)
                 pos += seg.st.size
-                for (_f, slot), value in zip(seg.slots, self._checked(seg, raw)):
+                for (_f, slot), value in zip(seg.slots, self._checked(seg, raw), strict=True):
                     if slot is not None:
                         values[slot] = value
             elif seg[0] == "var":
@@ -448,7 +448,7 @@ class Tagged:
             raise
         except (ValueError, TypeError) as exc:
             raise DecodeError(str(exc)) from None
-        return view[0], dict(zip(layout.names, values))
+        return view[0], dict(zip(layout.names, values, strict=True))
 
 
 def _view(data: Buffer) -> memoryview:
@@ -471,7 +471,7 @@ class Message:
 
     def __post_init__(self) -> None:
         layout = self._layout
-        for name, check in zip(layout.names, layout._checks):
+        for name, check in zip(layout.names, layout._checks, strict=True):
             value = getattr(self, name)
             checked = check(value)
             if checked is not value:

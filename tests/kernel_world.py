@@ -129,7 +129,8 @@ class Arena:
         w = self.w
         t = w.task(name)
         t.budget = self.BUDGET
-        w.give(t, EnvSlot.LOG, KernelLog(name=f"{name}.log", tag=name, budget=LogBudget(20, 2000)), CapRights.R | CapRights.W)
+        w.give(t, EnvSlot.LOG, KernelLog(name=f"{name}.log", tag=name, budget=LogBudget(20, 2000)),
+               CapRights.R | CapRights.W)
         w.give(t, 16, self.gate, CapRights.R | CapRights.W)
         w.give(t, 17, IpcGate(name=f"{name}.own"), SVR)
         w.give(t, 18, Irq(name=f"{name}.irq"), RWS)

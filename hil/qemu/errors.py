@@ -25,7 +25,7 @@ _KEBAB = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 class HilError(Exception):
-    exit_code = ExitCode.HARNESS
+    exit_code: int = ExitCode.HARNESS  # an ExitCode, or a front end's own IntEnum of the same values
 
     def __init__(self, reference: str, message: str, *, context: Iterable[str] = (), hint: str | None = None):
         if not _KEBAB.match(reference):

@@ -95,6 +95,7 @@ class Swtpm:
         deadline = time.monotonic() + timeout_s  # a guard against a hang, not a speed expectation
         while True:
             if self.proc.poll() is not None:
+                assert self.proc.stderr is not None  # stderr=PIPE
                 raise DeviceError(f"swtpm exited: {self.proc.stderr.read().decode(errors='replace').strip()}")
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
                 if self.socket.exists() and probe.connect_ex(str(self.socket)) == 0:
@@ -271,7 +272,9 @@ WORKDIR_ENTRIES = {"swtpm": "tpm", "softhsm2": "softhsm"}
 def workdir_entries(config: object) -> tuple[str, ...]:
     """The work-dir entries the devices declared in a task's ``config.devices`` provide."""
     devices = config.get("devices") if isinstance(config, dict) else None
-    return tuple(WORKDIR_ENTRIES[d] for d in sorted(devices) if d in WORKDIR_ENTRIES) if isinstance(devices, dict) else ()
+    if not isinstance(devices, dict):
+        return ()
+    return tuple(WORKDIR_ENTRIES[d] for d in sorted(devices) if d in WORKDIR_ENTRIES)
 
 
 @contextlib.contextmanager

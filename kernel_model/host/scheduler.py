@@ -18,21 +18,24 @@ trade frames one for one, so a busy pair is never over its share however idle th
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)  #: who is served (the event loop: a channel's id)
 
 
-class FairScheduler:
+class FairScheduler(Generic[K]):
     def __init__(self, window: int = 1024, factor: float = 2.0, minimum: int = 32):
         self.window, self.factor, self.minimum = window, factor, minimum
-        self.served: dict[Hashable, int] = {}
+        self.served: dict[K, int] = {}
         self._since_decay = 0
 
-    def order(self, ready: Iterable[Hashable]) -> list[Hashable]:
+    def order(self, ready: Iterable[K]) -> list[K]:
         """This turn's order: least recently served first; ties keep the order given."""
         ready = list(ready)
         rank = {who: i for i, who in enumerate(ready)}
         return sorted(ready, key=lambda who: (self.served.get(who, 0), rank[who]))
 
-    def charge(self, who: Hashable, frames: int = 1) -> None:
+    def charge(self, who: K, frames: int = 1) -> None:
         """``who`` was served ``frames`` frames."""
         self.served[who] = self.served.get(who, 0) + frames
         self._since_decay += frames
@@ -40,10 +43,10 @@ class FairScheduler:
             self._since_decay = 0
             self.served = {k: v // 2 for k, v in self.served.items() if v // 2}
 
-    def forget(self, who: Hashable) -> None:
+    def forget(self, who: K) -> None:
         self.served.pop(who, None)
 
-    def over_share(self) -> set[Hashable]:
+    def over_share(self) -> set[K]:
         """Tasks that have had more than ``factor`` x the recent frames of the busiest other task (never
         the only task served: alone, a task takes what it likes)."""
         counts = sorted(self.served.values(), reverse=True)

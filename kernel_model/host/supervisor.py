@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from capabilities.image import TaskDecl
 from capabilities.mapdb import Kind
@@ -78,6 +79,17 @@ class TaskProcess:
         self.status: int | None = None
 
 
+@runtime_checkable
+class HidingConfinement(Protocol):
+    """A confinement that also hides given paths and releases a task's uid once its process is reaped
+    (the host's, ``confinement.HostConfinement``)."""
+
+    def __call__(self, task: Task, index: int, workdir: Path, decl: TaskDecl | None,
+                 hidden: tuple[str, ...] = ()) -> ConfinementPolicy | None: ...
+
+    def release(self, task: Task) -> None: ...
+
+
 class Supervisor:
     """Boots one image and runs it. Use as a context manager so every process is reaped."""
 
@@ -102,7 +114,7 @@ class Supervisor:
         self.boot_started_us = 0
         self.on_exit: Callable[[Task, int], None] | None = None
         self._kill_after: dict[int, float] = {}
-        self.scheduler = FairScheduler()
+        self.scheduler: FairScheduler[int] = FairScheduler()  # keyed by id(TaskProcess)
         self._deferred: dict[int, tuple[TaskProcess, int]] = {}  # over their share: not read until resumed
         self.workdir_watch = WorkdirWatch()  # work dirs at their budget -> violation events
 
@@ -168,7 +180,7 @@ class Supervisor:
         if look is not None:
             timeout_s = look / 1e6 if timeout_s is None else min(timeout_s, look / 1e6)
         events = self.sel.select(timeout_s)
-        channels = {id(key.data[1]): key.data[1] for key, _ in events if key.data[0] == "chan"}
+        channels: dict[int, TaskProcess] = {id(key.data[1]): key.data[1] for key, _ in events if key.data[0] == "chan"}
         served = []
         for who in self.scheduler.order(channels):
             proc = channels[who]
@@ -199,12 +211,12 @@ class Supervisor:
             self.kernel.violations.append(violation)
             self.console.violation(violation)
         for task_id, when in list(self._kill_after.items()):
-            proc = self.procs.get(task_id)
-            if proc is None or proc.status is not None:
+            doomed = self.procs.get(task_id)
+            if doomed is None or doomed.status is not None:
                 del self._kill_after[task_id]
             elif when <= time.monotonic():
                 del self._kill_after[task_id]
-                signal.pidfd_send_signal(proc.pidfd, signal.SIGKILL)
+                signal.pidfd_send_signal(doomed.pidfd, signal.SIGKILL)
 
     def shutdown(self) -> None:
         """Kill every task process and reap it; close every fd. Safe to call twice."""
@@ -332,7 +344,7 @@ class Supervisor:
         mapping is already gone again, the task gets an empty placeholder, never a retired backing."""
         items = [i for i in eff.result.items if i.kind is ItemKind.MEMORY]
         fds, temps = [], []
-        for (mem, writable), item in zip(eff.memory, items):
+        for (_mem, writable), item in zip(eff.memory, items, strict=False):
             node = self.kernel.db.get(eff.task.space, Kind.MEMORY, item.index)
             if node is not None and node.live and isinstance(node.obj, Memory) and node.obj.id in self.memfds:
                 fds.append(self._fd_for(node.obj, writable))
@@ -421,7 +433,7 @@ class Supervisor:
         network = decl.connect if decl is not None else ()
         policy = None
         if self.confinement is not None:
-            if hasattr(self.confinement, "release"):  # the host's: hide the image and its boot modules
+            if isinstance(self.confinement, HidingConfinement):  # the host's: hide the image and its boot modules
                 policy = self.confinement(task, self._spawned, workdir, decl, hidden=self._secret_paths())
             else:
                 policy = self.confinement(task, self._spawned, workdir, decl)

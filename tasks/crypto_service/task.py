@@ -14,7 +14,7 @@ Every client has its own key namespace: one ``CryptoService`` per client, each
 with its own store (``storage.path`` gets ``.<client>`` appended; a TPM
 ``nv_index`` gets the client's position among the sorted client names added),
 rate limit and nonce trackers, so a client can only ever name its own keys (no
-confused deputy, capability-systems.md V11). A client's ``allow`` list limits
+confused deputy, docs/violations.md). A client's ``allow`` list limits
 the request types it may send; others get POLICY_DENIED (0x40) after the rate
 limiter and the header checks (V15; docs/crypto_protocol.md). Secrets come
 from boot modules: ``storage.kek_rom`` (File backend: the 32-byte KEK) and

@@ -3,7 +3,8 @@
 Each image in analysis_images/ names its exact findings in header lines
 ``# finding: SEVERITY RULE WHERE`` (or ``# finding: none``), as bad_images/ names its error.
 Every closure, reach and flow result asserted below was worked out by hand from the rules in
-the module docstring (l4re.md §3, §8). A hypothesis test compares the closure and the flows
+the module docstring (L4Re capabilities and mapping: https://l4re.org/doc/). A hypothesis test
+compares the closure and the flows
 with a naive oracle written independently here; the kernel-agreement tests drive the
 in-memory kernel to check the rules the analysis assumes.
 """
@@ -89,7 +90,8 @@ def test_rom_write_is_rejected_by_the_validator_and_flagged_on_an_image_built_in
     task = image.tasks[0]
     forged = dataclasses.replace(image, tasks=(dataclasses.replace(task, caps=(CapDecl("rom", "rom", R | W),)),))
     [finding] = Analysis(forged).findings
-    assert (finding.rule, finding.severity, finding.task, finding.cap) == (LintRule.ROM_WRITE, Severity.ERROR, "a", "rom")
+    assert (finding.rule, finding.severity, finding.task, finding.cap) == (LintRule.ROM_WRITE, Severity.ERROR, "a",
+            "rom")
 
 
 def test_findings_name_the_yaml_field_and_say_why():
@@ -219,7 +221,8 @@ def test_check_prints_reach_closure_flow_findings_and_exits_0_without_errors():
     assert check_image(ROOT / "images" / "hello.yaml", con) == 0
     text = out.getvalue()
     for part in ("hello (", "reachability", "ping=ping:rw -> ping=ping:svr", "authority closure",
-                 "server --reply--> client (gate ping, now rwdc)", "information flow", "irq-write", "tasks.server.caps.kick",
+                 "server --reply--> client (gate ping, now rwdc)", "information flow", "irq-write",
+                 "tasks.server.caps.kick",
                  "0 errors, 0 warnings, 3 notes"):
         assert part in text, part
     # client -> server and server -> client are direct already; only the rom flow to the server is new
@@ -479,6 +482,7 @@ def test_kernel_agrees_any_irq_holder_triggers():
 def _pairs(n: int):
     import importlib.util
     spec = importlib.util.spec_from_file_location("check_scale", Path(__file__).parents[1] / "bench" / "check_scale.py")
+    assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     from capabilities.image import parse_image

@@ -27,7 +27,9 @@ def edges(text: str) -> dict[tuple[str, str, str], str]:
     for line in text.splitlines():
         m = EDGE.match(line)
         if m:
-            label = re.search(r'label="((?:[^"\\]|\\.)*)"', m["attrs"])[1]
+            found = re.search(r'label="((?:[^"\\]|\\.)*)"', m["attrs"])
+            assert found is not None, line
+            label = found[1]
             out[(m["src"], m["dst"], label)] = m["attrs"]
     return out
 

@@ -46,7 +46,8 @@ def served():
     w.give(server, 16, gate, SVR)
     w.give(evil, 16, gate, R | W)
     w.give(honest, 16, gate, R | W)
-    assert w.do(server, call(sel(16), Proto.KOBJECT, words(GateOp.BIND_THREAD, 0x10, sel(EnvSlot.THREAD)))).tag.label == 0
+    assert w.do(server,
+                call(sel(16), Proto.KOBJECT, words(GateOp.BIND_THREAD, 0x10, sel(EnvSlot.THREAD)))).tag.label == 0
     w.do(server, Invocation(IpcFlags.WAIT))
     return w, server, evil, honest
 
@@ -152,7 +153,8 @@ def test_a_label_just_below_the_kernels_half_is_delivered_whole():
     w.give(server, 17, irq, RWS)
     w.give(client, 16, gate, R | W)
     top = KERNEL_LABEL - 4
-    assert w.do(server, call(sel(16), Proto.KOBJECT, words(GateOp.BIND_THREAD, top, sel(EnvSlot.THREAD)))).tag.label == 0
+    assert w.do(server,
+                call(sel(16), Proto.KOBJECT, words(GateOp.BIND_THREAD, top, sel(EnvSlot.THREAD)))).tag.label == 0
     w.do(server, Invocation(IpcFlags.WAIT))
     w.do(client, call(sel(16)))
     assert w.last("server").label == top | W  # encoded unsigned: no struct.error
@@ -203,7 +205,8 @@ def test_a_kernel_bug_faults_only_the_task_that_triggered_it(monkeypatch):
     def slip(k, thread, cap, inv):
         raise KeyError("a future slip")
 
-    monkeypatch.setitem(invoke.KERNEL_KINDS, KernelLog, dataclasses.replace(invoke.KERNEL_KINDS[KernelLog], handler=slip))
+    monkeypatch.setitem(invoke.KERNEL_KINDS, KernelLog,
+                        dataclasses.replace(invoke.KERNEL_KINDS[KernelLog], handler=slip))
     w.do(evil, call(sel(17), Proto.LOG, words(0, 0)))
     assert any(isinstance(e, Kill) and e.task is evil for e in w.effects)
     bug = w.k.violations[-1]

@@ -113,7 +113,8 @@ class KernelUnderAttack(RuleBasedStateMachine):
     def attacker_starts_a_task(self, who, name, program, junk):
         """Factory: a task, a thread bound to it, then EX_REGS with a boot record (valid or not)."""
         fab = ((-15 << 16) | 2) & (2**64 - 1)
-        self.arena.step(who, frame(IpcFlags.CALL, sel(19), fab, rcv_obj=sel(24), data=struct.pack("<QQ", -11 & (2**64 - 1), 0)))
+        self.arena.step(who, frame(IpcFlags.CALL, sel(19), fab, rcv_obj=sel(24),
+                                   data=struct.pack("<QQ", -11 & (2**64 - 1), 0)))
         self.arena.step(who, frame(IpcFlags.CALL, sel(19), fab, rcv_obj=sel(25),
                                    data=struct.pack("<QQ", -12 & (2**64 - 1), sel(24))))
         record = json.dumps({"program": program, "name": name}).encode() + junk

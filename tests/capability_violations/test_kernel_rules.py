@@ -1,4 +1,4 @@
-"""Attacks on the kernel's rules, exhaustively, without processes (capability-systems.md §8).
+"""Attacks on the kernel's rules, exhaustively, without processes (the catalogue in docs/violations.md).
 
 Each attack asserts the exact error, the violation record naming the rule, and
 that no other task's capability table changed.

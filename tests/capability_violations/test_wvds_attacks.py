@@ -1,4 +1,4 @@
-"""A compromised OEM gateway attacks the running WvdS system (capability-systems.md §8, H1, H2).
+"""A compromised OEM gateway attacks the running WvdS system (docs/violations.md: V1-V21, H1, H2).
 
 The attacker (``evil``) holds exactly the gateway's capabilities. It waits until the
 system is in its steady state (the gateway has finished, est_service is enrolled),
@@ -97,7 +97,8 @@ def test_no_other_task_table_changed(attack):
         assert after[task] == before[task], task
 
 
-@pytest.mark.parametrize("command,selector", [("call:0x50000", 0x50000), ("call:0xfffffffffff00000", 0xfffffffffff00000),
+@pytest.mark.parametrize("command,selector", [("call:0x50000", 0x50000),
+                                              ("call:0xfffffffffff00000", 0xfffffffffff00000),
                                               ("call:0x2000", 0x2000)])
 def test_v1_forged_selector(attack, command, selector):
     _, _, results, violations, _ = attack

@@ -121,5 +121,5 @@ def test_sealed_file_round_trip_tamper_and_kek_length(tmp_path: Path) -> None:
     with pytest.raises(SealedError, match="wrong key-encryption key or the file was modified"):
         sealed.read(AesSealer(bytearray(kek)))
     (tmp_path / "short").write_bytes(bytes(31))
-    with pytest.raises(KekError, match="holds 31 byte.*exactly 32 bytes"):
+    with pytest.raises(KekError, match=r"holds 31 byte.*exactly 32 bytes"):
         read_kek(tmp_path / "short")

@@ -174,7 +174,8 @@ def test_full_wvds_enrolls_against_the_ca_on_the_host(image, record):
     from hil.qemu.build import refresh
     from hil.qemu.cli import host_est_ca, start_guest_relay
 
-    with host_est_ca("127.0.0.1:0", PROJECT_ROOT / "images" / "wvds.yaml") as server:  # any free host port; the guest's tasks still use 8443
+    # any free host port; the guest's tasks still use 8443
+    with host_est_ca("127.0.0.1:0", PROJECT_ROOT / "images" / "wvds.yaml") as server:
         ta = (PROJECT_ROOT / "var" / "est-ca" / "ca.crt").read_bytes()
         with_ta = refresh(dest=Path(record.dir) / "wvds-image", extra_files={"var/est-ca/ca.crt": ta},
                           log=lambda _: None)

@@ -148,7 +148,7 @@ def test_the_hosts_ca_for_a_guest_serves_on_any_free_port_with_the_images_creden
         ctx = ssl.create_default_context(cafile=str(tmp_path / "ca" / "ca.crt"))
         with urllib.request.urlopen(f"{server.url}/cacerts", context=ctx, timeout=30) as response:
             assert response.status == 200
-    with pytest.raises(HarnessError) as err:
-        with host_est_ca("127.0.0.1:http", PROJECT_ROOT / "images" / "wvds.yaml", tmp_path / "ca"):
-            pass
+    with pytest.raises(HarnessError) as err, \
+            host_est_ca("127.0.0.1:http", PROJECT_ROOT / "images" / "wvds.yaml", tmp_path / "ca"):
+        pass
     assert err.value.reference == "est-ca-failed"

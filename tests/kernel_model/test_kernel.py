@@ -156,11 +156,13 @@ def test_cap_transfer_needs_a_receive_buffer_and_never_adds_rights():
     w.give(server, 17, secret, CapRights.R | CapRights.W)
     w.do(client, call(sel(16)))  # no receive buffer for a cap
     w.do(server, WAIT)
-    w.do(server, Invocation(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, MsgTag(0, 0, 1), items=(Item.obj(sel(17), int(SVR)),)))
+    w.do(server,
+         Invocation(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, MsgTag(0, 0, 1), items=(Item.obj(sel(17), int(SVR)),)))
     assert w.last("server").error is IpcError.SEMSGCUT and w.last("client").error is IpcError.REMSGCUT
     w.do(client, call(sel(16), rcv_obj=sel(30)))
     w.do(server, WAIT)
-    w.do(server, Invocation(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, MsgTag(0, 0, 1), items=(Item.obj(sel(17), int(SVR)),)))
+    w.do(server,
+         Invocation(IpcFlags.REPLY | IpcFlags.SEND, INVALID_CAP, MsgTag(0, 0, 1), items=(Item.obj(sel(17), int(SVR)),)))
     node = w.k.lookup(client, sel(30))
     assert node.obj is secret and CapRights(node.rights) == CapRights.R | CapRights.W  # requested svr, held rw
 

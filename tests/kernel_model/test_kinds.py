@@ -56,7 +56,8 @@ def test_a_new_kind_needs_nothing_but_its_entry(monkeypatch):
 
 
 def _subclasses(cls: type) -> set[type]:
-    out = set()
-    for sub in cls.__subclasses__():
+    out: set[type] = set()
+    subs: list[type] = cls.__subclasses__()
+    for sub in subs:
         out |= {sub} | _subclasses(sub)
     return out

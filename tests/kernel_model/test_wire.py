@@ -80,13 +80,15 @@ GOLDEN_KERNEL_FRAMES = [
 
 
 def test_send_with_a_memory_item_golden_bytes():
-    inv = Invocation(IpcFlags.SEND, 0x2000, MsgTag(0, 0, 1), b"", (Item.mem(0x1000_0000, 0x1000, 3, grant=True, dest=0x4000),),
-                     timeouts(0, None), 0x2A, INVALID_CAP, 0x2000_0000, 0x2000)
+    inv = Invocation(IpcFlags.SEND, 0x2000, MsgTag(0, 0, 1), b"",
+                     (Item.mem(0x1000_0000, 0x1000, 3, grant=True, dest=0x4000),), timeouts(0, None),
+                     0x2A, INVALID_CAP, 0x2000_0000, 0x2000)
     assert inv.encode() == GOLDEN_SEND_MEM
     assert decode_invocation(GOLDEN_SEND_MEM) == inv
 
 
-@pytest.mark.parametrize("value,golden", GOLDEN_KERNEL_FRAMES, ids=lambda v: type(v).__name__ if not isinstance(v, bytes) else "")
+@pytest.mark.parametrize("value,golden", GOLDEN_KERNEL_FRAMES,
+                         ids=lambda v: type(v).__name__ if not isinstance(v, bytes) else "")
 def test_kernel_frame_golden_bytes(value, golden):
     assert value.encode() == golden
     assert decode_kernel_frame(golden) == value
@@ -96,8 +98,10 @@ def test_kernel_frame_golden_bytes(value, golden):
     (b"", "empty"), (b"\x09", "unknown kernel frame kind 9"), (b"\x01" + bytes(57), "unknown kernel frame kind 1"),
     (GOLDEN_KERNEL_FRAMES[0][1][:-1], "header says"), (GOLDEN_KERNEL_FRAMES[0][1] + b"!", "header says"),
     (GOLDEN_KERNEL_FRAMES[1][1][:1] + b"\xee" + GOLDEN_KERNEL_FRAMES[1][1][2:], "unknown IPC error"),
-    (bytes.fromhex("03000000000000") , "malformed boot"), (bytes.fromhex("0300000000000000") + b"[1]", "not a JSON object"),
-    (bytes.fromhex("0300000000000000") + b"\xff", "not JSON"), (bytes.fromhex("0300000000000000") + b"[" * 100_000, "not JSON"),
+    (bytes.fromhex("03000000000000") , "malformed boot"), (bytes.fromhex("0300000000000000") + b"[1]",
+     "not a JSON object"),
+    (bytes.fromhex("0300000000000000") + b"\xff", "not JSON"), (bytes.fromhex("0300000000000000") + b"[" * 100_000,
+     "not JSON"),
     (bytes.fromhex("0301000000000000") + b"{}", "padding"),
     (GOLDEN_KERNEL_FRAMES[3][1][:-1], "for 2 addresses"), (GOLDEN_KERNEL_FRAMES[4][1][:-1], "malformed remap"),
 ])
@@ -120,11 +124,12 @@ def invocations(draw) -> Invocation:
             index = draw(_ADDR)
             items.append(Item.mem(index, draw(st.integers(0, (1 << 64) - index)), rights, grant=grant, dest=dest))
     data = draw(st.binary(max_size=8 * (MR_WORDS - 2 * len(items))))
-    tag = MsgTag(draw(st.integers(-(1 << 47), (1 << 47) - 1)), len(data) // 8, len(items), draw(st.sampled_from([0, 0x1000, 0xF000])))
+    tag = MsgTag(draw(st.integers(-(1 << 47), (1 << 47) - 1)), len(data) // 8, len(items),
+                 draw(st.sampled_from([0, 0x1000, 0xF000])))
     base = draw(st.integers(0, (1 << 52) - 1)) * PAGE_SIZE
     size = draw(st.integers(0, ((1 << 64) - base) // PAGE_SIZE)) * PAGE_SIZE
-    return Invocation(draw(st.integers(0, 15)), draw(_ADDR), tag, data, tuple(items), draw(st.integers(0, (1 << 32) - 1)),
-                      draw(_ADDR), draw(_ADDR), base, size)
+    return Invocation(draw(st.integers(0, 15)), draw(_ADDR), tag, data, tuple(items),
+                      draw(st.integers(0, (1 << 32) - 1)), draw(_ADDR), draw(_ADDR), base, size)
 
 
 @given(invocations())
@@ -153,7 +158,8 @@ def test_kernel_frame_round_trip(frame):
 
 
 @given(st.one_of(st.binary(max_size=200), st.sampled_from([g for _v, g in GOLDEN_KERNEL_FRAMES]).flatmap(
-    lambda g: st.tuples(st.integers(0, len(g)), st.binary(max_size=3)).map(lambda c: g[:c[0]] + c[1] + g[c[0] + len(c[1]):]))))
+    lambda g: st.tuples(st.integers(0, len(g)), st.binary(max_size=3)).map(
+        lambda c: g[:c[0]] + c[1] + g[c[0] + len(c[1]):]))))
 def test_decoding_kernel_frames_only_ever_raises_wire_error(frame):
     try:
         decode_kernel_frame(frame)
@@ -192,7 +198,8 @@ def test_malformed_frames(frame, reason):
 
 
 @given(st.one_of(st.binary(max_size=400), st.sampled_from([GOLDEN_CALL, GOLDEN_SEND_MEM]).flatmap(
-    lambda g: st.tuples(st.integers(0, len(g)), st.binary(max_size=3)).map(lambda c: g[:c[0]] + c[1] + g[c[0] + len(c[1]):]))))
+    lambda g: st.tuples(st.integers(0, len(g)), st.binary(max_size=3)).map(
+        lambda c: g[:c[0]] + c[1] + g[c[0] + len(c[1]):]))))
 def test_decoding_random_bytes_only_ever_raises_wire_error(frame):
     try:
         decode_invocation(frame)

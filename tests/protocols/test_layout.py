@@ -111,7 +111,7 @@ def test_trailing_bytes_and_bad_buffers():
     with pytest.raises(DecodeError, match="trailing"):
         layout.decode(b"\x01\x00!")
     with pytest.raises(DecodeError, match="not a byte buffer"):
-        layout.decode("text")  # type: ignore[arg-type]
+        layout.decode("text")
 
 
 def test_the_table_is_checked_when_it_is_declared():
