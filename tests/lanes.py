@@ -31,7 +31,8 @@ BOOTING_ARGUMENTS = frozenset({"devices"})
 # Parametrised fixtures whose some values boot: the TPM (swtpm) and the PKCS#11 token (softhsm2-util).
 BOOTING_PARAMS = {"key_backend": frozenset({"tpm", "hsm"})}
 # Names that, used in a test's own body, start something: a tool run, a server.
-BOOTING_CALLS = frozenset({"subprocess", "Popen", "posix_spawn", "serve", "create_server", "start_dev_ca", "listen"})
+BOOTING_CALLS = frozenset({"subprocess", "Popen", "posix_spawn", "serve", "create_server", "start_dev_ca", "listen",
+                           "host_est_ca", "boot_image", "run_scenario"})
 BOOTING_FILES = (  # relative to tests/; a trailing / means the whole directory
     "system/", "hil/test_guest.py", "hil/test_smoke.py", "hil/test_boards.py", "hil/test_qemu.py",
     "hil/test_lock.py",                     # fake apt-get/pip scripts on PATH
