@@ -56,7 +56,7 @@ from typing import Any
 import yaml
 
 from capabilities.kinds import DECLARABLE, IMAGE_KINDS
-from capabilities.restart import RestartPolicy
+from capabilities.restart import RestartPolicy, parse_duration
 from capabilities.restart import parse as parse_restart
 from capabilities.rights import CapRights
 
@@ -261,6 +261,16 @@ class _Checker:
             return None
         try:
             return parse_size(text)
+        except ValueError as exc:
+            self.problem(node, field, str(exc))
+            return None
+
+    def duration(self, node: yaml.Node, field: str) -> float | None:
+        text = self.scalar(node, field, "a duration")
+        if text is None:
+            return None
+        try:
+            return parse_duration(text)
         except ValueError as exc:
             self.problem(node, field, str(exc))
             return None

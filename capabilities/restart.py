@@ -109,7 +109,7 @@ def parse(ck: Any, field: str, node: Any, limit: int | None) -> RestartPolicy | 
         sub = ck.mapping(body["backoff"][1], f"{field}.backoff", BACKOFF_KEYS)
         for key, attr in (("initial", "backoff_initial_s"), ("max", "backoff_max_s")):
             if key in sub:
-                value = _duration(ck, sub[key][1], f"{field}.backoff.{key}")
+                value = ck.duration(sub[key][1], f"{field}.backoff.{key}")
                 ok &= value is not None
                 values[attr] = value
         if "factor" in sub:
@@ -136,7 +136,7 @@ def parse(ck: Any, field: str, node: Any, limit: int | None) -> RestartPolicy | 
             ok &= restarts is not None
             values["intensity_restarts"] = restarts
         if "period" in sub:
-            period = _duration(ck, sub["period"][1], f"{field}.intensity.period")
+            period = ck.duration(sub["period"][1], f"{field}.intensity.period")
             if period is not None and period <= 0:
                 ck.problem(sub["period"][1], f"{field}.intensity.period", "expected a period > 0")
                 period = None
@@ -145,14 +145,3 @@ def parse(ck: Any, field: str, node: Any, limit: int | None) -> RestartPolicy | 
     if not ok:
         return None
     return dataclasses.replace(base, **values)
-
-
-def _duration(ck: Any, node: Any, field: str) -> float | None:
-    text = ck.scalar(node, field, "a duration")
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        ck.problem(node, field, str(exc))
-        return None
