@@ -47,6 +47,8 @@ from kernel_model.host.console import ConsoleSink, tagged_line
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.host.scheduler import FairScheduler
 from kernel_model.host.workdir_watch import WorkdirWatch
+from kernel_model.host.zygote import TASK_ENV, Zygote, ZygoteError
+from kernel_model.host.zygote import shared as shared_zygote
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
 from kernel_model.wire import Boot, ItemKind, Remap, Revoke
@@ -95,7 +97,9 @@ class Supervisor:
 
     def __init__(self, loaded: LoadedImage, console: ConsoleSink, *,
                  confinement: Callable[[Task, int, Path, TaskDecl | None], ConfinementPolicy | None] | None = None,
-                 moe_args: list[str] | None = None, run_dir: Path | None = None):
+                 moe_args: list[str] | None = None, run_dir: Path | None = None, zygote: bool | None = None):
+        """``zygote``: start task processes by forking the task template (``zygote.py``); None: unless
+        the environment says ``L4EMU_ZYGOTE=0``. False: one ``posix_spawn`` per task."""
         self.loaded = loaded
         self.console = console
         self.kernel = Kernel()
@@ -117,6 +121,15 @@ class Supervisor:
         self.scheduler: FairScheduler[int] = FairScheduler()  # keyed by id(TaskProcess)
         self._deferred: dict[int, tuple[TaskProcess, int]] = {}  # over their share: not read until resumed
         self.workdir_watch = WorkdirWatch()  # work dirs at their budget -> violation events
+        if zygote is None:
+            zygote = os.environ.get("L4EMU_ZYGOTE", "1") != "0"
+        self.zygote: Zygote | None = None
+        if zygote:
+            try:  # the template imports the programs while the kernel boots
+                self.zygote = shared_zygote(["roottasks.sigma0", "roottasks.moe",
+                                             *(f"tasks.{t.program}" for t in loaded.image.tasks)])
+            except ZygoteError as exc:
+                console.kernel(f"task template: {exc}; tasks start with posix_spawn")
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Supervisor:
@@ -441,19 +454,29 @@ class Supervisor:
                 policy = dataclasses.replace(policy, network=bool(network))
         record = dataclasses.replace(record, workdir=str(workdir), network=network, confine=policy,
                                      report_confinement=self._spawned == 1, fault_page=True)
-        actions = [
-            (os.POSIX_SPAWN_DUP2, devnull, 0),
-            (os.POSIX_SPAWN_DUP2, devnull, 1),
-            (os.POSIX_SPAWN_DUP2, devnull, 2),
-            (os.POSIX_SPAWN_DUP2, child_sock.fileno(), CHANNEL_FD),
-        ]
-        env = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
         fault_fd = os.memfd_create(f"fault:{task.describe()}", os.MFD_CLOEXEC | MFD_ALLOW_SEALING)
         os.ftruncate(fault_fd, 4096)
         fcntl.fcntl(fault_fd, F_ADD_SEALS, SEALS)
+        pid = None
+        if self.zygote is not None:  # forked from the template: its code is imported already
+            try:
+                pid = self.zygote.fork(child_sock)
+            except ZygoteError as exc:
+                self.console.kernel(f"task template: {exc}; tasks start with posix_spawn")
+                self.zygote = None
+                parent_sock.close()  # a half-made task may hold that channel: a fresh one
+                child_sock.close()
+                parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "tasks.runtime.bootstrap"], env,
-                                 file_actions=actions, setsid=True)
+            if pid is None:
+                actions = [
+                    (os.POSIX_SPAWN_DUP2, devnull, 0),
+                    (os.POSIX_SPAWN_DUP2, devnull, 1),
+                    (os.POSIX_SPAWN_DUP2, devnull, 2),
+                    (os.POSIX_SPAWN_DUP2, child_sock.fileno(), CHANNEL_FD),
+                ]
+                pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "tasks.runtime.bootstrap"],
+                                     TASK_ENV, file_actions=actions, setsid=True)
         finally:
             child_sock.close()
             os.close(devnull)

@@ -1,0 +1,154 @@
+"""The kernel host's side of the task template process (``tasks/runtime/zygote.py``; docs/confinement.md "Boot").
+
+Every task process used to be a fresh ``python -m tasks.runtime.bootstrap`` that imported its code
+(100-300 ms of CPU each). The template is started once, like a task (``posix_spawn``: fd 3 = its
+control socket, /dev/null on 0-2, an empty environment, its own session), never reads the image,
+its modules or a key, imports the programs' code and forks one process per task. The task is
+adopted by this process (a child subreaper while it asks), so the supervisor waits for it, gets
+its pidfd and its exit status as for a task it spawned itself. The task confines itself after the
+fork exactly as before.
+
+If the template cannot be started, dies or does not answer, ``fork`` raises ``ZygoteError`` and the
+supervisor starts tasks with ``posix_spawn`` again.
+"""
+from __future__ import annotations
+
+import array
+import ctypes
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+
+from kernel_model.abi import CHANNEL_FD
+
+PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+ANSWER_S = 30.0  #: a live template answers between two imports; silence this long means it is stuck
+#: what every task process gets: LANG only, and no byte code written (the checkout is read-only to tasks)
+TASK_ENV = {"LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+TEMPLATE = "tasks.runtime.zygote"
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_subreaper_lock = threading.Lock()
+_subreaper_users = 0
+_subreaper_was = False
+
+
+class ZygoteError(RuntimeError):
+    """The template is gone or could not make the task."""
+
+
+def _subreaper(on: bool) -> None:
+    """Nested: the first user sets PR_SET_CHILD_SUBREAPER, the last one restores what it was."""
+    global _subreaper_users, _subreaper_was
+    with _subreaper_lock:
+        if on:
+            if _subreaper_users == 0:
+                was = ctypes.c_int(0)
+                _libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+                _subreaper_was = bool(was.value)
+                if not _subreaper_was and _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                    raise ZygoteError(f"PR_SET_CHILD_SUBREAPER: {os.strerror(ctypes.get_errno())}")
+            _subreaper_users += 1
+        else:
+            _subreaper_users -= 1
+            if _subreaper_users == 0 and not _subreaper_was:
+                _libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+class Zygote:
+    """One template process. ``fork(channel)`` -> the pid of a new task process (this process's child)."""
+
+    def __init__(self, preload: list[str] = ()):  # type: ignore[assignment]
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
+                   (os.POSIX_SPAWN_DUP2, devnull, 2), (os.POSIX_SPAWN_DUP2, theirs.fileno(), CHANNEL_FD)]
+        try:
+            self.pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", TEMPLATE], TASK_ENV,
+                                      file_actions=actions, setsid=True)
+        except OSError as exc:
+            raise ZygoteError(f"cannot start the template: {exc}") from None
+        finally:
+            theirs.close()
+            os.close(devnull)
+        self.sock = ours
+        self.lock = threading.Lock()
+        self.dead: str | None = None
+        self.forked = 0
+        if preload:
+            self.preload(preload)
+
+    def preload(self, modules) -> None:
+        """Have the template import these (between fork requests, in this order)."""
+        names = "\n".join(m for m in modules if m and "\n" not in m)
+        if names and self.dead is None:
+            try:
+                self.sock.send(b"P" + names.encode())
+            except OSError as exc:
+                self._gone(f"control socket: {exc}")
+
+    def fork(self, channel: socket.socket) -> int:
+        """A new task process with ``channel`` as its fd 3; it waits for its boot record on it."""
+        with self.lock:
+            if self.dead is not None:
+                raise ZygoteError(self.dead)
+            _subreaper(True)
+            try:
+                try:
+                    self.sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))])
+                    if not select.select([self.sock], [], [], ANSWER_S)[0]:
+                        self._gone(f"no answer within {ANSWER_S:.0f} s")
+                    answer = self.sock.recv(4096)
+                except OSError as exc:
+                    self._gone(f"control socket: {exc}")
+            finally:
+                _subreaper(False)
+            if not answer:
+                self._gone("it exited")
+            if answer[:1] != b"F" or len(answer) != 5:
+                raise ZygoteError(answer[1:].decode(errors="replace") or "unknown answer")
+            self.forked += 1
+            return struct.unpack("<i", answer[1:])[0]
+
+    def alive(self) -> bool:
+        return self.dead is None
+
+    def _gone(self, why: str) -> None:
+        self.dead = f"the template process {self.pid} is gone ({why})"
+        self.close()
+        raise ZygoteError(self.dead)
+
+    def close(self) -> None:
+        """Stop the template (its tasks live on: they are this process's children)."""
+        if self.dead is None:
+            self.dead = "closed"
+        if self.sock.fileno() >= 0:
+            self.sock.close()
+        if self.pid:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = 0
+
+
+_shared: Zygote | None = None
+_shared_lock = threading.Lock()
+
+
+def shared(preload: list[str]) -> Zygote:
+    """The process's one template (started on first use, again after it died); ``preload`` added."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared.alive():
+            _shared = Zygote()
+        zygote = _shared
+    zygote.preload(preload)
+    return zygote
