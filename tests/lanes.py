@@ -39,6 +39,7 @@ BOOTING_FILES = (  # relative to tests/; a trailing / means the whole directory
     "hil/est_ca/test_est_ca_binding.py",    # l4emu boot with the CA
     "capabilities/test_graph.py",           # graphviz's dot
     "tasks/runtime/test_confine.py",        # confined probe processes
+    "kernel_model/host/test_zygote.py",     # the task template process
     "l4emu/test_cli.py", "l4emu/test_scaffold.py", "test_docs.py",
 )
 

@@ -121,15 +121,8 @@ class Supervisor:
         self.scheduler: FairScheduler[int] = FairScheduler()  # keyed by id(TaskProcess)
         self._deferred: dict[int, tuple[TaskProcess, int]] = {}  # over their share: not read until resumed
         self.workdir_watch = WorkdirWatch()  # work dirs at their budget -> violation events
-        if zygote is None:
-            zygote = os.environ.get("L4EMU_ZYGOTE", "1") != "0"
+        self.use_zygote = os.environ.get("L4EMU_ZYGOTE", "1") != "0" if zygote is None else zygote
         self.zygote: Zygote | None = None
-        if zygote:
-            try:  # the template imports the programs while the kernel boots
-                self.zygote = shared_zygote(["roottasks.sigma0", "roottasks.moe",
-                                             *(f"tasks.{t.program}" for t in loaded.image.tasks)])
-            except ZygoteError as exc:
-                console.kernel(f"task template: {exc}; tasks start with posix_spawn")
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Supervisor:
@@ -142,6 +135,12 @@ class Supervisor:
         self.boot_started_us = now_us()
         image = self.loaded.image
         self.console.kernel(f"booting image {image.name!r}: {len(image.tasks)} task(s), RAM {image.ram >> 20} MiB")
+        if self.use_zygote:
+            try:  # the template imports the programs (names only) while the kernel boots
+                self.zygote = shared_zygote(["roottasks.sigma0", "roottasks.moe",
+                                             *(f"tasks.{t.program}" for t in image.tasks)])
+            except ZygoteError as exc:
+                self.console.kernel(f"task template: {exc}; tasks start with posix_spawn")
         self._apply(self.kernel.boot(ram=image.ram, modules=list(self.loaded.modules), moe_args=self.moe_args))
 
     def handle_signals(self) -> None:

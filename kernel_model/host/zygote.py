@@ -17,6 +17,7 @@ import array
 import ctypes
 import os
 import select
+import signal
 import socket
 import struct
 import sys
@@ -74,6 +75,7 @@ class Zygote:
         finally:
             theirs.close()
             os.close(devnull)
+        self.pidfd = os.pidfd_open(self.pid)
         self.sock = ours
         self.lock = threading.Lock()
         self.dead: str | None = None
@@ -87,6 +89,20 @@ class Zygote:
         if names and self.dead is None:
             try:
                 self.sock.send(b"P" + names.encode())
+            except OSError as exc:
+                self._gone(f"control socket: {exc}")
+
+    def wait_ready(self) -> None:
+        """Until the template has imported everything it was asked to."""
+        with self.lock:
+            if self.dead is not None:
+                raise ZygoteError(self.dead)
+            try:
+                self.sock.send(b"Q")
+                if not select.select([self.sock], [], [], ANSWER_S * 4)[0]:
+                    self._gone("no answer")
+                if self.sock.recv(16) != b"Q":
+                    self._gone("it exited")
             except OSError as exc:
                 self._gone(f"control socket: {exc}")
 
@@ -127,16 +143,17 @@ class Zygote:
             self.dead = "closed"
         if self.sock.fileno() >= 0:
             self.sock.close()
-        if self.pid:
+        if self.pidfd >= 0:  # by pidfd: its pid may be reaped and reused meanwhile
             try:
-                os.kill(self.pid, 9)
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             try:
-                os.waitpid(self.pid, 0)
+                os.waitid(os.P_PIDFD, self.pidfd, os.WEXITED)
             except ChildProcessError:
                 pass
-            self.pid = 0
+            os.close(self.pidfd)
+            self.pidfd = -1
 
 
 _shared: Zygote | None = None

@@ -12,7 +12,8 @@ of a fresh channel. It imports code, and forks:
   once; the task is then an orphan and the kernel host, a child subreaper while it asks, adopts it
   (``PR_SET_CHILD_SUBREAPER``): it is the host's child, which gets its pidfd and its exit status as
   for any other task. Once the intermediate is reaped (so the adoption is done), the answer is
-  ``F`` + the task's pid; ``E`` + a reason if no task was made.
+  ``F`` + the task's pid; ``E`` + a reason if no task was made;
+* ``Q``: answered with ``Q`` once every module asked for is imported.
 
 The task (the grandchild) starts its own session, keeps fd 3 = its channel and /dev/null on 0-2,
 closes every other fd (the control socket included) and runs ``tasks.runtime.bootstrap.run``: it
@@ -121,6 +122,10 @@ def serve(ctrl: socket.socket) -> int:
             return 0  # the host is gone
         if msg[:1] == b"P":
             pending.extend(n for n in msg[1:].decode().split("\n") if n and n not in sys.modules)
+        elif msg[:1] == b"Q":  # a barrier: answered once everything asked for is imported
+            while pending:
+                _preload(pending.popleft())
+            ctrl.send(b"Q")
         elif msg[:1] == b"F" and len(fds) == 1:
             try:
                 reply = b"F" + struct.pack("<i", fork_task(fds[0]))
@@ -136,6 +141,7 @@ def serve(ctrl: socket.socket) -> int:
 def main() -> int:
     gc.disable()  # no freed holes in the template's pages; each task enables its collector
     bootstrap.tune_malloc()
+    os.closerange(CHANNEL_FD + 1, os.sysconf("SC_OPEN_MAX"))  # whatever the kernel host's shell left open
     ctrl_fd = os.dup(CHANNEL_FD)  # fd 3 stays free: it is each task's channel
     os.close(CHANNEL_FD)
     ctrl = socket.socket(fileno=ctrl_fd)
