@@ -31,8 +31,21 @@ if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     ./hil/qemu/setup.sh
 fi
 
-PY=${PYTHON:-python3}
+# The venv's interpreter: $PYTHON if given, else the distribution's /usr/bin/python3 when it is recent
+# enough (Debian builds it with PGO and LTO: this code runs ~1.3x faster on it, and a task process
+# starts several times faster, than on a plain build such as pyenv's python3 first on PATH), else python3.
+supported() { "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; }
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+    PY=python3
+    if [ -x /usr/bin/python3 ] && supported /usr/bin/python3; then PY=/usr/bin/python3; fi
+fi
 stamp=.venv/.l4emu-installed
+# a venv made from another interpreter (an older bootstrap chose python3 on PATH) is made again
+if [ -x .venv/bin/python ] && [ "$(readlink -f .venv/bin/python)" != "$(readlink -f "$(command -v "$PY")")" ]; then
+    echo "bootstrap: the venv's interpreter is $(readlink -f .venv/bin/python); making it again with $PY"
+    rm -rf .venv
+fi
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
