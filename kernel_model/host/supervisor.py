@@ -459,7 +459,8 @@ class Supervisor:
         pid = None
         if self.zygote is not None:  # forked from the template: its code is imported already
             try:
-                pid = self.zygote.fork(child_sock)
+                pid_ns = record.confine is not None and record.confine.pid_namespace and os.geteuid() == 0
+                pid = self.zygote.fork(child_sock, pid_namespace=pid_ns)
             except ZygoteError as exc:
                 self.console.kernel(f"task template: {exc}; tasks start with posix_spawn")
                 self.zygote = None

@@ -106,15 +106,16 @@ class Zygote:
             except OSError as exc:
                 self._gone(f"control socket: {exc}")
 
-    def fork(self, channel: socket.socket) -> int:
-        """A new task process with ``channel`` as its fd 3; it waits for its boot record on it."""
+    def fork(self, channel: socket.socket, pid_namespace: bool = False) -> int:
+        """A new task process with ``channel`` as its fd 3; it waits for its boot record on it.
+        ``pid_namespace``: it is pid 1 of a new pid namespace (needs root)."""
         with self.lock:
             if self.dead is not None:
                 raise ZygoteError(self.dead)
             _subreaper(True)
             try:
                 try:
-                    self.sock.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))])
+                    self.sock.sendmsg([b"Fp" if pid_namespace else b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))])
                     if not select.select([self.sock], [], [], ANSWER_S)[0]:
                         self._gone(f"no answer within {ANSWER_S:.0f} s")
                     answer = self.sock.recv(4096)

@@ -488,6 +488,9 @@ class _Confiner:
         The task's parent is outside its namespace, so getppid() is 0 and no other pid can be named."""
         if not self.root:
             raise _Unavailable("needs root (a pid namespace owned by the task's user namespace is not set up)")
+        if os.getpid() == 1 and os.getppid() == 0:  # forked into a fresh one by the task template (zygote.py)
+            self.pid, self.ppid = 1, 0
+            return "own pid namespace: the task is pid 1, its parent (the kernel) is outside it"
         _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")
         r, w = os.pipe()
         child = os.fork()

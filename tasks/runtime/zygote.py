@@ -8,7 +8,8 @@ of a fresh channel. It imports code, and forks:
 
 * ``P`` + module names, one per line: import them (one at a time, answering fork requests in
   between, so a task never waits for an import it does not need);
-* ``F`` with one fd (the task's channel): fork an intermediate that forks the task and exits at
+* ``F`` with one fd (the task's channel), ``Fp`` for a task in a pid namespace of its own (the
+  intermediate unshares it: the task is its pid 1, no shim): fork an intermediate that forks the task and exits at
   once; the task is then an orphan and the kernel host, a child subreaper while it asks, adopts it
   (``PR_SET_CHILD_SUBREAPER``): it is the host's child, which gets its pidfd and its exit status as
   for any other task. Once the intermediate is reaped (so the adoption is done), the answer is
@@ -53,6 +54,15 @@ def _preload(name: str) -> None:
         pass
 
 
+CLONE_NEWPID = 0x20000000
+
+
+def _unshare_pid() -> None:
+    """Children of the caller go into a new pid namespace (if that fails, the task makes its own, with a shim)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWPID)
+
+
 def _become_task(chan: int) -> None:
     """In the forked task: its own session, fd 3 = its channel, /dev/null on 0-2, nothing else; then boot."""
     code = 1
@@ -76,8 +86,10 @@ def _become_task(chan: int) -> None:
         os._exit(code if 0 <= code < 256 else 1)
 
 
-def fork_task(chan: int) -> int:
-    """Double fork: the task is orphaned as soon as its intermediate exits. Returns its pid."""
+def fork_task(chan: int, pid_namespace: bool = False) -> int:
+    """Double fork: the task is orphaned as soon as its intermediate exits. Returns its pid (as the host
+    sees it). ``pid_namespace``: the intermediate unshares a pid namespace first, so the task is pid 1
+    of its own from its first instruction: no shim process stays behind it (``confine.pid_namespace``)."""
     if threads() != 1:
         raise OSError(f"the template has {threads()} threads; it forks only with one")
     r, w = os.pipe()
@@ -86,6 +98,8 @@ def fork_task(chan: int) -> int:
     if mid == 0:
         try:
             os.close(r)
+            if pid_namespace:
+                _unshare_pid()
             pid = os.fork()
             if pid == 0:
                 os.close(w)
@@ -128,7 +142,7 @@ def serve(ctrl: socket.socket) -> int:
             ctrl.send(b"Q")
         elif msg[:1] == b"F" and len(fds) == 1:
             try:
-                reply = b"F" + struct.pack("<i", fork_task(fds[0]))
+                reply = b"F" + struct.pack("<i", fork_task(fds[0], pid_namespace=msg[1:2] == b"p"))
             except OSError as exc:
                 reply = b"E" + str(exc).encode()
             ctrl.send(reply)

@@ -50,12 +50,13 @@ def _probe(boot, confine: bool) -> tuple[dict, dict, dict, int | None, object]:
     ids, fds = system.results("probe")
     proc = system.sup.process("probe")
     pid = proc.pid
-    if confine:  # the process the host started is the pid-namespace shim; the task is its child
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            pid = int(f.read().split()[0])
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(c) for c in f.read().split()]
+    if children:  # the process the host started is a pid-namespace shim; the task is its child
+        pid = children[0]
     seen = _outside(pid)
     seen["pid"] = proc.pid
-    seen["shim"] = _outside(proc.pid) if confine else None
+    seen["shim"] = _outside(proc.pid) if children else None
     system.sup.inject_irq("go")
     code = system.run(timeout=60)
     assert code == 1, system.console.text()  # its run.until task failed ...
@@ -85,6 +86,8 @@ def test_a_forked_task_starts_exactly_like_a_spawned_one(boot, monkeypatch, conf
     assert sorted(forked[1]["fds"]) == sorted(spawned[1]["fds"])
     if confine:
         assert forked[0]["pid"] == spawned[0]["pid"] == 1 and forked[0]["ppid"] == 0  # its own pid namespace
+        # made by the template before the task existed: the kernel's own child, no shim behind it
+        assert forked[2]["shim"] is None and spawned[2]["shim"] is not None
         assert forked[0]["uid"] >= 61000 and forked[1]["env"] == {}
     else:
         assert forked[0]["ppid"] == os.getpid()
