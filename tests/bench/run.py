@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crypto-rounds", type=int, default=50)
     parser.add_argument("--flood-rounds", type=int, default=2000)
     parser.add_argument("--flood-burst", type=int, default=32)
-    parser.add_argument("--only", choices=["ipc", "crypto", "flood", "keystore", "hil"], default=None)
+    parser.add_argument("--only", choices=["ipc", "crypto", "flood", "keystore", "hil", "boot"], default=None)
     parser.add_argument("--hil-runs", type=int, default=1, help="guest boots in the hil section")
     args = parser.parse_args(argv)
     from rich.console import Console
@@ -263,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "keystore"):
         from tests.bench.keystore import bench_keystore  # the crypto service's key-storage backends
         rows += bench_keystore(args)
+    if args.only in (None, "boot"):
+        from boot_footprint import bench_boot_footprint  # tests/bench/boot_footprint.py: wvds boot time, RSS/PSS
+
+        rows += bench_boot_footprint(args)
     if args.only in (None, "hil"):
         from hil_bench import bench_hil  # tests/bench/hil_bench.py: the aarch64 guest next to the host
 

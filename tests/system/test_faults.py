@@ -90,7 +90,8 @@ def test_a_task_inherits_only_its_channel_and_no_secrets(boot, monkeypatch):
               and not report["targets"][str(fd)].startswith("/memfd:fault:")]  # its fault page (a trapped syscall)
     assert others == []
     assert "hunter2" not in str(report["env"]) and "hunter2" not in str(report["argv"])
-    assert report["argv"][1:] == ["-I", "-m", "tasks.runtime.bootstrap"]  # no secrets, no names
+    assert report["argv"][1:] in (["-I", "-m", "tasks.runtime.bootstrap"],  # no secrets, no names
+                                  ["-I", "-m", "tasks.runtime.zygote"])  # (forked from the task template)
 
 
 def test_restart_policy_on_failure_then_gives_up(boot):
