@@ -115,7 +115,8 @@ class Zygote:
             _subreaper(True)
             try:
                 try:
-                    self.sock.sendmsg([b"Fp" if pid_namespace else b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [channel.fileno()]))])
+                    fds = array.array("i", [channel.fileno()])
+                    self.sock.sendmsg([b"Fp" if pid_namespace else b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
                     if not select.select([self.sock], [], [], ANSWER_S)[0]:
                         self._gone(f"no answer within {ANSWER_S:.0f} s")
                     answer = self.sock.recv(4096)

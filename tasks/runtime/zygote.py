@@ -50,7 +50,7 @@ def threads() -> int:
 def _preload(name: str) -> None:
     try:
         importlib.import_module(name)
-    except BaseException:  # noqa: BLE001 - the task that needs it imports it again and reports the error
+    except BaseException:  # the task that needs it imports it again and reports the error
         pass
 
 

@@ -34,10 +34,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from capabilities.rights import CapRights  # noqa: E402
+from kernel_model.host import zygote as zygote_module  # noqa: E402
 from kernel_model.host.confinement import policy_for  # noqa: E402
 from kernel_model.host.console import RecordingConsole  # noqa: E402
 from kernel_model.host.images import load_image  # noqa: E402
-from kernel_model.host import zygote as zygote_module  # noqa: E402
 from kernel_model.host.supervisor import Supervisor, now_us  # noqa: E402
 from kernel_model.objects import ThreadState  # noqa: E402
 from l4emu.boot import boot_complete  # noqa: E402

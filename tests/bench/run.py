@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         from tests.bench.keystore import bench_keystore  # the crypto service's key-storage backends
         rows += bench_keystore(args)
     if args.only in (None, "boot"):
-        from boot_footprint import bench_boot_footprint  # tests/bench/boot_footprint.py: wvds boot time, RSS/PSS
+        from tests.bench.boot_footprint import bench_boot_footprint  # wvds boot time, RSS/PSS
 
         rows += bench_boot_footprint(args)
     if args.only in (None, "hil"):

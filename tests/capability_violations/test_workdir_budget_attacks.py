@@ -111,7 +111,8 @@ def test_filling_the_work_dir_is_a_workdir_budget_violation_naming_the_task_and_
         return [v for v in system.console.violations if v.rule is Rule.WORKDIR_BUDGET]
 
     # the watch may see a full work dir before its writer has logged the ENOSPC it got: wait for both
-    system.run(timeout=60, until=lambda: len(budget_events()) >= 2 and all(system.results(t) for t in ("hog", "spawner")))
+    system.run(timeout=60, until=lambda: len(budget_events()) >= 2
+               and all(system.results(t) for t in ("hog", "spawner")))
     events = {v.task: v for v in budget_events()}
     assert set(events) == {"hog", "spawner"}, system.console.text()  # the honest neighbour is not accused
     assert system.results("hog")[0]["errno"] == 28 and system.results("spawner")[0]["errno"] == 28

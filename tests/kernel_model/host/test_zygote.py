@@ -72,7 +72,7 @@ def test_a_forked_task_starts_exactly_like_a_spawned_one(boot, monkeypatch, conf
     spawned = _probe(boot, confine)
     assert forked[4].sup.zygote is not None and forked[4].sup.zygote.forked > 0  # the template made it
     assert spawned[4].sup.zygote is None
-    for ids, fds, seen, code, system in (forked, spawned):
+    for _ids, fds, seen, code, _system in (forked, spawned):
         assert code == 7
         assert seen["sid"] == seen["pgid"] == seen["pid"]  # a session of its own
         host_child = seen["shim"] or seen  # the process the kernel host started and reaped (the status above)
