@@ -39,7 +39,7 @@ from tasks.runtime import bootstrap
 
 #: what every task imports (bootstrap, its channel, Env, confinement and libseccomp)
 BASE_MODULES = ("tasks.runtime.channel", "tasks.runtime.env", "tasks.runtime.confine", "tasks.runtime.serve",
-                "tasks.runtime.shm", "tasks.runtime.memory", "pyseccomp")
+                "tasks.runtime.shm", "tasks.runtime.memory", "tasks.runtime.syscalls", "pyseccomp", "fcntl")
 PR_SET_PDEATHSIG = 1
 
 
@@ -61,6 +61,17 @@ def _unshare_pid() -> None:
     """Children of the caller go into a new pid namespace (if that fails, the task makes its own, with a shim)."""
     import ctypes
     ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWPID)
+
+
+def _compact() -> None:
+    """After a batch of imports: their garbage collected and the freed heap given back, once, so the
+    pages every task shares hold only what is live."""
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _become_task(chan: int) -> None:
@@ -123,6 +134,8 @@ def serve(ctrl: socket.socket) -> int:
     while True:
         if pending and not select.select([ctrl], [], [], 0)[0]:
             _preload(pending.popleft())
+            if not pending:
+                _compact()
             continue
         fds = array.array("i")
         try:
@@ -139,6 +152,8 @@ def serve(ctrl: socket.socket) -> int:
         elif msg[:1] == b"Q":  # a barrier: answered once everything asked for is imported
             while pending:
                 _preload(pending.popleft())
+                if not pending:
+                    _compact()
             ctrl.send(b"Q")
         elif msg[:1] == b"F" and len(fds) == 1:
             try:
