@@ -132,6 +132,11 @@ class Zygote:
             return struct.unpack("<i", answer[1:])[0]
 
     def alive(self) -> bool:
+        """Not closed, not known dead, and its process has not exited (its pidfd is readable once it has:
+        e.g. killed with the thread that started it, PR_SET_PDEATHSIG)."""
+        if self.dead is None and self.pidfd >= 0 and select.select([self.pidfd], [], [], 0)[0]:
+            self.dead = f"the template process {self.pid} exited"
+            self.close()
         return self.dead is None
 
     def _gone(self, why: str) -> None:

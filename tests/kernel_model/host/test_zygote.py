@@ -157,3 +157,17 @@ def test_the_shared_template_is_restarted_once_it_died(monkeypatch):
         second.close()
     finally:
         first.close()
+
+
+def test_a_template_that_died_is_noticed_before_anyone_asks_it(monkeypatch):
+    monkeypatch.setattr(zygote_module, "_shared", None)
+    first = zygote_module.shared([])
+    try:
+        os.kill(first.pid, signal.SIGKILL)
+        os.waitid(os.P_PIDFD, first.pidfd, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped
+        assert not first.alive()
+        second = zygote_module.shared([])
+        assert second is not first and second.alive()
+        second.close()
+    finally:
+        first.close()
