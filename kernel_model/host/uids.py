@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,25 @@ class Lease:
             self.fd = -1
 
 
+#: a scan of /proc is reused for this long: it reads every process's status (tens of ms on a busy host,
+#: the largest part of starting a task), and a uid that came into use since is leased (its lock is taken)
+IN_USE_MAX_AGE_S = 1.0
+
+
 class UidRegistry:
     def __init__(self, directory: Path = DEFAULT_DIR, first: int = FIRST_UID, count: int = COUNT,
-                 in_use: Callable[[], set[int]] = uids_in_use):
+                 in_use: Callable[[], set[int]] = uids_in_use, clock: Callable[[], float] = time.monotonic):
         self.directory, self.first, self.count, self.in_use = Path(directory), first, count, in_use
+        self.clock = clock
+        self._scan: tuple[float, set[int]] | None = None  # (when, uids in use then)
+
+    def busy(self) -> set[int]:
+        """The uids processes run under (a scan at most IN_USE_MAX_AGE_S old). Processes of a kernel
+        that died still being torn down are in it; a uid any live kernel took since is locked."""
+        now = self.clock()
+        if self._scan is None or not 0 <= now - self._scan[0] < IN_USE_MAX_AGE_S:
+            self._scan = (now, self.in_use())
+        return self._scan[1]
 
     def acquire(self) -> Lease:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -81,7 +97,7 @@ class UidRegistry:
             fds[uid] = fd
             return True
 
-        uid = first_free(range(self.first, self.first + self.count), lease, self.in_use())
+        uid = first_free(range(self.first, self.first + self.count), lease, self.busy())
         if uid is None:
             raise NoFreeUid(f"no free uid in {self.first}..{self.first + self.count - 1} ({self.directory})")
         return Lease(uid, fds[uid])

@@ -145,3 +145,17 @@ def test_a_task_sees_only_its_own_pid_and_is_stopped_at_a_syscall_outside_its_al
     assert about["about_to_call"] == secret and len(system.results("evil")) == 7  # it never returned
     assert system.exited("evil") == 128 + 31  # SIGSYS
     assert f"evil faulted: syscall {secret} (memfd_secret) not allowed by its seccomp filter" in system.console.text()
+
+
+def test_the_registry_scans_processes_once_per_burst_of_starts(tmp_path):
+    scans, now = [], [100.0]
+
+    def in_use() -> set[int]:
+        scans.append(now[0])
+        return {70000} if len(scans) == 1 else {70003}
+
+    reg = UidRegistry(tmp_path, first=70000, count=8, in_use=in_use, clock=lambda: now[0])
+    assert [reg.acquire().uid for _ in range(3)] == [70001, 70002, 70003]  # one scan: 70000 busy
+    assert scans == [100.0]
+    now[0] += 1.0  # a second later the next start looks again
+    assert reg.acquire().uid == 70000 and scans == [100.0, 101.0]  # 70000 free now, 70003 leased anyway
