@@ -4,6 +4,7 @@ else, LANG only, a session of their own, the kernel host as their parent (it rea
 their exit status); and if the template dies, tasks start with ``posix_spawn`` again."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 
@@ -36,6 +37,12 @@ def _outside(pid: int) -> dict:
         fds[int(fd)] = target.split(":")[0] if target.startswith(("socket:", "/memfd:")) else target
     return {"sid": os.getsid(pid), "pgid": os.getpgid(pid), "ppid": int(status["PPid"]), "fds": fds,
             "threads": int(status["Threads"])}
+
+
+def _subreaper() -> bool:
+    was = ctypes.c_int(0)
+    ctypes.CDLL(None).prctl(zygote_module.PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+    return bool(was.value)
 
 
 def _awaits_go(system) -> bool:
@@ -138,6 +145,7 @@ def test_a_refused_fork_says_why_and_leaves_the_template_alive():
             template.sock.send(b"X")  # not a request it knows
             assert template.sock.recv(100) == b"Ebad request"
             pid = template.fork(b)  # and it still forks
+            assert not _subreaper()  # the host is a child subreaper only while it asks
             a.close()  # the task sees its channel closed before any boot record: it exits
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) != 0
