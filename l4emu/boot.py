@@ -13,6 +13,7 @@ from rich.console import Console
 from durable.atomic import atomic_write
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage, load_image
 from kernel_model.host.supervisor import Supervisor, now_us
+from kernel_model.host.zygote import prestart as prestart_template
 from kernel_model.objects import ThreadState
 from l4emu.live import (
     RIGHT,
@@ -54,6 +55,7 @@ def boot_image(path: Path, *, dump_caps: bool = False, confine: bool = True, tim
     """
     out = console or OutputConsole(highlight=False, soft_wrap=True)
     image = load_image(path, missing_ok=True).image  # an invalid image: ImageError before anything starts
+    prestart_template(image)  # the task template imports the programs while the EST CA and devices start
     tags = {t.log.tag: t.name for t in image.tasks}
     if live is None:  # a terminal that can move its cursor (not TERM=dumb, as on the HIL board's serial line)
         live = out.is_terminal and not out.is_dumb_terminal

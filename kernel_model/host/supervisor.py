@@ -48,7 +48,9 @@ from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.host.scheduler import FairScheduler
 from kernel_model.host.workdir_watch import WorkdirWatch
 from kernel_model.host.zygote import TASK_ENV, Zygote, ZygoteError
+from kernel_model.host.zygote import programs as zygote_programs
 from kernel_model.host.zygote import shared as shared_zygote
+from kernel_model.host.zygote import wanted as zygote_wanted
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
 from kernel_model.wire import Boot, ItemKind, Remap, Revoke
@@ -121,7 +123,7 @@ class Supervisor:
         self.scheduler: FairScheduler[int] = FairScheduler()  # keyed by id(TaskProcess)
         self._deferred: dict[int, tuple[TaskProcess, int]] = {}  # over their share: not read until resumed
         self.workdir_watch = WorkdirWatch()  # work dirs at their budget -> violation events
-        self.use_zygote = os.environ.get("L4EMU_ZYGOTE", "1") != "0" if zygote is None else zygote
+        self.use_zygote = zygote_wanted() if zygote is None else zygote
         self.zygote: Zygote | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -137,8 +139,7 @@ class Supervisor:
         self.console.kernel(f"booting image {image.name!r}: {len(image.tasks)} task(s), RAM {image.ram >> 20} MiB")
         if self.use_zygote:
             try:  # the template imports the programs (names only) while the kernel boots
-                self.zygote = shared_zygote(["roottasks.sigma0", "roottasks.moe",
-                                             *(f"tasks.{t.program}" for t in image.tasks)])
+                self.zygote = shared_zygote(zygote_programs(image))
             except ZygoteError as exc:
                 self.console.kernel(f"task template: {exc}; tasks start with posix_spawn")
         self._apply(self.kernel.boot(ram=image.ram, modules=list(self.loaded.modules), moe_args=self.moe_args))

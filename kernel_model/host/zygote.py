@@ -176,3 +176,23 @@ def shared(preload: list[str]) -> Zygote:
         zygote = _shared
     zygote.preload(preload)
     return zygote
+
+
+def wanted(environ=os.environ) -> bool:
+    """Task processes come from the template unless the kernel's environment says ``L4EMU_ZYGOTE=0``."""
+    return environ.get("L4EMU_ZYGOTE", "1") != "0"
+
+
+def programs(image) -> list[str]:
+    """The modules an image's task processes run: Sigma0, Moe and each task's ``tasks.<program>``."""
+    return ["roottasks.sigma0", "roottasks.moe", *(f"tasks.{t.program}" for t in image.tasks)]
+
+
+def prestart(image) -> None:
+    """Start the template (and its imports) early, e.g. while the devices and the EST CA start."""
+    if wanted():
+        try:
+            shared(programs(image))
+        except ZygoteError:
+            pass  # the supervisor says so when it boots
+
