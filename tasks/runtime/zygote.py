@@ -40,7 +40,7 @@ from tasks.runtime import bootstrap
 #: what every task imports (bootstrap, its channel, Env, confinement and libseccomp)
 BASE_MODULES = ("tasks.runtime.channel", "tasks.runtime.env", "tasks.runtime.confine", "tasks.runtime.serve",
                 "tasks.runtime.shm", "tasks.runtime.memory", "tasks.runtime.syscalls", "pyseccomp", "fcntl")
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
 
 
 def threads() -> int:
@@ -176,7 +176,10 @@ def main() -> int:
     ctrl = socket.socket(fileno=ctrl_fd)
     ctrl.set_inheritable(False)
     import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)  # dies with the host
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)  # dies with the host
+    # nothing of the same uid may ptrace it or write /proc/<pid>/mem: every later task is forked from it
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     return serve(ctrl)
 
 
