@@ -184,8 +184,10 @@ def wanted(environ=os.environ) -> bool:
 
 
 def programs(image) -> list[str]:
-    """The modules an image's task processes run: Sigma0, Moe and each task's ``tasks.<program>``."""
-    return ["roottasks.sigma0", "roottasks.moe", *(f"tasks.{t.program}" for t in image.tasks)]
+    """The modules an image's task processes run: each task's ``tasks.<program>``, then Sigma0's and Moe's
+    (the kernel starts those two at once, so a template started with the boot has forked them before it
+    could import theirs: the programs Moe starts next come first)."""
+    return [*(f"tasks.{t.program}" for t in image.tasks), "roottasks.sigma0", "roottasks.moe"]
 
 
 def prestart(image) -> None:
