@@ -3,7 +3,8 @@
 Every task process used to be a fresh ``python -m tasks.runtime.bootstrap`` that imported its code
 (100-300 ms of CPU each). The template is started once, like a task (``posix_spawn``: fd 3 = its
 control socket, /dev/null on 0-2, an empty environment, its own session), never reads the image,
-its modules or a key, imports the programs' code and forks one process per task. The task is
+its modules or a key, imports trusted library code (never a task program: ``LIBRARIES``) and forks
+one process per task. The task is
 adopted by this process (a child subreaper while it asks), so the supervisor waits for it, gets
 its pidfd and its exit status as for a task it spawned itself. The task confines itself after the
 fork exactly as before.
@@ -183,11 +184,28 @@ def wanted(environ=os.environ) -> bool:
     return environ.get("L4EMU_ZYGOTE", "1") != "0"
 
 
+#: trusted code every task may use: the libraries the shipped programs import (third-party and the
+#: project's own wire/durability libraries) and the root tasks. Never a task program (``tasks.<program>``):
+#: a program is the integrator's code, and code that ran in the template would be in every task
+#: forked after it, unconfined. Each program imports its own modules after the fork, confined.
+LIBRARIES = (
+    "cryptography.x509", "cryptography.x509.oid", "cryptography.x509.verification", "cryptography.exceptions",
+    "cryptography.hazmat.primitives.hashes", "cryptography.hazmat.primitives.serialization",
+    "cryptography.hazmat.primitives.serialization.pkcs7", "cryptography.hazmat.primitives.asymmetric.ec",
+    "cryptography.hazmat.primitives.asymmetric.mldsa", "cryptography.hazmat.primitives.asymmetric.mlkem",
+    "cryptography.hazmat.primitives.ciphers.aead", "kyber_py.ml_kem", "ssl", "http.client", "email.utils",
+    "urllib.parse", "ipaddress", "json", "zlib", "secrets", "hashlib", "base64", "datetime", "tempfile",
+    "protocols.layout", "protocols.status", "protocols.crypto", "protocols.crypto_client", "protocols.est_service",
+    "protocols.csrattrs", "protocols.netproxy", "protocols.sensor_ring", "durable.fileops", "durable.atomic",
+    "durable.sealed",
+)
+
+
 def programs(image) -> list[str]:
-    """The modules an image's task processes run: each task's ``tasks.<program>``, then Sigma0's and Moe's
-    (the kernel starts those two at once, so a template started with the boot has forked them before it
-    could import theirs: the programs Moe starts next come first)."""
-    return [*(f"tasks.{t.program}" for t in image.tasks), "roottasks.sigma0", "roottasks.moe"]
+    """What the template imports for an image: Sigma0 and Moe first (the kernel starts those two at once,
+    then Moe the image's tasks), then the trusted libraries (``LIBRARIES``), never ``tasks.<program>``."""
+    del image  # the same trusted set for every image: what a program adds, it imports itself, confined
+    return ["roottasks.sigma0", "roottasks.moe", *LIBRARIES]
 
 
 def prestart(image) -> None:

@@ -47,7 +47,15 @@ def threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+def trusted(name: str) -> bool:
+    """Code the template may run: anything but a task program (``tasks.<program>``, the integrator's code,
+    whose module-level code must run only in its own task, confined); the runtime is trusted."""
+    return not name.startswith("tasks.") or name.startswith("tasks.runtime.")
+
+
 def _preload(name: str) -> None:
+    if not trusted(name):
+        return
     try:
         importlib.import_module(name)
     except BaseException:  # the task that needs it imports it again and reports the error

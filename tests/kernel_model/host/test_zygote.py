@@ -179,3 +179,16 @@ def test_a_template_that_died_is_noticed_before_anyone_asks_it(monkeypatch):
         second.close()
     finally:
         first.close()
+
+
+def test_the_template_imports_no_task_program():
+    """Module-level code of a program would run unconfined in the process every task is forked from."""
+    from kernel_model.host.images import PROJECT_ROOT, load_image
+    from kernel_model.host.zygote import programs
+    from tasks.runtime.zygote import trusted
+
+    wanted = programs(load_image(PROJECT_ROOT / "images" / "wvds.yaml").image)
+    assert "roottasks.moe" in wanted and "cryptography.x509" in wanted
+    assert not [m for m in wanted if m.startswith("tasks.")]
+    assert not trusted("tasks.oem_gateway.task") and not trusted("tasks.testing.adversary")
+    assert trusted("tasks.runtime.env") and trusted("protocols.crypto")
