@@ -31,6 +31,10 @@ class Kind(enum.Enum):
     OBJECT = "obj"
     MEMORY = "mem"
 
+    # Members are singletons compared by identity: hash them by identity too (in C), not by name (a Python
+    # call in every capability lookup, whose key holds a Kind).
+    __hash__ = object.__hash__
+
 
 Key = tuple[int, Kind, int]  # (space id, kind, slot index or virtual address)
 Obj = TypeVar("Obj")

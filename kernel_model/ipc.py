@@ -23,7 +23,7 @@ from kernel_model.objects import AsyncMessage, IpcGate, Irq, Memory, Thread, Thr
 from kernel_model.state import KernelState
 from kernel_model.wire import Invocation, Result
 
-_S_BIT, _SVR_BIT = int(CapRights.S), int(CapRights.SVR)
+_S_BIT, _SVR_BIT, _LABEL_BITS = int(CapRights.S), int(CapRights.SVR), int(LABEL_RIGHTS)
 # IPC phase bits as plain ints: the hot path tests them on every syscall, and enum
 # arithmetic costs more than the rest of the rendezvous.
 _SEND, _RECV, _OPEN_WAIT, _REPLY = (int(f) for f in (IpcFlags.SEND, IpcFlags.RECV, IpcFlags.OPEN_WAIT, IpcFlags.REPLY))
@@ -84,8 +84,7 @@ class IpcPaths(KernelState):
             return
         label = inv.tag.label
         if isinstance(obj, IpcGate) and not (label == Proto.KOBJECT and cap.rights & _SVR_BIT):
-            self.send_to(thread, obj.thread, obj, cap.rights & LABEL_RIGHTS,
-                          bool(cap.rights & _S_BIT))
+            self.send_to(thread, obj.thread, obj, cap.rights & _LABEL_BITS, bool(cap.rights & _S_BIT))
             return
         if isinstance(obj, Thread) and label != Proto.THREAD:
             if inv.label >= KERNEL_LABEL:
