@@ -190,8 +190,8 @@ class MsgTag:
     read for every message, and treated as immutable (``from_raw`` hands out shared instances).
     """
 
-    __slots__ = ("label", "words", "items", "flags")
     __match_args__ = ("label", "words", "items", "flags")
+    __slots__ = __match_args__
 
     def __init__(self, label: int = 0, words: int = 0, items: int = 0, flags: int = 0):
         self.label = label

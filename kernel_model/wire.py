@@ -110,9 +110,10 @@ class _Value:
     treated as immutable by every user."""
 
     __slots__ = ()
+    __match_args__: tuple[str, ...] = ()
 
     def _fields(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in self.__match_args__)
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -124,7 +125,7 @@ class _Value:
         return hash(self._fields())
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
         return f"{type(self).__name__}({args})"
 
 
@@ -136,8 +137,8 @@ class Item(_Value):
     for objects, whose window is one slot).
     """
 
-    __slots__ = ("kind", "index", "rights", "size", "grant", "dest")
-    __match_args__ = __slots__
+    __match_args__ = ("kind", "index", "rights", "size", "grant", "dest")
+    __slots__ = __match_args__  # the fields, in order (compare, hash, repr)
 
     def __init__(self, kind: ItemKind, index: int, rights: int, size: int = 0, grant: bool = False, dest: int = 0):
         self.kind = kind
@@ -160,9 +161,9 @@ _NO_TAG = MsgTag()
 
 
 class Invocation(_Value):
-    __slots__ = ("flags", "dest", "tag", "data", "items", "timeout", "label", "rcv_obj", "rcv_mem_base",
+    __match_args__ = ("flags", "dest", "tag", "data", "items", "timeout", "label", "rcv_obj", "rcv_mem_base",
                  "rcv_mem_size")
-    __match_args__ = __slots__
+    __slots__ = __match_args__  # the fields, in order (compare, hash, repr)
     flags: int  #: IpcFlags bits (a plain int once decoded: the kernel tests them on every call)
     rcv_obj: int  #: selector of the slot that receives one cap, or INVALID_CAP
     rcv_mem_size: int  #: 0 = no memory receive window
@@ -191,8 +192,8 @@ class Invocation(_Value):
 
 
 class RecvItem(_Value):
-    __slots__ = ("kind", "index", "rights", "size", "offset")
-    __match_args__ = __slots__
+    __match_args__ = ("kind", "index", "rights", "size", "offset")
+    __slots__ = __match_args__  # the fields, in order (compare, hash, repr)
     index: int  #: selector or virtual address where it landed
     offset: int  #: memory: offset into the passed memory object (the fd)
 
@@ -205,8 +206,8 @@ class RecvItem(_Value):
 
 
 class Result(_Value):
-    __slots__ = ("error", "tag", "label", "data", "items")
-    __match_args__ = __slots__
+    __match_args__ = ("error", "tag", "label", "data", "items")
+    __slots__ = __match_args__  # the fields, in order (compare, hash, repr)
 
     def __init__(self, error: IpcError = IpcError.OK, tag: MsgTag = _NO_TAG, label: int = 0, data: bytes = b"",
                  items: tuple[RecvItem, ...] = ()):
