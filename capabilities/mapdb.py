@@ -121,6 +121,9 @@ class MemoryMapping(Node[Obj]):
 class MappingDb:
     def __init__(self) -> None:
         self._nodes: dict[Key, Node[Any]] = {}
+        #: ``node_at((space, kind, index))``: the node at a key or None, one C call (the kernel's capability
+        #: lookup on every syscall); the dict is never replaced, so the bound method stays valid
+        self.node_at = self._nodes.get
         self._spaces: dict[int, dict[Key, Node[Any]]] = {}
 
     # -- lookup ---------------------------------------------------------------

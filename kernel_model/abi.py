@@ -280,7 +280,16 @@ def timeout_to_us(half: int) -> int | None:
 
 def timeouts(send_us: int | None = None, recv_us: int | None = None) -> int:
     """l4_timeout_t pair: send half in the high 16 bits, receive half in the low 16 bits."""
-    return (timeout_from_us(send_us) << 16) | timeout_from_us(recv_us)
+    send = _HALVES.get(send_us)  # never and zero, the common halves, without the encoding loop
+    recv = _HALVES.get(recv_us)
+    if send is None:
+        send = timeout_from_us(send_us)
+    if recv is None:
+        recv = timeout_from_us(recv_us)
+    return (send << 16) | recv
+
+
+_HALVES: dict[int | None, int] = {None: TIMEOUT_NEVER, 0: TIMEOUT_ZERO}
 
 
 # Fixed slots every task started by Moe finds (an L4Re env); slots 1..7 follow the base caps.

@@ -67,7 +67,7 @@ class KernelState:
     def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT
             return None
-        node = self.db.get(task.id, _OBJECT, selector >> L4_CAP_SHIFT)  # task.space is task.id
+        node = self.db.node_at((task.id, _OBJECT, selector >> L4_CAP_SHIFT))  # task.space is task.id
         return node if isinstance(node, ObjectCap) else None
 
     def deny(self, thread: Thread, selector: int, operation: str, rule: Rule, error: str, detail: str = "") -> None:
