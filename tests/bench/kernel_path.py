@@ -9,11 +9,17 @@ syscalls), each measured in this process, interleaved with the end-to-end baseli
   process holds (select, fair scheduling, recv, syscall, apply the effects, encode the result,
   send) -- minus nothing: it includes the socket calls the kernel makes for each frame;
 - the end-to-end kernel-path round trip between two task processes (the ``ipc`` section's
-  image) next to a socketpair round trip between two Python processes, measured in the same run.
+  image) next to a socketpair round trip between two Python processes, measured in the same run;
+- the CPU of one such round trip summed over every process (kernel + both tasks; both socketpair
+  processes), which a loaded machine moves far less than the wall-clock time: measured as the
+  difference between a long and a short run (boot and start-up cancel out), unconfined, so that
+  every task is a direct child of this process and its CPU is counted when it is reaped.
 """
 from __future__ import annotations
 
 import gc
+import os
+import resource
 import socket
 import statistics
 import tempfile
@@ -137,17 +143,68 @@ def supervisor_us(rounds: int) -> float:
     return (elapsed - ends_ns) / rounds / 2 / 1000
 
 
+def _cpu_us(run) -> tuple[float, float]:
+    """µs of CPU ``run()`` took in this process and in the children it reaped."""
+    self0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    run()
+    self1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ((self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime) * 1e6,
+            (kids1.ru_utime + kids1.ru_stime - kids0.ru_utime - kids0.ru_stime) * 1e6)
+
+
+def _socketpair_round_trips(rounds: int) -> None:
+    """The ``ipc`` section's socketpair baseline (200 + 5 x ``rounds`` round trips of 64 B to an echoing
+    child), with the child reaped as soon as it is done, so that its CPU is counted."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # the echo process
+        status = 0
+        try:
+            a.close()
+            while data := b.recv(4096):
+                b.send(data)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    b.close()
+    try:
+        for _ in range(200 + 5 * rounds):
+            a.send(PAYLOAD)
+            a.recv(4096)
+    finally:
+        a.close()
+        os.waitpid(pid, 0)
+
+
+def cpu_per_round_trip(rounds: int) -> tuple[float, float, float]:
+    """CPU µs per kernel-path round trip: (kernel process, both tasks), and per socketpair round trip (both
+    processes). The client times 5 x ``rounds`` calls after a warm-up; a run of ``rounds // 5`` is
+    subtracted from one of ``rounds``."""
+    from tests.bench.run import kernel_rtt
+
+    short = max(rounds // 5, 1)
+    k_long, t_long = _cpu_us(lambda: kernel_rtt(rounds, confine=False))
+    k_short, t_short = _cpu_us(lambda: kernel_rtt(short, confine=False))
+    p_long = sum(_cpu_us(lambda: _socketpair_round_trips(rounds)))
+    p_short = sum(_cpu_us(lambda: _socketpair_round_trips(short)))
+    n = 5 * (rounds - short)
+    return (k_long - k_short) / n, (t_long - t_short) / n, (p_long - p_short) / n
+
+
 def bench_kernel_path(args) -> list[tuple[str, str, str]]:
     from tests.bench.run import kernel_rtt, socketpair_rtt
 
     micro_rounds = max(2000, args.rounds * 4)
-    pure, sup, e2e, pair = [], [], [], []
+    pure, sup, e2e, pair, cpu = [], [], [], [], []
     for _ in range(args.repeats):  # interleaved, so drift hits all alike
         pure.append(pure_kernel_us(micro_rounds))
         sup.append(supervisor_us(micro_rounds // 2))
         pair.append(socketpair_rtt(args.rounds, relay=False))
         e2e.append(kernel_rtt(args.rounds, confine=not args.no_confine))
+        cpu.append(cpu_per_round_trip(args.rounds))
     p, s, e, d = (statistics.median(x) for x in (pure, sup, e2e, pair))
+    ck, ct, cp = (statistics.median(c[i] for c in cpu) for i in range(3))
     return [
         ("kernel core: CPU per syscall (Kernel.syscall, call + reply-and-wait, 64 B)", f"{p:.1f} µs",
          f"target <= 10 µs: {p / 10:.2f}x of it"),
@@ -156,4 +213,9 @@ def bench_kernel_path(args) -> list[tuple[str, str, str]]:
         ("IPC round trip (64 B) on the kernel path, two task processes", f"{e:.1f} µs",
          f"kernel path/socketpair = {e / d:.2f}x (target <= 4x)"),
         ("  socketpair round trip, 2 Python processes, same run", f"{d:.1f} µs", ""),
+        ("CPU per kernel-path round trip, all processes (unconfined)", f"{ck + ct:.1f} µs",
+         f"ours/socketpair = {(ck + ct) / cp:.2f}x of CPU"),
+        ("  of it the kernel process (2 frames)", f"{ck:.1f} µs", f"{ck / 2:.1f} µs per syscall"),
+        ("  of it the client and server tasks", f"{ct:.1f} µs", ""),
+        ("  CPU per socketpair round trip, both processes", f"{cp:.1f} µs", ""),
     ]
