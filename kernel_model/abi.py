@@ -214,7 +214,9 @@ class MsgTag:
         if label >= 1 << 47:
             label -= 1 << 48
         tag = cls(label, raw & 0x3F, (raw >> 6) & 0x3F, raw & 0xF000)
-        if cls is MsgTag and len(_TAGS) < _TAG_CACHE and 0 <= raw < 1 << 64:
+        if cls is MsgTag and 0 <= raw < 1 << 64:
+            if len(_TAGS) >= _TAG_CACHE:  # full (a task sending ever new tags): start again, the tags in
+                _TAGS.clear()  # use come back at once
             _TAGS[raw] = tag
         return tag
 
