@@ -31,6 +31,10 @@ class Kind(enum.Enum):
     OBJECT = "obj"
     MEMORY = "mem"
 
+    # Members are singletons compared by identity: hash them by identity too (in C), not by name (a Python
+    # call in every capability lookup, whose key holds a Kind).
+    __hash__ = object.__hash__
+
 
 Key = tuple[int, Kind, int]  # (space id, kind, slot index or virtual address)
 Obj = TypeVar("Obj")
@@ -117,6 +121,9 @@ class MemoryMapping(Node[Obj]):
 class MappingDb:
     def __init__(self) -> None:
         self._nodes: dict[Key, Node[Any]] = {}
+        #: ``node_at((space, kind, index))``: the node at a key or None, one C call (the kernel's capability
+        #: lookup on every syscall); the dict is never replaced, so the bound method stays valid
+        self.node_at = self._nodes.get
         self._spaces: dict[int, dict[Key, Node[Any]]] = {}
 
     # -- lookup ---------------------------------------------------------------

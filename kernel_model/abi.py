@@ -6,7 +6,6 @@ model adds an operation L4 does not have, the number says so in its docstring.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
 
 L4_CAP_SHIFT = 12
@@ -184,26 +183,59 @@ class TagFlags(enum.IntFlag):
     ERROR = 0x8000
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class MsgTag:
-    """l4_msgtag_t: ``label << 16 | flags | items << 6 | words``; the label is signed."""
+    """l4_msgtag_t: ``label << 16 | flags | items << 6 | words``; the label is signed.
 
-    label: int = 0
-    words: int = 0
-    items: int = 0
-    flags: int = 0
+    A value (compare, hash); a plain class with ``__slots__``, not a frozen dataclass: one is made or
+    read for every message, and treated as immutable (``from_raw`` hands out shared instances).
+    """
+
+    __match_args__ = ("label", "words", "items", "flags")
+    __slots__ = __match_args__
+
+    def __init__(self, label: int = 0, words: int = 0, items: int = 0, flags: int = 0):
+        self.label = label
+        self.words = words
+        self.items = items
+        self.flags = flags
 
     def raw(self) -> int:
-        if not 0 <= self.words < 64 or not 0 <= self.items < 64 or self.words + 2 * self.items > MR_WORDS:
+        words, items = self.words, self.items
+        if not 0 <= words < 64 or not 0 <= items < 64 or words + 2 * items > MR_WORDS:
             raise ValueError("words + 2*items must fit in 63 message registers")
-        return ((self.label << 16) | (self.flags & 0xF000) | (self.items << 6) | self.words) & 0xFFFF_FFFF_FFFF_FFFF
+        return ((self.label << 16) | (self.flags & 0xF000) | (items << 6) | words) & 0xFFFF_FFFF_FFFF_FFFF
 
     @classmethod
     def from_raw(cls, raw: int) -> MsgTag:
+        tag = _TAGS.get(raw) if cls is MsgTag else None
+        if tag is not None:
+            return tag
         label = raw >> 16
         if label >= 1 << 47:
             label -= 1 << 48
-        return cls(label, raw & 0x3F, (raw >> 6) & 0x3F, raw & 0xF000)
+        tag = cls(label, raw & 0x3F, (raw >> 6) & 0x3F, raw & 0xF000)
+        if cls is MsgTag and 0 <= raw < 1 << 64:
+            if len(_TAGS) >= _TAG_CACHE:  # full (a task sending ever new tags): start again, the tags in
+                _TAGS.clear()  # use come back at once
+            _TAGS[raw] = tag
+        return tag
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, MsgTag)
+        return (self.label == other.label and self.words == other.words and self.items == other.items
+                and self.flags == other.flags)
+
+    def __hash__(self) -> int:
+        return hash((self.label, self.words, self.items, self.flags))
+
+    def __repr__(self) -> str:
+        return f"MsgTag(label={self.label!r}, words={self.words!r}, items={self.items!r}, flags={self.flags!r})"
+
+
+_TAG_CACHE = 1024  #: tags decoded once are shared (bounded: a task choosing tags cannot grow it)
+_TAGS: dict[int, MsgTag] = {}
 
 
 KERNEL_LABEL = 1 << 63
@@ -250,7 +282,16 @@ def timeout_to_us(half: int) -> int | None:
 
 def timeouts(send_us: int | None = None, recv_us: int | None = None) -> int:
     """l4_timeout_t pair: send half in the high 16 bits, receive half in the low 16 bits."""
-    return (timeout_from_us(send_us) << 16) | timeout_from_us(recv_us)
+    send = _HALVES.get(send_us)  # never and zero, the common halves, without the encoding loop
+    recv = _HALVES.get(recv_us)
+    if send is None:
+        send = timeout_from_us(send_us)
+    if recv is None:
+        recv = timeout_from_us(recv_us)
+    return (send << 16) | recv
+
+
+_HALVES: dict[int | None, int] = {None: TIMEOUT_NEVER, 0: TIMEOUT_ZERO}
 
 
 # Fixed slots every task started by Moe finds (an L4Re env); slots 1..7 follow the base caps.

@@ -11,6 +11,7 @@ from kernel_model.abi import (
     INVALID_CAP,
     KERNEL_LABEL,
     TIMEOUT_ABSOLUTE,
+    TIMEOUT_NEVER,
     IpcError,
     IpcFlags,
     MsgTag,
@@ -22,11 +23,12 @@ from kernel_model.objects import AsyncMessage, IpcGate, Irq, Memory, Thread, Thr
 from kernel_model.state import KernelState
 from kernel_model.wire import Invocation, Result
 
-_S_BIT, _SVR_BIT = int(CapRights.S), int(CapRights.SVR)
+_S_BIT, _SVR_BIT, _LABEL_BITS = int(CapRights.S), int(CapRights.SVR), int(LABEL_RIGHTS)
 # IPC phase bits as plain ints: the hot path tests them on every syscall, and enum
 # arithmetic costs more than the rest of the rendezvous.
 _SEND, _RECV, _OPEN_WAIT, _REPLY = (int(f) for f in (IpcFlags.SEND, IpcFlags.RECV, IpcFlags.OPEN_WAIT, IpcFlags.REPLY))
 _ABSOLUTE_EITHER = TIMEOUT_ABSOLUTE << 16 | TIMEOUT_ABSOLUTE
+_RUNNING = ThreadState.RUNNING
 
 
 def op_name(inv: Invocation) -> str:
@@ -70,7 +72,7 @@ class IpcPaths(KernelState):
         return True
 
     def _send(self, thread: Thread, inv: Invocation) -> None:
-        cap = self.lookup(thread.task, inv.dest)
+        cap = self.lookup(thread.task, inv.dest)  # the one capability lookup of the syscall
         if cap is None:
             self.deny(thread, inv.dest, op_name(inv), Rule.NO_CAPABILITY, "L4_IPC_ENOT_EXISTENT",
                        "selector is empty in the caller's capability table")
@@ -82,8 +84,7 @@ class IpcPaths(KernelState):
             return
         label = inv.tag.label
         if isinstance(obj, IpcGate) and not (label == Proto.KOBJECT and cap.rights & _SVR_BIT):
-            self.send_to(thread, obj.thread, obj, cap.rights & LABEL_RIGHTS,
-                          bool(cap.rights & _S_BIT))
+            self.send_to(thread, obj.thread, obj, cap.rights & _LABEL_BITS, bool(cap.rights & _S_BIT))
             return
         if isinstance(obj, Thread) and label != Proto.THREAD:
             if inv.label >= KERNEL_LABEL:
@@ -108,7 +109,8 @@ class IpcPaths(KernelState):
     def send_to(self, sender: Thread, target: Thread | None, gate: IpcGate | None, label: int, via_s: bool) -> None:
         inv = sender.inv
         assert inv is not None  # a thread in a send phase is in a syscall
-        send_to = timeout_to_us(inv.timeout >> 16)
+        half = inv.timeout >> 16
+        send_to = None if half == TIMEOUT_NEVER else timeout_to_us(half)
         sender.send_label = label
         sender.send_via_s = via_s
         if target is None:  # unbound gate: wait until bound or the send timeout expires
@@ -137,28 +139,36 @@ class IpcPaths(KernelState):
         inv, rinv = sender.inv, receiver.inv
         assert inv is not None  # the sender is in its syscall
         self._unblock(sender)
-        tr = self.transfer(sender.task, inv.items, receiver.task, rinv, sender.send_via_s, window=True)
-        if tr.error is not None:
-            self._complete(sender, Result(error=tr.error[0]))
-            self._complete(receiver, Result(error=tr.error[1]))
-            return
-        result = Result(tag=MsgTag(inv.tag.label, inv.tag.words, len(tr.items), inv.tag.flags & 0x3000),
-                        label=sender.send_label, data=inv.data, items=tr.items)
+        tag = inv.tag
+        if inv.items:
+            tr = self.transfer(sender.task, inv.items, receiver.task, rinv, sender.send_via_s, window=True)
+            if tr.error is not None:
+                self._complete(sender, Result(error=tr.error[0]))
+                self._complete(receiver, Result(error=tr.error[1]))
+                return
+            items, memory = tr.items, tr.memory
+            tag = MsgTag(tag.label, tag.words, len(items), tag.flags & 0x3000)
+        else:  # no typed items (the common case): nothing to map, and the tag passes as it is if it can
+            items, memory = (), ()
+            if tag.items or tag.flags & ~0x3000:
+                tag = MsgTag(tag.label, tag.words, 0, tag.flags & 0x3000)
+        result = Result(IpcError.OK, tag, sender.send_label, inv.data, items)
         if self.trace:
             kind = "call" if inv.flags & _RECV else "send"
             self._effects.append(Traced(
                 f"{sender.task.describe()} -> {receiver.task.describe()} {kind} proto {inv.tag.label:#x} "
-                f"label {sender.send_label:#x} {inv.tag.words}w {len(tr.items)} item(s)"))
+                f"label {sender.send_label:#x} {inv.tag.words}w {len(items)} item(s)"))
         if inv.flags & _RECV:  # a call: wait for the reply from this partner only
             receiver.reply_to = sender
             sender.generation += 1
-            self._block(sender, ThreadState.RECEIVING, receiver, timeout_to_us(inv.timeout & 0xFFFF))
+            half = inv.timeout & 0xFFFF
+            self._block(sender, ThreadState.RECEIVING, receiver, None if half == TIMEOUT_NEVER else timeout_to_us(half))
             if sender.deadline is not None and sender.deadline <= self.now:
                 self._complete(sender, Result(error=IpcError.RETIMEOUT))
                 receiver.reply_to = None
         else:
             self._complete(sender, Result(tag=inv.tag))
-        self._complete(receiver, result, tr.memory)
+        self._complete(receiver, result, memory)
 
     def _reply(self, thread: Thread, inv: Invocation) -> IpcError:
         partner, thread.reply_to = thread.reply_to, None  # single use, consumed even if the reply fails
@@ -170,19 +180,27 @@ class IpcPaths(KernelState):
             return IpcError.ENOT_EXISTENT  # caller gone or timed out
         # The reply capability carries the caller's W/S rights (fiasco Reply_cap::caller_rights):
         # S survives a reply only if the cap the caller called through had S.
-        tr = self.transfer(thread.task, inv.items, partner.task, partner.inv, partner.send_via_s, window=True)
-        if tr.error is not None:
-            self._complete(partner, Result(error=tr.error[1]))
-            return tr.error[0]
-        self._complete(partner, Result(tag=MsgTag(inv.tag.label, inv.tag.words, len(tr.items)), data=inv.data,
-                                       items=tr.items), tr.memory)
+        tag = inv.tag
+        if inv.items:
+            tr = self.transfer(thread.task, inv.items, partner.task, partner.inv, partner.send_via_s, window=True)
+            if tr.error is not None:
+                self._complete(partner, Result(error=tr.error[1]))
+                return tr.error[0]
+            items, memory = tr.items, tr.memory
+            tag = MsgTag(tag.label, tag.words, len(items))
+        else:  # no typed items: nothing to map; the tag passes as it is unless it has flags
+            items, memory = (), ()
+            if tag.items or tag.flags:
+                tag = MsgTag(tag.label, tag.words)
+        self._complete(partner, Result(IpcError.OK, tag, 0, inv.data, items), memory)
         if self.trace:
             self._effects.append(Traced(f"{thread.task.describe()} -> {partner.task.describe()} reply status "
-                                        f"{inv.tag.label} {inv.tag.words}w {len(tr.items)} item(s)"))
+                                        f"{inv.tag.label} {inv.tag.words}w {len(items)} item(s)"))
         return IpcError.OK
 
     def _receive(self, thread: Thread, inv: Invocation) -> None:
-        recv_to = timeout_to_us(inv.timeout & 0xFFFF)
+        half = inv.timeout & 0xFFFF
+        recv_to = None if half == TIMEOUT_NEVER else timeout_to_us(half)
         if inv.flags & _OPEN_WAIT or inv.flags & _REPLY:
             if thread.asyncs:
                 self._deliver_async(thread, thread.asyncs.popleft())
@@ -241,12 +259,20 @@ class IpcPaths(KernelState):
         else:
             assert not isinstance(source, Irq)  # a send phase is queued on a thread or a gate
             thread.send_target = source
-        thread.deadline = None if timeout_us is None else self.now + timeout_us
         self._blocked.add(thread)
+        if timeout_us is None:
+            if thread.deadline is not None:
+                self._timed.discard(thread)
+                thread.deadline = None
+        else:
+            thread.deadline = self.now + timeout_us
+            self._timed.add(thread)
 
     def _unblock(self, thread: Thread) -> None:
         self._blocked.discard(thread)
-        thread.deadline = None
+        if thread.deadline is not None:
+            self._timed.discard(thread)
+            thread.deadline = None
 
     def _unqueue(self, thread: Thread) -> None:
         target = thread.send_target
@@ -256,10 +282,14 @@ class IpcPaths(KernelState):
         thread.send_target = None
 
     def _complete(self, thread: Thread, result: Result, memory: tuple[tuple[Memory, bool], ...] = ()) -> None:
-        self._unblock(thread)
-        thread.state = ThreadState.RUNNING
+        self._blocked.discard(thread)  # _unblock, inline: this runs for every result
+        if thread.deadline is not None:
+            self._timed.discard(thread)
+            thread.deadline = None
+        thread.state = _RUNNING
         thread.inv = None
         thread.recv_from = None
         thread.send_target = None
-        if thread.task is not None and thread.task.alive:
-            self._effects.append(Deliver(thread.task, result, tuple(memory)))
+        task = thread.task
+        if task is not None and task.alive:
+            self._effects.append(Deliver(task, result, memory if memory.__class__ is tuple else tuple(memory)))

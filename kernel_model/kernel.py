@@ -120,8 +120,8 @@ class Kernel(IpcPaths, ItemTransfer, MemoryRetirement):
             self._complete(thread, Result(error=IpcError.SEABORTED))
             return self._take()
         self.ipc_count += 1
-        name = task.describe()
-        self.ipc_by_task[name] = self.ipc_by_task.get(name, 0) + 1
+        ipcs = self._ipcs
+        ipcs[task] = ipcs.get(task, 0) + 1
         self._current = thread
         try:
             self._ipc(thread, inv)
@@ -149,7 +149,7 @@ class Kernel(IpcPaths, ItemTransfer, MemoryRetirement):
         self.now = now
         if self.log_drops:
             self._log_notices(now)
-        due = [t for t in self._blocked if t.deadline is not None and t.deadline <= now]
+        due = [t for t in self._timed if t.deadline is not None and t.deadline <= now] if self._timed else ()
         for thread in sorted(due, key=lambda t: (t.deadline, t.id)) if due else ():
             if thread.state is ThreadState.SENDING:
                 self._unqueue(thread)
@@ -159,7 +159,7 @@ class Kernel(IpcPaths, ItemTransfer, MemoryRetirement):
         return self._take()
 
     def next_deadline(self) -> int | None:
-        deadlines = [t.deadline for t in self._blocked if t.deadline is not None]
+        deadlines = [t.deadline for t in self._timed if t.deadline is not None]
         deadlines += [end for stream, _tag, _color in self.log_drops.values() if (end := stream.window_end())]
         return min(deadlines) if deadlines else None
 

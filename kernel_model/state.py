@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from capabilities.mapdb import MappingDb, Node, ObjectCap
+from capabilities.mapdb import Kind, MappingDb, Node, ObjectCap
 from kernel_model.abi import L4_CAP_SHIFT
 from kernel_model.events import Deliver, Denied, Effect, Rule, Violation
 from kernel_model.invoke import Reply
@@ -19,6 +19,7 @@ from kernel_model.ops import Transfer
 from kernel_model.wire import Invocation, Item
 
 RAM_BASE = 0x0010_0000  #: physical address of the first RAM byte Sigma0 owns
+_OBJECT = Kind.OBJECT
 
 
 class KernelState:
@@ -35,9 +36,10 @@ class KernelState:
         self.now = 0
         self._effects: list[Effect] = []
         self._blocked: set[Thread] = set()
+        self._timed: set[Thread] = set()  # the blocked threads with a deadline (what ``expire`` looks at)
         self.ipc_count = 0
         self.trace = False  # emit a Traced effect per rendezvous, reply and kernel operation
-        self.ipc_by_task: dict[str, int] = {}
+        self._ipcs: dict[Task, int] = {}  # IPCs per task object (named lazily: ``ipc_by_task``)
         self.irqs: list[Irq] = []
         self._retiring: dict[int, Memory] = {}  # memory a live task lost but still has mapped
         self._current: Thread | None = None  # the thread whose syscall is being handled
@@ -48,10 +50,25 @@ class KernelState:
         self.log_drops: dict[int, tuple[LogStream, str, str]] = {}  # logs that dropped lines: (stream, tag,
         # colour), a notice due
 
+    @property
+    def ipc_by_task(self) -> dict[str, int]:
+        """IPCs made per task name (every incarnation of a name together); counted per task object on the
+        hot path and named here, when someone asks."""
+        out: dict[str, int] = {}
+        for task, n in self._ipcs.items():
+            name = task.describe()
+            out[name] = out.get(name, 0) + n
+        return out
+
+    def count_ipc(self, task: Task, n: int = 1) -> None:
+        self.ipc_count += n
+        self._ipcs[task] = self._ipcs.get(task, 0) + n
+
     def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT
             return None
-        return self.db.cap(task.space, selector >> L4_CAP_SHIFT)
+        node = self.db.node_at((task.id, _OBJECT, selector >> L4_CAP_SHIFT))  # task.space is task.id
+        return node if isinstance(node, ObjectCap) else None
 
     def deny(self, thread: Thread, selector: int, operation: str, rule: Rule, error: str, detail: str = "") -> None:
         self._deny_task(thread.task, selector, operation, rule, error, detail)

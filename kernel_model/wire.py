@@ -36,7 +36,7 @@ import dataclasses
 import enum
 from collections.abc import Callable
 
-from kernel_model.abi import INVALID_CAP, MR_BYTES, MR_WORDS, PAGE_SIZE, IpcError, MsgTag
+from kernel_model.abi import _TAGS, INVALID_CAP, MR_BYTES, MR_WORDS, PAGE_SIZE, IpcError, MsgTag
 from kernel_model.bootrecord import BootRecord, BootRecordError
 from protocols.layout import REST, U8, U16, U32, U64, DecodeError, Layout, const, pad
 
@@ -82,6 +82,14 @@ def _fixed_size(layout: Layout) -> int:
 _INV_SIZE, _ITEM_SIZE, _RES_SIZE, _REV_SIZE, _ADDRESS_SIZE, _REMAP_SIZE = map(
     _fixed_size, (_INV, _ITEM, _RES, _REV, _ADDRESS, _REMAP))
 assert _INV_SIZE == 58 and _ITEM_SIZE == 32 and _RES_SIZE == 26 and _REV_SIZE == 8 and _REMAP_SIZE == 32
+# The hot records as their precompiled ``struct.Struct`` (every field, the constant kind and the padding
+# included): one C call per record; the checks the layouts make are made by hand below, same messages.
+_INV_ST, _ITEM_ST, _RES_ST = (layout.struct for layout in (_INV, _ITEM, _RES))
+assert _INV_ST is not None and _ITEM_ST is not None and _RES_ST is not None
+_INV_UNPACK, _ITEM_UNPACK, _RES_UNPACK = _INV_ST.unpack_from, _ITEM_ST.unpack_from, _RES_ST.unpack_from
+_INV_PACK, _ITEM_PACK, _RES_PACK = _INV_ST.pack, _ITEM_ST.pack, _RES_ST.pack
+_ITEM_KINDS: dict[int, ItemKind] = {int(k): k for k in ItemKind}
+_IPC_ERRORS: dict[int, IpcError] = {int(e): e for e in IpcError}
 
 MAX_DATA = 16 * 1024  #: only Thread EX_REGS (the initial stack) may use more than 63 MRs
 MAX_ITEMS = 31
@@ -96,8 +104,32 @@ def log_chunks(text: str) -> list[bytes]:
     return [raw[i:i + LOG_WRITE_MAX] for i in range(0, len(raw), LOG_WRITE_MAX)]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Item:
+class _Value:
+    """Plain ``__slots__`` records for the per-message values (not frozen dataclasses: the kernel makes
+    and reads several per syscall). Compared and hashed by their fields, like the dataclasses were;
+    treated as immutable by every user."""
+
+    __slots__ = ()
+    __match_args__: tuple[str, ...] = ()
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__match_args__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, _Value)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
+        return f"{type(self).__name__}({args})"
+
+
+class Item(_Value):
     """A typed send item (a flexpage plus map/grant). ``index`` = selector or virtual address.
 
     ``dest`` is the hot spot: for Task::map the destination selector/address in the
@@ -105,12 +137,16 @@ class Item:
     for objects, whose window is one slot).
     """
 
-    kind: ItemKind
-    index: int
-    rights: int
-    size: int = 0
-    grant: bool = False
-    dest: int = 0
+    __match_args__ = ("kind", "index", "rights", "size", "grant", "dest")
+    __slots__ = __match_args__  # the fields, in order (compare, hash, repr)
+
+    def __init__(self, kind: ItemKind, index: int, rights: int, size: int = 0, grant: bool = False, dest: int = 0):
+        self.kind = kind
+        self.index = index
+        self.rights = rights
+        self.size = size
+        self.grant = grant
+        self.dest = dest
 
     @classmethod
     def obj(cls, selector: int, rights: int, *, grant: bool = False, dest: int = 0) -> Item:
@@ -121,46 +157,73 @@ class Item:
         return cls(ItemKind.MEMORY, address, int(rights), size, grant, dest)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Invocation:
+_NO_TAG = MsgTag()
+
+
+class Invocation(_Value):
+    __match_args__ = ("flags", "dest", "tag", "data", "items", "timeout", "label", "rcv_obj", "rcv_mem_base",
+                 "rcv_mem_size")
+    __slots__ = __match_args__  # the fields, in order (compare, hash, repr)
     flags: int  #: IpcFlags bits (a plain int once decoded: the kernel tests them on every call)
-    dest: int = INVALID_CAP
-    tag: MsgTag = MsgTag()
-    data: bytes = b""
-    items: tuple[Item, ...] = ()
-    timeout: int = 0
-    label: int = 0
-    rcv_obj: int = INVALID_CAP  #: selector of the slot that receives one cap, or INVALID_CAP
-    rcv_mem_base: int = 0
-    rcv_mem_size: int = 0  #: 0 = no memory receive window
+    rcv_obj: int  #: selector of the slot that receives one cap, or INVALID_CAP
+    rcv_mem_size: int  #: 0 = no memory receive window
+
+    def __init__(self, flags: int, dest: int = INVALID_CAP, tag: MsgTag = _NO_TAG, data: bytes = b"",
+                 items: tuple[Item, ...] = (), timeout: int = 0, label: int = 0, rcv_obj: int = INVALID_CAP,
+                 rcv_mem_base: int = 0, rcv_mem_size: int = 0):
+        self.flags = flags
+        self.dest = dest
+        self.tag = tag
+        self.data = data
+        self.items = items
+        self.timeout = timeout
+        self.label = label
+        self.rcv_obj = rcv_obj
+        self.rcv_mem_base = rcv_mem_base
+        self.rcv_mem_size = rcv_mem_size
 
     def encode(self) -> bytes:
-        head = _INV.pack(int(self.flags), len(self.items), self.timeout, self.dest, self.tag.raw(), self.label,
-                         self.rcv_obj, self.rcv_mem_base, self.rcv_mem_size, len(self.data))
-        return head + b"".join(_pack_item(i) for i in self.items) + self.data
+        items, data = self.items, self.data
+        head = _INV_PACK(FrameKind.INVOCATION, int(self.flags), len(items), self.timeout, self.dest, self.tag.raw(),
+                         self.label, self.rcv_obj, self.rcv_mem_base, self.rcv_mem_size, len(data))
+        if items:
+            return head + b"".join([_pack_item(i) for i in items]) + data
+        return head + data
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class RecvItem:
-    kind: ItemKind
+class RecvItem(_Value):
+    __match_args__ = ("kind", "index", "rights", "size", "offset")
+    __slots__ = __match_args__  # the fields, in order (compare, hash, repr)
     index: int  #: selector or virtual address where it landed
-    rights: int
-    size: int = 0
-    offset: int = 0  #: memory: offset into the passed memory object (the fd)
+    offset: int  #: memory: offset into the passed memory object (the fd)
+
+    def __init__(self, kind: ItemKind, index: int, rights: int, size: int = 0, offset: int = 0):
+        self.kind = kind
+        self.index = index
+        self.rights = rights
+        self.size = size
+        self.offset = offset
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Result:
-    error: IpcError = IpcError.OK
-    tag: MsgTag = MsgTag()
-    label: int = 0
-    data: bytes = b""
-    items: tuple[RecvItem, ...] = ()
+class Result(_Value):
+    __match_args__ = ("error", "tag", "label", "data", "items")
+    __slots__ = __match_args__  # the fields, in order (compare, hash, repr)
+
+    def __init__(self, error: IpcError = IpcError.OK, tag: MsgTag = _NO_TAG, label: int = 0, data: bytes = b"",
+                 items: tuple[RecvItem, ...] = ()):
+        self.error = error
+        self.tag = tag
+        self.label = label
+        self.data = data
+        self.items = items
 
     def encode(self) -> bytes:
-        head = _RES.pack(int(self.error), len(self.items), self.tag.raw(), self.label, len(self.data))
-        items = b"".join(_ITEM.pack(i.kind, 0, i.rights, i.index, i.size, i.offset) for i in self.items)
-        return head + items + self.data
+        items, data = self.items, self.data
+        head = _RES_PACK(FrameKind.RESULT, self.error, len(items), 0, self.tag.raw(), self.label, len(data))
+        if items:
+            return head + b"".join([_ITEM_PACK(i.kind, 0, i.rights, 0, i.index, i.size, i.offset)
+                                    for i in items]) + data
+        return head + data
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -193,18 +256,23 @@ class Remap:
 
 
 def _pack_item(item: Item) -> bytes:
-    return _ITEM.pack(item.kind, 1 if item.grant else 0, item.rights & 0xFFFF, item.index, item.size, item.dest)
+    return _ITEM_PACK(item.kind, 1 if item.grant else 0, item.rights & 0xFFFF, 0, item.index, item.size, item.dest)
 
 
 def decode_invocation(frame: bytes) -> Invocation:
-    """Parse a task's frame; every malformation is a ``WireError`` with a reason."""
-    if len(frame) < _INV_SIZE:
-        raise WireError(f"frame of {len(frame)} bytes is shorter than the {_INV_SIZE}-byte header")
-    try:
-        (flags, n_items, timeout, dest, tag, label, rcv_obj, mem_base, mem_size, data_len) = _INV.unpack_from(frame)
-    except DecodeError:  # the one constant: the frame kind
-        raise WireError(f"expected an invocation frame, got kind {frame[0]}") from None
-    msgtag = MsgTag.from_raw(tag)
+    """Parse a task's frame; every malformation is a ``WireError`` with a reason.
+
+    ``Invocation.data`` is always a ``bytes`` copy (never a view of ``frame``): the caller may reuse
+    its buffer once this returns.
+    """
+    size = len(frame)
+    if size < _INV_SIZE:
+        raise WireError(f"frame of {size} bytes is shorter than the {_INV_SIZE}-byte header")
+    (kind, flags, n_items, timeout, dest, tag, label, rcv_obj, mem_base, mem_size,
+     data_len) = _INV_UNPACK(frame)
+    if kind != FrameKind.INVOCATION:
+        raise WireError(f"expected an invocation frame, got kind {frame[0]}")
+    msgtag = _TAGS.get(tag) or MsgTag.from_raw(tag)
     if flags & ~0xF:
         raise WireError(f"unknown IPC flags {flags:#x}")
     if n_items > MAX_ITEMS:
@@ -216,26 +284,29 @@ def decode_invocation(frame: bytes) -> Invocation:
                         f"more than {MR_WORDS} registers")
     if msgtag.items != n_items:
         raise WireError(f"message tag announces {msgtag.items} typed items, the frame carries {n_items}")
-    if mem_base % PAGE_SIZE or mem_size % PAGE_SIZE or mem_base + mem_size > WORD_LIMIT:
+    if (mem_base | mem_size) & (PAGE_SIZE - 1) or mem_base + mem_size > WORD_LIMIT:
         raise WireError(f"receive window {mem_base:#x}+{mem_size:#x} is not page-aligned inside the address space")
     expected = _INV_SIZE + n_items * _ITEM_SIZE + data_len
-    if len(frame) != expected:
-        raise WireError(f"frame is {len(frame)} bytes, header says {expected}")
+    if size != expected:
+        raise WireError(f"frame is {size} bytes, header says {expected}")
+    if not n_items:
+        return Invocation(flags, dest, msgtag, bytes(frame[_INV_SIZE:]), (), timeout, label, rcv_obj, mem_base,
+                          mem_size)
     items = []
     off = _INV_SIZE
     for _ in range(n_items):
-        try:
-            ikind, grant, rights, index, size, dst = _ITEM.unpack_from(frame, off)
-        except DecodeError:  # the padding
-            raise WireError(f"typed item with padding {bytes(frame[off + 4:off + 8]).hex()}") from None
+        ikind, grant, rights, padding, index, isize, dst = _ITEM_UNPACK(frame, off)
+        if padding:
+            raise WireError(f"typed item with padding {bytes(frame[off + 4:off + 8]).hex()}")
         off += _ITEM_SIZE
-        if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
+        item_kind = _ITEM_KINDS.get(ikind)
+        if item_kind is None:
             raise WireError(f"unknown typed item kind {ikind}")
         if grant > 1 or rights & ~ITEM_RIGHTS:
             raise WireError(f"typed item with grant {grant}, rights {rights:#x}")
-        if ikind == ItemKind.MEMORY and index + size > WORD_LIMIT:
-            raise WireError(f"memory item {index:#x}+{size:#x} wraps the address space")
-        items.append(Item(ItemKind(ikind), index, rights, size, bool(grant), dst))
+        if item_kind is ItemKind.MEMORY and index + isize > WORD_LIMIT:
+            raise WireError(f"memory item {index:#x}+{isize:#x} wraps the address space")
+        items.append(Item(item_kind, index, rights, isize, bool(grant), dst))
     return Invocation(flags, dest, msgtag, bytes(frame[off:off + data_len]), tuple(items),
                       timeout, label, rcv_obj, mem_base, mem_size)
 
@@ -255,20 +326,29 @@ def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke | Remap:
 
 
 def _decode_result(frame: bytes) -> Result:
-    error, n_items, tag, label, data_len = _RES.unpack_from(frame)
+    size = len(frame)
+    if size < _RES_SIZE:
+        raise WireError(f"malformed result frame: {size} bytes, the layout has {_RES_SIZE}")
+    _kind, error, n_items, padding, tag, label, data_len = _RES_UNPACK(frame)  # the kind: decode_kernel_frame's
+    if padding:
+        raise WireError("malformed result frame: padding is not zero")
     off = _RES_SIZE
-    if len(frame) != off + n_items * _ITEM_SIZE + data_len:
-        raise WireError(f"result frame is {len(frame)} bytes, header says {off + n_items * _ITEM_SIZE + data_len}")
+    if size != off + n_items * _ITEM_SIZE + data_len:
+        raise WireError(f"result frame is {size} bytes, header says {off + n_items * _ITEM_SIZE + data_len}")
     items = []
     for _ in range(n_items):
-        ikind, _grant, rights, index, size, offset = _ITEM.unpack_from(frame, off)
+        ikind, _grant, rights, padding, index, isize, offset = _ITEM_UNPACK(frame, off)
+        if padding:
+            raise WireError("malformed result frame: padding is not zero")
         off += _ITEM_SIZE
-        if ikind not in (ItemKind.OBJECT, ItemKind.MEMORY):
+        item_kind = _ITEM_KINDS.get(ikind)
+        if item_kind is None:
             raise WireError(f"unknown received item kind {ikind}")
-        items.append(RecvItem(ItemKind(ikind), index, rights, size, offset))
-    if error not in IpcError._value2member_map_:
+        items.append(RecvItem(item_kind, index, rights, isize, offset))
+    ipc_error = _IPC_ERRORS.get(error)
+    if ipc_error is None:
         raise WireError(f"unknown IPC error {error}")
-    return Result(IpcError(error), MsgTag.from_raw(tag), label, bytes(frame[off:]), tuple(items))
+    return Result(ipc_error, _TAGS.get(tag) or MsgTag.from_raw(tag), label, bytes(frame[off:]), tuple(items))
 
 
 def _decode_boot(frame: bytes) -> Boot:

@@ -200,5 +200,7 @@ class Arena:
         # nothing leaks: memory being retired still has holders, held-back results are for live tasks
         assert all(k.db.holders(mem) for mem in k._retiring.values())
         assert all(eff.task.alive for eff in k._held)
+        # expire looks only at the timed threads: exactly the blocked ones with a deadline
+        assert {t for t in k._blocked if t.deadline is not None} == k._timed
         k.next_deadline()
         k.dump()

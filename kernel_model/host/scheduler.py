@@ -32,8 +32,11 @@ class FairScheduler(Generic[K]):
     def order(self, ready: Iterable[K]) -> list[K]:
         """This turn's order: least recently served first; ties keep the order given."""
         ready = list(ready)
-        rank = {who: i for i, who in enumerate(ready)}
-        return sorted(ready, key=lambda who: (self.served.get(who, 0), rank[who]))
+        if len(ready) < 2:  # the common turn: one channel ready
+            return ready
+        served = self.served
+        # sorted() is stable: ties keep the order given
+        return sorted(ready, key=lambda who: served.get(who, 0))
 
     def charge(self, who: K, frames: int = 1) -> None:
         """``who`` was served ``frames`` frames."""
@@ -53,5 +56,7 @@ class FairScheduler(Generic[K]):
         if len(counts) < 2:
             return set()
         top, second = counts[0], counts[1]
+        if top < self.minimum or (self.factor >= 1 and top <= self.factor * second):
+            return set()  # nobody is: the busiest is within its share, and every other is below the busiest
         return {who for who, n in self.served.items()
                 if n >= self.minimum and n > self.factor * (second if n == top else top)}

@@ -125,6 +125,7 @@ class Supervisor:
         self.workdir_watch = WorkdirWatch()  # work dirs at their budget -> violation events
         self.use_zygote = zygote_wanted() if zygote is None else zygote
         self.zygote: Zygote | None = None
+        self._niced = False  # some task runs at NICE_FLOODER (``_demote`` has work even if nobody floods now)
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Supervisor:
@@ -193,37 +194,50 @@ class Supervisor:
         if look is not None:
             timeout_s = look / 1e6 if timeout_s is None else min(timeout_s, look / 1e6)
         events = self.sel.select(timeout_s)
-        channels: dict[int, TaskProcess] = {id(key.data[1]): key.data[1] for key, _ in events if key.data[0] == "chan"}
-        served = []
-        for who in self.scheduler.order(channels):
-            proc = channels[who]
-            if proc.status is None and self.procs.get(proc.task.id) is proc:
-                self.scheduler.charge(who)
-                self._on_channel(proc)
-                served.append(proc)
-        self._resume(now_us(), served)
-        if served:
-            flooding = self.scheduler.over_share()
-            self._demote(flooding)
-            for proc in served:  # over its share: its next frame waits for someone else's, or DEFER_US
-                if id(proc) in flooding and not proc.eof and self.procs.get(proc.task.id) is proc:
-                    self._unregister(proc.sock)
-                    self._deferred[id(proc)] = (proc, now_us() + DEFER_US)
+        channels: dict[int, TaskProcess] = {}
+        others = False  # exits, signals
         for key, _mask in events:
             kind, proc = key.data
+            if kind == "chan":
+                channels[id(proc)] = proc
+            else:
+                others = True
+        served = []
+        procs, scheduler = self.procs, self.scheduler
+        for who in scheduler.order(channels):
+            proc = channels[who]
+            if proc.status is None and procs.get(proc.task.id) is proc:
+                scheduler.charge(who)
+                self._on_channel(proc)
+                served.append(proc)
+        now = now_us()  # one clock reading for what follows the frames of this turn
+        if self._deferred:
+            self._resume(now, served)
+        if served:
+            flooding = scheduler.over_share()
+            if flooding or self._niced:
+                self._demote(flooding)
+            for proc in served if flooding else ():  # over its share: its next frame waits for someone else's
+                if id(proc) in flooding and not proc.eof and procs.get(proc.task.id) is proc:
+                    self._unregister(proc.sock)
+                    self._deferred[id(proc)] = (proc, now + DEFER_US)
+        for key, _mask in events if others else ():
+            kind, proc = key.data
             if kind == "exit":
-                self.scheduler.forget(id(proc))
+                scheduler.forget(id(proc))
                 self._on_exit(proc)
             elif kind == "signal":
                 try:
                     os.read(key.fd, 64)
                 except BlockingIOError:
                     pass
-        self._apply(self.kernel.expire(now_us()))
-        for violation in self.workdir_watch.check(now_us()):
+        if others:
+            now = now_us()
+        self._apply(self.kernel.expire(now))
+        for violation in self.workdir_watch.check(now):
             self.kernel.violations.append(violation)
             self.console.violation(violation)
-        for task_id, when in list(self._kill_after.items()):
+        for task_id, when in list(self._kill_after.items()) if self._kill_after else ():
             doomed = self.procs.get(task_id)
             if doomed is None or doomed.status is not None:
                 del self._kill_after[task_id]
@@ -346,15 +360,19 @@ class Supervisor:
             if proc.nice != want and proc.status is None:
                 try:
                     os.setpriority(os.PRIO_PGRP, proc.pid, want)
-                    proc.nice = want
                 except OSError:  # gone meanwhile, or not permitted (not root: only lowering works)
-                    proc.nice = want
+                    pass
+                proc.nice = want
+        self._niced = any(proc.nice for proc in self.procs.values())
 
     def _deliver(self, eff: Deliver) -> None:
         """The memfd passed for each memory item is the backing of what the receiver's address space holds
         at that address *now*: a retirement between the transfer and this delivery (an overmap of the
         same dataspace, another holder's revocation) has moved the mapping to the replacement. If the
         mapping is already gone again, the task gets an empty placeholder, never a retired backing."""
+        if not eff.memory:  # the common case: no memory passes, no fds
+            self._send(eff.task, eff.result.encode(), ())
+            return
         items = [i for i in eff.result.items if i.kind is ItemKind.MEMORY]
         fds, temps = [], []
         for (_mem, writable), item in zip(eff.memory, items, strict=False):
@@ -377,7 +395,7 @@ class Supervisor:
         fcntl.fcntl(fd, F_ADD_SEALS, SEALS)
         return fd
 
-    def _send(self, task: Task, frame: bytes, fds: list[int]) -> None:
+    def _send(self, task: Task, frame: bytes, fds: list[int] | tuple[()]) -> None:
         proc = self.procs.get(task.id)
         if proc is None or proc.status is not None:
             return

@@ -1,4 +1,7 @@
 """Fair service, as a pure turn-by-turn schedule (issue 9): no timing, only order and accounting."""
+from hypothesis import given
+from hypothesis import strategies as st
+
 from kernel_model.host.scheduler import FairScheduler
 
 
@@ -61,3 +64,25 @@ def test_history_fades_every_window_frames_without_a_clock():
     assert s.served == {"a": 3}
     s.forget("a")
     assert s.served == {}
+
+
+def _over_share_by_definition(served: dict, factor: float, minimum: int) -> set:
+    """The rule as stated (the scheduler's shortcut when nobody is over must agree with it)."""
+    return {who for who, n in served.items()
+            if len(served) > 1 and n >= minimum and n > factor * max(m for other, m in served.items() if other != who)}
+
+
+@given(st.dictionaries(st.sampled_from("abcdefgh"), st.integers(1, 400), max_size=8),
+       st.sampled_from([1.0, 1.5, 2.0, 3.0]), st.integers(0, 64))
+def test_over_share_agrees_with_its_definition(served, factor, minimum):
+    s = FairScheduler(factor=factor, minimum=minimum)
+    s.served = dict(served)
+    assert s.over_share() == _over_share_by_definition(served, factor, minimum)
+
+
+@given(st.lists(st.sampled_from("abcd"), max_size=6, unique=True), st.dictionaries(st.sampled_from("abcd"),
+                                                                                      st.integers(1, 50)))
+def test_order_is_least_served_first_and_stable(ready, served):
+    s = FairScheduler()
+    s.served = dict(served)
+    assert s.order(ready) == sorted(ready, key=lambda who: (served.get(who, 0), ready.index(who)))
