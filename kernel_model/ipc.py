@@ -132,6 +132,8 @@ class IpcPaths(KernelState):
             return
         target.senders.append(sender)
         self._block(sender, ThreadState.SENDING, target, send_to)
+        if self.directs.per_server:
+            self._doorbell(target)
 
     def _rendezvous(self, sender: Thread, receiver: Thread) -> None:
         inv, rinv = sender.inv, receiver.inv
@@ -144,12 +146,16 @@ class IpcPaths(KernelState):
             return
         result = Result(tag=MsgTag(inv.tag.label, inv.tag.words, len(tr.items), inv.tag.flags & 0x3000),
                         label=sender.send_label, data=inv.data, items=tr.items)
+        served = receiver.task.describe()
+        self.served_by_task[served] = self.served_by_task.get(served, 0) + 1
         if self.trace:
             kind = "call" if inv.flags & _RECV else "send"
             self._effects.append(Traced(
                 f"{sender.task.describe()} -> {receiver.task.describe()} {kind} proto {inv.tag.label:#x} "
                 f"label {sender.send_label:#x} {inv.tag.words}w {len(tr.items)} item(s)"))
         if inv.flags & _RECV:  # a call: wait for the reply from this partner only
+            if self.directs.mode:
+                self._direct_open(sender, receiver, inv)  # kernel_model.direct: before the message is delivered
             receiver.reply_to = sender
             sender.generation += 1
             self._block(sender, ThreadState.RECEIVING, receiver, timeout_to_us(inv.timeout & 0xFFFF))
@@ -182,6 +188,8 @@ class IpcPaths(KernelState):
         return IpcError.OK
 
     def _receive(self, thread: Thread, inv: Invocation) -> None:
+        if self.directs.rung:
+            self.directs.rung.discard(thread)  # its doorbell rings again for the next message
         recv_to = timeout_to_us(inv.timeout & 0xFFFF)
         if inv.flags & _OPEN_WAIT or inv.flags & _REPLY:
             if thread.asyncs:
@@ -223,10 +231,14 @@ class IpcPaths(KernelState):
             self._deliver_async(thread, msg)
         else:
             thread.asyncs.append(msg)
+            if self.directs.per_server:
+                self._doorbell(thread)
 
     def _deliver_async(self, thread: Thread, msg: AsyncMessage) -> None:
         if msg.irq is not None:
             msg.irq.pending = False
+            served = thread.task.describe()
+            self.served_by_task[served] = self.served_by_task.get(served, 0) + 1
         if self.trace:
             source = f"irq {msg.irq.describe()}" if msg.irq is not None else "kernel notice"
             self._effects.append(Traced(f"{source} -> {thread.task.describe()} label {msg.label:#x}"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from capabilities.mapdb import MappingDb, Node, ObjectCap
 from kernel_model.abi import L4_CAP_SHIFT
+from kernel_model.direct import DirectRegistry
 from kernel_model.events import Deliver, Denied, Effect, Rule, Violation
 from kernel_model.invoke import Reply
 from kernel_model.logs import LogStream
@@ -38,6 +39,7 @@ class KernelState:
         self.ipc_count = 0
         self.trace = False  # emit a Traced effect per rendezvous, reply and kernel operation
         self.ipc_by_task: dict[str, int] = {}
+        self.served_by_task: dict[str, int] = {}  # messages delivered to a task by a sender or an IRQ (the view)
         self.irqs: list[Irq] = []
         self._retiring: dict[int, Memory] = {}  # memory a live task lost but still has mapped
         self._current: Thread | None = None  # the thread whose syscall is being handled
@@ -47,6 +49,8 @@ class KernelState:
         self._generations: dict[str, int] = {}
         self.log_drops: dict[int, tuple[LogStream, str, str]] = {}  # logs that dropped lines: (stream, tag,
         # colour), a notice due
+        self.directs = DirectRegistry()  # kernel-granted direct channels (kernel_model.direct, direct_paths)
+        self._cuts: list[Effect] = []  # their cuts in this kernel step: emitted before every other effect
 
     def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT
@@ -74,4 +78,13 @@ class KernelState:
         raise NotImplementedError
 
     def _invoke(self, thread: Thread, cap: ObjectCap[Any], inv: Invocation) -> Reply | None:
+        raise NotImplementedError
+
+    def _direct_open(self, sender: Thread, receiver: Thread, inv: Invocation) -> None:
+        raise NotImplementedError
+
+    def _doorbell(self, thread: Thread) -> None:
+        raise NotImplementedError
+
+    def _take(self) -> list[Effect]:
         raise NotImplementedError

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import time
 from collections.abc import Iterable
 
 from capabilities.rights import MemRights
@@ -34,9 +35,13 @@ from kernel_model.abi import (
     timeouts,
 )
 from kernel_model.bootrecord import BootRecord
-from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke, log_chunks
+from kernel_model.wire import DIRECT_CLIENT, DirectEnd, Invocation, Item, ItemKind, RecvItem, Revoke, log_chunks
 from tasks.runtime.channel import KernelChannel
+from tasks.runtime.direct import Direct
 from tasks.runtime.memory import Region, RegionManager
+
+
+_CALL, _REPLY, _RECV, _WAIT = int(IpcFlags.CALL), int(IpcFlags.REPLY), int(IpcFlags.RECV), int(IpcFlags.WAIT)
 
 
 class MissingCapability(KeyError):
@@ -129,6 +134,9 @@ class Env:
         channel.on_revoke = self._on_revoke
         channel.on_remap = lambda notice, fd: self.memory.remap(notice.address, fd, notice.size, notice.offset,
                                                                 notice.rights)
+        self.direct = Direct(channel.sock.fileno())  # direct channels (tasks.runtime.direct)
+        channel.on_direct = self._on_direct
+        channel.on_pending = self._on_pending
         # Root tasks start with boot modules mapped (read-only), described in the record.
         self.modules: dict[str, Region] = {}
         for mod, fd in zip(record.modules, boot_fds or [], strict=False):
@@ -155,6 +163,18 @@ class Env:
     def ipc(self, flags: IpcFlags, dest: int = INVALID_CAP, proto: int = 0, data: bytes = b"", *,
             items: Iterable[Item] = (), send_timeout_us: int | None = None, recv_timeout_us: int | None = None,
             label: int = 0, rcv_cap: int = INVALID_CAP, rcv_mem: int = 0) -> Msg:
+        if self.direct.active:  # this task holds direct ends, or owes a reply on one
+            msg = self._direct_ipc(int(flags), dest, proto, data, items, send_timeout_us, recv_timeout_us,
+                                   rcv_cap, rcv_mem)
+            if msg is not None:
+                return msg
+        return self._kernel_ipc(flags, dest, proto, data, items=items, send_timeout_us=send_timeout_us,
+                                recv_timeout_us=recv_timeout_us, label=label, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+
+    def _kernel_ipc(self, flags: IpcFlags | int, dest: int = INVALID_CAP, proto: int = 0, data: bytes = b"", *,
+                    items: Iterable[Item] = (), send_timeout_us: int | None = None,
+                    recv_timeout_us: int | None = None, label: int = 0, rcv_cap: int = INVALID_CAP,
+                    rcv_mem: int = 0) -> Msg:
         items = tuple(items)
         mem_base = self.memory.reserve(rcv_mem) if rcv_mem else 0
         inv = Invocation(flags, dest, MsgTag(proto, len(data) // 8 if len(data) <= MR_BYTES else 63, len(items)),
@@ -248,6 +268,79 @@ class Env:
     def create(self, factory: int, what: FactoryOp, *args: int) -> Msg:
         slot = self.alloc_slot()
         return self.call(factory, Proto.FACTORY, int(what), *args, rcv_cap=slot)
+
+    # -- direct channels (tasks.runtime.direct) ------------------------------------------------
+    def _on_direct(self, frame: DirectEnd, fd: int) -> None:
+        if frame.role == DIRECT_CLIENT:
+            self.direct.add_client(frame.word, frame.handle, fd)
+        else:
+            self.direct.add_server(frame.word, frame.handle, fd)
+
+    def _on_pending(self) -> None:
+        self.direct.pending = True
+
+    def _direct_ipc(self, flags: int, dest: int, proto: int, data: bytes, items: Iterable[Item],
+                    send_timeout_us: int | None, recv_timeout_us: int | None, rcv_cap: int,
+                    rcv_mem: int) -> Msg | None:
+        """The IPC over a direct end, or None: the kernel path as always."""
+        direct = self.direct
+        if flags == _CALL:
+            if dest in direct.clients and not items and rcv_cap == INVALID_CAP and not rcv_mem \
+                    and len(data) <= MR_BYTES and send_timeout_us != 0 and recv_timeout_us != 0:
+                r = direct.call(dest, proto, len(data) >> 3, data, recv_timeout_us)
+                if r is not None:
+                    return Msg(r[0], MsgTag(r[1], r[2]), 0, r[3])
+            return None
+        if flags & _REPLY:
+            end = direct.reply_end
+            if end is not None:  # the request came from a direct end: the reply goes back there
+                direct.reply_end = None
+                items = tuple(items)
+                words = len(data) // 8 if len(data) <= MR_BYTES else 63
+                error = direct.reply(end, proto, words, data[:MR_BYTES], bool(items))
+                direct._update()
+                if error is IpcError.SEMSGCUT or not flags & _RECV:
+                    return Msg(error if error is IpcError.SEMSGCUT else IpcError.OK, MsgTag(proto, words), 0)
+                return self._direct_wait(recv_timeout_us, rcv_cap, rcv_mem)
+            if not direct.servers or not flags & _RECV:
+                return None
+            # a kernel caller's reply, and any message queued meanwhile, in one system call
+            msg = self._kernel_ipc(flags, INVALID_CAP, proto, data, items=items, send_timeout_us=0,
+                                   recv_timeout_us=0, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+            if msg.error is not IpcError.RETIMEOUT:
+                return msg
+            return self._direct_wait(recv_timeout_us, rcv_cap, rcv_mem)
+        if flags == _WAIT and dest == INVALID_CAP and direct.servers:
+            return self._direct_wait(recv_timeout_us, rcv_cap, rcv_mem)
+        return None
+
+    def _direct_wait(self, timeout_us: int | None, rcv_cap: int, rcv_mem: int) -> Msg:
+        """An open wait for a server holding direct ends: it idles in ``poll`` over its kernel channel and its
+        ends (in user space, so it can make any other system call while it serves direct messages); the
+        kernel's doorbell says a message waits there, taken with a zero-timeout receive."""
+        direct = self.direct
+        deadline = None if timeout_us is None else time.monotonic() + timeout_us / 1e6
+        while True:
+            left_us = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1e6))
+            if not direct.servers:
+                return self._kernel_ipc(IpcFlags.WAIT, recv_timeout_us=left_us, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+            if direct.pending:
+                msg = self._kernel_ipc(IpcFlags.WAIT, recv_timeout_us=0, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+                if msg.error is not IpcError.RETIMEOUT:
+                    return msg  # more may wait: ``pending`` stays set until a receive finds nothing
+                direct.pending = False
+                continue
+            ready = direct.poll(None if left_us is None else -(-left_us // 1000))
+            if not ready and left_us is not None and (left_us == 0 or time.monotonic() >= deadline):  # type: ignore[operator]
+                return Msg(IpcError.RETIMEOUT, MsgTag(), 0)
+            if any(fd == direct.kernel_fd for fd, _ev in ready):
+                self.channel.drain()
+            got = direct.take(ready)
+            if got is not None:
+                end, (proto, words, tflags, data) = got
+                direct.reply_end = end
+                direct.active = True
+                return Msg(IpcError.OK, MsgTag(proto, words, 0, tflags), end.label, data)
 
     def _on_revoke(self, notice: Revoke) -> None:
         for addr in notice.addresses:
