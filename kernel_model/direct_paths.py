@@ -36,6 +36,8 @@ class DirectPaths(KernelState):
         client, server_task = sender.task, receiver.task
         if client is None or server_task is None or client is server_task or not client.alive:
             return
+        if server_task is self.moe or server_task is self.sigma0:
+            return  # root tasks serve through the kernel only: their kernel state is what boot and shutdown watch
         node = self.lookup(client, inv.dest)
         gate = node.obj if node is not None else None
         if not isinstance(gate, IpcGate) or not gate.alive or gate.thread is not receiver \
