@@ -11,6 +11,7 @@ it is delivered.
 """
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ class DirectChannels:
         self.ends: dict[int, socket.socket] = {}  #: handle -> the host's dup of the server end
         self.by_task: dict[int, set[int]] = {}  #: task id -> handles it is part of
         self.drained = 0  #: frames discarded by cuts (written by a client, never read by its server)
+        self.handed: dict[int, set[int]] = {}  #: task id -> socket inodes of every end handed to it (tests: H2)
 
     def open(self, eff: DirectOpen, send: SendFrame) -> None:
         client_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -35,8 +37,12 @@ class DirectChannels:
             ok = send(eff.server, DirectEnd(DIRECT_SERVER, eff.handle, eff.label).encode(), [server_end.fileno()])
             ok = ok and send(eff.client, DirectEnd(DIRECT_CLIENT, eff.handle, eff.selector).encode(),
                              [client_end.fileno()])
-        finally:
+        except BaseException:
             client_end.close()
+            raise
+        for task, end in ((eff.server, server_end), (eff.client, client_end)):
+            self.handed.setdefault(task.id, set()).add(os.fstat(end.fileno()).st_ino)
+        client_end.close()
         if not ok:  # one of them is gone: the kernel cuts the record when it learns of the death
             server_end.shutdown(socket.SHUT_RDWR)
             server_end.close()
