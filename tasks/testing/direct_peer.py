@@ -15,6 +15,7 @@ returned) and logs ``MARKER``. After ``rebind`` it answers every call on ``svc``
 """
 from __future__ import annotations
 
+import json
 import struct
 
 from capabilities.rights import CapRights
@@ -31,6 +32,8 @@ def main(env) -> int:
         return _server(env)
     if role == "client":
         return _client(env)
+    if role == "survivor":
+        return _survivor(env)
     return _revoker(env, env.args[1])
 
 
@@ -80,6 +83,26 @@ def _client(env) -> int:
         if n > 200_000:
             env.log("no marker")
             return 1
+    return 0
+
+
+def _survivor(env) -> int:
+    """Streams calls on ``svc`` through its server's death (the test kills it) until 4 calls succeed after
+    the first failure; logs ``STREAMING`` once 20 calls went over the channel, then ``RESULT {json}``."""
+    svc = env.cap("svc")
+    errors: list[str] = []
+    after = n = 0
+    while after < 4 and n < 1_000_000:
+        n += 1
+        msg = env.call(svc, 0x100, n, 0, timeout_us=10_000_000)
+        if env.direct.calls == 20 and n >= 20 and not errors and after == 0:
+            env.log("STREAMING")
+            after = -1  # said once
+        if not msg.ok:
+            errors.append(msg.error.name)
+        elif errors:
+            after = max(after, 0) + 1
+    env.log("RESULT " + json.dumps({"errors": sorted(set(errors)), "n_errors": len(errors), "after": after}))
     return 0
 
 

@@ -4,10 +4,13 @@ kernel path gives (docs/direct-channels.md). tasks/testing/direct_peer.py is the
 from __future__ import annotations
 
 import re
+import signal
 
 import pytest
 
+from kernel_model.direct import CutReason
 from kernel_model.events import Rule
+from kernel_model.objects import ThreadState
 
 IMAGE = """
 name: direct-revoke
@@ -87,3 +90,52 @@ def test_memory_retirement_sends_the_holders_next_call_through_the_kernel(boot):
     assert all(error == "OK" for _n, error, _s, _via in calls), system.console.text()
     assert served and served[0][2] == "kernel"
     assert calls[0][3] == "kernel"
+
+
+KILL_IMAGE = """
+name: direct-kill
+objects:
+  svc: {type: gate, direct: true}
+tasks:
+  server:
+    program: testing.direct_peer
+    args: [server]
+    restart: {policy: always, backoff: {initial: 50ms, max: 50ms, factor: 1}}
+    caps: {svc: "svc:svr"}
+  client:
+    program: testing.direct_peer
+    args: [survivor]
+    caps: {svc: "svc:rw"}
+"""
+
+
+def _streaming(system) -> None:
+    system.run(timeout=120, until=lambda: "STREAMING" in system.lines("client"))
+    assert "STREAMING" in system.lines("client"), system.console.text()
+
+
+def test_a_killed_and_restarted_server_leaves_the_client_the_kernel_paths_error_then_its_new_incarnation(boot):
+    system = boot(KILL_IMAGE)
+    _streaming(system)
+    old = system.kernel.task_by_name("server")
+    signal.pidfd_send_signal(system.sup.process("server").pidfd, signal.SIGKILL)
+    system.run(timeout=120, until=lambda: system.exited("client") is not None)
+    text = system.console.text()
+    assert system.exited("client") == 0, text
+    (result,) = system.results("client")
+    assert result["errors"] == ["ENOT_EXISTENT"] and result["after"] == 4, result  # as a call whose partner died
+    assert not [v for v in system.kernel.violations if v.task.startswith("client")], text
+    assert system.kernel.task_by_name("server").generation == old.generation + 1
+    assert system.kernel.directs.cut.get(CutReason.SERVER_DEAD, 0) >= 1
+
+
+def test_a_killed_client_costs_its_server_nothing(boot):
+    system = boot(KILL_IMAGE)
+    _streaming(system)
+    signal.pidfd_send_signal(system.sup.process("client").pidfd, signal.SIGKILL)
+    server = system.kernel.task_by_name("server").threads[0]
+    system.run(timeout=120, until=lambda: server.state is ThreadState.RECEIVING and server.recv_from is None
+               and system.exited("client") is not None)
+    assert system.kernel.directs.cut.get(CutReason.CLIENT_DEAD, 0) == 1
+    assert server.state is ThreadState.RECEIVING, system.console.text()  # dropped the end, back in the kernel
+    assert system.exited("server") is None and not system.kernel.violations
