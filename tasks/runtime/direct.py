@@ -25,8 +25,10 @@ from __future__ import annotations
 import select
 import socket
 import struct
+from collections.abc import Callable
+from typing import Any
 
-from kernel_model.abi import MR_BYTES, IpcError
+from kernel_model.abi import MR_BYTES, IpcError, MsgTag
 
 _HEAD = struct.Struct("<qHH")
 HEAD = _HEAD.size  #: 12
@@ -38,6 +40,19 @@ _pack_into = _HEAD.pack_into
 _unpack_from = _HEAD.unpack_from
 _DONTWAIT = socket.MSG_DONTWAIT
 POLLIN = select.POLLIN | select.POLLPRI | select.POLLHUP | select.POLLERR
+KERNEL = object()  #: ``next_request``: the kernel channel is readable
+_OK = IpcError.OK
+_TAGS: dict[tuple[int, int, int], MsgTag] = {}  #: message tags seen, reused (no object per message)
+
+
+def tag(label: int, words: int, flags: int = 0) -> MsgTag:
+    key = (label, words, flags)
+    t = _TAGS.get(key)
+    if t is None:
+        if len(_TAGS) > 4096:
+            _TAGS.clear()
+        t = _TAGS[key] = MsgTag(label, words, 0, flags)
+    return t
 
 
 def encode(label: int, words: int, third: int, data: bytes) -> bytes:
@@ -105,6 +120,8 @@ class Direct:
         self.reply_end: ServerEnd | None = None  #: the last message came from this end: the reply goes there
         self.rr = 0  #: round robin: the next server end to look at first
         self.active = False  #: any end, or a reply owed on one (``Env.ipc`` looks only at this)
+        #: builds the runtime's message value (``env.Msg``) from (error, tag, label, data); set by ``Env``
+        self.make_msg: Callable[[IpcError, MsgTag, int, bytes], Any] = lambda *a: a
         self.calls = 0  #: calls that went over a direct channel (the runtime's own count)
         self.served = 0  #: messages served from direct ends
         self.dropped = 0  #: ends dropped (cut, peer gone, malformed, timed out)
@@ -147,12 +164,10 @@ class Direct:
         self._update()
 
     # -- the client's call ----------------------------------------------------------------------
-    def call(self, selector: int, proto: int, words: int, data: bytes,
-             recv_timeout_us: int | None) -> tuple[IpcError, int, int, bytes] | None:
-        """One call over the end for ``selector``: (error, status, words, data), or None: use the kernel."""
-        end = self.clients[selector]
+    def call(self, end: ClientEnd, selector: int, proto: int, data: bytes, recv_timeout_us: int | None) -> Any:
+        """One call over ``end`` (the end for ``selector``): the reply message, or None: use the kernel."""
         try:
-            end.send(_HEAD.pack(proto, words, 0) + data, _DONTWAIT)
+            end.send(_HEAD.pack(proto, len(data) >> 3, 0) + data, _DONTWAIT)
         except OSError:  # cut (EPIPE), the server's end gone, or full (a server that does not read)
             self.drop_client(selector)
             return None  # never delivered: the same call goes through the kernel
@@ -163,18 +178,20 @@ class Direct:
                 poller.register(end.sock.fileno(), POLLIN)
             if not poller.poll(-(-recv_timeout_us // 1000)):
                 self.drop_client(selector)  # a late reply must never answer the next call
-                return IpcError.RETIMEOUT, 0, 0, b""
+                return self.make_msg(IpcError.RETIMEOUT, tag(0, 0), 0, b"")
         try:
             frame = end.recv(RECV_SIZE)
         except OSError:
             frame = b""
-        reply = decode(frame, True) if frame else None
-        if reply is None:  # EOF (the server died, the kernel cut the channel) or a malformed reply
-            self.drop_client(selector)
-            return IpcError.ENOT_EXISTENT, 0, 0, b""
-        self.calls += 1
-        status, rwords, error, rdata = reply
-        return IpcError(error), status, rwords, rdata
+        n = len(frame)
+        if HEAD <= n <= MAX_FRAME:
+            status, words, error = _unpack_from(frame)
+            if _LABEL_MIN <= status <= _LABEL_MAX and words == (n - HEAD) >> 3 and error in _ERRORS:
+                self.calls += 1
+                return self.make_msg(IpcError(error) if error else _OK, tag(status, words), 0, frame[HEAD:])
+        # EOF (the server died, the kernel cut the channel) or a malformed reply: as a call whose partner died
+        self.drop_client(selector)
+        return self.make_msg(IpcError.ENOT_EXISTENT, tag(0, 0), 0, b"")
 
     # -- the server's side ----------------------------------------------------------------------
     def reply(self, end: ServerEnd, status: int, words: int, data: bytes, has_items: bool) -> IpcError:
@@ -189,38 +206,53 @@ class Direct:
             return IpcError.ENOT_EXISTENT
         return IpcError.SEMSGCUT if has_items else IpcError.OK
 
-    def poll(self, timeout_ms: int | None) -> list[tuple[int, int]]:
-        return self.poller.poll(timeout_ms)
-
-    def take(self, ready: list[tuple[int, int]]) -> tuple[ServerEnd, tuple[int, int, int, bytes]] | None:
-        """The next request from a ready server end, round robin (one client cannot starve the others);
-        ends that closed or sent a malformed frame are dropped on the way."""
-        ready_fds = {fd for fd, _ev in ready if fd != self.kernel_fd}
-        if not ready_fds:
+    def next_request(self, timeout_ms: int | None) -> Any:
+        """Wait (``poll``) for the next request on a server end: the message, ``KERNEL`` (the kernel channel is
+        readable), or None (the timeout passed). Ready ends are taken round robin (one client cannot starve
+        the others); ends that closed or sent a malformed frame are dropped on the way."""
+        ready = self.poller.poll(timeout_ms)
+        if not ready:
             return None
+        if len(ready) == 1:
+            fd = ready[0][0]
+            if fd == self.kernel_fd:
+                return KERNEL
+            end = self.by_fd.get(fd)
+            if end is not None:
+                msg = self._read(end)
+                if msg is not None:
+                    return msg
+            return self.next_request(0)
+        fds = {fd for fd, _ev in ready}
         servers = self.servers
         n = len(servers)
-        start = self.rr
         for i in range(n):
-            idx = (start + i) % n
+            idx = (self.rr + i) % n
             if idx >= len(servers):
                 break
             end = servers[idx]
-            if end.fd not in ready_fds:
-                continue
-            try:
-                frame = end.sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                frame = b""
-            request = decode(frame, False) if frame else None
-            if request is None:
-                self.drop_server(end)
-                return self.take([(fd, 0) for fd in ready_fds if fd != end.fd])
-            self.rr = (idx + 1) % max(1, len(servers))
-            self.served += 1
-            return end, request
+            if end.fd in fds:
+                msg = self._read(end)
+                if msg is not None:
+                    self.rr = (idx + 1) % n
+                    return msg
+        return KERNEL if self.kernel_fd in fds else self.next_request(0)
+
+    def _read(self, end: ServerEnd) -> Any:
+        try:
+            frame = end.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            frame = b""
+        n = len(frame)
+        if HEAD <= n <= MAX_FRAME:
+            proto, words, flags = _unpack_from(frame)
+            if _LABEL_MIN <= proto <= _LABEL_MAX and words == (n - HEAD) >> 3 and not flags & ~0x3000:
+                self.served += 1
+                self.reply_end = end
+                return self.make_msg(_OK, tag(proto, words, flags), end.label, frame[HEAD:])
+        self.drop_server(end)  # EOF (the client is gone, or the kernel cut the channel) or malformed
         return None
 
     def close(self) -> None:

@@ -37,7 +37,7 @@ from kernel_model.abi import (
 from kernel_model.bootrecord import BootRecord
 from kernel_model.wire import DIRECT_CLIENT, DirectEnd, Invocation, Item, ItemKind, RecvItem, Revoke, log_chunks
 from tasks.runtime.channel import KernelChannel
-from tasks.runtime.direct import Direct
+from tasks.runtime.direct import KERNEL, Direct
 from tasks.runtime.memory import Region, RegionManager
 
 
@@ -106,6 +106,16 @@ class Msg:
         return self
 
 
+_new = object.__new__
+
+
+def _fast_msg(error: IpcError, tag: MsgTag, label: int, data: bytes) -> Msg:
+    """A ``Msg`` without the frozen dataclass' per-field ``__setattr__`` (the direct path's hot spot)."""
+    msg = _new(Msg)
+    msg.__dict__.update(error=error, tag=tag, label=label, data=data, items=(), regions=())
+    return msg
+
+
 class TaskLog:
     """``env.log(text)``: a line to the task's log capability, in Log WRITE chunks (``wire.log_chunks``)."""
 
@@ -135,6 +145,7 @@ class Env:
         channel.on_remap = lambda notice, fd: self.memory.remap(notice.address, fd, notice.size, notice.offset,
                                                                 notice.rights)
         self.direct = Direct(channel.sock.fileno())  # direct channels (tasks.runtime.direct)
+        self.direct.make_msg = _fast_msg
         channel.on_direct = self._on_direct
         channel.on_pending = self._on_pending
         # Root tasks start with boot modules mapped (read-only), described in the record.
@@ -163,11 +174,19 @@ class Env:
     def ipc(self, flags: IpcFlags, dest: int = INVALID_CAP, proto: int = 0, data: bytes = b"", *,
             items: Iterable[Item] = (), send_timeout_us: int | None = None, recv_timeout_us: int | None = None,
             label: int = 0, rcv_cap: int = INVALID_CAP, rcv_mem: int = 0) -> Msg:
-        if self.direct.active:  # this task holds direct ends, or owes a reply on one
-            msg = self._direct_ipc(int(flags), dest, proto, data, items, send_timeout_us, recv_timeout_us,
-                                   rcv_cap, rcv_mem)
-            if msg is not None:
-                return msg
+        direct = self.direct
+        if direct.active:  # this task holds direct ends, or owes a reply on one
+            if flags == _CALL:  # the client's hot path
+                end = direct.clients.get(dest)
+                if end is not None and not items and rcv_cap == INVALID_CAP and not rcv_mem \
+                        and send_timeout_us != 0 and recv_timeout_us != 0 and len(data) <= MR_BYTES:
+                    msg = direct.call(end, dest, proto, data, recv_timeout_us)
+                    if msg is not None:
+                        return msg
+            else:
+                msg = self._direct_ipc(int(flags), dest, proto, data, items, recv_timeout_us, rcv_cap, rcv_mem)
+                if msg is not None:
+                    return msg
         return self._kernel_ipc(flags, dest, proto, data, items=items, send_timeout_us=send_timeout_us,
                                 recv_timeout_us=recv_timeout_us, label=label, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
 
@@ -280,27 +299,19 @@ class Env:
         self.direct.pending = True
 
     def _direct_ipc(self, flags: int, dest: int, proto: int, data: bytes, items: Iterable[Item],
-                    send_timeout_us: int | None, recv_timeout_us: int | None, rcv_cap: int,
-                    rcv_mem: int) -> Msg | None:
-        """The IPC over a direct end, or None: the kernel path as always."""
+                    recv_timeout_us: int | None, rcv_cap: int, rcv_mem: int) -> Msg | None:
+        """A server's reply and receive with direct ends, or None: the kernel path as always."""
         direct = self.direct
-        if flags == _CALL:
-            if dest in direct.clients and not items and rcv_cap == INVALID_CAP and not rcv_mem \
-                    and len(data) <= MR_BYTES and send_timeout_us != 0 and recv_timeout_us != 0:
-                r = direct.call(dest, proto, len(data) >> 3, data, recv_timeout_us)
-                if r is not None:
-                    return Msg(r[0], MsgTag(r[1], r[2]), 0, r[3])
-            return None
         if flags & _REPLY:
             end = direct.reply_end
             if end is not None:  # the request came from a direct end: the reply goes back there
                 direct.reply_end = None
                 items = tuple(items)
-                words = len(data) // 8 if len(data) <= MR_BYTES else 63
+                words = len(data) >> 3 if len(data) <= MR_BYTES else 63
                 error = direct.reply(end, proto, words, data[:MR_BYTES], bool(items))
-                direct._update()
                 if error is IpcError.SEMSGCUT or not flags & _RECV:
-                    return Msg(error if error is IpcError.SEMSGCUT else IpcError.OK, MsgTag(proto, words), 0)
+                    direct._update()
+                    return _fast_msg(error if error is IpcError.SEMSGCUT else IpcError.OK, MsgTag(proto, words), 0, b"")
                 return self._direct_wait(recv_timeout_us, rcv_cap, rcv_mem)
             if not direct.servers or not flags & _RECV:
                 return None
@@ -319,6 +330,14 @@ class Env:
         ends (in user space, so it can make any other system call while it serves direct messages); the
         kernel's doorbell says a message waits there, taken with a zero-timeout receive."""
         direct = self.direct
+        if not direct.pending and direct.servers:  # the hot path: the next request on a direct end
+            got = direct.next_request(None if timeout_us is None else -(-timeout_us // 1000))
+            if got is not None and got is not KERNEL:
+                return got
+            if got is None and timeout_us is not None and timeout_us <= 1000:
+                return _fast_msg(IpcError.RETIMEOUT, MsgTag(), 0, b"")
+            if got is KERNEL:
+                self.channel.drain()
         deadline = None if timeout_us is None else time.monotonic() + timeout_us / 1e6
         while True:
             left_us = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1e6))
@@ -330,17 +349,13 @@ class Env:
                     return msg  # more may wait: ``pending`` stays set until a receive finds nothing
                 direct.pending = False
                 continue
-            ready = direct.poll(None if left_us is None else -(-left_us // 1000))
-            if not ready and left_us is not None and (left_us == 0 or time.monotonic() >= deadline):  # type: ignore[operator]
-                return Msg(IpcError.RETIMEOUT, MsgTag(), 0)
-            if any(fd == direct.kernel_fd for fd, _ev in ready):
+            if left_us == 0:
+                return _fast_msg(IpcError.RETIMEOUT, MsgTag(), 0, b"")
+            got = direct.next_request(None if left_us is None else -(-left_us // 1000))
+            if got is KERNEL:
                 self.channel.drain()
-            got = direct.take(ready)
-            if got is not None:
-                end, (proto, words, tflags, data) = got
-                direct.reply_end = end
-                direct.active = True
-                return Msg(IpcError.OK, MsgTag(proto, words, 0, tflags), end.label, data)
+            elif got is not None:
+                return got
 
     def _on_revoke(self, notice: Revoke) -> None:
         for addr in notice.addresses:
