@@ -31,6 +31,7 @@ from capabilities.image import TaskDecl
 from capabilities.mapdb import Kind
 from kernel_model.abi import CHANNEL_FD, MAX_FRAME
 from kernel_model.bootrecord import FAULT_MAGIC, BootRecord, ConfinementPolicy
+from kernel_model.direct import DirectMode
 from kernel_model.events import (
     ConsoleLine,
     Deliver,
@@ -53,7 +54,6 @@ from kernel_model.host.scheduler import FairScheduler
 from kernel_model.host.workdir_watch import WorkdirWatch
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
-from kernel_model.direct import DirectMode
 from kernel_model.wire import Boot, Doorbell, ItemKind, Remap, Revoke
 from protocols.exit_codes import ExitCode
 

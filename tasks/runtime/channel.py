@@ -94,17 +94,13 @@ class KernelChannel:
             self._unasked(frame, fds)
 
     def _unasked(self, frame: object, fds: list[int]) -> None:
-        if isinstance(frame, Revoke):
-            if self.on_revoke is not None:
-                self.on_revoke(frame)
-        elif isinstance(frame, Remap):
-            if self.on_remap is not None and fds:
-                self.on_remap(frame, fds.pop(0))
-        elif isinstance(frame, DirectEnd):
-            if self.on_direct is not None and fds:
-                self.on_direct(frame, fds.pop(0))
-        elif isinstance(frame, Doorbell):
-            if self.on_pending is not None:
-                self.on_pending()
+        if isinstance(frame, Revoke) and self.on_revoke is not None:
+            self.on_revoke(frame)
+        elif isinstance(frame, Remap) and self.on_remap is not None and fds:
+            self.on_remap(frame, fds.pop(0))
+        elif isinstance(frame, DirectEnd) and self.on_direct is not None and fds:
+            self.on_direct(frame, fds.pop(0))
+        elif isinstance(frame, Doorbell) and self.on_pending is not None:
+            self.on_pending()
         for fd in fds:
             os.close(fd)

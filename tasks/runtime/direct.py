@@ -86,7 +86,7 @@ def _close(sock: socket.socket) -> None:
 
 
 class ClientEnd:
-    __slots__ = ("sock", "handle", "poller", "send", "recv")
+    __slots__ = ("handle", "poller", "recv", "send", "sock")
 
     def __init__(self, sock: socket.socket, handle: int):
         self.sock = sock
@@ -97,7 +97,7 @@ class ClientEnd:
 
 
 class ServerEnd:
-    __slots__ = ("sock", "handle", "label", "fd")
+    __slots__ = ("fd", "handle", "label", "sock")
 
     def __init__(self, sock: socket.socket, handle: int, label: int):
         self.sock = sock

@@ -40,7 +40,6 @@ from tasks.runtime.channel import KernelChannel
 from tasks.runtime.direct import KERNEL, Direct
 from tasks.runtime.memory import Region, RegionManager
 
-
 _CALL, _REPLY, _RECV, _WAIT = int(IpcFlags.CALL), int(IpcFlags.REPLY), int(IpcFlags.RECV), int(IpcFlags.WAIT)
 
 

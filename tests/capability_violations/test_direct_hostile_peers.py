@@ -3,7 +3,15 @@ never reads its replies, a server that replies garbage. Only that channel closes
 kernel path); no exception in the other task; the kernel and the other tasks are unaffected."""
 from __future__ import annotations
 
+import pytest
+
 from kernel_model.events import Rule
+
+
+@pytest.fixture(autouse=True)
+def _channels_as_the_image_says(monkeypatch):
+    """These tests are about direct channels: the suite-wide switch (L4EMU_DIRECT) does not apply."""
+    monkeypatch.delenv("L4EMU_DIRECT", raising=False)
 
 IMAGE = """
 name: direct-hostile

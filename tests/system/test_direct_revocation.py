@@ -12,6 +12,12 @@ from kernel_model.direct import CutReason
 from kernel_model.events import Rule
 from kernel_model.objects import ThreadState
 
+
+@pytest.fixture(autouse=True)
+def _channels_as_the_image_says(monkeypatch):
+    """These tests are about direct channels: the suite-wide switch (L4EMU_DIRECT) does not apply."""
+    monkeypatch.delenv("L4EMU_DIRECT", raising=False)
+
 IMAGE = """
 name: direct-revoke
 run: {{until: [client]}}
