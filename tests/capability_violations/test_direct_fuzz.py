@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import os
 
+from capability_violations.test_kernel_fuzz import KernelUnderAttack
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import invariant, rule
 
 from kernel_model.abi import INVALID_CAP, IpcFlags, sel
 from kernel_model.direct import DirectMode, check
 from kernel_model.events import DirectCut, DirectOpen
-from capability_violations.test_kernel_fuzz import KernelUnderAttack
 from kernel_world import frame, words
 
 
