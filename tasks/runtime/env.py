@@ -329,15 +329,13 @@ class Env:
         ends (in user space, so it can make any other system call while it serves direct messages); the
         kernel's doorbell says a message waits there, taken with a zero-timeout receive."""
         direct = self.direct
+        deadline = None if timeout_us is None else time.monotonic() + timeout_us / 1e6
         if not direct.pending and direct.servers:  # the hot path: the next request on a direct end
             got = direct.next_request(None if timeout_us is None else -(-timeout_us // 1000))
             if got is not None and got is not KERNEL:
                 return got
-            if got is None and timeout_us is not None and timeout_us <= 1000:
-                return _fast_msg(IpcError.RETIMEOUT, MsgTag(), 0, b"")
             if got is KERNEL:
                 self.channel.drain()
-        deadline = None if timeout_us is None else time.monotonic() + timeout_us / 1e6
         while True:
             left_us = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1e6))
             if not direct.servers:
