@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from capability_violations.test_kernel_fuzz import KernelUnderAttack
+from capability_violations.test_kernel_fuzz import KernelUnderAttack  # type: ignore[import-not-found]
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import invariant, rule
 
