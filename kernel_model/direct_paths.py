@@ -28,16 +28,16 @@ class DirectPaths(KernelState):
         """``sender``'s call has just met ``receiver`` (the rendezvous checked it): open a channel if the
         call and the gate qualify. Called before the receiver's message is delivered."""
         directs = self.directs
+        client, server_task = sender.task, receiver.task
+        if server_task is self.moe or server_task is self.sigma0:
+            return  # root tasks serve through the kernel only: their kernel state is what boot and shutdown watch
         if self.trace or directs.mode is DirectMode.OFF or self._retiring:
             return
         if not directs.eligible(inv.flags, inv.timeout, len(inv.items), inv.rcv_obj != INVALID_CAP,
                                 inv.rcv_mem_size, len(inv.data)):
             return
-        client, server_task = sender.task, receiver.task
         if client is None or server_task is None or client is server_task or not client.alive:
             return
-        if server_task is self.moe or server_task is self.sigma0:
-            return  # root tasks serve through the kernel only: their kernel state is what boot and shutdown watch
         node = self.lookup(client, inv.dest)
         gate = node.obj if node is not None else None
         if not isinstance(gate, IpcGate) or not gate.alive or gate.thread is not receiver \
