@@ -4,7 +4,7 @@ IMAGE ?= images/wvds.yaml
 BOOT_ARGS ?= --est-ca
 VENV := .venv/bin
 
-.PHONY: setup boot test test-unit lint lint-report bench hil hil-boot clean fuzz reliability
+.PHONY: setup boot test test-unit lint lint-report bench hil hil-boot clean fuzz reliability test-direct
 
 setup:
 	./bootstrap.sh
@@ -17,6 +17,12 @@ boot: setup
 test: setup
 	$(VENV)/l4emu hil build
 	L4EMU_HIL_SMOKE=1 $(VENV)/python -m pytest
+
+# The violation and system suites with kernel-granted direct channels forced on every gate, then off
+# everywhere (docs/direct-channels.md); `make test` runs them as the image says.
+test-direct: setup
+	L4EMU_DIRECT=1 $(VENV)/python -m pytest -q -p no:cacheprovider tests/capability_violations tests/system
+	L4EMU_DIRECT=0 $(VENV)/python -m pytest -q -p no:cacheprovider tests/capability_violations tests/system
 
 # The fast lane: every test that starts no process (no task, no QEMU, no server). tests/lanes.py
 # decides which tests boot; in this lane any other test that tries to fails.

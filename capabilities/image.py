@@ -123,6 +123,7 @@ class ObjectDecl:
     type: str
     size: int = 0
     quota: int = 0
+    direct: bool = False  #: a gate whose calls may get kernel-granted direct channels (docs/direct-channels.md)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,7 +390,13 @@ def parse_image(text: str, filename: str = "<image>",
                 quota = ck.integer(body["quota"][1], f"{field}.quota", 1) or 0 if "quota" in body else 0
                 if "quota" not in body:
                     ck.problem(vnode, f"{field}.quota", "missing required key 'quota' (objects it may create)")
-            objects[oname] = ObjectDecl(oname, otype, size, quota)
+            direct = False
+            if "direct" in body:  # a gate: calls through it may get a kernel-granted direct channel
+                flag = ck.scalar(body["direct"][1], f"{field}.direct", "true or false")
+                if flag is not None and flag not in ("true", "false"):
+                    ck.problem(body["direct"][1], f"{field}.direct", f"expected true or false, got {flag!r}")
+                direct = flag == "true"
+            objects[oname] = ObjectDecl(oname, otype, size, quota, direct)
             object_nodes[oname] = knode
             broken_objects.discard(oname)
         total = sum(-(-o.size // PAGE) * PAGE for o in objects.values() if o.type == ObjectType.DATASPACE)

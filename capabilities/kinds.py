@@ -37,7 +37,7 @@ class ObjectKind:
     flow: Flow
     edge: str  #: the analysis' edge kind for its flows (``analysis.EdgeKind`` value)
     style: tuple[str, str, str]  #: graph: shape, fill colour, line colour
-    keys: tuple[str, ...] = ()  #: required image keys besides ``type``
+    keys: tuple[str, ...] = ()  #: image keys besides ``type`` (``size``, ``quota`` required; ``direct`` optional)
     declarable: bool = True  #: False: only Moe's built-in object of this kind exists (``rom``)
     factory_args: tuple[str, ...] | None = None  #: Moe makes it with the kernel factory, passing these fields
     bold_owners: bool = False  #: graph: an owner's cap is drawn bold, pointing at the owner
@@ -51,7 +51,7 @@ def _nobody(rights: CapRights) -> bool:
 
 IMAGE_KINDS: dict[str, ObjectKind] = {kind.name: kind for kind in (
     ObjectKind("gate", CapRights.parse("svr"), lambda r: r.covers(BIND), Flow.TO_OWNERS, "call",
-               ("ellipse", "#dbe8fb", "#1f5fbf"), factory_args=(), bold_owners=True,
+               ("ellipse", "#dbe8fb", "#1f5fbf"), keys=("direct",), factory_args=("direct",), bold_owners=True,
                one_owner=LintRule.GATE_TWO_SERVERS, lint=lint.lint_gate),
     ObjectKind("irq", CapRights.R | CapRights.W | CapRights.S | CapRights.D, lambda r: CapRights.S in r,
                Flow.TO_OWNERS, "irq", ("diamond", "#fde7cf", "#d9730d"), factory_args=(), bold_owners=True,

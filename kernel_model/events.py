@@ -132,4 +132,32 @@ class Denied:
     violation: Violation
 
 
-Effect = Deliver | Spawn | Kill | ConsoleLine | MemoryCreated | Revoked | MemoryRetired | Remapped | Traced | Denied
+@dataclasses.dataclass(frozen=True)
+class DirectOpen:
+    """Hand a fresh socket pair to ``client`` (its end stands for ``selector``) and ``server`` (its end carries
+    ``label``, bound by the kernel); keep a dup of the server end as ``handle`` (``kernel_model.direct``)."""
+
+    handle: int
+    client: Task
+    selector: int
+    server: Task
+    label: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectCut:
+    """Shut channel ``handle`` down and drain what the server has not read yet, before anything else."""
+
+    handle: int
+    reason: object = None  #: a ``kernel_model.direct.CutReason``
+
+
+@dataclasses.dataclass(frozen=True)
+class Pending:
+    """A message waits in the kernel for ``task``'s thread, which idles in user space (a doorbell frame)."""
+
+    task: Task
+
+
+Effect = (Deliver | Spawn | Kill | ConsoleLine | MemoryCreated | Revoked | MemoryRetired | Remapped | Traced | Denied
+          | DirectOpen | DirectCut | Pending)

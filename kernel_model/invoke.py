@@ -412,7 +412,8 @@ KERNEL_KINDS: dict[type[KObject], KernelKind] = {kind.cls: kind for kind in (
     KernelKind(Factory, (Proto.FACTORY,), factory, FactoryOp.FACTORY, _new_factory, cost=lambda extra: 1 + extra[1]),
     KernelKind(Task, (Proto.TASK,), task, FactoryOp.TASK, _new_task, adopt=True),
     KernelKind(Thread, (Proto.THREAD,), thread_op, FactoryOp.THREAD, _new_thread),
-    KernelKind(IpcGate, (Proto.KOBJECT,), gate, FactoryOp.GATE, lambda *_: IpcGate()),
+    KernelKind(IpcGate, (Proto.KOBJECT,), gate, FactoryOp.GATE,
+               lambda k, t, f, extra, i: IpcGate(direct=bool(extra[1] & 1))),  # MR[1] bit 0: direct channels
     KernelKind(Irq, (Proto.IRQ, Proto.IRQ_SENDER), irq, FactoryOp.IRQ, lambda *_: Irq(), adopt=True),
     KernelKind(KernelLog, (Proto.LOG,), log, FactoryOp.LOG, _new_log),
     KernelKind(Debugger, (Proto.DEBUGGER,), debugger),

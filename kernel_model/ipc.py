@@ -134,6 +134,8 @@ class IpcPaths(KernelState):
             return
         target.senders.append(sender)
         self._block(sender, ThreadState.SENDING, target, send_to)
+        if self.directs.per_server:
+            self._doorbell(target)
 
     def _rendezvous(self, sender: Thread, receiver: Thread) -> None:
         inv, rinv = sender.inv, receiver.inv
@@ -153,12 +155,16 @@ class IpcPaths(KernelState):
             if tag.items or tag.flags & ~0x3000:
                 tag = MsgTag(tag.label, tag.words, 0, tag.flags & 0x3000)
         result = Result(IpcError.OK, tag, sender.send_label, inv.data, items)
+        task = receiver.task
+        self._served[task] = self._served.get(task, 0) + 1
         if self.trace:
             kind = "call" if inv.flags & _RECV else "send"
             self._effects.append(Traced(
                 f"{sender.task.describe()} -> {receiver.task.describe()} {kind} proto {inv.tag.label:#x} "
                 f"label {sender.send_label:#x} {inv.tag.words}w {len(items)} item(s)"))
         if inv.flags & _RECV:  # a call: wait for the reply from this partner only
+            if self.directs.mode:
+                self._direct_open(sender, receiver, inv)  # kernel_model.direct: before the message is delivered
             receiver.reply_to = sender
             sender.generation += 1
             half = inv.timeout & 0xFFFF
@@ -199,6 +205,8 @@ class IpcPaths(KernelState):
         return IpcError.OK
 
     def _receive(self, thread: Thread, inv: Invocation) -> None:
+        if self.directs.rung:
+            self.directs.rung.discard(thread)  # its doorbell rings again for the next message
         half = inv.timeout & 0xFFFF
         recv_to = None if half == TIMEOUT_NEVER else timeout_to_us(half)
         if inv.flags & _OPEN_WAIT or inv.flags & _REPLY:
@@ -241,10 +249,14 @@ class IpcPaths(KernelState):
             self._deliver_async(thread, msg)
         else:
             thread.asyncs.append(msg)
+            if self.directs.per_server:
+                self._doorbell(thread)
 
     def _deliver_async(self, thread: Thread, msg: AsyncMessage) -> None:
         if msg.irq is not None:
             msg.irq.pending = False
+            task = thread.task
+            self._served[task] = self._served.get(task, 0) + 1
         if self.trace:
             source = f"irq {msg.irq.describe()}" if msg.irq is not None else "kernel notice"
             self._effects.append(Traced(f"{source} -> {thread.task.describe()} label {msg.label:#x}"))

@@ -39,10 +39,11 @@ from capabilities.rights import LABEL_RIGHTS, CapRights, MemRights
 from kernel_model import invoke
 from kernel_model.abi import KERNEL_LABEL, PAGE_SIZE, EnvSlot, IpcError, MsgTag, Proto, sel
 from kernel_model.bootrecord import BootModule, BootRecord, RamRegion
+from kernel_model.direct_paths import DirectPaths
 from kernel_model.events import ConsoleLine, Effect, Kill, MemoryCreated, Rule, Spawn
 from kernel_model.ipc import IpcPaths, op_name
 from kernel_model.logs import LogStream
-from kernel_model.objects import AsyncMessage, IpcGate, Irq, KObject, Memory, Task, Thread, ThreadState
+from kernel_model.objects import AsyncMessage, IpcGate, Irq, KernelLog, KObject, Memory, Task, Thread, ThreadState
 from kernel_model.retire import MemoryRetirement
 from kernel_model.state import RAM_BASE
 from kernel_model.transfer import ItemTransfer
@@ -53,11 +54,13 @@ SIGMA0_PAGER_LABEL = 0x40  #: label of Moe's pager gate to Sigma0 (fiasco init_s
 FULL = CapRights.parse("svr")
 
 
-class Kernel(IpcPaths, ItemTransfer, MemoryRetirement):
+class Kernel(DirectPaths, IpcPaths, ItemTransfer, MemoryRetirement):
     """The kernel: its state (``state``), IPC (``ipc``), typed items (``transfer``), memory retirement
     (``retire``), and here boot, the syscall entry, tasks and objects."""
 
     def _invoke(self, thread: Thread, cap: ObjectCap[Any], inv: Invocation) -> invoke.Reply | None:
+        if self.directs.channels and not isinstance(cap.obj, KernelLog):
+            self.directs.epoch += 1  # an unmap, a rights change, a (re)bind, a delete: re-check direct channels
         return invoke.kernel_object(self, thread, cap, inv)
 
     # ------------------------------------------------------------------ boot

@@ -114,6 +114,7 @@ class IpcGate(KObject):
     label: int = 0
     thread: Thread | None = None
     waiters: collections.deque[Thread] = dataclasses.field(default_factory=collections.deque)
+    direct: bool = False  #: calls through it may open direct channels (kernel_model.direct; Factory MR[1] bit 0)
 
     def __post_init__(self) -> None:
         self.type = ObjType.GATE

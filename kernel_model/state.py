@@ -11,6 +11,7 @@ from typing import Any
 
 from capabilities.mapdb import Kind, MappingDb, Node, ObjectCap
 from kernel_model.abi import L4_CAP_SHIFT
+from kernel_model.direct import DirectRegistry
 from kernel_model.events import Deliver, Denied, Effect, Rule, Violation
 from kernel_model.invoke import Reply
 from kernel_model.logs import LogStream
@@ -40,6 +41,7 @@ class KernelState:
         self.ipc_count = 0
         self.trace = False  # emit a Traced effect per rendezvous, reply and kernel operation
         self._ipcs: dict[Task, int] = {}  # IPCs per task object (named lazily: ``ipc_by_task``)
+        self._served: dict[Task, int] = {}  # messages delivered to a task by a sender or an IRQ (the view)
         self.irqs: list[Irq] = []
         self._retiring: dict[int, Memory] = {}  # memory a live task lost but still has mapped
         self._current: Thread | None = None  # the thread whose syscall is being handled
@@ -49,6 +51,8 @@ class KernelState:
         self._generations: dict[str, int] = {}
         self.log_drops: dict[int, tuple[LogStream, str, str]] = {}  # logs that dropped lines: (stream, tag,
         # colour), a notice due
+        self.directs = DirectRegistry()  # kernel-granted direct channels (kernel_model.direct, direct_paths)
+        self._cuts: list[Effect] = []  # their cuts in this kernel step: emitted before every other effect
 
     @property
     def ipc_by_task(self) -> dict[str, int]:
@@ -56,6 +60,16 @@ class KernelState:
         hot path and named here, when someone asks."""
         out: dict[str, int] = {}
         for task, n in self._ipcs.items():
+            name = task.describe()
+            out[name] = out.get(name, 0) + n
+        return out
+
+    @property
+    def served_by_task(self) -> dict[str, int]:
+        """Messages delivered to each task (by name) by a sender or an IRQ: what the live view shows as
+        served; counted per task object on the hot path."""
+        out: dict[str, int] = {}
+        for task, n in self._served.items():
             name = task.describe()
             out[name] = out.get(name, 0) + n
         return out
@@ -91,4 +105,13 @@ class KernelState:
         raise NotImplementedError
 
     def _invoke(self, thread: Thread, cap: ObjectCap[Any], inv: Invocation) -> Reply | None:
+        raise NotImplementedError
+
+    def _direct_open(self, sender: Thread, receiver: Thread, inv: Invocation) -> None:
+        raise NotImplementedError
+
+    def _doorbell(self, thread: Thread) -> None:
+        raise NotImplementedError
+
+    def _take(self) -> list[Effect]:
         raise NotImplementedError

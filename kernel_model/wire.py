@@ -47,6 +47,8 @@ class FrameKind(enum.IntEnum):
     BOOT = 3
     REVOKE = 4
     REMAP = 5
+    DIRECT = 6  #: a direct channel's end (the fd) for the task (kernel_model.direct)
+    PENDING = 7  #: doorbell: a message waits in the kernel for this task's thread
 
 
 class ItemKind(enum.IntEnum):
@@ -311,7 +313,7 @@ def decode_invocation(frame: bytes) -> Invocation:
                       timeout, label, rcv_obj, mem_base, mem_size)
 
 
-def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke | Remap:
+def decode_kernel_frame(frame: bytes) -> Result | Boot | Revoke | Remap | DirectEnd | Doorbell:
     """Parse a frame from the kernel (task side); anything malformed is a ``WireError``."""
     if not frame:
         raise WireError("empty frame")
@@ -371,6 +373,52 @@ def _decode_remap(frame: bytes) -> Remap:
     return Remap(address, size, offset, rights)
 
 
-_KERNEL_FRAMES: dict[int, Callable[[bytes], Result | Boot | Revoke | Remap]] = {
+_KERNEL_FRAMES: dict[int, Callable[[bytes], Result | Boot | Revoke | Remap | DirectEnd | Doorbell]] = {
     FrameKind.RESULT: _decode_result, FrameKind.BOOT: _decode_boot,
     FrameKind.REVOKE: _decode_revoke, FrameKind.REMAP: _decode_remap}
+
+
+# -- direct channels (kernel_model.direct): two more kernel-initiated frames ---------------------------
+#   Direct   B kind=6 | B role (1 client, 2 server) | H 0 | I 0 | Q handle | Q word   (+ the end's fd)
+#            word = the selector the end stands for (client) or the label bound to it (server)
+#   Pending  B kind=7 | 7x pad
+_DIRECT = Layout((const("u8", FrameKind.DIRECT), U8, pad(6), U64, U64), ("role", "handle", "word"))
+_PENDING = Layout((const("u8", FrameKind.PENDING), pad(7)), ())
+DIRECT_CLIENT, DIRECT_SERVER = 1, 2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DirectEnd:
+    """One end of a direct channel (the fd that comes with this frame): for the client, the end that stands
+    for ``word`` = its selector; for the server, the end whose messages carry the label ``word``."""
+
+    role: int
+    handle: int
+    word: int
+
+    def encode(self) -> bytes:
+        return _DIRECT.pack(self.role, self.handle, self.word)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Doorbell:
+    """A message waits in the kernel for a thread that idles in user space serving direct channels."""
+
+    def encode(self) -> bytes:
+        return _PENDING.pack()
+
+
+def _decode_direct(frame: bytes) -> DirectEnd:
+    role, handle, word = _DIRECT.decode(frame)
+    if role not in (DIRECT_CLIENT, DIRECT_SERVER):
+        raise WireError(f"direct frame with role {role}")
+    return DirectEnd(role, handle, word)
+
+
+def _decode_pending(frame: bytes) -> Doorbell:
+    _PENDING.decode(frame)
+    return Doorbell()
+
+
+_KERNEL_FRAMES[FrameKind.DIRECT] = _decode_direct
+_KERNEL_FRAMES[FrameKind.PENDING] = _decode_pending

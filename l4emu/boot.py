@@ -115,20 +115,22 @@ def _boot(loaded: LoadedImage, sink: ViewSink, out: Console, *, dump_caps: bool,
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _run(loaded, sink, out, confine=confine, dump_caps=dump_caps, timeout_s=timeout_s, summary=summary,
+                    trace=trace,
                     duration_s=duration_s, json_summary=json_summary, run_dir=run_dir, chaos=chaos)
     finally:
         for sig, handler in previous.items():  # a library call leaves the caller's handlers as they were
             signal.signal(sig, handler)
 
 
-def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, dump_caps: bool,
+def _run(loaded: LoadedImage, sink: ViewSink, out: Console, *, confine: bool, dump_caps: bool, trace: bool = False,
          timeout_s: float | None, summary: bool, duration_s: float | None, json_summary: Path | None,
          run_dir: Path | None = None, chaos: ChaosOptions | None = None) -> int:
     from kernel_model.host.confinement import policy_for
     from kernel_model.host.keystore_devices import keystore_devices
     sup = Supervisor(loaded, sink, confinement=policy_for if confine else None, run_dir=run_dir)
     with keystore_devices(loaded, sup.run_dir, sink.kernel, BootError), sup:  # TPM/HSM up first, down last
-        sup.kernel.trace = True  # the view counts served IPCs from trace events; printed only with --trace
+        sup.kernel.trace = trace  # Traced events (and no direct channels) only with --trace: the view counts
+        # served IPCs from the kernel's counters
         sup.handle_signals()
         def on_exit(task: object, code: int) -> None:  # the exiting task's memory, for the peak
             snapshot(sup, sink)

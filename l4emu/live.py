@@ -11,8 +11,9 @@ Where the numbers come from (nothing here asks a task anything):
 - pid, state, exit statuses, restarts: the supervisor's processes and its ``exited`` record
   (restarts = runs - 1; ``generation`` is shown when the kernel's Task has one, else the
   restart count stands in for it);
-- IPCs made: ``Kernel.ipc_by_task``; IPCs served: the kernel's trace events (calls delivered
-  to the task, IRQ deliveries), counted here; denials: ``Kernel.violations``;
+- IPCs made: ``Kernel.ipc_by_task``; IPCs served: ``Kernel.served_by_task`` (calls and sends delivered
+  to the task, IRQ deliveries; not what travels on a direct channel, docs/direct-channels.md);
+  denials: ``Kernel.violations``;
 - memory: bytes mapped into the task's space (``Kernel.db``) against the image's ``memory``
   quota (what Moe's allocator may charge it; shared dataspaces count as mapped, not charged);
 - service metrics: ``METRIC {json}`` lines a task writes to its log (the OEM gateway reports its
@@ -252,7 +253,7 @@ def snapshot(sup, sink: LiveSink) -> list[TaskRow]:
             name=name, state=state, pid=proc.pid if proc else None,
             generation=generation if isinstance(generation, int) else None,
             restarts=max(0, len(ran) - (0 if proc is not None else 1)) if ran else 0,
-            ipcs=k.ipc_by_task.get(name, 0), served=sink.served.get(name, 0), denied=denied.get(name, 0),
+            ipcs=k.ipc_by_task.get(name, 0), served=k.served_by_task.get(name, 0), denied=denied.get(name, 0),
             memory_used=used, memory_quota=decl.memory if decl else None, memory_peak=sink.peak[name],
             exits=tuple(ran),
             tag=decl.log.tag if decl else name, color=decl.log.color if decl else "w",

@@ -31,19 +31,24 @@ from capabilities.image import TaskDecl
 from capabilities.mapdb import Kind
 from kernel_model.abi import CHANNEL_FD, MAX_FRAME
 from kernel_model.bootrecord import FAULT_MAGIC, BootRecord, ConfinementPolicy
+from kernel_model.direct import DirectMode
 from kernel_model.events import (
     ConsoleLine,
     Deliver,
     Denied,
+    DirectCut,
+    DirectOpen,
     Kill,
     MemoryCreated,
     MemoryRetired,
+    Pending,
     Remapped,
     Revoked,
     Spawn,
     Traced,
 )
 from kernel_model.host.console import ConsoleSink, tagged_line
+from kernel_model.host.direct_channels import DirectChannels, env_mode
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.host.scheduler import FairScheduler
 from kernel_model.host.workdir_watch import WorkdirWatch
@@ -53,7 +58,7 @@ from kernel_model.host.zygote import shared as shared_zygote
 from kernel_model.host.zygote import wanted as zygote_wanted
 from kernel_model.kernel import Kernel
 from kernel_model.objects import Memory, Task
-from kernel_model.wire import Boot, ItemKind, Remap, Revoke
+from kernel_model.wire import Boot, Doorbell, ItemKind, Remap, Revoke
 from protocols.exit_codes import ExitCode
 
 MFD_ALLOW_SEALING = getattr(os, "MFD_ALLOW_SEALING", 2)
@@ -126,6 +131,10 @@ class Supervisor:
         self.use_zygote = zygote_wanted() if zygote is None else zygote
         self.zygote: Zygote | None = None
         self._niced = False  # some task runs at NICE_FLOODER (``_demote`` has work even if nobody floods now)
+        self.directs = DirectChannels()  # direct channels' server ends (kernel_model.host.direct_channels)
+        forced = env_mode(os.environ.get("L4EMU_DIRECT"))  # tests: the whole suite with channels off / on
+        if forced is not None:
+            self.kernel.directs.mode = DirectMode(forced)
 
     # ------------------------------------------------------------ lifecycle
     def __enter__(self) -> Supervisor:
@@ -263,6 +272,7 @@ class Supervisor:
             self._close_proc(proc)
             self._release(proc)
         self.procs.clear()
+        self.directs.close_all()
         for fd in list(self.memfds.values()) + list(self.ro_fds.values()):
             os.close(fd)
         self.memfds.clear()
@@ -300,6 +310,7 @@ class Supervisor:
         self._close_proc(proc)
         self._release(proc)
         self.workdir_watch.forget(proc.task.id)
+        self.directs.forget_task(proc.task)
         del self.procs[proc.task.id]
         task = proc.task
         if fault is not None:
@@ -343,6 +354,12 @@ class Supervisor:
                 self.console.violation(eff.violation)
             elif isinstance(eff, Traced):
                 self.console.trace(eff.text)
+            elif isinstance(eff, DirectCut):  # the kernel puts these first: done before any result goes out
+                self.directs.cut(eff.handle)
+            elif isinstance(eff, DirectOpen):
+                self.directs.open(eff, self._send_to_live)
+            elif isinstance(eff, Pending):
+                self._send(eff.task, Doorbell().encode(), [])
 
     def _resume(self, now: int, served: list[TaskProcess]) -> None:
         """Deferred channels are read again once another task has been served, or after DEFER_US."""
@@ -412,6 +429,14 @@ class Supervisor:
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
                 raise
+
+    def _send_to_live(self, task: Task, frame: bytes, fds: list[int]) -> bool:
+        """``_send`` that says whether the task's process is there to get it."""
+        proc = self.procs.get(task.id)
+        if proc is None or proc.status is not None or proc.eof:
+            return False
+        self._send(task, frame, fds)
+        return proc.status is None
 
     def _create_memory(self, mem: Memory) -> None:
         """One memfd per memory object, sealed at its size: no holder can shrink it (which would SIGBUS

@@ -9,7 +9,9 @@ program asks (``Msg.check()``).
 from __future__ import annotations
 
 import dataclasses
+import socket
 import struct
+import time
 from collections.abc import Iterable
 
 from capabilities.rights import MemRights
@@ -34,9 +36,15 @@ from kernel_model.abi import (
     timeouts,
 )
 from kernel_model.bootrecord import BootRecord
-from kernel_model.wire import Invocation, Item, ItemKind, RecvItem, Revoke, log_chunks
+from kernel_model.wire import DIRECT_CLIENT, DirectEnd, Invocation, Item, ItemKind, RecvItem, Revoke, log_chunks
 from tasks.runtime.channel import KernelChannel
+from tasks.runtime.direct import KERNEL, Direct
 from tasks.runtime.memory import Region, RegionManager
+
+_CALL, _REPLY, _RECV, _WAIT = int(IpcFlags.CALL), int(IpcFlags.REPLY), int(IpcFlags.RECV), int(IpcFlags.WAIT)
+_REPLY_AND_WAIT = int(IpcFlags.REPLY_AND_WAIT)
+_pack_reply = struct.Struct("<qHH").pack  # tasks.runtime.direct's reply header
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 class MissingCapability(KeyError):
@@ -101,6 +109,16 @@ class Msg:
         return self
 
 
+_new = object.__new__
+
+
+def _fast_msg(error: IpcError, tag: MsgTag, label: int, data: bytes) -> Msg:
+    """A ``Msg`` without the frozen dataclass' per-field ``__setattr__`` (the direct path's hot spot)."""
+    msg = _new(Msg)
+    msg.__dict__.update(error=error, tag=tag, label=label, data=data, items=(), regions=())
+    return msg
+
+
 class TaskLog:
     """``env.log(text)``: a line to the task's log capability, in Log WRITE chunks (``wire.log_chunks``)."""
 
@@ -129,6 +147,10 @@ class Env:
         channel.on_revoke = self._on_revoke
         channel.on_remap = lambda notice, fd: self.memory.remap(notice.address, fd, notice.size, notice.offset,
                                                                 notice.rights)
+        self.direct = Direct(channel.sock.fileno())  # direct channels (tasks.runtime.direct)
+        self.direct.make_msg = _fast_msg
+        channel.on_direct = self._on_direct
+        channel.on_pending = self._on_pending
         # Root tasks start with boot modules mapped (read-only), described in the record.
         self.modules: dict[str, Region] = {}
         for mod, fd in zip(record.modules, boot_fds or [], strict=False):
@@ -155,6 +177,40 @@ class Env:
     def ipc(self, flags: IpcFlags, dest: int = INVALID_CAP, proto: int = 0, data: bytes = b"", *,
             items: Iterable[Item] = (), send_timeout_us: int | None = None, recv_timeout_us: int | None = None,
             label: int = 0, rcv_cap: int = INVALID_CAP, rcv_mem: int = 0) -> Msg:
+        direct = self.direct
+        if direct.active:  # this task holds direct ends, or owes a reply on one
+            if flags == _CALL:  # the client's hot path
+                end = direct.clients.get(dest)
+                if end is not None and not items and rcv_cap == INVALID_CAP and not rcv_mem \
+                        and send_timeout_us != 0 and recv_timeout_us != 0 and len(data) <= MR_BYTES:
+                    msg = direct.call(end, dest, proto, data, recv_timeout_us)
+                    if msg is not None:
+                        return msg
+            elif flags == _REPLY_AND_WAIT and direct.reply_end is not None and not items and not direct.pending \
+                    and recv_timeout_us is None and len(data) <= MR_BYTES:  # the server's hot path
+                owed, direct.reply_end = direct.reply_end, None
+                try:
+                    owed.sock.send(_pack_reply(proto, len(data) >> 3, 0) + data, _DONTWAIT)
+                except OSError:  # the caller is gone, the channel cut, or a caller that never reads
+                    direct.drop_server(owed)
+                if direct.servers:
+                    got = direct.next_request(None)
+                    if got is not None and got is not KERNEL:
+                        return got
+                    if got is KERNEL:
+                        self.channel.drain()
+                return self._direct_wait(None, rcv_cap, rcv_mem)
+            else:
+                msg = self._direct_ipc(int(flags), dest, proto, data, items, recv_timeout_us, rcv_cap, rcv_mem)
+                if msg is not None:
+                    return msg
+        return self._kernel_ipc(flags, dest, proto, data, items=items, send_timeout_us=send_timeout_us,
+                                recv_timeout_us=recv_timeout_us, label=label, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+
+    def _kernel_ipc(self, flags: IpcFlags | int, dest: int = INVALID_CAP, proto: int = 0, data: bytes = b"", *,
+                    items: Iterable[Item] = (), send_timeout_us: int | None = None,
+                    recv_timeout_us: int | None = None, label: int = 0, rcv_cap: int = INVALID_CAP,
+                    rcv_mem: int = 0) -> Msg:
         items = tuple(items)
         mem_base = self.memory.reserve(rcv_mem) if rcv_mem else 0
         inv = Invocation(flags, dest, MsgTag(proto, len(data) // 8 if len(data) <= MR_BYTES else 63, len(items)),
@@ -248,6 +304,73 @@ class Env:
     def create(self, factory: int, what: FactoryOp, *args: int) -> Msg:
         slot = self.alloc_slot()
         return self.call(factory, Proto.FACTORY, int(what), *args, rcv_cap=slot)
+
+    # -- direct channels (tasks.runtime.direct) ------------------------------------------------
+    def _on_direct(self, frame: DirectEnd, fd: int) -> None:
+        if frame.role == DIRECT_CLIENT:
+            self.direct.add_client(frame.word, frame.handle, fd)
+        else:
+            self.direct.add_server(frame.word, frame.handle, fd)
+
+    def _on_pending(self) -> None:
+        self.direct.pending = True
+
+    def _direct_ipc(self, flags: int, dest: int, proto: int, data: bytes, items: Iterable[Item],
+                    recv_timeout_us: int | None, rcv_cap: int, rcv_mem: int) -> Msg | None:
+        """A server's reply and receive with direct ends, or None: the kernel path as always."""
+        direct = self.direct
+        if flags & _REPLY:
+            end = direct.reply_end
+            if end is not None:  # the request came from a direct end: the reply goes back there
+                direct.reply_end = None
+                items = tuple(items)
+                words = len(data) >> 3 if len(data) <= MR_BYTES else 63
+                error = direct.reply(end, proto, words, data[:MR_BYTES], bool(items))
+                if error is IpcError.SEMSGCUT or not flags & _RECV:
+                    direct._update()
+                    return _fast_msg(error if error is IpcError.SEMSGCUT else IpcError.OK, MsgTag(proto, words), 0, b"")
+                return self._direct_wait(recv_timeout_us, rcv_cap, rcv_mem)
+            if not direct.servers or not flags & _RECV:
+                return None
+            # a kernel caller's reply, and any message queued meanwhile, in one system call
+            msg = self._kernel_ipc(flags, INVALID_CAP, proto, data, items=items, send_timeout_us=0,
+                                   recv_timeout_us=0, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+            if msg.error is not IpcError.RETIMEOUT:
+                return msg
+            return self._direct_wait(recv_timeout_us, rcv_cap, rcv_mem)
+        if flags == _WAIT and dest == INVALID_CAP and direct.servers:
+            return self._direct_wait(recv_timeout_us, rcv_cap, rcv_mem)
+        return None
+
+    def _direct_wait(self, timeout_us: int | None, rcv_cap: int, rcv_mem: int) -> Msg:
+        """An open wait for a server holding direct ends: it idles in ``poll`` over its kernel channel and its
+        ends (in user space, so it can make any other system call while it serves direct messages); the
+        kernel's doorbell says a message waits there, taken with a zero-timeout receive."""
+        direct = self.direct
+        deadline = None if timeout_us is None else time.monotonic() + timeout_us / 1e6
+        if not direct.pending and direct.servers:  # the hot path: the next request on a direct end
+            got = direct.next_request(None if timeout_us is None else -(-timeout_us // 1000))
+            if got is not None and got is not KERNEL:
+                return got
+            if got is KERNEL:
+                self.channel.drain()
+        while True:
+            left_us = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1e6))
+            if not direct.servers:
+                return self._kernel_ipc(IpcFlags.WAIT, recv_timeout_us=left_us, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+            if direct.pending:
+                msg = self._kernel_ipc(IpcFlags.WAIT, recv_timeout_us=0, rcv_cap=rcv_cap, rcv_mem=rcv_mem)
+                if msg.error is not IpcError.RETIMEOUT:
+                    return msg  # more may wait: ``pending`` stays set until a receive finds nothing
+                direct.pending = False
+                continue
+            if left_us == 0:
+                return _fast_msg(IpcError.RETIMEOUT, MsgTag(), 0, b"")
+            got = direct.next_request(None if left_us is None else -(-left_us // 1000))
+            if got is KERNEL:
+                self.channel.drain()
+            elif got is not None:
+                return got
 
     def _on_revoke(self, notice: Revoke) -> None:
         for addr in notice.addresses:

@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crypto-rounds", type=int, default=50)
     parser.add_argument("--flood-rounds", type=int, default=2000)
     parser.add_argument("--flood-burst", type=int, default=32)
-    parser.add_argument("--only", choices=["ipc", "crypto", "flood", "keystore", "hil", "boot", "kernel"], default=None)
+    parser.add_argument("--only", choices=["ipc", "kernel", "direct", "crypto", "flood", "keystore", "boot", "hil"],
+                        default=None)
     parser.add_argument("--hil-runs", type=int, default=1, help="guest boots in the hil section")
     args = parser.parse_args(argv)
     from rich.console import Console
@@ -260,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         from tests.bench.kernel_path import bench_kernel_path  # the kernel core, the supervisor, the path
 
         rows += bench_kernel_path(args)
+    if args.only in (None, "direct"):
+        from tests.bench.direct import bench_direct  # kernel-granted direct channels (docs/direct-channels.md)
+        rows += bench_direct(args)
     if args.only in (None, "crypto"):
         rows += bench_crypto(args)
     if args.only in (None, "flood"):
