@@ -13,13 +13,15 @@ boot: setup
 	$(VENV)/l4emu boot $(IMAGE) $(BOOT_ARGS)
 
 # The suite includes the HIL smoke: the aarch64 guest is built from hil/qemu/lock.json and
-# booted once (hello and a handful of attacks in it; tests/hil/test_smoke.py).
+# booted once (hello and a handful of attacks in it; tests/hil/test_smoke.py). Then the violation
+# and system suites again with direct channels forced on every gate, and off everywhere (test-direct).
 test: setup
 	$(VENV)/l4emu hil build
 	L4EMU_HIL_SMOKE=1 $(VENV)/python -m pytest
+	$(MAKE) --no-print-directory test-direct
 
 # The violation and system suites with kernel-granted direct channels forced on every gate, then off
-# everywhere (docs/direct-channels.md); `make test` runs them as the image says.
+# everywhere (docs/direct-channels.md); the first `make test` run takes them as each image says.
 test-direct: setup
 	L4EMU_DIRECT=1 $(VENV)/python -m pytest -q -p no:cacheprovider tests/capability_violations tests/system
 	L4EMU_DIRECT=0 $(VENV)/python -m pytest -q -p no:cacheprovider tests/capability_violations tests/system
