@@ -64,9 +64,9 @@ from protocols.crypto import (
     Response,
     Status,
     Usage,
-    encode_response,
-    parse_request,
+    parse_sequenced_request,
     request_sequence,
+    response_parts,
 )
 
 from .backends import open_keystore
@@ -76,7 +76,28 @@ from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceE
 from .ratelimit import RateLimitConfig, TokenBucket
 from .replay_journal import ReplayJournal
 
-Result = tuple[Status, Response | None]
+
+class _Sealed:
+    """The AES_ENCRYPT answer as the cipher returned it: ``Nonce(12) | Ciphertext || Tag(16)`` is
+    exactly ``nonce`` then ``sealed`` (the wire bytes of ``AesEncryptResponse``, without
+    splitting and re-joining a 64 KiB ciphertext)."""
+
+    __slots__ = ("nonce", "sealed")
+
+    def __init__(self, nonce: bytes, sealed: bytes) -> None:
+        self.nonce, self.sealed = nonce, sealed
+
+    def payload_parts(self) -> list[bytes]:
+        return [self.nonce, self.sealed]
+
+    def to_payload(self) -> bytes:
+        return self.nonce + self.sealed
+
+    def response(self) -> AesEncryptResponse:
+        return AesEncryptResponse(self.nonce, self.sealed[:-TAG_SIZE], self.sealed[-TAG_SIZE:])
+
+
+Result = tuple[Status, "Response | _Sealed | None"]
 _LAST_ALLOCATED_ID = 0xFFFF_FFFE  # 0xFFFFFFFF can only be chosen explicitly
 
 
@@ -173,30 +194,35 @@ class CryptoService:
         (the shell passes the IPC badge; clients are capability holders, so
         the set is small and fixed). A request's sequence number, if it carries
         one, is echoed in the response."""
+        return b"".join(self.handle_parts(request, client=client))
+
+    def handle_parts(self, request: bytes | bytearray | memoryview, *, client: Hashable = 0) -> list[Any]:
+        """``handle`` with the response frame as buffers to write one after the other (header
+        first), so a large answer is written where it goes without a join."""
         seq = None
         try:
-            seq = request_sequence(request)
             bucket = self._buckets.get(client)
             now = self._clock()
             if bucket is None:
                 bucket = self._buckets[client] = TokenBucket(self.config.rate_limit, now)
             if not bucket.allow(now):
-                return encode_response(Status.RATE_LIMITED, seq=seq)
-            req = parse_request(request)
-            if isinstance(req, Status):
-                return encode_response(req, seq=seq)
-            if self._allowed is not None and req.TYPE not in self._allowed:
-                return encode_response(Status.POLICY_DENIED, seq=seq)
+                return response_parts(Status.RATE_LIMITED, seq=request_sequence(request))
+            seq, req = parse_sequenced_request(request)
+            if req.__class__ is Status:
+                return response_parts(req, seq=seq)  # type: ignore[arg-type]
+            rtype = req.TYPE  # type: ignore[union-attr]
+            if self._allowed is not None and rtype not in self._allowed:
+                return response_parts(Status.POLICY_DENIED, seq=seq)
             if self._store_error is not None and not self._reload(now):
-                return encode_response(Status.STORAGE_ERROR, seq=seq)
+                return response_parts(Status.STORAGE_ERROR, seq=seq)
             try:
-                status, body = self._handlers[req.TYPE](req)
+                status, body = self._handlers[rtype](req)
             except StoreError as exc:  # the device failed during an operation
                 self._unavailable(exc, now)
-                return encode_response(Status.STORAGE_ERROR, seq=seq)
-            return encode_response(status, body, seq=seq)
+                return response_parts(Status.STORAGE_ERROR, seq=seq)
+            return response_parts(status, body, seq=seq)
         except Exception:  # the one boundary: a bug must not kill the task
-            return encode_response(Status.INTERNAL_ERROR, seq=seq)
+            return response_parts(Status.INTERNAL_ERROR, seq=seq)
 
     # ------------------------------------------------------------------ the key store
 
@@ -374,8 +400,7 @@ class CryptoService:
                 return Status.STORAGE_ERROR, None
             seq.grant_lease(lease)
         nonce = seq.next_nonce()
-        sealed = key.aead().encrypt(nonce, req.plaintext, req.aad)
-        return Status.SUCCESS, AesEncryptResponse(nonce, sealed[:-TAG_SIZE], sealed[-TAG_SIZE:])
+        return Status.SUCCESS, _Sealed(nonce, key.aead().encrypt(nonce, req.plaintext, req.aad))
 
     def _aes_decrypt(self, req: Any) -> Result:
         key = self._key(req.key_id, (Family.AES,), Usage.DECRYPT)
