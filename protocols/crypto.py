@@ -571,23 +571,33 @@ def parse_response(
 _STATUS_OF: dict[int, Status] = {int(s): s for s in Status}
 
 
+_ANY = -1
+
+
 def parse_sequenced_response(
-    frame: bytes | bytearray | memoryview, request_type: RequestType
+    frame: bytes | bytearray | memoryview, request_type: RequestType, expect: int | None = _ANY
 ) -> tuple[int | None, Status | int, Response | None]:
-    """``parse_response`` and ``response_sequence`` in one pass: (echoed sequence number or
-    None, status, body). Every field is read from ``frame`` once (a shared buffer can change
-    under the reader: each byte field of the body is copied out as it is decoded)."""
+    """``response_sequence`` then ``parse_response`` in one pass: (echoed sequence number or
+    None, status, body). With ``expect`` (a sequence number, or None for a plain frame), a
+    response that echoes anything else is returned as ``(its sequence, -1, None)`` without
+    looking further (it answers another frame). Every field is read from ``frame`` once (a
+    shared buffer can change under the reader: each byte field of the body is copied out as
+    it is decoded)."""
     view = memoryview(frame)
     if view.format != "B":
         view = view.cast("B")
     n = len(view)
+    seq = None
+    if n >= HEADER_SIZE + _SEQUENCE.size and view[0] == RESPONSE_MAGIC and view[3] == FLAG_SEQUENCE:
+        (seq,) = _SEQUENCE.unpack_from(view, HEADER_SIZE)
+    if expect != _ANY and seq != expect:
+        return seq, -1, None
     if n < HEADER_SIZE:
         raise ResponseError("response shorter than its header")
     magic, version, raw_status, flags, length = _HEADER.unpack_from(view)
     head = HEADER_SIZE + (_SEQUENCE.size if flags == FLAG_SEQUENCE else 0)
     if magic != RESPONSE_MAGIC or version != VERSION or flags not in (0, FLAG_SEQUENCE) or n < head:
         raise ResponseError("bad response magic, version or flags")
-    seq = _SEQUENCE.unpack_from(view, HEADER_SIZE)[0] if head > HEADER_SIZE else None
     if n - head != length:
         raise ResponseError("response length field does not match the frame")
     status: Status | int = _STATUS_OF.get(raw_status, raw_status)

@@ -206,7 +206,7 @@ class CryptoClient:
             parts, size = request.frame_parts(seq)
             if size - _FRAME_HEAD > MAX_PAYLOAD:
                 return Status.PAYLOAD_TOO_LARGE, None
-            got, status, body = parse_sequenced_response(self._parts(parts, size), rtype)
+            got, status, body = parse_sequenced_response(self._parts(parts, size), rtype, seq)
             if got != seq:
                 mismatched += 1
                 if mismatched > MAX_MISMATCHED:
@@ -243,7 +243,7 @@ class CryptoClient:
             answers = self._many([requests[i].frame_parts(seq) for i, seq in zip(todo, seqs, strict=True)])
             again, limited = [], []
             for i, seq, answer in zip(todo, seqs, answers, strict=True):
-                got, status, body = parse_sequenced_response(answer, requests[i].TYPE)
+                got, status, body = parse_sequenced_response(answer, requests[i].TYPE, seq)
                 if got != seq:
                     again.append(i)
                 elif status == Status.RATE_LIMITED:
