@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crypto-rounds", type=int, default=50)
     parser.add_argument("--flood-rounds", type=int, default=2000)
     parser.add_argument("--flood-burst", type=int, default=32)
-    parser.add_argument("--only", choices=["ipc", "crypto", "flood", "keystore", "hil"], default=None)
+    parser.add_argument("--only", choices=["ipc", "crypto", "flood", "keystore", "hil", "paths"], default=None)
     parser.add_argument("--hil-runs", type=int, default=1, help="guest boots in the hil section")
     args = parser.parse_args(argv)
     from rich.console import Console
@@ -258,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_ipc(args)
     if args.only in (None, "crypto"):
         rows += bench_crypto(args)
+    if args.only in (None, "paths"):
+        from crypto_paths import bench_crypto_paths  # tests/bench/crypto_paths.py: the crypto fast paths
+        rows += bench_crypto_paths(args)
     if args.only in (None, "flood"):
         rows += bench_flood(args)
     if args.only in (None, "keystore"):
