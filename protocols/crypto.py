@@ -157,6 +157,10 @@ _Codec = Message
 class _Request(_Codec):
     __slots__ = ()
     TYPE: ClassVar[RequestType]
+    #: ``parse_request`` of an immutable ``bytes`` frame gives this type's variable byte fields as
+    #: read-only views into the frame (no copy of a 64 KiB plaintext); for the AES requests, whose
+    #: fields the service only reads during the one request
+    VIEWS: ClassVar[bool] = False
 
     def encode(self, seq: int | None = None) -> bytes:
         """The whole request frame: header (+ sequence number, if ``seq`` is given) + payload."""
@@ -201,6 +205,7 @@ def _response(*layout: _F) -> Callable[[type[_T]], type[_T]]:
 class AesEncryptRequest(_Request):
     """WvdS: KeyID u32 | AAD_Length u16 | AAD | Plaintext."""
 
+    VIEWS = True
     key_id: int
     aad: bytes
     plaintext: bytes
@@ -210,6 +215,7 @@ class AesEncryptRequest(_Request):
 class AesDecryptRequest(_Request):
     """KeyID u32 | AAD_Length u16 | AAD | Nonce(12) | Ciphertext | Tag(16)."""
 
+    VIEWS = True
     key_id: int
     aad: bytes
     nonce: bytes
@@ -371,6 +377,8 @@ def parse_sequenced_request(frame: bytes | bytearray | memoryview) -> tuple[int 
     if n - head != length:
         return seq, Status.INVALID_PAYLOAD
     try:
+        if frame.__class__ is bytes and cls.VIEWS:  # immutable: its byte fields can be views, not copies
+            return seq, cls.from_values(cls._layout.decode_views(view[head:]))
         return seq, cls.from_payload(view[head:])
     except ValueError:
         return seq, Status.INVALID_PAYLOAD

@@ -178,7 +178,7 @@ class CryptoClient:
         same = owner is not None and getattr(owner, "transact", None) == transact
         self._parts: Callable[[list[Any], int], Any] = (
             getattr(owner, "transact_parts", None) if same else None) or self._joined
-        self._many: Callable[[list[tuple[list[Any], int]]], list[Any]] | None = (
+        self._many: Callable[..., list[Any]] | None = (
             getattr(owner, "transact_many", None) if same else None)
 
     # ------------------------------------------------------------------ plumbing
@@ -231,19 +231,27 @@ class CryptoClient:
         if self._many is None:
             return [self.exchange(r) for r in requests]
         results: list[tuple[Status | int, Response | None] | None] = [None] * len(requests)
-        todo = []
-        for i, r in enumerate(requests):
-            if sum(len(part) for part in r.payload_parts()) > MAX_PAYLOAD:
-                results[i] = (Status.PAYLOAD_TOO_LARGE, None)
-            else:
-                todo.append(i)
+        todo = list(range(len(requests)))
         attempt = mismatched = 0
         while todo:
-            seqs = [self._next_seq() for _ in todo]
-            answers = self._many([requests[i].frame_parts(seq) for i, seq in zip(todo, seqs, strict=True)])
+            frames, batch, seqs = [], [], []
+            for i in todo:
+                seq = self._next_seq()
+                frame = requests[i].frame_parts(seq)
+                if frame[1] - _FRAME_HEAD > MAX_PAYLOAD:
+                    results[i] = (Status.PAYLOAD_TOO_LARGE, None)
+                    continue
+                frames.append(frame)
+                batch.append(i)
+                seqs.append(seq)
+            todo = batch
+
+            def read(k: int, view: memoryview) -> tuple[int | None, Status | int, Response | None]:
+                return parse_sequenced_response(view, requests[batch[k]].TYPE, seqs[k])  # noqa: B023
+
+            answers = self._many(frames, read) if frames else []
             again, limited = [], []
-            for i, seq, answer in zip(todo, seqs, answers, strict=True):
-                got, status, body = parse_sequenced_response(answer, requests[i].TYPE, seq)
+            for i, seq, (got, status, body) in zip(todo, seqs, answers, strict=True):
                 if got != seq:
                     again.append(i)
                 elif status == Status.RATE_LIMITED:
@@ -296,13 +304,14 @@ class CryptoClient:
         (one signal per ring-full) when the transport has one."""
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK_SIZE}")
-        view = memoryview(data).cast("B")
-        pieces = [bytes(view[i : i + chunk_size]) for i in range(0, len(view), chunk_size)] or [b""]
+        view = memoryview(data if data.__class__ is bytes else bytes(data))  # immutable: chunks are views
+        pieces = [view[i : i + chunk_size] for i in range(0, len(view), chunk_size)] or [view[0:0]]
         stream_id = self._rng(STREAM_ID_SIZE)
         count = len(pieces)
         digest = hashlib.sha256(aad).digest()
-        requests = [AesEncryptRequest(key_id, _chunk_aad(stream_id, i, count, digest), piece)
-                    for i, piece in enumerate(pieces)]
+        AesEncryptRequest(key_id, _chunk_aad(stream_id, 0, count, digest), b"")  # the checks, once
+        requests = [AesEncryptRequest.from_values((key_id, _chunk_aad(stream_id, i, count, digest), piece))
+                    for i, piece in enumerate(pieces)]  # views of the caller's bytes, not copies
         return ChunkedCiphertext(stream_id, tuple(self.call_many(requests)))  # type: ignore[arg-type]
 
     def decrypt_chunked(self, key_id: int, sealed: ChunkedCiphertext, aad: bytes = b"") -> bytes:

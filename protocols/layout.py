@@ -167,8 +167,13 @@ def _generate(name: str, lines: list[str], env: dict[str, Any]) -> Any:
     return namespace[name]
 
 
-def _as_bytes(value: Any) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+def _as_bytes(value: Any) -> Any:
+    """A byte field's value as a buffer to write: text encoded, byte buffers as they are (no copy)."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, memoryview):
+        return value if value.format == "B" and value.ndim == 1 else value.cast("B")
+    return value if isinstance(value, bytearray) else bytes(value)
 
 
 def _gen_encode_parts(fields: Sequence[Field]) -> Callable[[Sequence[Any]], list[Any]]:
@@ -217,11 +222,13 @@ def _gen_encode_parts(fields: Sequence[Field]) -> Callable[[Sequence[Any]], list
     return _generate("encode_parts", lines, env)  # type: ignore[no-any-return]
 
 
-def _gen_decode(fields: Sequence[Field], runs: list[_Run]) -> Callable[[Any], tuple[Any, ...]]:
+def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False) -> Callable[[Any], tuple[Any, ...]]:
     """``buffer -> raw visible values`` for a buffer holding exactly the layout; DecodeError if not.
 
     Runs of fixed-size fields (with the length prefixes and fixed byte fields) are one
-    ``unpack_from`` each; every length is checked against what is left before it is used."""
+    ``unpack_from`` each; every length is checked against what is left before it is used.
+    With ``views``, variable byte fields are slices of the buffer, not copies."""
+    copy = "" if views else "bytes"
     env: dict[str, Any] = {"_E": DecodeError, "_checked": Layout._checked}
     body = ["    n = len(d)", "    p = 0"]
     out: dict[int, str] = {}
@@ -273,13 +280,13 @@ def _gen_decode(fields: Sequence[Field], runs: list[_Run]) -> Callable[[Any], tu
             names.append(f"l{slot}")
             flush()
             body.append(f"    if n - p < l{slot}: raise _E('length prefix runs past the payload')")
-            body.append(f"    a{slot} = bytes(d[p:p + l{slot}])")
+            body.append(f"    a{slot} = {copy}(d[p:p + l{slot}])")
             body.append(f"    p += l{slot}")
         else:  # rest
             flush()
             tail = tails[pos]
             body.append(f"    if n - p < {tail}: raise _E('payload too short')")
-            body.append(f"    a{slot} = bytes(d[p:n - {tail}])")
+            body.append(f"    a{slot} = {copy}(d[p:n - {tail}])")
             body.append(f"    p = n - {tail}")
         out[slot] = f"a{slot}"
         slot += 1
@@ -352,6 +359,7 @@ class Layout:
         self.encode_parts: Callable[[Sequence[Any]], list[Any]] = _gen_encode_parts(self.fields)
         if self.struct is None:  # a variable layout: a generated decoder (fixed ones have their fast path)
             self._decode_var = _gen_decode(self.fields, [])
+            self._decode_views = _gen_decode(self.fields, [], views=True)
 
     # -- construction-time checks ---------------------------------------------------------
     @staticmethod
@@ -454,6 +462,14 @@ class Layout:
         if len(view) != self.struct.size:
             raise DecodeError(f"{len(view)} bytes, the layout has {self.struct.size}")
         return self._from_run(self.segments[0], self.struct.unpack_from(view))
+
+    def decode_views(self, data: memoryview) -> Sequence[Any]:
+        """``decode``, with variable byte fields as slices of ``data`` instead of copies: for a
+        byte view of an immutable ``bytes`` object (a private copy the views cannot outlive in
+        meaning), e.g. a request a service copied out of shared memory."""
+        if self.struct is None:
+            return self._decode_views(data)
+        return self.decode(data)
 
     def decode_generic(self, data: Buffer) -> Sequence[Any]:
         """The table-walking decoder the generated one follows (kept as its reference)."""

@@ -105,19 +105,22 @@ class ShmClient:
             raise ShmError("response larger than the shared response area", -Err.EMSGTOOLONG)
         return memoryview(m)[self.half:self.half + length]
 
-    def transact_many(self, frames: Sequence[tuple[Sequence[Any], int]]) -> list[bytes]:
-        """Many request frames (each as buffers and its size) -> their responses, in order.
+    def transact_many(self, frames: Sequence[tuple[Sequence[Any], int]],
+                      read: Callable[[int, memoryview], Any] = lambda _k, view: bytes(view)) -> list[Any]:
+        """Many request frames (each as buffers and its size) -> ``read(k, view of response k)``
+        for each, in order (the view is valid during the call only; the default copies it).
 
         Through the request ring: up to ``ring_slots`` frames per signal. A dataspace too small
         for one slot sends them one by one."""
         if self.ring_slots < 1:
-            return [bytes(self.transact_parts(parts, size)) for parts, size in frames]
-        out: list[bytes] = []
+            return [read(k, self.transact_parts(parts, size)) for k, (parts, size) in enumerate(frames)]
+        out: list[Any] = []
         for start in range(0, len(frames), self.ring_slots):
-            out += self._ring_pass(frames[start:start + self.ring_slots])
+            out += self._ring_pass(frames[start:start + self.ring_slots], read, start)
         return out
 
-    def _ring_pass(self, frames: Sequence[tuple[Sequence[Any], int]]) -> list[bytes]:
+    def _ring_pass(self, frames: Sequence[tuple[Sequence[Any], int]],
+                   read: Callable[[int, memoryview], Any] = lambda _k, view: bytes(view), base: int = 0) -> list[Any]:
         m = _map(self.region)
         count, first = self.ring_slots, self._ring_next
         header = shm_ring.RingHeader(count, first + len(frames), first)
@@ -137,10 +140,15 @@ class ShmClient:
         answered = reply.word(0) if reply.has_words(1) else 0
         if answered != len(frames):
             raise ShmError(f"request ring: {answered} of {len(frames)} requests answered", -Err.EIO)
-        try:
-            return [bytes(shm_ring.read_response(m, header.slot_offset(first + k))) for k in range(len(frames))]
-        except shm_ring.RingError as exc:
-            raise ShmError(f"request ring: {exc}", -Err.EMSGTOOLONG) from None
+        out = []
+        for k in range(len(frames)):
+            try:
+                view = shm_ring.read_response(m, header.slot_offset(first + k))
+            except shm_ring.RingError as exc:
+                raise ShmError(f"request ring: {exc}", -Err.EMSGTOOLONG) from None
+            with view:
+                out.append(read(base + k, view))
+        return out
 
 
 @dataclasses.dataclass
