@@ -403,8 +403,12 @@ class CryptoService:
                 return Status.STORAGE_ERROR, None
             seq.grant_lease(lease)
         nonce = seq.next_nonce()
+        aead = key.aead()
+        into = getattr(aead, "encrypt_into", None)  # a token's AEAD (HSM) has encrypt() only
+        if into is None:
+            return Status.SUCCESS, _Sealed(nonce, memoryview(aead.encrypt(nonce, req.plaintext, req.aad)))
         out = self._sealed[:len(req.plaintext) + TAG_SIZE]  # a reused buffer: no 64 KiB allocation per request
-        key.aead().encrypt_into(nonce, req.plaintext, req.aad, out)
+        into(nonce, req.plaintext, req.aad, out)
         return Status.SUCCESS, _Sealed(nonce, out)
 
     def _aes_decrypt(self, req: Any) -> Result:
