@@ -378,7 +378,7 @@ def parse_sequenced_request(frame: bytes | bytearray | memoryview) -> tuple[int 
         return seq, Status.INVALID_PAYLOAD
     try:
         if frame.__class__ is bytes and cls.VIEWS:  # immutable: its byte fields can be views, not copies
-            return seq, cls.from_values(cls._layout.decode_views(view[head:]))
+            return seq, cls.from_payload_views(view[head:])
         return seq, cls.from_payload(view[head:])
     except ValueError:
         return seq, Status.INVALID_PAYLOAD

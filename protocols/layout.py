@@ -176,9 +176,15 @@ def _as_bytes(value: Any) -> Any:
     return value if isinstance(value, bytearray) else bytes(value)
 
 
-def _gen_encode_parts(fields: Sequence[Field]) -> Callable[[Sequence[Any]], list[Any]]:
+def _gen_encode_parts(fields: Sequence[Field], names: Sequence[str] | None = None) -> Callable[[Any], list[Any]]:
     """``values -> [buffer, ...]``: fixed-size fields and length prefixes packed together,
-    byte fields as they are (bytes pass through, text is encoded, other buffers copied)."""
+    byte fields as they are (bytes pass through, text is encoded, other buffers copied).
+    With ``names``: ``message -> [buffer, ...]``, reading the attributes directly."""
+    arg = "v" if names is None else "self"
+
+    def value(slot: int) -> str:
+        return f"v[{slot}]" if names is None else f"self.{names[slot]}"
+
     env: dict[str, Any] = {"_as_bytes": _as_bytes}
     body: list[str] = []
     parts: list[str] = []
@@ -204,12 +210,12 @@ def _gen_encode_parts(fields: Sequence[Field]) -> Callable[[Sequence[Any]], list
                 args.append(repr(int(f.value)))
             elif f.raw is not None:
                 env[f"_raw{slot}"] = f.raw
-                args.append(f"_raw{slot}(v[{slot}])")
+                args.append(f"_raw{slot}({value(slot)})")
             else:
-                args.append(f"v[{slot}]")
+                args.append(value(slot))
             slot += 1 if f.value is None else 0
             continue
-        body.append(f"    b{slot} = v[{slot}]")
+        body.append(f"    b{slot} = {value(slot)}")
         body.append(f"    if b{slot}.__class__ is not bytes: b{slot} = _as_bytes(b{slot})")
         if f.kind in _VAR:
             fmt.append(_VAR[f.kind])
@@ -218,19 +224,24 @@ def _gen_encode_parts(fields: Sequence[Field]) -> Callable[[Sequence[Any]], list
         parts.append(f"b{slot}")
         slot += 1
     flush()
-    lines = ["def encode_parts(v):", *body, f"    return [{', '.join(parts)}]"]
+    lines = [f"def encode_parts({arg}):", *body, f"    return [{', '.join(parts)}]"]
     return _generate("encode_parts", lines, env)  # type: ignore[no-any-return]
 
 
-def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False) -> Callable[[Any], tuple[Any, ...]]:
+def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False,
+                build: tuple[type, Layout] | None = None) -> Callable[[Any], Any]:
     """``buffer -> raw visible values`` for a buffer holding exactly the layout; DecodeError if not.
 
     Runs of fixed-size fields (with the length prefixes and fixed byte fields) are one
     ``unpack_from`` each; every length is checked against what is left before it is used.
-    With ``views``, variable byte fields are slices of the buffer, not copies."""
+    With ``views``, variable byte fields are slices of the buffer, not copies. With ``build``
+    (a message class and its layout): ``buffer -> message``, decode and trusted construction
+    in one function (any buffer; not a byte view yet: made one)."""
     copy = "" if views else "bytes"
-    env: dict[str, Any] = {"_E": DecodeError, "_checked": Layout._checked}
+    env: dict[str, Any] = {"_E": DecodeError, "_checked": Layout._checked, "_view": _view}
     body = ["    n = len(d)", "    p = 0"]
+    if build is not None and not views:
+        body.insert(0, "    if d.__class__ is not bytes: d = _view(d)")
     out: dict[int, str] = {}
     specs: list[tuple[Field, int | None]] = []
     fmt: list[str] = []
@@ -292,6 +303,21 @@ def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False) 
         slot += 1
     flush()
     body.append("    if p != n: raise _E('trailing bytes after the payload')")
+    if build is not None:
+        cls, layout = build
+        env.update({"_new": object.__new__, "_cls": cls})
+        body.append("    o = _new(_cls)")
+        for i, (f, name, check) in enumerate(zip(layout.visible_specs, layout.names, layout._checks, strict=True)):
+            env[f"_d{i}"] = getattr(cls, name).__set__
+            if f.conv is not None or f.text is not None:
+                env[f"_c{i}"] = check
+                body.append("    try:")
+                body.append(f"        _d{i}(o, _c{i}({out[i]}))")
+                body.append("    except (ValueError, TypeError) as exc:")
+                body.append("        raise _E(str(exc)) from None")
+            else:
+                body.append(f"    _d{i}(o, {out[i]})")
+        return _generate("decode", ["def decode(d):", *body, "    return o"], env)
     values = ", ".join(out[i] for i in range(slot))
     lines = ["def decode(d):", *body, f"    return ({values}{',' if slot == 1 else ''})"]
     return _generate("decode", lines, env)  # type: ignore[no-any-return]
@@ -662,6 +688,11 @@ class Message:
         return cls.from_values(cls._layout.decode(data))
 
     @classmethod
+    def from_payload_views(cls: type[M], data: memoryview) -> M:
+        """``from_payload`` of a byte view of immutable bytes, variable byte fields as views."""
+        return cls.from_values(cls._layout.decode_views(data))
+
+    @classmethod
     def from_values(cls: type[M], values: Sequence[Any]) -> M:
         """Raw decoded values -> a checked message; ``DecodeError`` if a value is refused."""
         try:
@@ -738,9 +769,13 @@ def message(*specs: Field) -> Callable[[type[_T]], type[_T]]:
             cls._values = (lambda self: getter(self)) if len(names) > 1 else (lambda self: (getter(self),))
         else:
             cls._values = lambda self: ()
+        cls.payload_parts = _gen_encode_parts(specs, names)
         if cls.__post_init__ is Message.__post_init__:  # the table is the whole check: compile it
             cls.__post_init__ = _gen_post_init(cls, layout)
             cls.from_values = staticmethod(_gen_from_values(cls, layout))
+            if layout.struct is None:  # decode + trusted construction in one generated function
+                cls.from_payload = staticmethod(_gen_decode(specs, [], build=(cls, layout)))
+                cls.from_payload_views = staticmethod(_gen_decode(specs, [], views=True, build=(cls, layout)))
         return cls
 
     return wrap
