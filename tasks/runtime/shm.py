@@ -93,8 +93,14 @@ class ShmClient:
         (valid until the next request; copy what you keep)."""
         if size > self.half:
             raise ShmError("request larger than the shared request area", -Err.EMSGTOOLONG)
-        m = _map(self.region)
-        _write_parts(m, 0, parts)
+        m = self.region.map
+        if m is None:
+            raise PermissionError(f"region {self.region.address:#x} was revoked")
+        offset = 0
+        for part in parts:
+            n = len(part)
+            m[offset:offset + n] = part
+            offset += n
         reply = self.env.call(self.gate, SHM_PROTO, size, timeout_us=self.timeout_us)
         if not reply.ok:
             raise ShmError("shared-memory call", reply.error)
@@ -179,22 +185,38 @@ def handle_shm_call(peers: dict[int, ShmPeer], msg, handle: Callable[[ShmPeer, b
     if peer is None:
         return -int(Err.EPERM), ()
     length = msg.word(0) if msg.has_words(1) else 0
-    half = peer.half
+    region = peer.region
+    half = region.size // 2
     if length > half:
         return -int(Err.EMSGTOOLONG), ()
-    m = _map(peer.region)
+    m = region.map
+    if m is None:
+        raise PermissionError(f"region {region.address:#x} was revoked")
     request = m[0:length]  # the one copy the service works on (the client may change the area)
-    _clear(m, half, peer.last_response)  # the previous response is gone
-    _clear(m, 0, length)  # done with the request area
+    last, zeros = peer.last_response, len(_ZEROS)
+    if last <= zeros and length <= zeros:  # the previous response is gone; done with the request area
+        m[half:half + last] = _ZEROS[:last]
+        m[0:length] = _ZEROS[:length]
+    else:
+        _clear(m, half, last)
+        _clear(m, 0, length)
     response = handle(peer, request)
-    parts = (response,) if isinstance(response, (bytes, bytearray, memoryview)) else response
-    size = 0
-    for part in parts:
-        size += len(part)
+    if response.__class__ is bytes:
+        size = len(response)
+        parts: Sequence[Any] = (response,)
+    else:
+        parts = (response,) if isinstance(response, (bytearray, memoryview)) else response
+        size = 0
+        for part in parts:
+            size += len(part)
     if size > half:
         peer.last_response = 0
         return -int(Err.EMSGTOOLONG), ()
-    _write_parts(m, half, parts)
+    offset = half
+    for part in parts:
+        n = len(part)
+        m[offset:offset + n] = part
+        offset += n
     peer.last_response = size
     return 0, (size,)
 
