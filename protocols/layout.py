@@ -225,7 +225,7 @@ def _gen_encode_parts(fields: Sequence[Field], names: Sequence[str] | None = Non
         slot += 1
     flush()
     lines = [f"def encode_parts({arg}):", *body, f"    return [{', '.join(parts)}]"]
-    return _generate("encode_parts", lines, env)  # type: ignore[no-any-return]
+    return _generate("encode_parts", lines, env)
 
 
 def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False,
@@ -245,7 +245,7 @@ def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False,
     out: dict[int, str] = {}
     specs: list[tuple[Field, int | None]] = []
     fmt: list[str] = []
-    names: list[str] = []  # per struct slot: a value name, a prefix name or None (hidden)
+    names: list[str | None] = []  # per struct slot: a value name, a prefix name or None (hidden)
     tails = {}
     pos_of_rest = next((i for i, f in enumerate(fields) if f.kind == "rest"), None)
     if pos_of_rest is not None:
@@ -320,7 +320,7 @@ def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False,
         return _generate("decode", ["def decode(d):", *body, "    return o"], env)
     values = ", ".join(out[i] for i in range(slot))
     lines = ["def decode(d):", *body, f"    return ({values}{',' if slot == 1 else ''})"]
-    return _generate("decode", lines, env)  # type: ignore[no-any-return]
+    return _generate("decode", lines, env)
 
 
 class Layout:
@@ -728,7 +728,7 @@ def _gen_post_init(cls: type, layout: Layout) -> Callable[[Any], None]:
             continue
         body.append(f"    c = _c{i}(v)")
         body.append(f"    if c is not v: _set(self, {name!r}, c)")
-    return _generate("__post_init__", ["def __post_init__(self):", *(body or ["    pass"])], env)  # type: ignore[no-any-return]
+    return _generate("__post_init__", ["def __post_init__(self):", *(body or ["    pass"])], env)
 
 
 def _gen_from_values(cls: type, layout: Layout) -> Callable[[Sequence[Any]], Any]:
@@ -746,7 +746,7 @@ def _gen_from_values(cls: type, layout: Layout) -> Callable[[Sequence[Any]], Any
     body.append("    return o")
     lines = ["def from_values(v):", "  try:", *("  " + line for line in body),
              "  except (ValueError, TypeError) as exc:", "    raise _E(str(exc)) from None"]
-    return _generate("from_values", lines, env)  # type: ignore[no-any-return]
+    return _generate("from_values", lines, env)
 
 
 @dataclass_transform(frozen_default=True)
@@ -763,19 +763,20 @@ def message(*specs: Field) -> Callable[[type[_T]], type[_T]]:
         cls.LAYOUT = specs  # type: ignore[attr-defined]
         cls = dataclass(frozen=True, slots=True)(cls)
         names = [f.name for f in dataclass_fields(cls) if f.init]
-        layout = cls._layout = Layout(specs, names)  # type: ignore[attr-defined]
+        made: Any = cls
+        layout = made._layout = Layout(specs, names)
         if names:
             getter = operator.attrgetter(*names)
-            cls._values = (lambda self: getter(self)) if len(names) > 1 else (lambda self: (getter(self),))
+            made._values = (lambda self: getter(self)) if len(names) > 1 else (lambda self: (getter(self),))
         else:
-            cls._values = lambda self: ()
-        cls.payload_parts = _gen_encode_parts(specs, names)
-        if cls.__post_init__ is Message.__post_init__:  # the table is the whole check: compile it
-            cls.__post_init__ = _gen_post_init(cls, layout)
-            cls.from_values = staticmethod(_gen_from_values(cls, layout))
+            made._values = lambda self: ()
+        made.payload_parts = _gen_encode_parts(specs, names)
+        if made.__post_init__ is Message.__post_init__:  # the table is the whole check: compile it
+            made.__post_init__ = _gen_post_init(made, layout)
+            made.from_values = staticmethod(_gen_from_values(made, layout))
             if layout.struct is None:  # decode + trusted construction in one generated function
-                cls.from_payload = staticmethod(_gen_decode(specs, [], build=(cls, layout)))
-                cls.from_payload_views = staticmethod(_gen_decode(specs, [], views=True, build=(cls, layout)))
-        return cls
+                made.from_payload = staticmethod(_gen_decode(specs, [], build=(made, layout)))
+                made.from_payload_views = staticmethod(_gen_decode(specs, [], views=True, build=(made, layout)))
+        return made
 
     return wrap

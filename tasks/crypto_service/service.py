@@ -211,9 +211,9 @@ class CryptoService:
             if not bucket.allow(now):
                 return response_parts(Status.RATE_LIMITED, seq=request_sequence(request))
             seq, req = parse_sequenced_request(request)
-            if req.__class__ is Status:
-                return response_parts(req, seq=seq)  # type: ignore[arg-type]
-            rtype = req.TYPE  # type: ignore[union-attr]
+            if isinstance(req, Status):
+                return response_parts(req, seq=seq)
+            rtype = req.TYPE
             if self._allowed is not None and rtype not in self._allowed:
                 return response_parts(Status.POLICY_DENIED, seq=seq)
             if self._store_error is not None and not self._reload(now):
@@ -223,7 +223,7 @@ class CryptoService:
             except StoreError as exc:  # the device failed during an operation
                 self._unavailable(exc, now)
                 return response_parts(Status.STORAGE_ERROR, seq=seq)
-            return response_parts(status, body, seq=seq)
+            return response_parts(status, body, seq=seq)  # type: ignore[arg-type]  # _Sealed: an AesEncryptResponse's bytes
         except Exception:  # the one boundary: a bug must not kill the task
             return response_parts(Status.INTERNAL_ERROR, seq=seq)
 

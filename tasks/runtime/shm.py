@@ -200,10 +200,11 @@ def handle_shm_call(peers: dict[int, ShmPeer], msg, handle: Callable[[ShmPeer, b
     else:
         _clear(m, half, last)
         _clear(m, 0, length)
-    response = handle(peer, request)
+    response: Any = handle(peer, request)
+    parts: Sequence[Any]
     if response.__class__ is bytes:
         size = len(response)
-        parts: Sequence[Any] = (response,)
+        parts = (response,)
     else:
         parts = (response,) if isinstance(response, (bytearray, memoryview)) else response
         size = 0

@@ -107,7 +107,7 @@ def python_per_request(rounds: int) -> tuple[float, float]:
 
 
 def bench_crypto_paths(args: Any) -> list[tuple[str, str, str]]:
-    from run import _run_image  # tests/bench/run.py (on the path when run from there)
+    from run import _run_image  # type: ignore[import-not-found]  # tests/bench/run.py (on the path from there)
     rounds = max(5, args.crypto_rounds)
     ours, base, py = [], [], []
     for _ in range(args.repeats):  # interleaved: drift hits both alike

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "crypto"):
         rows += bench_crypto(args)
     if args.only in (None, "paths"):
-        from crypto_paths import bench_crypto_paths  # tests/bench/crypto_paths.py: the crypto fast paths
+        from crypto_paths import bench_crypto_paths  # type: ignore[import-not-found]  # tests/bench/crypto_paths.py
         rows += bench_crypto_paths(args)
     if args.only in (None, "flood"):
         rows += bench_flood(args)

@@ -170,7 +170,8 @@ class Sealed:
     tag: bytes
 
 
-_LAYOUTS = (Everything._layout, Sealed._layout, Layout((VAR8, U16, VAR32), ("a", "b", "c")), Layout((REST,), ("r",)))
+_LAYOUTS = (Everything._layout, Sealed._layout,  # type: ignore[attr-defined]
+            Layout((VAR8, U16, VAR32), ("a", "b", "c")), Layout((REST,), ("r",)))
 
 
 def _outcome(decode, raw):

@@ -32,7 +32,7 @@ class Wired:
 
     def __init__(self, slots: int = 4, config: dict | None = None, size: int | None = None):
         size = size or r.HEADER_SIZE + slots * r.SLOT_SIZE
-        self.region = Region(0x1000, size, True, bytearray(size))
+        self.region = Region(0x1000, size, True, bytearray(size))  # type: ignore[arg-type]  # a buffer like a mapping
         self.clock = FakeClock()
         self.service = CryptoService(config or {}, clock=self.clock)
         self.handled = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 from types import SimpleNamespace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,7 +26,7 @@ class Loop:
 
     def __init__(self, slots: int = 3, handle=None, ring: bool = True):
         size = r.HEADER_SIZE + slots * r.SLOT_SIZE
-        self.region = Region(0x1000, size, True, bytearray(size))
+        self.region = Region(0x1000, size, True, bytearray(size))  # type: ignore[arg-type]  # a buffer like a mapping
         self.seen: list[bytes] = []
         self.handle = handle or (lambda peer, frame: [b"re:", frame])
         self.peers = {LABEL: ShmPeer("c", LABEL, self.region)}
@@ -76,7 +77,8 @@ def test_a_server_without_the_ring_refuses_the_signal():
 def hostile(loop: Loop, **fields) -> tuple[int, tuple[int, ...]]:
     values = {"magic": r.MAGIC, "version": r.VERSION, "count": 3, "slot_size": r.SLOT_SIZE,
               "produced": 0, "consumed": 0, **fields}
-    struct.pack_into("<IHHIII", loop.region.map, 0, values["magic"], values["version"], values["count"],
+    buf: Any = loop.region.map
+    struct.pack_into("<IHHIII", buf, 0, values["magic"], values["version"], values["count"],
                      values["slot_size"], values["produced"], values["consumed"])
     return handle_ring_call(loop.peers, msg(RING_PROTO), loop._handle)
 
