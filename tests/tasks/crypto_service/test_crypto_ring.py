@@ -113,3 +113,26 @@ def test_a_small_dataspace_without_a_ring_slot_sends_one_by_one():
     sealed = w.client.encrypt_chunked(aes, bytes(300), chunk_size=100)
     assert w.client.decrypt_chunked(aes, sealed) == bytes(300)
     assert RING_PROTO not in w.signals
+
+
+def test_a_60_kib_request_allocates_no_transient_copies_of_its_payload():
+    """What one 60 KiB AES_ENCRYPT allocates, client + shared-memory steps + service (tracemalloc's
+    peak, warm): the service's private copy of the request and the ciphertext the caller keeps,
+    nothing else of that size (no joined frames, no slices of the plaintext or the sealed data,
+    no fresh output buffer, no zero buffers to clear the areas)."""
+    import tracemalloc
+
+    w = Wired(slots=2)
+    aes = w.client.generate_key(KeyType.AES_256).info.key_id
+    data = os.urandom(60 * 1024)
+    w.client.encrypt(aes, data)  # warm: the service's output buffer and nonce lease exist
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        sealed = w.client.encrypt(aes, data)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert len(sealed.ciphertext) == len(data)
+    assert peak < 2.5 * len(data), f"{peak} bytes allocated for a {len(data)}-byte request"
