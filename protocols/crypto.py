@@ -591,18 +591,19 @@ def parse_sequenced_response(
     looking further (it answers another frame). Every field is read from ``frame`` once (a
     shared buffer can change under the reader: each byte field of the body is copied out as
     it is decoded)."""
-    view = memoryview(frame)
-    if view.format != "B":
-        view = view.cast("B")
+    view = frame if frame.__class__ is memoryview and frame.format == "B" else memoryview(frame).cast("B")
     n = len(view)
     seq = None
-    if n >= HEADER_SIZE + _SEQUENCE.size and view[0] == RESPONSE_MAGIC and view[3] == FLAG_SEQUENCE:
-        (seq,) = _SEQUENCE.unpack_from(view, HEADER_SIZE)
+    if n >= HEADER_SIZE + _SEQUENCE.size:  # header and sequence number in one unpack
+        magic, version, raw_status, flags, length, seq = _HEAD_SEQ.unpack_from(view)
+        if magic != RESPONSE_MAGIC or flags != FLAG_SEQUENCE:
+            seq = None
+    elif n >= HEADER_SIZE:
+        magic, version, raw_status, flags, length = _HEADER.unpack_from(view)
     if expect != _ANY and seq != expect:
         return seq, -1, None
     if n < HEADER_SIZE:
         raise ResponseError("response shorter than its header")
-    magic, version, raw_status, flags, length = _HEADER.unpack_from(view)
     head = HEADER_SIZE + (_SEQUENCE.size if flags == FLAG_SEQUENCE else 0)
     if magic != RESPONSE_MAGIC or version != VERSION or flags not in (0, FLAG_SEQUENCE) or n < head:
         raise ResponseError("bad response magic, version or flags")

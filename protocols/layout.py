@@ -240,8 +240,9 @@ def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False,
     copy = "" if views else "bytes"
     env: dict[str, Any] = {"_E": DecodeError, "_checked": Layout._checked, "_view": _view}
     body = ["    n = len(d)", "    p = 0"]
-    if build is not None and not views:
-        body.insert(0, "    if d.__class__ is not bytes: d = _view(d)")
+    if build is not None and not views:  # bytes and flat byte views are sliced as they are
+        body.insert(0, "    if d.__class__ is not bytes and (d.__class__ is not memoryview or d.format != 'B'"
+                       " or d.ndim != 1): d = _view(d)")
     out: dict[int, str] = {}
     specs: list[tuple[Field, int | None]] = []
     fmt: list[str] = []
