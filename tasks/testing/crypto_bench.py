@@ -10,7 +10,7 @@ import json
 import os
 import time
 
-from protocols.crypto import KeyType
+from protocols.crypto import MAX_AAD_AND_PLAINTEXT, KeyType
 from protocols.crypto_client import CHUNK_SIZE, CryptoClient
 from tasks.runtime.shm import ShmClient
 
@@ -86,7 +86,7 @@ def main(env) -> int:
     aes = crypto.generate_key(KeyType.AES_256).info.key_id
     dsa = crypto.generate_key(KeyType.MLDSA_65).info.key_id
     kem = crypto.kem_keygen(KeyType.MLKEM_768).info.key_id
-    big = os.urandom(64 * 1024 - 28)  # the largest AES_ENCRYPT whose response fits 64 KiB
+    big = os.urandom(MAX_AAD_AND_PLAINTEXT)  # the largest AES_ENCRYPT (its decrypt request must fit 64 KiB too)
     small = os.urandom(16)
     result = {
         "aes64k_s": timed(lambda: crypto.encrypt(aes, big), rounds),
