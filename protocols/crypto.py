@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import ClassVar, TypeVar, dataclass_transform
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 from protocols.layout import Field, Layout, Message, message
 
@@ -53,6 +53,7 @@ _HEADER = struct.Struct("<BBBBI")
 #: plain WvdS frames (and get plain responses).
 FLAG_SEQUENCE = 0x80
 _SEQUENCE = struct.Struct("<I")
+_HEAD_SEQ = struct.Struct("<BBBBII")  #: header + sequence number in one go
 
 
 class RequestType(IntEnum):
@@ -156,14 +157,27 @@ _Codec = Message
 class _Request(_Codec):
     __slots__ = ()
     TYPE: ClassVar[RequestType]
+    #: ``parse_request`` of an immutable ``bytes`` frame gives this type's variable byte fields as
+    #: read-only views into the frame (no copy of a 64 KiB plaintext); for the AES requests, whose
+    #: fields the service only reads during the one request
+    VIEWS: ClassVar[bool] = False
 
     def encode(self, seq: int | None = None) -> bytes:
         """The whole request frame: header (+ sequence number, if ``seq`` is given) + payload."""
         payload = self.to_payload()
         if seq is None:
             return _HEADER.pack(REQUEST_MAGIC, VERSION, self.TYPE, 0, len(payload)) + payload
-        return _HEADER.pack(REQUEST_MAGIC, VERSION, self.TYPE, FLAG_SEQUENCE, len(payload)) \
-            + _SEQUENCE.pack(seq) + payload
+        return _HEAD_SEQ.pack(REQUEST_MAGIC, VERSION, self.TYPE, FLAG_SEQUENCE, len(payload), seq) + payload
+
+    def frame_parts(self, seq: int) -> tuple[list[Any], int]:
+        """The frame with sequence number ``seq`` as buffers to write one after the other
+        (header first; no join of a large payload), and its total size."""
+        parts = self.payload_parts()
+        size = 0
+        for part in parts:
+            size += len(part)
+        parts.insert(0, _HEAD_SEQ.pack(REQUEST_MAGIC, VERSION, self.TYPE, FLAG_SEQUENCE, size, seq))
+        return parts, size + _HEAD_SEQ.size
 
 
 @dataclass_transform(frozen_default=True)
@@ -191,6 +205,7 @@ def _response(*layout: _F) -> Callable[[type[_T]], type[_T]]:
 class AesEncryptRequest(_Request):
     """WvdS: KeyID u32 | AAD_Length u16 | AAD | Plaintext."""
 
+    VIEWS = True
     key_id: int
     aad: bytes
     plaintext: bytes
@@ -200,6 +215,7 @@ class AesEncryptRequest(_Request):
 class AesDecryptRequest(_Request):
     """KeyID u32 | AAD_Length u16 | AAD | Nonce(12) | Ciphertext | Tag(16)."""
 
+    VIEWS = True
     key_id: int
     aad: bytes
     nonce: bytes
@@ -331,27 +347,41 @@ def parse_request(frame: bytes | bytearray | memoryview) -> Request | Status:
 
     KEY_NOT_FOUND and everything after it need the key table: see service.py.
     """
+    return parse_sequenced_request(frame)[1]
+
+
+def parse_sequenced_request(frame: bytes | bytearray | memoryview) -> tuple[int | None, Request | Status]:
+    """``request_sequence`` and ``parse_request`` in one pass: (sequence number or None, request
+    or status). Never raises."""
     try:
-        view = memoryview(frame).cast("B")
+        view = memoryview(frame)
+        if view.format != "B" or view.ndim != 1:
+            view = view.cast("B")
     except TypeError:  # not a flat byte buffer
-        return Status.INVALID_HEADER
-    if len(view) < HEADER_SIZE:
-        return Status.INVALID_HEADER
+        return None, Status.INVALID_HEADER
+    n = len(view)
+    if n < HEADER_SIZE:
+        return None, Status.INVALID_HEADER
     magic, version, rtype, flags, length = _HEADER.unpack_from(view)
+    seq = None
+    if magic == REQUEST_MAGIC and flags == FLAG_SEQUENCE and n >= HEADER_SIZE + _SEQUENCE.size:
+        (seq,) = _SEQUENCE.unpack_from(view, HEADER_SIZE)
     head = HEADER_SIZE + (_SEQUENCE.size if flags == FLAG_SEQUENCE else 0)
-    if magic != REQUEST_MAGIC or version != VERSION or flags not in (0, FLAG_SEQUENCE) or len(view) < head:
-        return Status.INVALID_HEADER
+    if magic != REQUEST_MAGIC or version != VERSION or flags not in (0, FLAG_SEQUENCE) or n < head:
+        return seq, Status.INVALID_HEADER
     cls = REQUEST_CLASSES.get(rtype)
     if cls is None:
-        return Status.INVALID_TYPE
+        return seq, Status.INVALID_TYPE
     if length > MAX_PAYLOAD:
-        return Status.PAYLOAD_TOO_LARGE
-    if len(view) - head != length:
-        return Status.INVALID_PAYLOAD
+        return seq, Status.PAYLOAD_TOO_LARGE
+    if n - head != length:
+        return seq, Status.INVALID_PAYLOAD
     try:
-        return cls.from_payload(view[head:])
+        if frame.__class__ is bytes and cls.VIEWS:  # immutable: its byte fields can be views, not copies
+            return seq, cls.from_payload_views(view[head:])
+        return seq, cls.from_payload(view[head:])
     except ValueError:
-        return Status.INVALID_PAYLOAD
+        return seq, Status.INVALID_PAYLOAD
 
 
 # --------------------------------------------------------------------------- responses
@@ -513,10 +543,25 @@ def encode_response(status: Status, body: Response | None = None, seq: int | Non
 
     An error status always goes out with an empty payload; ``seq`` (the request's) is echoed.
     """
-    payload = body.to_payload() if (body is not None and status == Status.SUCCESS) else b""
+    return b"".join(response_parts(status, body, seq))
+
+
+def response_parts(status: Status, body: Response | None = None, seq: int | None = None) -> list[Any]:
+    """``encode_response`` as buffers to write one after the other (header first)."""
+    if body is None or status != Status.SUCCESS:
+        if seq is None:
+            return [_HEADER.pack(RESPONSE_MAGIC, VERSION, status, 0, 0)]
+        return [_HEAD_SEQ.pack(RESPONSE_MAGIC, VERSION, status, FLAG_SEQUENCE, 0, seq)]
+    get_parts = getattr(body, "payload_parts", None)
+    parts = get_parts() if get_parts is not None else [body.to_payload()]
+    size = 0
+    for part in parts:
+        size += len(part)
     if seq is None:
-        return _HEADER.pack(RESPONSE_MAGIC, VERSION, status, 0, len(payload)) + payload
-    return _HEADER.pack(RESPONSE_MAGIC, VERSION, status, FLAG_SEQUENCE, len(payload)) + _SEQUENCE.pack(seq) + payload
+        parts.insert(0, _HEADER.pack(RESPONSE_MAGIC, VERSION, status, 0, size))
+    else:
+        parts.insert(0, _HEAD_SEQ.pack(RESPONSE_MAGIC, VERSION, status, FLAG_SEQUENCE, size, seq))
+    return parts
 
 
 def parse_response(
@@ -527,22 +572,50 @@ def parse_response(
     The status comes back as a plain ``int`` if it is not a known ``Status``.
     Raises ResponseError for anything that is not a well-formed response.
     """
-    view = memoryview(frame).cast("B")
-    if len(view) < HEADER_SIZE:
+    _seq, status, body = parse_sequenced_response(frame, request_type)
+    return status, body
+
+
+_STATUS_OF: dict[int, Status] = {int(s): s for s in Status}
+
+
+_ANY = -1
+
+
+def parse_sequenced_response(
+    frame: bytes | bytearray | memoryview, request_type: RequestType, expect: int | None = _ANY
+) -> tuple[int | None, Status | int, Response | None]:
+    """``response_sequence`` then ``parse_response`` in one pass: (echoed sequence number or
+    None, status, body). With ``expect`` (a sequence number, or None for a plain frame), a
+    response that echoes anything else is returned as ``(its sequence, -1, None)`` without
+    looking further (it answers another frame). Every field is read from ``frame`` once (a
+    shared buffer can change under the reader: each byte field of the body is copied out as
+    it is decoded)."""
+    view = frame if frame.__class__ is memoryview and frame.format == "B" else memoryview(frame).cast("B")
+    n = len(view)
+    seq = None
+    if n >= HEADER_SIZE + _SEQUENCE.size:  # header and sequence number in one unpack
+        magic, version, raw_status, flags, length, seq = _HEAD_SEQ.unpack_from(view)
+        if magic != RESPONSE_MAGIC or flags != FLAG_SEQUENCE:
+            seq = None
+    elif n >= HEADER_SIZE:
+        magic, version, raw_status, flags, length = _HEADER.unpack_from(view)
+    if expect != _ANY and seq != expect:
+        return seq, -1, None
+    if n < HEADER_SIZE:
         raise ResponseError("response shorter than its header")
-    magic, version, raw_status, flags, length = _HEADER.unpack_from(view)
     head = HEADER_SIZE + (_SEQUENCE.size if flags == FLAG_SEQUENCE else 0)
-    if magic != RESPONSE_MAGIC or version != VERSION or flags not in (0, FLAG_SEQUENCE) or len(view) < head:
+    if magic != RESPONSE_MAGIC or version != VERSION or flags not in (0, FLAG_SEQUENCE) or n < head:
         raise ResponseError("bad response magic, version or flags")
-    if len(view) - head != length:
+    if n - head != length:
         raise ResponseError("response length field does not match the frame")
-    status: Status | int = Status(raw_status) if raw_status in Status._value2member_map_ else raw_status
+    status: Status | int = _STATUS_OF.get(raw_status, raw_status)
     if status != Status.SUCCESS:
         if length:
             raise ResponseError("error response with a payload")
-        return status, None
+        return seq, status, None
     try:
         body = RESPONSE_CLASSES[request_type].from_payload(view[head:])
     except ValueError as exc:
         raise ResponseError(f"malformed {request_type.name} response: {exc}") from exc
-    return status, body
+    return seq, status, body

@@ -36,8 +36,9 @@ import hashlib
 import os
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from protocols.crypto import (
     ALLOCATE_KEY_ID,
@@ -68,11 +69,11 @@ from protocols.crypto import (
     ResponseError,
     Status,
     Usage,
-    parse_response,
-    response_sequence,
+    parse_sequenced_response,
 )
 
 Transport = Callable[[bytes], bytes]
+_FRAME_HEAD = 12  #: header + sequence number
 
 CHUNK_SIZE = 60 * 1024
 CHUNK_AAD_PREFIX = b"chunk:"
@@ -112,12 +113,11 @@ class RetryPolicy:
 
 def chunk_aad(stream_id: bytes, index: int, count: int, aad: bytes) -> bytes:
     """The AAD bound to chunk ``index`` of ``count`` (see the module doc)."""
-    return (
-        CHUNK_AAD_PREFIX
-        + stream_id
-        + struct.pack("<II", index, count)
-        + hashlib.sha256(aad).digest()
-    )
+    return _chunk_aad(stream_id, index, count, hashlib.sha256(aad).digest())
+
+
+def _chunk_aad(stream_id: bytes, index: int, count: int, aad_digest: bytes) -> bytes:
+    return CHUNK_AAD_PREFIX + stream_id + struct.pack("<II", index, count) + aad_digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +168,27 @@ class CryptoClient:
         retry: RetryPolicy = RetryPolicy(),
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        """``transact``: frame -> response frame. When it is the ``transact`` method of an
+        object that also has ``transact_parts(parts, size)`` (write the frame's buffers where
+        they go, answer a view of the response) and ``transact_many(frames)`` (a request ring:
+        many frames, one signal), those are used instead (``tasks.runtime.shm.ShmClient``)."""
         self._transact, self._sleep, self._retry, self._rng = transact, sleep, retry, rng
         self._seq = int.from_bytes(rng(4), "little")  #: the last sequence number sent
+        owner = getattr(transact, "__self__", None)
+        same = owner is not None and getattr(owner, "transact", None) == transact
+        self._parts: Callable[[list[Any], int], Any] = (
+            getattr(owner, "transact_parts", None) if same else None) or self._joined
+        self._many: Callable[..., list[Any]] | None = (
+            getattr(owner, "transact_many", None) if same else None)
 
     # ------------------------------------------------------------------ plumbing
+
+    def _joined(self, parts: list[Any], size: int) -> bytes:
+        return self._transact(b"".join(parts))
+
+    def _next_seq(self) -> int:
+        self._seq = seq = (self._seq + 1) & 0xFFFF_FFFF
+        return seq
 
     def exchange(self, request: Request) -> tuple[Status | int, Response | None]:
         """Send one request, retrying on RATE_LIMITED per the policy.
@@ -182,27 +199,78 @@ class CryptoClient:
         on this frame then, so it is sent again, at most ``MAX_MISMATCHED`` times.
         Raises ResponseError for a malformed response frame (or too many mismatched ones).
         """
-        payload_size = len(request.to_payload())
-        if payload_size > MAX_PAYLOAD:
-            return Status.PAYLOAD_TOO_LARGE, None
-        delays = self._retry.delays()
         attempt = mismatched = 0
+        rtype = request.TYPE
         while True:
-            self._seq = (self._seq + 1) & 0xFFFF_FFFF
-            seq = self._seq
-            response = self._transact(request.encode(seq))
-            got = response_sequence(response)
+            seq = self._next_seq()
+            parts, size = request.frame_parts(seq)
+            if size - _FRAME_HEAD > MAX_PAYLOAD:
+                return Status.PAYLOAD_TOO_LARGE, None
+            got, status, body = parse_sequenced_response(self._parts(parts, size), rtype, seq)
             if got != seq:
                 mismatched += 1
                 if mismatched > MAX_MISMATCHED:
-                    raise ResponseError(f"{request.TYPE.name}: the response answers another request "
+                    raise ResponseError(f"{rtype.name}: the response answers another request "
                                         f"(sequence {got}, sent {seq})")
                 continue
-            status, body = parse_response(response, request.TYPE)
-            if status != Status.RATE_LIMITED or attempt >= len(delays):
+            if status != Status.RATE_LIMITED:
+                return status, body
+            delays = self._retry.delays()
+            if attempt >= len(delays):
                 return status, body
             self._sleep(delays[attempt])
             attempt += 1
+
+    def exchange_many(self, requests: Sequence[Request]) -> list[tuple[Status | int, Response | None]]:
+        """``exchange`` for many requests at once: through the transport's request ring when it
+        has one (every request queued, one signal per ring-full), one by one otherwise.
+
+        Same rules per request: exactly one answer each, in order; a response must echo its
+        request's sequence number (else the request is sent again, at most ``MAX_MISMATCHED``
+        times in all); RATE_LIMITED ones are sent again after the policy's delays."""
+        if self._many is None:
+            return [self.exchange(r) for r in requests]
+        results: list[tuple[Status | int, Response | None] | None] = [None] * len(requests)
+        todo = list(range(len(requests)))
+        attempt = mismatched = 0
+        while todo:
+            frames, batch, seqs = [], [], []
+            for i in todo:
+                seq = self._next_seq()
+                frame = requests[i].frame_parts(seq)
+                if frame[1] - _FRAME_HEAD > MAX_PAYLOAD:
+                    results[i] = (Status.PAYLOAD_TOO_LARGE, None)
+                    continue
+                frames.append(frame)
+                batch.append(i)
+                seqs.append(seq)
+            todo = batch
+
+            def read(k: int, view: memoryview) -> tuple[int | None, Status | int, Response | None]:
+                return parse_sequenced_response(view, requests[batch[k]].TYPE, seqs[k])  # noqa: B023
+
+            answers = self._many(frames, read) if frames else []
+            again, limited = [], []
+            for i, seq, (got, status, body) in zip(todo, seqs, answers, strict=True):
+                if got != seq:
+                    again.append(i)
+                elif status == Status.RATE_LIMITED:
+                    limited.append(i)
+                    results[i] = (status, body)
+                else:
+                    results[i] = (status, body)
+            if again:
+                mismatched += 1
+                if mismatched > MAX_MISMATCHED:
+                    raise ResponseError("the ring's responses answer other requests")
+            delays = self._retry.delays()
+            if limited and attempt < len(delays):
+                self._sleep(delays[attempt])
+                attempt += 1
+                todo = sorted(again + limited)
+            else:
+                todo = again
+        return results  # type: ignore[return-value]
 
     def call(self, request: Request) -> Response:
         status, body = self.exchange(request)
@@ -219,28 +287,49 @@ class CryptoClient:
     def decrypt(self, key_id: int, nonce: bytes, ciphertext: bytes, tag: bytes, aad: bytes = b"") -> bytes:
         return self.call(AesDecryptRequest(key_id, aad, nonce, ciphertext, tag)).plaintext  # type: ignore[union-attr]
 
+    def call_many(self, requests: Sequence[Request]) -> list[Response]:
+        """``call`` for many requests (through the request ring when the transport has one):
+        every body, in order, or CryptoServiceError for the first request that failed."""
+        out = []
+        for request, (status, body) in zip(requests, self.exchange_many(requests), strict=True):
+            if status != Status.SUCCESS or body is None:
+                raise CryptoServiceError(status, request.TYPE.name)
+            out.append(body)
+        return out
+
     def encrypt_chunked(
         self, key_id: int, data: bytes, aad: bytes = b"", chunk_size: int = CHUNK_SIZE
     ) -> ChunkedCiphertext:
+        """Chunk ``i`` of ``n`` sealed with ``chunk_aad``; all chunks queued on the request ring
+        (one signal per ring-full) when the transport has one."""
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError(f"chunk_size must be 1..{MAX_CHUNK_SIZE}")
-        pieces = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] or [b""]
+        view = memoryview(data if data.__class__ is bytes else bytes(data))  # immutable: chunks are views
+        pieces = [view[i : i + chunk_size] for i in range(0, len(view), chunk_size)] or [view[0:0]]
         stream_id = self._rng(STREAM_ID_SIZE)
         count = len(pieces)
-        chunks = tuple(
-            self.encrypt(key_id, piece, chunk_aad(stream_id, i, count, aad)) for i, piece in enumerate(pieces)
-        )
-        return ChunkedCiphertext(stream_id, chunks)
+        digest = hashlib.sha256(aad).digest()
+        AesEncryptRequest(key_id, _chunk_aad(stream_id, 0, count, digest), b"")  # the checks, once
+        requests = [AesEncryptRequest.from_values((key_id, _chunk_aad(stream_id, i, count, digest), piece))
+                    for i, piece in enumerate(pieces)]  # views of the caller's bytes, not copies
+        return ChunkedCiphertext(stream_id, tuple(self.call_many(requests)))  # type: ignore[arg-type]
 
     def decrypt_chunked(self, key_id: int, sealed: ChunkedCiphertext, aad: bytes = b"") -> bytes:
         """All chunks verify, in order and complete, or CryptoServiceError."""
         count = len(sealed.chunks)
         if count == 0:
             raise CryptoServiceError(Status.DECRYPTION_FAILED, "decrypt_chunked (no chunks)")
+        digest = hashlib.sha256(aad).digest()
+        requests = [AesDecryptRequest(key_id, _chunk_aad(sealed.stream_id, i, count, digest), c.nonce, c.ciphertext,
+                                      c.tag) for i, c in enumerate(sealed.chunks)]
+        results = self.exchange_many(requests)
+        failed = next(((r, s) for r, (s, _b) in zip(requests, results, strict=True) if s != Status.SUCCESS), None)
         out = bytearray()
         try:
-            for i, c in enumerate(sealed.chunks):
-                out += self.decrypt(key_id, c.nonce, c.ciphertext, c.tag, chunk_aad(sealed.stream_id, i, count, aad))
+            if failed is not None:
+                raise CryptoServiceError(failed[1], failed[0].TYPE.name)
+            for _status, body in results:
+                out += body.plaintext  # type: ignore[union-attr]
             return bytes(out)
         finally:
             out[:] = bytes(len(out))

@@ -21,6 +21,15 @@ checks derived from the one table, so a layout cannot be encoded one way and dec
 (the idol-file idea of Hubris). ``Tagged`` is ``u8 tag | payload`` with one layout per tag.
 Decoders are total: any bytes give a value or a
 ``DecodeError`` (a ``ValueError``), never another exception.
+
+Compiled once per layout: besides the fixed-record fast path, every layout gets
+generated straight-line Python for ``encode_parts`` (the wire bytes as a few buffers,
+e.g. ``[struct head, aad, plaintext]``, to be written where they go without a join) and
+``decode`` (one ``unpack_from`` per run of fixed-size fields, the length prefixes
+included), and every ``message`` class a generated construction check and a trusted
+``from_values`` (a decoded value already has its field's size and range; only its
+``conv``/``text`` still runs). Code generation is the technique of ``dataclasses``: the
+source is built from the layout table alone, never from data.
 """
 from __future__ import annotations
 
@@ -151,6 +160,170 @@ def _zero(f: Field) -> Any:
     return 0 if f.size in _PAD_CODE else bytes(f.size)
 
 
+# -- code generation (compiled once per layout; the source comes from the field table only) ----
+def _generate(name: str, lines: list[str], env: dict[str, Any]) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), f"<layout {name}>", "exec"), env, namespace)
+    return namespace[name]
+
+
+def _as_bytes(value: Any) -> Any:
+    """A byte field's value as a buffer to write: text encoded, byte buffers as they are (no copy)."""
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, memoryview):
+        return value if value.format == "B" and value.ndim == 1 else value.cast("B")
+    return value if isinstance(value, bytearray) else bytes(value)
+
+
+def _gen_encode_parts(fields: Sequence[Field], names: Sequence[str] | None = None) -> Callable[[Any], list[Any]]:
+    """``values -> [buffer, ...]``: fixed-size fields and length prefixes packed together,
+    byte fields as they are (bytes pass through, text is encoded, other buffers copied).
+    With ``names``: ``message -> [buffer, ...]``, reading the attributes directly."""
+    arg = "v" if names is None else "self"
+
+    def value(slot: int) -> str:
+        return f"v[{slot}]" if names is None else f"self.{names[slot]}"
+
+    env: dict[str, Any] = {"_as_bytes": _as_bytes}
+    body: list[str] = []
+    parts: list[str] = []
+    fmt: list[str] = []
+    args: list[str] = []
+
+    def flush() -> None:
+        if fmt:
+            st = f"_s{len(env)}"
+            env[st] = struct.Struct("<" + "".join(fmt)).pack
+            parts.append(f"{st}({', '.join(args)})")
+            fmt.clear()
+            args.clear()
+
+    slot = 0
+    for f in fields:
+        if f.kind == "pad":
+            fmt.append(f"{f.size}x")
+            continue
+        if f.kind in _INT:
+            fmt.append(_INT[f.kind])
+            if f.value is not None:
+                args.append(repr(int(f.value)))
+            elif f.raw is not None:
+                env[f"_raw{slot}"] = f.raw
+                args.append(f"_raw{slot}({value(slot)})")
+            else:
+                args.append(value(slot))
+            slot += 1 if f.value is None else 0
+            continue
+        body.append(f"    b{slot} = {value(slot)}")
+        body.append(f"    if b{slot}.__class__ is not bytes: b{slot} = _as_bytes(b{slot})")
+        if f.kind in _VAR:
+            fmt.append(_VAR[f.kind])
+            args.append(f"len(b{slot})")
+        flush()
+        parts.append(f"b{slot}")
+        slot += 1
+    flush()
+    lines = [f"def encode_parts({arg}):", *body, f"    return [{', '.join(parts)}]"]
+    return _generate("encode_parts", lines, env)
+
+
+def _gen_decode(fields: Sequence[Field], runs: list[_Run], views: bool = False,
+                build: tuple[type, Layout] | None = None) -> Callable[[Any], Any]:
+    """``buffer -> raw visible values`` for a buffer holding exactly the layout; DecodeError if not.
+
+    Runs of fixed-size fields (with the length prefixes and fixed byte fields) are one
+    ``unpack_from`` each; every length is checked against what is left before it is used.
+    With ``views``, variable byte fields are slices of the buffer, not copies. With ``build``
+    (a message class and its layout): ``buffer -> message``, decode and trusted construction
+    in one function (any buffer; not a byte view yet: made one)."""
+    copy = "" if views else "bytes"
+    env: dict[str, Any] = {"_E": DecodeError, "_checked": Layout._checked, "_view": _view}
+    body = ["    n = len(d)", "    p = 0"]
+    if build is not None and not views:  # bytes and flat byte views are sliced as they are
+        body.insert(0, "    if d.__class__ is not bytes and (d.__class__ is not memoryview or d.format != 'B'"
+                       " or d.ndim != 1): d = _view(d)")
+    out: dict[int, str] = {}
+    specs: list[tuple[Field, int | None]] = []
+    fmt: list[str] = []
+    names: list[str | None] = []  # per struct slot: a value name, a prefix name or None (hidden)
+    tails = {}
+    pos_of_rest = next((i for i, f in enumerate(fields) if f.kind == "rest"), None)
+    if pos_of_rest is not None:
+        tails[pos_of_rest] = sum(struct.calcsize("<" + (g.struct_code or "")) for g in fields[pos_of_rest + 1:])
+
+    def flush() -> None:
+        if not fmt:
+            return
+        k = len(runs)
+        run = _Run(specs[:])
+        runs.append(run)
+        st = struct.Struct("<" + "".join(fmt))
+        env[f"_u{k}"] = st.unpack_from
+        env[f"_r{k}"] = run
+        body.append(f"    if n - p < {st.size}: raise _E('payload too short')")
+        body.append(f"    r = _u{k}(d, p)")
+        body.append(f"    p += {st.size}")
+        if run.checks:
+            hidden = ", ".join(f"r[{i}]" for i, _f in run.checks)
+            env[f"_x{k}"] = run.expected
+            body.append(f"    if ({hidden},) != _x{k}: _checked(_r{k}, r)")
+        for i, nm in enumerate(names):
+            if nm is not None:
+                body.append(f"    {nm} = r[{i}]")
+        fmt.clear()
+        names.clear()
+        specs.clear()
+
+    slot = 0
+    for pos, f in enumerate(fields):
+        visible = f.visible
+        if f.struct_code is not None:  # an integer, a constant, padding, fixed(n)
+            fmt.append(f.struct_code)
+            specs.append((f, slot if visible else None))
+            names.append(f"a{slot}" if visible else None)
+            if visible:
+                out[slot] = f"a{slot}"
+                slot += 1
+            continue
+        if f.kind in _VAR:
+            fmt.append(_VAR[f.kind])
+            specs.append((Field(f.kind.replace("var", "u")), slot))
+            names.append(f"l{slot}")
+            flush()
+            body.append(f"    if n - p < l{slot}: raise _E('length prefix runs past the payload')")
+            body.append(f"    a{slot} = {copy}(d[p:p + l{slot}])")
+            body.append(f"    p += l{slot}")
+        else:  # rest
+            flush()
+            tail = tails[pos]
+            body.append(f"    if n - p < {tail}: raise _E('payload too short')")
+            body.append(f"    a{slot} = {copy}(d[p:n - {tail}])")
+            body.append(f"    p = n - {tail}")
+        out[slot] = f"a{slot}"
+        slot += 1
+    flush()
+    body.append("    if p != n: raise _E('trailing bytes after the payload')")
+    if build is not None:
+        cls, layout = build
+        env.update({"_new": object.__new__, "_cls": cls})
+        body.append("    o = _new(_cls)")
+        for i, (f, name, check) in enumerate(zip(layout.visible_specs, layout.names, layout._checks, strict=True)):
+            env[f"_d{i}"] = getattr(cls, name).__set__
+            if f.conv is not None or f.text is not None:
+                env[f"_c{i}"] = check
+                body.append("    try:")
+                body.append(f"        _d{i}(o, _c{i}({out[i]}))")
+                body.append("    except (ValueError, TypeError) as exc:")
+                body.append("        raise _E(str(exc)) from None")
+            else:
+                body.append(f"    _d{i}(o, {out[i]})")
+        return _generate("decode", ["def decode(d):", *body, "    return o"], env)
+    values = ", ".join(out[i] for i in range(slot))
+    lines = ["def decode(d):", *body, f"    return ({values}{',' if slot == 1 else ''})"]
+    return _generate("decode", lines, env)
+
+
 class Layout:
     """A compiled field table: ``encode(values)``, ``decode(data)``, ``check(values)``.
 
@@ -209,6 +382,11 @@ class Layout:
                 self.pack = self._pack  # type: ignore[method-assign]  # the bound fast path, no wrapper
             self.unpack_from = self._compile_unpack(only)  # type: ignore[method-assign]
         self._checks = tuple(self._checker(f, n) for f, n in zip(visible, self.names, strict=True))
+        #: the wire bytes of ``values`` as a list of buffers (generated; see ``_gen_encode_parts``)
+        self.encode_parts: Callable[[Sequence[Any]], list[Any]] = _gen_encode_parts(self.fields)
+        if self.struct is None:  # a variable layout: a generated decoder (fixed ones have their fast path)
+            self._decode_var = _gen_decode(self.fields, [])
+            self._decode_views = _gen_decode(self.fields, [], views=True)
 
     # -- construction-time checks ---------------------------------------------------------
     @staticmethod
@@ -255,6 +433,11 @@ class Layout:
 
     # -- encode -----------------------------------------------------------------------------
     def encode(self, values: Sequence[Any]) -> bytes:
+        parts = self.encode_parts(values)
+        return parts[0] if len(parts) == 1 and parts[0].__class__ is bytes else b"".join(parts)
+
+    def encode_generic(self, values: Sequence[Any]) -> bytes:
+        """The table-walking encoder ``encode_parts`` was generated from (kept as its reference)."""
         out = []
         specs = self.visible_specs
         for seg in self.segments:
@@ -300,11 +483,24 @@ class Layout:
     # -- decode -----------------------------------------------------------------------------
     def decode(self, data: Buffer) -> Sequence[Any]:
         """Raw visible values of a buffer that holds exactly this layout; DecodeError if not."""
+        if self.struct is None:  # generated; bytes are sliced as they are, anything else as a byte view
+            return self._decode_var(data if data.__class__ is bytes else _view(data))
+        view = _view(data)  # one fixed-size record: the fast path
+        if len(view) != self.struct.size:
+            raise DecodeError(f"{len(view)} bytes, the layout has {self.struct.size}")
+        return self._from_run(self.segments[0], self.struct.unpack_from(view))
+
+    def decode_views(self, data: memoryview) -> Sequence[Any]:
+        """``decode``, with variable byte fields as slices of ``data`` instead of copies: for a
+        byte view of an immutable ``bytes`` object (a private copy the views cannot outlive in
+        meaning), e.g. a request a service copied out of shared memory."""
+        if self.struct is None:
+            return self._decode_views(data)
+        return self.decode(data)
+
+    def decode_generic(self, data: Buffer) -> Sequence[Any]:
+        """The table-walking decoder the generated one follows (kept as its reference)."""
         view = _view(data)
-        if self.struct is not None:  # one fixed-size record: the fast path
-            if len(view) != self.struct.size:
-                raise DecodeError(f"{len(view)} bytes, the layout has {self.struct.size}")
-            return self._from_run(self.segments[0], self.struct.unpack_from(view))
         values, pos = self.decode_from(view, 0)
         if pos != len(view):
             raise DecodeError("trailing bytes after the payload")
@@ -478,12 +674,24 @@ class Message:
                 object.__setattr__(self, name, checked)
 
     def to_payload(self) -> bytes:
-        return self._layout.encode([getattr(self, name) for name in self._layout.names])
+        return self._layout.encode(self._values())
+
+    def payload_parts(self) -> list[Any]:
+        """The payload as a few buffers (fixed-size fields packed, byte fields as they are)."""
+        return self._layout.encode_parts(self._values())
+
+    def _values(self) -> tuple[Any, ...]:  # replaced per class by an attrgetter
+        return tuple(getattr(self, name) for name in self._layout.names)
 
     @classmethod
     def from_payload(cls: type[M], data: Buffer) -> M:
         """Decode; ``DecodeError`` on any layout violation."""
         return cls.from_values(cls._layout.decode(data))
+
+    @classmethod
+    def from_payload_views(cls: type[M], data: memoryview) -> M:
+        """``from_payload`` of a byte view of immutable bytes, variable byte fields as views."""
+        return cls.from_values(cls._layout.decode_views(data))
 
     @classmethod
     def from_values(cls: type[M], values: Sequence[Any]) -> M:
@@ -492,6 +700,54 @@ class Message:
             return cls(*values)
         except (ValueError, TypeError) as exc:  # an unknown enum value, text that is not UTF-8
             raise DecodeError(str(exc)) from None
+
+
+def _gen_post_init(cls: type, layout: Layout) -> Callable[[Any], None]:
+    """The construction check: the common case (an ``int`` in range, ``bytes`` of a fitting
+    size) inline; anything else goes through the field's checker, which converts or refuses."""
+    env: dict[str, Any] = {"_set": object.__setattr__}
+    body: list[str] = []
+    for i, (f, name, check) in enumerate(zip(layout.visible_specs, layout.names, layout._checks, strict=True)):
+        env[f"_c{i}"] = check
+        body.append(f"    v = self.{name}")
+        if f.kind in _INT and f.conv is None and f.raw is None:
+            lo, hi = _int_range(f.kind)
+            body.append(f"    if v.__class__ is not int or not {lo} <= v < {hi}:")
+            body.append(f"        c = _c{i}(v)")
+            body.append(f"        _set(self, {name!r}, int(c))")
+            continue
+        if f.kind in _BYTES and f.text is None:
+            if f.kind == "fixed":
+                fits = f"len(v) == {f.size}"
+            elif f.kind in _VAR:
+                fits = f"len(v) < {1 << (8 * struct.calcsize(_VAR[f.kind]))}"
+            else:
+                fits = "True"
+            body.append(f"    if v.__class__ is not bytes or not {fits}:")
+            body.append(f"        c = _c{i}(v)")
+            body.append(f"        if c is not v: _set(self, {name!r}, c)")
+            continue
+        body.append(f"    c = _c{i}(v)")
+        body.append(f"    if c is not v: _set(self, {name!r}, c)")
+    return _generate("__post_init__", ["def __post_init__(self):", *(body or ["    pass"])], env)
+
+
+def _gen_from_values(cls: type, layout: Layout) -> Callable[[Sequence[Any]], Any]:
+    """Trusted construction from decoded values: sizes and ranges already hold (the decoder
+    checked them); only ``conv`` (enums, flag checks) and ``text`` still run."""
+    env: dict[str, Any] = {"_new": object.__new__, "_cls": cls, "_E": DecodeError}
+    body = ["    o = _new(_cls)"]
+    for i, (f, name, check) in enumerate(zip(layout.visible_specs, layout.names, layout._checks, strict=True)):
+        env[f"_d{i}"] = getattr(cls, name).__set__
+        if f.conv is not None or f.text is not None:
+            env[f"_c{i}"] = check
+            body.append(f"    _d{i}(o, _c{i}(v[{i}]))")
+        else:
+            body.append(f"    _d{i}(o, v[{i}])")
+    body.append("    return o")
+    lines = ["def from_values(v):", "  try:", *("  " + line for line in body),
+             "  except (ValueError, TypeError) as exc:", "    raise _E(str(exc)) from None"]
+    return _generate("from_values", lines, env)
 
 
 @dataclass_transform(frozen_default=True)
@@ -508,7 +764,20 @@ def message(*specs: Field) -> Callable[[type[_T]], type[_T]]:
         cls.LAYOUT = specs  # type: ignore[attr-defined]
         cls = dataclass(frozen=True, slots=True)(cls)
         names = [f.name for f in dataclass_fields(cls) if f.init]
-        cls._layout = Layout(specs, names)  # type: ignore[attr-defined]
-        return cls
+        made: Any = cls
+        layout = made._layout = Layout(specs, names)
+        if names:
+            getter = operator.attrgetter(*names)
+            made._values = (lambda self: getter(self)) if len(names) > 1 else (lambda self: (getter(self),))
+        else:
+            made._values = lambda self: ()
+        made.payload_parts = _gen_encode_parts(specs, names)
+        if made.__post_init__ is Message.__post_init__:  # the table is the whole check: compile it
+            made.__post_init__ = _gen_post_init(made, layout)
+            made.from_values = staticmethod(_gen_from_values(made, layout))
+            if layout.struct is None:  # decode + trusted construction in one generated function
+                made.from_payload = staticmethod(_gen_decode(specs, [], build=(made, layout)))
+                made.from_payload_views = staticmethod(_gen_decode(specs, [], views=True, build=(made, layout)))
+        return made
 
     return wrap

@@ -304,7 +304,8 @@ class Key:
         return self._public_bytes
 
     def permits(self, usage: Usage) -> bool:
-        return (self.usage & usage) == usage
+        wanted = int(usage)  # plain ints: IntFlag's & runs Python-level enum code on every request
+        return (int(self.usage) & wanted) == wanted
 
     def info(self) -> KeyInfo:
         flags = KeyFlags.HAS_SECRET if self.has_secret else KeyFlags(0)

@@ -64,9 +64,9 @@ from protocols.crypto import (
     Response,
     Status,
     Usage,
-    encode_response,
-    parse_request,
+    parse_sequenced_request,
     request_sequence,
+    response_parts,
 )
 
 from .backends import open_keystore
@@ -76,7 +76,28 @@ from .nonces import DEFAULT_FP_RATE, DEFAULT_LEASE_BLOCK, DEFAULT_WINDOW, NonceE
 from .ratelimit import RateLimitConfig, TokenBucket
 from .replay_journal import ReplayJournal
 
-Result = tuple[Status, Response | None]
+
+class _Sealed:
+    """The AES_ENCRYPT answer as the cipher returned it: ``Nonce(12) | Ciphertext || Tag(16)`` is
+    exactly ``nonce`` then ``sealed`` (the wire bytes of ``AesEncryptResponse``, without
+    splitting and re-joining a 64 KiB ciphertext)."""
+
+    __slots__ = ("nonce", "sealed")
+
+    def __init__(self, nonce: bytes, sealed: memoryview) -> None:
+        self.nonce, self.sealed = nonce, sealed
+
+    def payload_parts(self) -> list[Any]:
+        return [self.nonce, self.sealed]
+
+    def to_payload(self) -> bytes:
+        return self.nonce + bytes(self.sealed)
+
+    def response(self) -> AesEncryptResponse:
+        return AesEncryptResponse(self.nonce, bytes(self.sealed[:-TAG_SIZE]), bytes(self.sealed[-TAG_SIZE:]))
+
+
+Result = tuple[Status, "Response | _Sealed | None"]
 _LAST_ALLOCATED_ID = 0xFFFF_FFFE  # 0xFFFFFFFF can only be chosen explicitly
 
 
@@ -149,6 +170,8 @@ class CryptoService:
             if path is not None and self.config.replay_journal else None
         self._store_error: StoreError | None = None
         self._retry_at = 0
+        #: AES_ENCRYPT output, reused: valid until the next request (``handle_parts``' contract)
+        self._sealed = memoryview(bytearray(MAX_PLAINTEXT + TAG_SIZE))
         self._load()
         self._handlers: dict[RequestType, Callable[[Any], Result]] = {
             RequestType.AES_ENCRYPT: self._aes_encrypt,
@@ -173,30 +196,36 @@ class CryptoService:
         (the shell passes the IPC badge; clients are capability holders, so
         the set is small and fixed). A request's sequence number, if it carries
         one, is echoed in the response."""
+        return b"".join(self.handle_parts(request, client=client))
+
+    def handle_parts(self, request: bytes | bytearray | memoryview, *, client: Hashable = 0) -> list[Any]:
+        """``handle`` with the response frame as buffers to write one after the other (header
+        first), so a large answer is written where it goes without a join. The buffers are
+        valid until the next request (the service reuses its output buffer)."""
         seq = None
         try:
-            seq = request_sequence(request)
             bucket = self._buckets.get(client)
             now = self._clock()
             if bucket is None:
                 bucket = self._buckets[client] = TokenBucket(self.config.rate_limit, now)
             if not bucket.allow(now):
-                return encode_response(Status.RATE_LIMITED, seq=seq)
-            req = parse_request(request)
+                return response_parts(Status.RATE_LIMITED, seq=request_sequence(request))
+            seq, req = parse_sequenced_request(request)
             if isinstance(req, Status):
-                return encode_response(req, seq=seq)
-            if self._allowed is not None and req.TYPE not in self._allowed:
-                return encode_response(Status.POLICY_DENIED, seq=seq)
+                return response_parts(req, seq=seq)
+            rtype = req.TYPE
+            if self._allowed is not None and rtype not in self._allowed:
+                return response_parts(Status.POLICY_DENIED, seq=seq)
             if self._store_error is not None and not self._reload(now):
-                return encode_response(Status.STORAGE_ERROR, seq=seq)
+                return response_parts(Status.STORAGE_ERROR, seq=seq)
             try:
-                status, body = self._handlers[req.TYPE](req)
+                status, body = self._handlers[rtype](req)
             except StoreError as exc:  # the device failed during an operation
                 self._unavailable(exc, now)
-                return encode_response(Status.STORAGE_ERROR, seq=seq)
-            return encode_response(status, body, seq=seq)
+                return response_parts(Status.STORAGE_ERROR, seq=seq)
+            return response_parts(status, body, seq=seq)  # type: ignore[arg-type]  # _Sealed: an AesEncryptResponse's bytes
         except Exception:  # the one boundary: a bug must not kill the task
-            return encode_response(Status.INTERNAL_ERROR, seq=seq)
+            return response_parts(Status.INTERNAL_ERROR, seq=seq)
 
     # ------------------------------------------------------------------ the key store
 
@@ -374,8 +403,13 @@ class CryptoService:
                 return Status.STORAGE_ERROR, None
             seq.grant_lease(lease)
         nonce = seq.next_nonce()
-        sealed = key.aead().encrypt(nonce, req.plaintext, req.aad)
-        return Status.SUCCESS, AesEncryptResponse(nonce, sealed[:-TAG_SIZE], sealed[-TAG_SIZE:])
+        aead = key.aead()
+        into = getattr(aead, "encrypt_into", None)  # a token's AEAD (HSM) has encrypt() only
+        if into is None:
+            return Status.SUCCESS, _Sealed(nonce, memoryview(aead.encrypt(nonce, req.plaintext, req.aad)))
+        out = self._sealed[:len(req.plaintext) + TAG_SIZE]  # a reused buffer: no 64 KiB allocation per request
+        into(nonce, req.plaintext, req.aad, out)
+        return Status.SUCCESS, _Sealed(nonce, out)
 
     def _aes_decrypt(self, req: Any) -> Result:
         key = self._key(req.key_id, (Family.AES,), Usage.DECRYPT)
@@ -387,7 +421,7 @@ class CryptoService:
         if window.seen(req.nonce):
             return Status.NONCE_REUSE, None
         try:
-            plaintext = key.aead().decrypt(req.nonce, req.ciphertext + req.tag, req.aad)
+            plaintext = key.aead().decrypt(req.nonce, b"".join((req.ciphertext, req.tag)), req.aad)
         except InvalidTag:
             return Status.DECRYPTION_FAILED, None
         if self._journal is not None:  # durable before any plaintext leaves

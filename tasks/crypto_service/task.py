@@ -133,5 +133,5 @@ def main(env) -> int:
     peers = bind_peers(env, {name: {"gate": spec["gate"], "shm": spec["shm"]} for name, spec in clients.items()})
     backend = cfg.get("storage", {}).get("backend", "memory")
     env.log(f"serving {', '.join(sorted(clients))}, each with its own key namespace ({backend} key storage)")
-    serve(env, shm_calls(peers, lambda peer, request: services[peer.name].handle(request)))
+    serve(env, shm_calls(peers, lambda peer, request: services[peer.name].handle_parts(request), ring=True))
     return 0

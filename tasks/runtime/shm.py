@@ -11,18 +11,32 @@ reply. The dataspace is split in two halves::
 
 Reply status: >= 0 success; -L4_EMSGTOOLONG when a length does not fit its
 area; -L4_EPERM when the server has no shared dataspace for this client.
+
+The request ring (``protocols.shm_ring``, opt-in per server: ``shm_calls(..., ring=True)``)
+uses the same dataspace differently: many requests in slots, one signal (``RING_PROTO``),
+every one answered in place. Reply: >= 0 with MR[0] = requests answered; -L4_EINVAL when the
+ring header does not hold (nothing is answered). Both paths write into and read from the
+mapping directly (``pack_into``/slice assignment; no transient copies of a whole area).
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kernel_model.abi import Err, IpcError
+from protocols import shm_ring
 from tasks.runtime.memory import Region
 from tasks.runtime.serve import Reply
 
 SHM_PROTO = 0x4100  #: user-level protocol: "shared-memory call"
+RING_PROTO = shm_ring.RING_PROTO  #: user-level protocol: "the request ring has work"
+_ZEROS = memoryview(bytes(shm_ring.SLOT_SIZE * 2))  # the areas are cleared from this (no allocation)
+_LEN = struct.Struct("<I")
+
+#: A response: one buffer, or buffers written one after the other (no join)
+Response = bytes | Sequence[Any]
 
 
 class ShmError(Exception):
@@ -36,19 +50,58 @@ class ShmError(Exception):
         return self.error == IpcError.ENOT_EXISTENT
 
 
+def _map(region: Region) -> Any:
+    m = region.map
+    if m is None:
+        raise PermissionError(f"region {region.address:#x} was revoked")
+    return m
+
+
+def _write_parts(m: Any, offset: int, parts: Sequence[Any]) -> None:
+    for part in parts:
+        n = len(part)
+        m[offset:offset + n] = part
+        offset += n
+
+
+def _clear(m: Any, offset: int, length: int) -> None:
+    while length > 0:
+        n = min(length, len(_ZEROS))
+        m[offset:offset + n] = _ZEROS[:n]
+        offset, length = offset + n, length - n
+
+
 class ShmClient:
-    """The client side: ``transact(request) -> response`` (blocking, one at a time)."""
+    """The client side: ``transact(request) -> response`` (blocking, one at a time).
+
+    ``transact_parts`` writes a frame given as buffers straight into the request area and
+    answers a view of the response area; ``transact_many`` queues frames on the request ring
+    (one signal per ring-full) when the server has one (else one call each)."""
 
     def __init__(self, env, gate: int, shm: int, *, timeout_us: int | None = None):
         self.env, self.gate, self.timeout_us = env, gate, timeout_us
         self.region = env.map_dataspace(shm, writable=True)
         self.half = self.region.size // 2
+        self.ring_slots = shm_ring.slots_that_fit(self.region.size)
+        self._ring_next = 0  #: the ring index of the next request (free-running)
 
     def transact(self, request: bytes) -> bytes:
-        if len(request) > self.half:
+        return bytes(self.transact_parts((request,), len(request)))
+
+    def transact_parts(self, parts: Sequence[Any], size: int) -> memoryview:
+        """One request frame given as buffers (``size`` bytes in all) -> a view of the response
+        (valid until the next request; copy what you keep)."""
+        if size > self.half:
             raise ShmError("request larger than the shared request area", -Err.EMSGTOOLONG)
-        self.region.write(0, request)
-        reply = self.env.call(self.gate, SHM_PROTO, len(request), timeout_us=self.timeout_us)
+        m = self.region.map
+        if m is None:
+            raise PermissionError(f"region {self.region.address:#x} was revoked")
+        offset = 0
+        for part in parts:
+            n = len(part)
+            m[offset:offset + n] = part
+            offset += n
+        reply = self.env.call(self.gate, SHM_PROTO, size, timeout_us=self.timeout_us)
         if not reply.ok:
             raise ShmError("shared-memory call", reply.error)
         if reply.status < 0:
@@ -56,7 +109,52 @@ class ShmClient:
         length = reply.word(0)
         if length > self.half:
             raise ShmError("response larger than the shared response area", -Err.EMSGTOOLONG)
-        return self.region.read(self.half, length)
+        return memoryview(m)[self.half:self.half + length]
+
+    def transact_many(self, frames: Sequence[tuple[Sequence[Any], int]],
+                      read: Callable[[int, memoryview], Any] = lambda _k, view: bytes(view)) -> list[Any]:
+        """Many request frames (each as buffers and its size) -> ``read(k, view of response k)``
+        for each, in order (the view is valid during the call only; the default copies it).
+
+        Through the request ring: up to ``ring_slots`` frames per signal. A dataspace too small
+        for one slot sends them one by one."""
+        if self.ring_slots < 1:
+            return [read(k, self.transact_parts(parts, size)) for k, (parts, size) in enumerate(frames)]
+        out: list[Any] = []
+        for start in range(0, len(frames), self.ring_slots):
+            out += self._ring_pass(frames[start:start + self.ring_slots], read, start)
+        return out
+
+    def _ring_pass(self, frames: Sequence[tuple[Sequence[Any], int]],
+                   read: Callable[[int, memoryview], Any] = lambda _k, view: bytes(view), base: int = 0) -> list[Any]:
+        m = _map(self.region)
+        count, first = self.ring_slots, self._ring_next
+        header = shm_ring.RingHeader(count, first + len(frames), first)
+        for k, (parts, size) in enumerate(frames):
+            if size > shm_ring.SLOT_SIZE - _LEN.size:
+                raise ShmError("request larger than a ring slot", -Err.EMSGTOOLONG)
+            offset = header.slot_offset(first + k)
+            _LEN.pack_into(m, offset, size)
+            _write_parts(m, offset + _LEN.size, parts)
+        shm_ring.write_header(m, count, header.produced, first)
+        reply = self.env.call(self.gate, RING_PROTO, timeout_us=self.timeout_us)
+        if not reply.ok:
+            raise ShmError("request ring", reply.error)
+        if reply.status < 0:
+            raise ShmError("request ring", reply.status)
+        self._ring_next = header.produced & 0xFFFF_FFFF
+        answered = reply.word(0) if reply.has_words(1) else 0
+        if answered != len(frames):
+            raise ShmError(f"request ring: {answered} of {len(frames)} requests answered", -Err.EIO)
+        out = []
+        for k in range(len(frames)):
+            try:
+                view = shm_ring.read_response(m, header.slot_offset(first + k))
+            except shm_ring.RingError as exc:
+                raise ShmError(f"request ring: {exc}", -Err.EMSGTOOLONG) from None
+            with view:
+                out.append(read(base + k, view))
+        return out
 
 
 @dataclasses.dataclass
@@ -73,13 +171,13 @@ class ShmPeer:
         return self.region.size // 2
 
 
-def handle_shm_call(peers: dict[int, ShmPeer], msg, handle: Callable[[ShmPeer, bytes], bytes]
+def handle_shm_call(peers: dict[int, ShmPeer], msg, handle: Callable[[ShmPeer, bytes], Response]
                     ) -> tuple[int, tuple[int, ...]]:
     """One shared-memory call -> the reply (status, words).
 
-    The request is read and its area zeroed, the previous response is zeroed,
-    ``handle`` runs and its response is written. ``handle`` must not raise: its
-    errors are part of its response bytes.
+    The request is copied out and its area zeroed, the previous response is zeroed,
+    ``handle`` runs and its response (bytes, or buffers to write one after the other) is
+    written. ``handle`` must not raise: its errors are part of its response bytes.
     """
     if msg.proto != SHM_PROTO:
         return -int(Err.EBADPROTO), ()
@@ -87,30 +185,86 @@ def handle_shm_call(peers: dict[int, ShmPeer], msg, handle: Callable[[ShmPeer, b
     if peer is None:
         return -int(Err.EPERM), ()
     length = msg.word(0) if msg.has_words(1) else 0
-    if length > peer.half:
+    region = peer.region
+    half = region.size // 2
+    if length > half:
         return -int(Err.EMSGTOOLONG), ()
-    request = peer.region.read(0, length)
-    peer.region.write(peer.half, bytes(peer.last_response))  # the previous response is gone
-    peer.region.write(0, bytes(length))  # done with the request area
-    response = handle(peer, request)
-    if len(response) > peer.half:
+    m = region.map
+    if m is None:
+        raise PermissionError(f"region {region.address:#x} was revoked")
+    request = m[0:length]  # the one copy the service works on (the client may change the area)
+    last, zeros = peer.last_response, len(_ZEROS)
+    if last <= zeros and length <= zeros:  # the previous response is gone; done with the request area
+        m[half:half + last] = _ZEROS[:last]
+        m[0:length] = _ZEROS[:length]
+    else:
+        _clear(m, half, last)
+        _clear(m, 0, length)
+    response: Any = handle(peer, request)
+    parts: Sequence[Any]
+    if response.__class__ is bytes:
+        size = len(response)
+        parts = (response,)
+    else:
+        parts = (response,) if isinstance(response, (bytearray, memoryview)) else response
+        size = 0
+        for part in parts:
+            size += len(part)
+    if size > half:
         peer.last_response = 0
         return -int(Err.EMSGTOOLONG), ()
-    peer.region.write(peer.half, response)
-    peer.last_response = len(response)
-    return 0, (len(response),)
+    offset = half
+    for part in parts:
+        n = len(part)
+        m[offset:offset + n] = part
+        offset += n
+    peer.last_response = size
+    return 0, (size,)
 
 
-def shm_calls(peers: dict[int, ShmPeer], handle: Callable[[ShmPeer, bytes], bytes],
-              other: Callable[[Any], Reply | None] | None = None) -> Callable[[Any], Reply | None]:
+def handle_ring_call(peers: dict[int, ShmPeer], msg, handle: Callable[[ShmPeer, bytes], Response]
+                     ) -> tuple[int, tuple[int, ...]]:
+    """One signal of the request ring -> the reply (status, (requests answered,)).
+
+    Every request in [consumed, produced) is copied out of its slot, handed to ``handle`` and
+    answered in the same slot (exactly one response each, in order); ``consumed`` moves past
+    each as it is answered. A header that does not hold is -L4_EINVAL, with nothing answered.
+    """
+    peer = peers.get(msg.label & ~3)
+    if peer is None:
+        return -int(Err.EPERM), ()
+    m = _map(peer.region)
+    try:
+        header = shm_ring.read_header(m, peer.region.size)
+    except shm_ring.RingError:
+        return -int(Err.EINVAL), ()
+    peer.last_response = 0  # the ring has overwritten the areas
+    for k in range(header.pending):
+        index = header.consumed + k
+        request = shm_ring.read_request(m, header, index)
+        response = handle(peer, request)
+        parts = (response,) if isinstance(response, (bytes, bytearray, memoryview)) else response
+        shm_ring.write_frame(m, header.slot_offset(index), parts)
+        shm_ring.set_consumed(m, index + 1)
+    return 0, (header.pending,)
+
+
+def shm_calls(peers: dict[int, ShmPeer], handle: Callable[[ShmPeer, bytes], Response],
+              other: Callable[[Any], Reply | None] | None = None, *, ring: bool = False
+              ) -> Callable[[Any], Reply | None]:
     """The ``serve`` handler of a shared-memory service: ``serve(env, shm_calls(peers, handle))``.
 
-    ``peers`` maps gate label -> peer. Messages that are not shared-memory calls go to
-    ``other`` (its None: no reply); without ``other`` they are answered with -L4_EBADPROTO.
+    ``peers`` maps gate label -> peer. With ``ring``, ``RING_PROTO`` signals are served from
+    the request ring. Messages that are not shared-memory calls go to ``other`` (its None: no
+    reply); without ``other`` they are answered with -L4_EBADPROTO.
     """
 
     def on_message(msg: Any) -> Reply | None:
-        if msg.proto != SHM_PROTO and other is not None:
+        proto = msg.proto
+        if ring and proto == RING_PROTO:
+            status, words = handle_ring_call(peers, msg, handle)
+            return Reply(status, words)
+        if proto != SHM_PROTO and other is not None:
             return other(msg)
         status, words = handle_shm_call(peers, msg, handle)
         return Reply(status, words)

@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crypto-rounds", type=int, default=50)
     parser.add_argument("--flood-rounds", type=int, default=2000)
     parser.add_argument("--flood-burst", type=int, default=32)
-    parser.add_argument("--only", choices=["ipc", "kernel", "direct", "crypto", "flood", "keystore", "boot", "hil"],
-                        default=None)
+    parser.add_argument("--only", default=None,
+                        choices=["ipc", "kernel", "direct", "crypto", "paths", "flood", "keystore", "boot", "hil"])
     parser.add_argument("--hil-runs", type=int, default=1, help="guest boots in the hil section")
     args = parser.parse_args(argv)
     from rich.console import Console
@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += bench_direct(args)
     if args.only in (None, "crypto"):
         rows += bench_crypto(args)
+    if args.only in (None, "paths"):
+        from tests.bench.crypto_paths import bench_crypto_paths  # 16 B ops/s, the ring, PQC next to in-process
+        rows += bench_crypto_paths(args)
     if args.only in (None, "flood"):
         rows += bench_flood(args)
     if args.only in (None, "keystore"):
