@@ -29,10 +29,15 @@ class DirectChannels:
         self.ends: dict[int, socket.socket] = {}  #: handle -> the host's dup of the server end
         self.by_task: dict[int, set[int]] = {}  #: task id -> handles it is part of
         self.drained = 0  #: frames discarded by cuts (written by a client, never read by its server)
+        self.refused = 0  #: channels not made (no socket pair to be had): those calls stay on the kernel path
         self.handed: dict[int, set[int]] = {}  #: task id -> socket inodes of every end handed to it (tests: H2)
 
     def open(self, eff: DirectOpen, send: SendFrame) -> None:
-        client_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            client_end, server_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:  # the kernel process is out of fds (or memory): the calls stay on the kernel path
+            self.refused += 1
+            return
         try:
             ok = send(eff.server, DirectEnd(DIRECT_SERVER, eff.handle, eff.label).encode(), [server_end.fileno()])
             ok = ok and send(eff.client, DirectEnd(DIRECT_CLIENT, eff.handle, eff.selector).encode(),

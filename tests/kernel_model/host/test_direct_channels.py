@@ -62,3 +62,17 @@ def test_the_suite_switch():
     assert (env_mode(None), env_mode(""), env_mode("0"), env_mode("1")) == (None, None, 0, 2)
     with pytest.raises(ValueError):
         env_mode("yes")
+
+
+def test_a_kernel_out_of_fds_keeps_the_calls_on_the_kernel_path(monkeypatch):
+    """Channels cost the kernel process one fd each: running out is no exception in the kernel."""
+    def no_fds(*_args):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(socket, "socketpair", no_fds)
+    host = DirectChannels()
+    sent: list[Task] = []
+    host.open(DirectOpen(7, Task(name="client"), 0x5000, Task(name="server"), 0x14),
+              lambda task, frame, fds: bool(sent.append(task)) or True)
+    assert not host.ends and not sent and host.refused == 1
+    host.cut(7)  # the kernel's record of it is cut later: nothing to do, nothing raised
