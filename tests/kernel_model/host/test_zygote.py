@@ -187,7 +187,7 @@ def test_the_template_imports_no_task_program():
     from kernel_model.host.zygote import programs
     from tasks.runtime.zygote import trusted
 
-    wanted = programs(load_image(PROJECT_ROOT / "images" / "wvds.yaml").image)
+    wanted = programs(load_image(PROJECT_ROOT / "images" / "hello.yaml").image)
     assert "roottasks.moe" in wanted and "cryptography.x509" in wanted
     assert not [m for m in wanted if m.startswith("tasks.")]
     assert not trusted("tasks.oem_gateway.task") and not trusted("tasks.testing.adversary")
