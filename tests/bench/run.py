@@ -247,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["ipc", "kernel", "direct", "crypto", "paths", "flood", "keystore", "boot", "hil"])
     parser.add_argument("--hil-runs", type=int, default=1, help="guest boots in the hil section")
     args = parser.parse_args(argv)
+    from hil.est_ca.authority import EstCa
+    EstCa(ROOT / "var" / "est-ca")  # wvds boots with the dev CA's trust anchor as a module: made as `make boot` does
     from rich.console import Console
     from rich.table import Table
     table = Table(title=f"l4emu benchmarks ({os.cpu_count()} CPUs; reproduce: make bench)")
