@@ -51,9 +51,12 @@ def servers(sup: Supervisor) -> set[str]:
 
 
 def serving(sup: Supervisor) -> set[str]:
-    """Tasks with a thread in an open wait now (their server loop's receive)."""
+    """Tasks with a thread in an open wait now (their server loop's receive), or serving a direct channel
+    (docs/direct-channels.md: such a server waits in user space, the kernel sees it running)."""
+    directs = sup.kernel.directs
     return {t.name for t in sup.kernel.tasks.values() if t.alive and any(
-        th.state is ThreadState.RECEIVING and th.recv_from is None for th in t.threads)}
+        (th.state is ThreadState.RECEIVING and th.recv_from is None) or directs.serves_directly(th)
+        for th in t.threads)}
 
 
 def descendants(pid: int) -> list[int]:
