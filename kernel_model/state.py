@@ -56,27 +56,13 @@ class KernelState:
 
     @property
     def ipc_by_task(self) -> dict[str, int]:
-        """IPCs made per task name (every incarnation of a name together); counted per task object on the
-        hot path and named here, when someone asks."""
-        out: dict[str, int] = {}
-        for task, n in self._ipcs.items():
-            name = task.describe()
-            out[name] = out.get(name, 0) + n
-        return out
+        """IPCs made per task name (every incarnation of a name together)."""
+        return _by_name(self._ipcs)
 
     @property
     def served_by_task(self) -> dict[str, int]:
-        """Messages delivered to each task (by name) by a sender or an IRQ: what the live view shows as
-        served; counted per task object on the hot path."""
-        out: dict[str, int] = {}
-        for task, n in self._served.items():
-            name = task.describe()
-            out[name] = out.get(name, 0) + n
-        return out
-
-    def count_ipc(self, task: Task, n: int = 1) -> None:
-        self.ipc_count += n
-        self._ipcs[task] = self._ipcs.get(task, 0) + n
+        """Messages delivered to each task name by a sender or an IRQ: what the live view shows as served."""
+        return _by_name(self._served)
 
     def lookup(self, task: Task, selector: int) -> ObjectCap[Any] | None:
         if selector & 0x800:  # L4_INVALID_CAP_BIT
@@ -115,3 +101,12 @@ class KernelState:
 
     def _take(self) -> list[Effect]:
         raise NotImplementedError
+
+
+def _by_name(counts: dict[Task, int]) -> dict[str, int]:
+    """Counts kept per task object on the hot path, named only when someone asks (incarnations summed)."""
+    out: dict[str, int] = {}
+    for task, n in counts.items():
+        name = task.describe()
+        out[name] = out.get(name, 0) + n
+    return out
