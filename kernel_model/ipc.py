@@ -11,7 +11,6 @@ from kernel_model.abi import (
     INVALID_CAP,
     KERNEL_LABEL,
     TIMEOUT_ABSOLUTE,
-    TIMEOUT_NEVER,
     IpcError,
     IpcFlags,
     MsgTag,
@@ -109,8 +108,7 @@ class IpcPaths(KernelState):
     def send_to(self, sender: Thread, target: Thread | None, gate: IpcGate | None, label: int, via_s: bool) -> None:
         inv = sender.inv
         assert inv is not None  # a thread in a send phase is in a syscall
-        half = inv.timeout >> 16
-        send_to = None if half == TIMEOUT_NEVER else timeout_to_us(half)
+        send_to = timeout_to_us(inv.timeout >> 16)
         sender.send_label = label
         sender.send_via_s = via_s
         if target is None:  # unbound gate: wait until bound or the send timeout expires
@@ -167,8 +165,7 @@ class IpcPaths(KernelState):
                 self._direct_open(sender, receiver, inv)  # kernel_model.direct: before the message is delivered
             receiver.reply_to = sender
             sender.generation += 1
-            half = inv.timeout & 0xFFFF
-            self._block(sender, ThreadState.RECEIVING, receiver, None if half == TIMEOUT_NEVER else timeout_to_us(half))
+            self._block(sender, ThreadState.RECEIVING, receiver, timeout_to_us(inv.timeout & 0xFFFF))
             if sender.deadline is not None and sender.deadline <= self.now:
                 self._complete(sender, Result(error=IpcError.RETIMEOUT))
                 receiver.reply_to = None
@@ -207,8 +204,7 @@ class IpcPaths(KernelState):
     def _receive(self, thread: Thread, inv: Invocation) -> None:
         if self.directs.rung:
             self.directs.rung.discard(thread)  # its doorbell rings again for the next message
-        half = inv.timeout & 0xFFFF
-        recv_to = None if half == TIMEOUT_NEVER else timeout_to_us(half)
+        recv_to = timeout_to_us(inv.timeout & 0xFFFF)
         if inv.flags & _OPEN_WAIT or inv.flags & _REPLY:
             if thread.asyncs:
                 self._deliver_async(thread, thread.asyncs.popleft())
