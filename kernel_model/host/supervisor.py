@@ -21,7 +21,6 @@ import selectors
 import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Protocol, runtime_checkable
 
 from capabilities.image import TaskDecl
 from capabilities.mapdb import Kind
-from kernel_model.abi import CHANNEL_FD, MAX_FRAME
+from kernel_model.abi import MAX_FRAME
 from kernel_model.bootrecord import FAULT_MAGIC, BootRecord, ConfinementPolicy
 from kernel_model.direct import DirectMode
 from kernel_model.events import (
@@ -52,7 +51,7 @@ from kernel_model.host.direct_channels import DirectChannels, env_mode
 from kernel_model.host.images import PROJECT_ROOT, LoadedImage
 from kernel_model.host.scheduler import FairScheduler
 from kernel_model.host.workdir_watch import WorkdirWatch
-from kernel_model.host.zygote import TASK_ENV, Zygote, ZygoteError
+from kernel_model.host.zygote import Zygote, ZygoteError, spawn_like_a_task
 from kernel_model.host.zygote import programs as zygote_programs
 from kernel_model.host.zygote import shared as shared_zygote
 from kernel_model.host.zygote import wanted as zygote_wanted
@@ -513,14 +512,7 @@ class Supervisor:
                 parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             if pid is None:
-                actions = [
-                    (os.POSIX_SPAWN_DUP2, devnull, 0),
-                    (os.POSIX_SPAWN_DUP2, devnull, 1),
-                    (os.POSIX_SPAWN_DUP2, devnull, 2),
-                    (os.POSIX_SPAWN_DUP2, child_sock.fileno(), CHANNEL_FD),
-                ]
-                pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "tasks.runtime.bootstrap"],
-                                     TASK_ENV, file_actions=actions, setsid=True)
+                pid = spawn_like_a_task("tasks.runtime.bootstrap", child_sock.fileno(), devnull)
         finally:
             child_sock.close()
             os.close(devnull)

@@ -60,17 +60,23 @@ def _subreaper(on: bool) -> None:
                 _libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
+def spawn_like_a_task(module: str, channel: int, devnull: int) -> int:
+    """``python -I -m module`` as every task process starts: ``channel`` on fd 3 (``CHANNEL_FD``), ``devnull``
+    on fds 0-2, the task environment (``TASK_ENV``), a session of its own. Returns the pid."""
+    actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
+               (os.POSIX_SPAWN_DUP2, devnull, 2), (os.POSIX_SPAWN_DUP2, channel, CHANNEL_FD)]
+    return os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", module], TASK_ENV,
+                          file_actions=actions, setsid=True)
+
+
 class Zygote:
     """One template process. ``fork(channel)`` -> the pid of a new task process (this process's child)."""
 
     def __init__(self, preload: list[str] = ()):  # type: ignore[assignment]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        actions = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, devnull, 1),
-                   (os.POSIX_SPAWN_DUP2, devnull, 2), (os.POSIX_SPAWN_DUP2, theirs.fileno(), CHANNEL_FD)]
         try:
-            self.pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", TEMPLATE], TASK_ENV,
-                                      file_actions=actions, setsid=True)
+            self.pid = spawn_like_a_task(TEMPLATE, theirs.fileno(), devnull)
         except OSError as exc:
             raise ZygoteError(f"cannot start the template: {exc}") from None
         finally:
