@@ -9,7 +9,6 @@ program asks (``Msg.check()``).
 from __future__ import annotations
 
 import dataclasses
-import socket
 import struct
 import time
 from collections.abc import Iterable
@@ -43,8 +42,6 @@ from tasks.runtime.memory import Region, RegionManager
 
 _CALL, _REPLY, _RECV, _WAIT = int(IpcFlags.CALL), int(IpcFlags.REPLY), int(IpcFlags.RECV), int(IpcFlags.WAIT)
 _REPLY_AND_WAIT = int(IpcFlags.REPLY_AND_WAIT)
-_pack_reply = struct.Struct("<qHH").pack  # tasks.runtime.direct's reply header
-_DONTWAIT = socket.MSG_DONTWAIT
 
 
 class MissingCapability(KeyError):
@@ -189,16 +186,7 @@ class Env:
             elif flags == _REPLY_AND_WAIT and direct.reply_end is not None and not items and not direct.pending \
                     and recv_timeout_us is None and len(data) <= MR_BYTES:  # the server's hot path
                 owed, direct.reply_end = direct.reply_end, None
-                try:
-                    owed.sock.send(_pack_reply(proto, len(data) >> 3, 0) + data, _DONTWAIT)
-                except OSError:  # the caller is gone, the channel cut, or a caller that never reads
-                    direct.drop_server(owed)
-                if direct.servers:
-                    got = direct.next_request(None)
-                    if got is not None and got is not KERNEL:
-                        return got
-                    if got is KERNEL:
-                        self.channel.drain()
+                direct.reply(owed, proto, len(data) >> 3, data, False)  # a caller gone: its end is dropped
                 return self._direct_wait(None, rcv_cap, rcv_mem)
             else:
                 msg = self._direct_ipc(int(flags), dest, proto, data, items, recv_timeout_us, rcv_cap, rcv_mem)
