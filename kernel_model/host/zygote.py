@@ -15,6 +15,7 @@ supervisor starts tasks with ``posix_spawn`` again.
 from __future__ import annotations
 
 import array
+import atexit
 import ctypes
 import os
 import select
@@ -179,10 +180,19 @@ def shared(preload: list[str]) -> Zygote:
     global _shared
     with _shared_lock:
         if _shared is None or not _shared.alive():
+            if _shared is None:
+                atexit.register(_close_shared)  # reaped before the kernel's process exits, not after
             _shared = Zygote()
         zygote = _shared
     zygote.preload(preload)
     return zygote
+
+
+def _close_shared() -> None:
+    """At exit: stop and reap the template, so no process of the kernel outlives it (pdeathsig would
+    kill it too, but only after the kernel is gone, racing whoever checks that nothing is left)."""
+    if _shared is not None:
+        _shared.close()
 
 
 def wanted(environ=os.environ) -> bool:
